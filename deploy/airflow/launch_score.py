@@ -1,0 +1,93 @@
+"""Launcher run by Airflow's Beam operator and the Flex Template: pipeline options in, `sentiment-score score` out."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+# The repo checkout this file sits in (deploy/airflow/launch_score.py -> repo root). The job runs from here,
+# as it does under cron, so relative paths in configs (and a relative --config) mean the same everywhere.
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# Pipeline options that are the job's own flags, mapped to the CLI's spelling. A key matches with "-" and "_"
+# treated alike (Airflow and Dataflow pass `--model_dir=...`). Every other argument is a Beam flag
+# (--runner, --project, --region, --job_name, --labels, --setup_file, ...) and is passed through unchanged,
+# after the job's flags; the CLI hands unknown flags to Beam.
+JOB_FLAGS = {
+    "config": "--config",
+    "date": "--date",
+    "output": "--output",
+    "customers": "--customers",
+    "reviews": "--reviews",
+    "model_dir": "--model-dir",
+}
+
+
+def build_argv(argv: Sequence[str], default_config: str | None = None) -> list[str]:
+    """Turn `--key=value` / `--key value` options into the argument list for `sentiment-score score`.
+
+    A leading "score" is accepted and not repeated. An empty job option (`--output=`, e.g. an optional template
+    parameter left blank) is dropped so the config's value stands; a repeated one keeps its last value.
+    `default_config` is used when no --config is given. Raises ValueError for a job flag without a value.
+    """
+    args = list(argv)
+    if args[:1] == ["score"]:
+        args = args[1:]
+    job: dict[str, str] = {}
+    beam: list[str] = []
+    i = 0
+    while i < len(args):
+        token = args[i]
+        i += 1
+        name, has_value, value = token.partition("=")
+        key = name[2:].replace("-", "_") if name.startswith("--") else ""
+        if key not in JOB_FLAGS:
+            beam.append(token)
+            continue
+        if not has_value:
+            if i >= len(args) or args[i].startswith("--"):
+                raise ValueError(f"{name} needs a value")
+            value = args[i]
+            i += 1
+        if value:
+            job[key] = value
+    if "config" not in job and default_config:
+        job["config"] = default_config
+    argv_out = ["score"]
+    for key, flag in JOB_FLAGS.items():
+        if key in job:
+            argv_out += [flag, job[key]]
+    return argv_out + beam
+
+
+def _cli_main():
+    """Import the job's CLI lazily: prefer the installed package, else the checkout this file is in."""
+    try:
+        from pipeline.cli import main
+    except ImportError:
+        sys.path.insert(0, str(REPO_ROOT))
+        from pipeline.cli import main
+    return main
+
+
+def main(argv: Sequence[str] | None = None, default_config: str | None = None) -> int:
+    """Run `sentiment-score score` in-process with the mapped arguments and return its exit code."""
+    try:
+        cli_argv = build_argv(sys.argv[1:] if argv is None else argv, default_config=default_config)
+    except ValueError as exc:
+        print(f"launch_score: {exc}", file=sys.stderr)
+        return 2
+    # Airflow finds the Dataflow job id in Beam's INFO line "Created job with id: [...]"; make sure INFO is shown
+    # unless the CLI configures logging itself.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.chdir(REPO_ROOT)
+    print("launch_score: sentiment-score " + " ".join(cli_argv), file=sys.stderr, flush=True)
+    result = _cli_main()(cli_argv)
+    return 0 if result is None else int(result)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""The typed run configuration, built once from a YAML file and command-line overrides, validated at start-up."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from transforms.schema import Columns
+
+DEFAULT_CONFIG = "configs/local.yaml"
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the message names the file and the setting."""
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """Everything a scoring or backfill run needs besides Beam's own options."""
+
+    customers: str = "data/sample/customers"
+    reviews: str = "data/sample/reviews"
+    model_dir: str = "data/model"
+    output: str = "output/scores"
+    date: str | None = None
+    columns: Columns = field(default_factory=Columns)
+    # Rows per Arrow batch read from Parquet; every later stage works on batches of this size.
+    read_batch_size: int = 16384
+    # Rows per model call; the compiled model is traced for powers of two up to this.
+    inference_batch_size: int = 4096
+    # XLA-compile the model call (same scores within 1e-5, several times the throughput on CPU).
+    jit_compile: bool = True
+    # Row groups are grouped into read tasks of about this many rows: the unit of parallelism.
+    rows_per_read_task: int = 250_000
+    allow_empty: bool = False
+    skip_existing: bool = False
+    # Population stability index above which the report flags drift against the previous partition.
+    psi_threshold: float = 0.2
+    # Options for Beam's PipelineOptions, e.g. runner, direct_num_workers, project, temp_location.
+    beam: dict[str, Any] = field(default_factory=lambda: {"runner": "DirectRunner"})
+
+    def beam_flags(self) -> list[str]:
+        flags = []
+        for key, value in self.beam.items():
+            if isinstance(value, bool):
+                if value:
+                    flags.append(f"--{key}")
+            elif isinstance(value, list):
+                flags.extend(f"--{key}={item}" for item in value)
+            else:
+                flags.append(f"--{key}={value}")
+        return flags
+
+
+_SCALARS = {"int": int, "float": (int, float), "bool": bool, "str": str}
+
+
+def _check_type(source: str, key: str, value: Any, annotation: str) -> Any:
+    optional = annotation.endswith("| None")
+    base = annotation.replace("| None", "").strip()
+    if value is None and optional:
+        return None
+    if base in _SCALARS:
+        expected = _SCALARS[base]
+        if isinstance(value, bool) and base != "bool":
+            raise ConfigError(f"{source}: setting {key!r} must be {base}, got {value!r}")
+        if not isinstance(value, expected):
+            raise ConfigError(f"{source}: setting {key!r} must be {base}, got {value!r}")
+        return float(value) if base == "float" else value
+    if base.startswith("dict"):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: setting {key!r} must be a mapping")
+        return dict(value)
+    return value
+
+
+def _build_columns(source: str, value: Any) -> Columns:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source}: setting 'columns' must be a mapping")
+    known = {f.name for f in dataclasses.fields(Columns)}
+    for key in value:
+        if key not in known:
+            raise ConfigError(f"{source}: unknown setting 'columns.{key}' (known: {', '.join(sorted(known))})")
+    data = dict(value)
+    if "features" in data:
+        features = data["features"]
+        if not isinstance(features, list) or not features or not all(isinstance(f, str) for f in features):
+            raise ConfigError(f"{source}: setting 'columns.features' must be a non-empty list of column names")
+        data["features"] = tuple(features)
+    for key, item in data.items():
+        if key != "features" and not isinstance(item, str):
+            raise ConfigError(f"{source}: setting 'columns.{key}' must be a column name")
+    return Columns(**data)
+
+
+def validate_date(value: str, setting: str = "date") -> str:
+    try:
+        return dt.date.fromisoformat(value).isoformat()
+    except (TypeError, ValueError):
+        raise ConfigError(f"setting {setting!r} must be a date YYYY-MM-DD, got {value!r}") from None
+
+
+def build_config(data: dict, source: str = "config") -> ScoreConfig:
+    """A ScoreConfig from a mapping; an unknown key or a value of the wrong type fails naming it."""
+    fields = {f.name: f for f in dataclasses.fields(ScoreConfig)}
+    values = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise ConfigError(f"{source}: unknown setting {key!r} (known: {', '.join(sorted(fields))})")
+        if key == "columns":
+            values[key] = _build_columns(source, value)
+        else:
+            values[key] = _check_type(source, key, value, str(fields[key].type))
+    config = ScoreConfig(**values)
+    for key in ("read_batch_size", "inference_batch_size", "rows_per_read_task"):
+        if getattr(config, key) < 1:
+            raise ConfigError(f"{source}: setting {key!r} must be at least 1, got {getattr(config, key)}")
+    if config.psi_threshold <= 0:
+        raise ConfigError(f"{source}: setting 'psi_threshold' must be positive")
+    for key in ("customers", "reviews", "model_dir", "output"):
+        if not getattr(config, key):
+            raise ConfigError(f"{source}: setting {key!r} must not be empty")
+    if config.date is not None:
+        validate_date(config.date)
+    return config
+
+
+def read_config_file(path: str) -> dict:
+    """The mapping in a YAML config file, read with yaml.safe_load."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must hold a mapping of settings")
+    return data
+
+
+def load_config(path: str | None, overrides: dict | None = None) -> ScoreConfig:
+    """The config from a file (the default one when path is None and it exists) with overrides on top."""
+    data: dict = {}
+    source = "built-in defaults"
+    if path is None and os.path.exists(DEFAULT_CONFIG):
+        path = DEFAULT_CONFIG
+    if path is not None:
+        data = read_config_file(path)
+        source = path
+    merged = dict(data)
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key == "beam":
+            merged["beam"] = {**merged.get("beam", {}), **value}
+        else:
+            merged[key] = value
+    return build_config(merged, source)

@@ -1,0 +1,120 @@
+"""The scoring graph: attaches every step to a pipeline it is given and runs nothing."""
+
+from __future__ import annotations
+
+import apache_beam as beam
+import pyarrow as pa
+
+from pipeline.commit import CommitPartition
+from pipeline.config import ScoreConfig
+from pipeline.plan import RunPlan
+from transforms.inference import Featurize, ScoreReviews
+from transforms.io import ReadParquetBatches, WriteParquetShards, plan_read_tasks
+from transforms.join import JoinCustomers, build_customer_table
+from transforms.schema import FILE_INDEX, ROW_INDEX
+from transforms.validate import ValidateRows, duplicate_row_keys
+
+
+def _customer_table(tables, columns, schema):
+    return build_customer_table(tables, columns, schema)
+
+
+def _duplicates(element, columns):
+    partition, tables = element
+    return partition, duplicate_row_keys(tables, columns)
+
+
+def _vocabulary_record(element):
+    partition, counts = element
+    return partition, {"kind": "vocabulary", "words": int(counts[0]), "oov": int(counts[1])}
+
+
+def _sum_pairs(pairs):
+    words = oov = 0
+    for w, o in pairs:
+        words += w
+        oov += o
+    return words, oov
+
+
+def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig, plan: RunPlan) -> dict:
+    """Attaches read → join → validate → featurize → infer → write → commit; returns the labelled outputs."""
+    schema = plan.schema
+    columns = schema.columns
+    customer_tasks = plan_read_tasks(plan.customer_files, config.rows_per_read_task)
+    review_tasks = plan_read_tasks(plan.review_files, config.rows_per_read_task)
+
+    customers = (
+        pipeline
+        | "CustomerFiles" >> beam.Create(customer_tasks)
+        | "SpreadCustomerFiles" >> beam.Reshuffle()
+        | "ReadCustomers" >> beam.ParDo(ReadParquetBatches(schema.customers_schema(), config.read_batch_size))
+        | "CustomerBatches" >> beam.Values()
+        | "GatherCustomers" >> beam.combiners.ToList()
+        | "CustomerTable" >> beam.Map(_customer_table, columns, schema.customers_schema())
+    )
+
+    review_files = (
+        pipeline
+        | "ReviewFiles" >> beam.Create(review_tasks)
+        | "SpreadReviewFiles" >> beam.Reshuffle()
+    )
+    id_schema = pa.schema([schema.reviews_schema().field(columns.review_id),
+                           pa.field(FILE_INDEX, pa.int32()), pa.field(ROW_INDEX, pa.int64())])
+    duplicates = (
+        review_files
+        | "ReadReviewIds" >> beam.ParDo(ReadParquetBatches(id_schema, max(config.read_batch_size, 65536)))
+        | "GroupIdsByPartition" >> beam.GroupByKey()
+        | "FindDuplicateReviews" >> beam.Map(_duplicates, columns)
+    )
+    reviews = review_files | "ReadReviews" >> beam.ParDo(
+        ReadParquetBatches(schema.reviews_schema(), config.read_batch_size)
+    )
+    validated = (
+        reviews
+        | "JoinCustomers" >> JoinCustomers(customers, columns)
+        | "Validate"
+        >> beam.ParDo(ValidateRows(schema), duplicates=beam.pvalue.AsDict(duplicates)).with_outputs(
+            ValidateRows.REJECTS, main="valid"
+        )
+    )
+    featurized = validated.valid | "Featurize" >> beam.ParDo(Featurize(config.model_dir, schema)).with_outputs(
+        Featurize.STATS, main="rows"
+    )
+    inferred = featurized.rows | "Infer" >> beam.ParDo(
+        ScoreReviews(config.model_dir, schema, config.inference_batch_size, config.jit_compile)
+    ).with_outputs(ScoreReviews.REJECTS, main="scores")
+    rejects = (validated[ValidateRows.REJECTS], inferred[ScoreReviews.REJECTS]) | "CollectRejects" >> beam.Flatten()
+
+    score_shards = inferred.scores | "WriteScores" >> beam.ParDo(
+        WriteParquetShards("scores", plan.staging_root, schema.scores_schema())
+    )
+    reject_shards = rejects | "WriteRejects" >> beam.ParDo(
+        WriteParquetShards("rejects", plan.staging_root, schema.rejects_schema())
+    )
+    vocabulary = (
+        featurized[Featurize.STATS]
+        | "SumVocabularyStats" >> beam.CombinePerKey(_sum_pairs)
+        | "VocabularyRecords" >> beam.Map(_vocabulary_record)
+    )
+    partitions = pipeline | "Partitions" >> beam.Create([(p, {"kind": "partition"}) for p in plan.partitions])
+    run_info = {
+        "run_id": plan.run_id,
+        "started_at": plan.started_at,
+        "model_version": plan.model_version,
+        "review_files": plan.files_by_partition,
+        "customer_files": [f.path for f in plan.customer_files],
+    }
+    schemas = {"scores": schema.scores_schema(), "rejects": schema.rejects_schema()}
+    summaries = (
+        (score_shards, reject_shards, vocabulary, partitions)
+        | "CollectPartitionRecords" >> beam.Flatten()
+        | "GroupByPartition" >> beam.GroupByKey()
+        | "CommitPartitions"
+        >> beam.ParDo(
+            CommitPartition(plan.output, plan.staging_root, run_info, plan.rows_by_partition, schemas,
+                            config.psi_threshold),
+            customers_summary=beam.pvalue.AsSingleton(customers | "CustomerSummary" >> beam.Map(lambda t: t.summary())),
+        )
+    )
+    return {"scores": inferred.scores, "rejects": rejects, "summaries": summaries}

@@ -1,0 +1,148 @@
+"""Runs a scoring or backfill pipeline from a config: plan and check, build the graph, run it, report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from model.bundle import BundleError
+from pipeline.commit import SUMMARY_FILE
+from pipeline.config import ConfigError, ScoreConfig, load_config
+from pipeline.graph import build_pipeline
+from pipeline.plan import OutputError, RunPlan, days_between, plan_run
+from transforms.io import partition_path
+from transforms.schema import InputError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+_LOG = logging.getLogger("sentiment-score")
+
+
+def _known_beam_flags() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
+    seen = {}
+    for cls in PipelineOptions.__subclasses__():
+        seen.setdefault(str(cls), cls)
+    for cls in seen.values():
+        cls._add_argparse_args(parser)  # Beam's own way of listing every option it knows.
+    return parser
+
+
+def pipeline_options(config: ScoreConfig, beam_flags: list[str]) -> PipelineOptions:
+    """Beam options from the config's beam section then the command line; an unknown flag is a usage error."""
+    flags = config.beam_flags() + list(beam_flags)
+    _, unknown = _known_beam_flags().parse_known_args(flags)
+    unknown = [u for u in unknown if u.startswith("-")]
+    if unknown:
+        raise ConfigError(f"unknown option {unknown[0]} (not a sentiment-score or Beam pipeline option)")
+    return PipelineOptions(flags)
+
+
+def make_runner(options: PipelineOptions):
+    """The runner to use: DirectRunner means Beam's FnApiRunner, which DirectRunner itself falls back to for a
+    batch pipeline after trying Prism (a binary it would download); naming it directly keeps runs offline."""
+    name = options.view_as(StandardOptions).runner or "DirectRunner"
+    if name in ("DirectRunner", "SwitchingDirectRunner"):
+        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+        return FnApiRunner()
+    return name
+
+
+def _fatal(message: str) -> int:
+    print(f"sentiment-score: error: {message}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _clean_stale_staging(plan: RunPlan) -> None:
+    """Removes what killed earlier runs left in staging for the partitions this run writes (local disks)."""
+    root = plan.staging_root.rsplit("/", 1)[0]
+    if "://" in root:
+        return
+    try:
+        runs = [m.path for r in FileSystems.match([FileSystems.join(root, "*")]) for m in r.metadata_list]
+    except Exception:
+        return
+    for run_dir in runs:
+        if run_dir.rstrip("/") != plan.staging_root.rstrip("/"):
+            for partition in plan.partitions:
+                shutil.rmtree(partition_path(run_dir, partition), ignore_errors=True)
+            try:
+                os.rmdir(run_dir)  # only once a killed run's staging is empty
+            except OSError:
+                pass
+
+
+def _read_summary(plan: RunPlan, partition: str) -> dict | None:
+    try:
+        with FileSystems.open(FileSystems.join(partition_path(plan.output, partition), SUMMARY_FILE)) as f:
+            return json.loads(f.read().decode("utf-8"))
+    except Exception:
+        return None
+
+
+def execute(config: ScoreConfig, dates: list[str] | None, beam_flags: list[str], backfill: bool = False,
+            test_pipeline: beam.Pipeline | None = None) -> int:
+    """Plans, runs and reports one pipeline; returns the process exit code."""
+    options = pipeline_options(config, beam_flags)
+    try:
+        plan = plan_run(config, dates, backfill)
+    except (BundleError, InputError, OutputError) as e:
+        return _fatal(str(e))
+    for day, why in plan.skipped.items():
+        _LOG.warning("skipping dt=%s: %s", day, why)
+    if not plan.partitions:
+        print(f"nothing to score: every day was skipped ({len(plan.skipped)})")
+        return EXIT_OK
+    _clean_stale_staging(plan)
+    total = sum(plan.rows_by_partition.values())
+    _LOG.info("run %s: %d review rows in %d file(s), %d partition(s), model %s", plan.run_id, total,
+              len(plan.review_files), len(plan.partitions), plan.model_version)
+    started = time.time()
+    try:
+        pipeline = test_pipeline or beam.Pipeline(runner=make_runner(options), options=options)
+        with pipeline as p:
+            build_pipeline(p, config, plan)
+    except Exception as e:
+        message = " ".join(str(e).split())
+        return _fatal(f"run {plan.run_id} failed: {type(e).__name__}: {message[-600:]}")
+    wall = time.time() - started
+    scored = rejected = 0
+    for partition in plan.partitions:
+        summary = _read_summary(plan, partition)
+        if summary is None or summary.get("run_id") != plan.run_id:
+            return _fatal(f"partition {partition_path(plan.output, partition)} was not published by this run")
+        scored += summary["rows"]["scored"]
+        rejected += summary["rows"]["rejected"]
+        drift = summary.get("drift", {})
+        flag = " DRIFT" if drift.get("drift_flagged") else ""
+        print(f"{summary['output']}: read {summary['rows']['read']}, scored {summary['rows']['scored']}, "
+              f"rejected {summary['rows']['rejected']} {summary['rejected_by_reason']}{flag}")
+    if "://" not in plan.staging_root:
+        shutil.rmtree(plan.staging_root, ignore_errors=True)
+    rate = total / wall if wall > 0 else 0.0
+    print(f"done: {scored} scored + {rejected} rejected = {total} read in {wall:.1f}s ({rate:.0f} rows/s), "
+          f"model {plan.model_version}, output {plan.output}")
+    return EXIT_OK
+
+
+def run_score(config_path: str | None, overrides: dict, beam_flags: list[str]) -> int:
+    config = load_config(config_path, overrides)
+    return execute(config, [config.date] if config.date else None, beam_flags)
+
+
+def run_backfill(config_path: str | None, overrides: dict, beam_flags: list[str], start: str, end: str) -> int:
+    config = load_config(config_path, overrides)
+    try:
+        dates = days_between(start, end)
+    except InputError as e:
+        raise ConfigError(str(e)) from None
+    return execute(config, dates, beam_flags, backfill=True)

@@ -1,0 +1,38 @@
+"""Installable distribution of the review-sentiment batch scorer; also what remote Beam workers install."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="review-sentiment-scoring",
+    version="0.1.0",
+    description="Nightly batch scoring of review sentiment on Apache Beam with a two-input Keras model.",
+    python_requires=">=3.10,<3.13",
+    packages=find_packages(include=["pipeline", "pipeline.*", "transforms", "transforms.*", "model", "model.*"]),
+    install_requires=[
+        # The pipeline SDK; 2.77 is the release the job is tested on (its workers must match the launcher).
+        "apache-beam>=2.77.0,<2.78",
+        # The model's runtime; the CPU build is enough for a model this size and keeps workers small.
+        "tensorflow-cpu>=2.21,<2.22",
+        # Keras 3 loads the .keras bundle with safe_mode.
+        "keras>=3.15,<4",
+        # Arrow record batches between stages; >=14.0.1 fixes the IPC deserialization CVE, Beam caps <26.
+        "pyarrow>=14.0.1,<26",
+        # Column math in featurization and scaling.
+        "numpy>=2.0,<3",
+        # Used by Beam and by the benchmark baselines; not on the hot path.
+        "pandas>=2.2",
+        # Configs, read with yaml.safe_load only.
+        "pyyaml>=6.0",
+        # The per-partition report's score histogram (Agg backend, no display).
+        "matplotlib>=3.8",
+    ],
+    extras_require={
+        # Remote filesystems and runners: gs:// paths and Dataflow.
+        "gcp": ["apache-beam[gcp]>=2.77.0,<2.78"],
+        # s3:// paths.
+        "aws": ["apache-beam[aws]>=2.77.0,<2.78"],
+        # Test and lint tools; never installed on workers.
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "ruff>=0.6"],
+    },
+    entry_points={"console_scripts": ["sentiment-score=pipeline.cli:main"]},
+)

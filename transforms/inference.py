@@ -1,0 +1,213 @@
+"""Featurizing valid rows with the bundle's tokenizer and scaler, and scoring them with the bundle's model."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+from apache_beam.utils import shared
+
+from model.bundle import ModelBundle, load_bundle, load_preprocessing
+from transforms.numeric import Scaler
+from transforms.schema import DETAIL, MODEL_VERSION, REASON, SCORE, RunSchema, conform
+from transforms.text import Tokenizer, TokenizerSpec
+from transforms.validate import INFERENCE_ERROR, INVALID_SCORE
+
+_LOG = logging.getLogger(__name__)
+NUMERIC = "__numeric"
+TOKENS = "__tokens"
+
+
+class Featurizer:
+    """The bundle's tokenizer and scaler applied to a table of valid rows."""
+
+    def __init__(self, vocabulary, tokenizer: dict, scaler: dict):
+        self.tokenizer = Tokenizer(vocabulary, TokenizerSpec.from_dict(tokenizer))
+        self.scaler = Scaler.from_dict(scaler)
+
+    @classmethod
+    def from_bundle(cls, bundle) -> Featurizer:
+        return cls(bundle.vocabulary, bundle.tokenizer, bundle.scaler)
+
+    def featurize(self, table: pa.Table, text_column: str):
+        """(numeric (n, features) float32, tokens (n, sequence_length) int32, words seen, words out of vocabulary)."""
+        numeric = self.scaler.transform(table)
+        tokens, words, oov = self.tokenizer.tokenize_and_pad(table[text_column], return_stats=True)
+        return numeric, tokens, words, oov
+
+
+def _matrix_column(matrix: np.ndarray) -> pa.FixedSizeListArray:
+    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])
+
+
+def _matrix(table: pa.Table, name: str, dtype) -> np.ndarray:
+    column = table[name].combine_chunks()
+    width = column.type.list_size
+    return column.values.to_numpy(zero_copy_only=False).astype(dtype, copy=False).reshape(-1, width)
+
+
+class ModelScorer:
+    """Calls the model on fixed-shape batches: each call is padded up to a power of two (at most batch_size)
+    rows, so a compiled (XLA) function is traced once per shape and reused, and padding rows are dropped."""
+
+    def __init__(self, model, batch_size: int = 4096, jit_compile: bool = True):
+        import tensorflow as tf
+
+        self.model = model
+        self.batch_size = batch_size
+        self._lock = threading.Lock()
+
+        def call(numeric, tokens):
+            return model([numeric, tokens], training=False)
+
+        self._call = tf.function(call, jit_compile=jit_compile, reduce_retracing=False)
+
+    def _shape_for(self, n: int) -> int:
+        size = 1
+        while size < n:
+            size *= 2
+        return min(max(size, 32), self.batch_size)
+
+    def predict(self, numeric: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        """float32 scores, one per row."""
+        n = len(numeric)
+        out = np.empty(n, dtype=np.float32)
+        for start in range(0, n, self.batch_size):
+            stop = min(start + self.batch_size, n)
+            rows = stop - start
+            size = self._shape_for(rows)
+            num = np.zeros((size, numeric.shape[1]), dtype=np.float32)
+            tok = np.zeros((size, tokens.shape[1]), dtype=np.int32)
+            num[:rows] = numeric[start:stop]
+            tok[:rows] = tokens[start:stop]
+            result = self._call(num, tok)
+            out[start:stop] = np.asarray(result).reshape(-1)[:rows]
+        return out
+
+
+def score_with_isolation(predict, numeric: np.ndarray, tokens: np.ndarray):
+    """Scores rows; when a call fails, halves the batch until the failing rows are found.
+
+    Returns (scores, failed mask, first error message); a failed row's score is NaN.
+    """
+    n = len(numeric)
+    scores = np.full(n, np.nan, dtype=np.float32)
+    failed = np.zeros(n, dtype=bool)
+    first_error = None
+    pending = [(0, n)] if n else []
+    while pending:
+        start, stop = pending.pop()
+        try:
+            scores[start:stop] = predict(numeric[start:stop], tokens[start:stop])
+        except Exception as e:  # Any model failure isolates rows instead of failing the run.
+            if stop - start == 1:
+                failed[start] = True
+                first_error = first_error or f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
+            else:
+                middle = (start + stop) // 2
+                pending.extend([(middle, stop), (start, middle)])
+    return scores, failed, first_error
+
+
+class _Loaded:
+    """A weak-referenceable holder for what shared.Shared keeps per worker process."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+class Featurize(beam.DoFn):
+    """Adds the model's inputs (scaled numeric features and token ids) to each (partition, table) pair.
+
+    Also emits (partition, (words, out-of-vocabulary words)) on the 'vocabulary_stats' output.
+    """
+
+    STATS = "vocabulary_stats"
+
+    def __init__(self, model_dir: str, schema: RunSchema):
+        self._model_dir = model_dir
+        self._schema = schema
+        self._shared = shared.Shared()
+
+    def setup(self):
+        def load():
+            pre = load_preprocessing(self._model_dir)
+            return _Loaded(Featurizer(pre.vocabulary, pre.tokenizer, pre.scaler))
+
+        self._featurizer = self._shared.acquire(load, tag=f"featurizer:{self._model_dir}").value
+
+    def process(self, element):
+        partition, table = element
+        numeric, tokens, words, oov = self._featurizer.featurize(table, self._schema.columns.review_text)
+        table = table.append_column(NUMERIC, _matrix_column(numeric)).append_column(TOKENS, _matrix_column(tokens))
+        yield partition, table
+        yield beam.pvalue.TaggedOutput(self.STATS, (partition, (words, oov)))
+
+
+class ScoreReviews(beam.DoFn):
+    """Runs the bundle's model over featurized tables; the model is loaded once per worker process
+    (shared.Shared) and shared by its threads. Rows the model fails on, or scores outside [0, 1],
+    go to the 'rejects' output with a reason."""
+
+    REJECTS = "rejects"
+
+    def __init__(self, model_dir: str, schema: RunSchema, batch_size: int = 4096, jit_compile: bool = True):
+        self._model_dir = model_dir
+        self._schema = schema
+        self._batch_size = batch_size
+        self._jit_compile = jit_compile
+        self._shared = shared.Shared()
+        self._scored = beam.metrics.Metrics.counter("sentiment", "rows_scored")
+        self._rejected = beam.metrics.Metrics.counter("sentiment", "rows_rejected_at_inference")
+
+    def setup(self):
+        def load():
+            bundle: ModelBundle = load_bundle(self._model_dir)
+            scorer = ModelScorer(bundle.model, self._batch_size, self._jit_compile)
+            return _Loaded((bundle.model_version, scorer))
+
+        tag = f"model:{self._model_dir}:{self._batch_size}:{self._jit_compile}"
+        self._model_version, self._scorer = self._shared.acquire(load, tag=tag).value
+        self._progress_rows, self._progress_start, self._progress_last = 0, time.monotonic(), time.monotonic()
+
+    def _log_progress(self, rows: int) -> None:
+        self._progress_rows += rows
+        now = time.monotonic()
+        if now - self._progress_last >= 30:
+            rate = self._progress_rows / max(now - self._progress_start, 1e-9)
+            _LOG.info("scored %d rows in this worker so far, %.0f rows/s", self._progress_rows, rate)
+            self._progress_last = now
+
+    def process(self, element):
+        partition, table = element
+        c = self._schema.columns
+        numeric = _matrix(table, NUMERIC, np.float32)
+        tokens = _matrix(table, TOKENS, np.int32)
+        scores, failed, error = score_with_isolation(self._scorer.predict, numeric, tokens)
+        bad_score = ~failed & ~((scores >= 0.0) & (scores <= 1.0))
+        ok = ~(failed | bad_score)
+        scored = pa.table(
+            {
+                c.review_id: table[c.review_id],
+                c.customer_id: table[c.customer_id],
+                SCORE: pa.array(scores, pa.float32()),
+                MODEL_VERSION: pa.array(np.full(len(scores), self._model_version, dtype=object), pa.string()),
+            }
+        )
+        n_ok = int(ok.sum())
+        self._scored.inc(n_ok)
+        self._log_progress(n_ok)
+        if ok.all():
+            yield partition, scored
+            return
+        yield partition, scored.filter(pa.array(ok))
+        reasons = np.where(failed, INFERENCE_ERROR, INVALID_SCORE)[~ok]
+        details = np.where(failed, error or "model call failed", "score is NaN or outside [0, 1]")[~ok]
+        bad = table.filter(pa.array(~ok))
+        bad = bad.append_column(REASON, pa.array(reasons, pa.string())).append_column(DETAIL, pa.array(details))
+        self._rejected.inc(bad.num_rows)
+        yield beam.pvalue.TaggedOutput(self.REJECTS, (partition, conform(bad, self._schema.rejects_schema())))

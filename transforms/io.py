@@ -1,0 +1,182 @@
+"""Reading Parquet inputs as Arrow tables and writing Arrow tables as Parquet shards, through Beam's FileSystems."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
+
+from transforms.schema import FILE_INDEX, ROW_INDEX, InputError, conform
+
+_LOG = logging.getLogger(__name__)
+_GLOB_CHARS = set("*?[")
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One Parquet input file as seen at start-up: its rows, row groups and partition."""
+
+    path: str
+    index: int
+    num_rows: int
+    row_group_rows: tuple[int, ...]
+    partition: str = ""
+
+
+@dataclass(frozen=True)
+class ReadTask:
+    """A contiguous run of row groups of one file: the unit of parallel reading."""
+
+    path: str
+    file_index: int
+    partition: str
+    row_groups: tuple[int, ...]
+    first_row: int
+    num_rows: int
+
+
+def _visible(path: str) -> bool:
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    return not name.startswith(("_", "."))
+
+
+def resolve_files(pattern: str) -> list[str]:
+    """The files a path names: a file, every *.parquet below a folder, or a glob's matches; sorted."""
+    if _GLOB_CHARS & set(pattern):
+        patterns = [pattern]
+    elif pattern.endswith(".parquet"):
+        patterns = [pattern]
+    else:
+        patterns = [FileSystems.join(pattern.rstrip("/"), "**.parquet")]
+    try:
+        results = FileSystems.match(patterns)
+    except Exception as e:  # Beam raises BeamIOError with per-pattern causes.
+        raise InputError(f"{pattern}: cannot list files: {e}") from None
+    paths = {m.path for r in results for m in r.metadata_list}
+    return sorted(p for p in paths if _visible(p))
+
+
+def open_parquet(path: str) -> pq.ParquetFile:
+    """Opens a Parquet file's footer; a corrupt or non-Parquet file is an InputError that names it."""
+    try:
+        return pq.ParquetFile(FileSystems.open(path))
+    except Exception as e:
+        reason = " ".join(str(e).split())[:200]
+        raise InputError(f"{path}: not a readable Parquet file ({reason})") from None
+
+
+def inspect_file(path: str, index: int, partition: str = "") -> tuple[InputFile, pa.Schema]:
+    parquet = open_parquet(path)
+    meta = parquet.metadata
+    groups = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
+    return InputFile(path, index, meta.num_rows, groups, partition), parquet.schema_arrow
+
+
+def plan_read_tasks(files: Sequence[InputFile], rows_per_task: int = 250_000) -> list[ReadTask]:
+    """Splits files into runs of whole row groups of about rows_per_task rows each."""
+    tasks = []
+    for f in files:
+        start, first, rows, groups = 0, 0, 0, []
+        for g, n in enumerate(f.row_group_rows):
+            groups.append(g)
+            rows += n
+            if rows >= rows_per_task:
+                tasks.append(ReadTask(f.path, f.index, f.partition, tuple(groups), first, rows))
+                first, start, rows, groups = start + rows, start + rows, 0, []
+        if groups:
+            tasks.append(ReadTask(f.path, f.index, f.partition, tuple(groups), first, rows))
+    return tasks
+
+
+class ReadParquetBatches(beam.DoFn):
+    """Reads a ReadTask's row groups as (partition, table) pairs conformed to a schema, batch_size rows at a time."""
+
+    def __init__(self, schema: pa.Schema, batch_size: int = 16384):
+        self._schema = schema
+        self._batch_size = batch_size
+        self._columns = [f.name for f in schema if f.name not in (FILE_INDEX, ROW_INDEX)]
+        self._rows_read = beam.metrics.Metrics.counter("sentiment", "rows_read")
+
+    def process(self, task):
+        parquet = open_parquet(task.path)
+        row = task.first_row
+        batches = parquet.iter_batches(
+            batch_size=self._batch_size, row_groups=list(task.row_groups), columns=self._columns
+        )
+        read = 0
+        for batch in batches:
+            n = batch.num_rows
+            table = pa.Table.from_batches([batch])
+            table = table.append_column(FILE_INDEX, pa.array(np.full(n, task.file_index, dtype=np.int32)))
+            table = table.append_column(ROW_INDEX, pa.array(np.arange(row, row + n, dtype=np.int64)))
+            row += n
+            read += n
+            self._rows_read.inc(n)
+            yield task.partition, conform(table, self._schema)
+        if read != task.num_rows:
+            raise InputError(f"{task.path}: read {read} rows from row groups {task.row_groups}, footer says {task.num_rows}")
+
+
+def partition_path(root: str, partition: str) -> str:
+    return FileSystems.join(root, f"dt={partition}") if partition else root
+
+
+class WriteParquetShards(beam.DoFn):
+    """Writes (partition, table) pairs into one Parquet shard per partition per bundle under a staging root.
+
+    Each finished shard is emitted as (partition, {"kind", "path", "rows"}); only shards of committed bundles
+    reach the commit step, so a retried bundle's leftovers are never published.
+    """
+
+    def __init__(self, kind: str, staging_root: str, schema: pa.Schema, row_group_rows: int = 65536):
+        self._kind = kind
+        self._root = staging_root
+        self._schema = schema
+        self._row_group_rows = row_group_rows
+
+    def start_bundle(self):
+        self._open = {}
+
+    def _flush(self, partition: str, force: bool = False) -> None:
+        state = self._open[partition]
+        if state["pending"] and (force or state["pending_rows"] >= self._row_group_rows):
+            table = pa.concat_tables(state["pending"])
+            state["writer"].write_table(table, row_group_size=self._row_group_rows)
+            state["pending"], state["pending_rows"] = [], 0
+
+    def process(self, element):
+        partition, table = element
+        if table.num_rows == 0:
+            return
+        table = conform(table, self._schema)
+        if partition not in self._open:
+            directory = partition_path(self._root, partition)
+            path = FileSystems.join(directory, f"{self._kind}-{uuid.uuid4().hex}.parquet")
+            handle = FileSystems.create(path)
+            writer = pq.ParquetWriter(handle, self._schema, compression="zstd")
+            self._open[partition] = {
+                "path": path, "handle": handle, "writer": writer, "rows": 0, "pending": [], "pending_rows": 0
+            }
+        state = self._open[partition]
+        state["pending"].append(table)
+        state["pending_rows"] += table.num_rows
+        state["rows"] += table.num_rows
+        self._flush(partition)
+
+    def finish_bundle(self):
+        for partition, state in self._open.items():
+            self._flush(partition, force=True)
+            state["writer"].close()
+            state["handle"].close()
+            shard = {"kind": self._kind, "path": state["path"], "rows": state["rows"]}
+            yield WindowedValue((partition, shard), GlobalWindow().max_timestamp(), [GlobalWindow()])
+        self._open = {}

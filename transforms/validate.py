@@ -1,0 +1,158 @@
+"""Row-level checks that split joined reviews into rows to score and reason-coded rejects."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from transforms.join import HAS_CUSTOMER
+from transforms.schema import DETAIL, FILE_INDEX, REASON, ROW_INDEX, Columns, RunSchema, conform
+
+# Checked in this order; a row failing several checks gets the first reason only, so it is rejected once.
+NULL_REVIEW_ID = "null_review_id"
+DUPLICATE_REVIEW_ID = "duplicate_review_id"
+NULL_CUSTOMER_ID = "null_customer_id"
+MISSING_CUSTOMER = "missing_customer"
+NULL_TEXT = "null_text"
+INVALID_UTF8 = "invalid_utf8"
+EMPTY_TEXT = "empty_text"
+NULL_FEATURE = "null_feature"
+NON_FINITE_FEATURE = "non_finite_feature"
+INFERENCE_ERROR = "inference_error"
+INVALID_SCORE = "invalid_score"
+REASONS = (
+    NULL_REVIEW_ID,
+    DUPLICATE_REVIEW_ID,
+    NULL_CUSTOMER_ID,
+    MISSING_CUSTOMER,
+    NULL_TEXT,
+    INVALID_UTF8,
+    EMPTY_TEXT,
+    NULL_FEATURE,
+    NON_FINITE_FEATURE,
+    INFERENCE_ERROR,
+    INVALID_SCORE,
+)
+
+_DETAILS = {
+    NULL_REVIEW_ID: "review_id is null",
+    DUPLICATE_REVIEW_ID: "review_id already seen in this partition; the first by (file, row) is scored",
+    NULL_CUSTOMER_ID: "customer_id is null",
+    MISSING_CUSTOMER: "no customer record with this customer_id",
+    NULL_TEXT: "review text is null",
+    INVALID_UTF8: "review text is not valid UTF-8",
+    EMPTY_TEXT: "review text is empty or only whitespace",
+    NULL_FEATURE: "a numeric customer feature is null",
+    NON_FINITE_FEATURE: "a numeric customer feature is NaN or infinite",
+}
+
+
+def row_keys(file_index, row_index) -> np.ndarray:
+    """One int64 per row naming its file and row, for set lookups (2^40 rows per file is plenty)."""
+    files = np.asarray(file_index, dtype=np.int64)
+    rows = np.asarray(row_index, dtype=np.int64)
+    return (files << 40) | rows
+
+
+def _column(table: pa.Table, name: str) -> pa.Array:
+    return table[name].combine_chunks()
+
+
+def duplicate_row_keys(tables: Iterable[pa.Table], columns: Columns) -> np.ndarray:
+    """Row keys of every review whose review_id appeared earlier in (file, row) order; sorted."""
+    tables = [t for t in tables if t.num_rows]
+    if not tables:
+        return np.zeros(0, dtype=np.int64)
+    table = pa.concat_tables(tables)
+    table = table.filter(pc.is_valid(table[columns.review_id]))
+    if table.num_rows < 2:
+        return np.zeros(0, dtype=np.int64)
+    table = table.sort_by([(columns.review_id, "ascending"), (FILE_INDEX, "ascending"), (ROW_INDEX, "ascending")])
+    ids = _column(table, columns.review_id)
+    repeat = np.concatenate([[False], pc.equal(ids[1:], ids[:-1]).to_numpy(zero_copy_only=False)])
+    keys = row_keys(_column(table, FILE_INDEX).to_numpy(), _column(table, ROW_INDEX).to_numpy())
+    return np.sort(keys[repeat])
+
+
+def _utf8_valid(text: pa.Array) -> np.ndarray:
+    """Which binary values decode as UTF-8; null counts as valid here (null_text catches it)."""
+    try:
+        text.cast(pa.string())
+        return np.ones(len(text), dtype=bool)
+    except pa.ArrowInvalid:
+        pass
+    # Arrow has no per-value UTF-8 check, and a file that reaches here is already broken: decode row by row.
+    valid = np.ones(len(text), dtype=bool)
+    for i, value in enumerate(text.to_pylist()):
+        if value is not None:
+            try:
+                value.decode("utf-8")
+            except UnicodeDecodeError:
+                valid[i] = False
+    return valid
+
+
+def check_rows(joined: pa.Table, schema: RunSchema, duplicate_keys: np.ndarray | None = None):
+    """Splits joined rows into (valid, rejects): valid rows are ready to featurize, rejects carry reason and detail."""
+    c = schema.columns
+    n = joined.num_rows
+    text = _column(joined, c.review_text)
+    checks = []
+    checks.append((NULL_REVIEW_ID, _column(joined, c.review_id).is_null().to_numpy(zero_copy_only=False)))
+    if duplicate_keys is not None and len(duplicate_keys):
+        keys = row_keys(_column(joined, FILE_INDEX).to_numpy(), _column(joined, ROW_INDEX).to_numpy())
+        checks.append((DUPLICATE_REVIEW_ID, np.isin(keys, duplicate_keys)))
+    checks.append((NULL_CUSTOMER_ID, _column(joined, c.customer_id).is_null().to_numpy(zero_copy_only=False)))
+    checks.append((MISSING_CUSTOMER, ~_column(joined, HAS_CUSTOMER).to_numpy(zero_copy_only=False)))
+    checks.append((NULL_TEXT, text.is_null().to_numpy(zero_copy_only=False)))
+    if schema.text_kind == "binary":
+        valid_utf8 = _utf8_valid(text)
+        checks.append((INVALID_UTF8, ~valid_utf8))
+        text = pc.if_else(pa.array(valid_utf8), text, pa.scalar(b"", pa.binary())).cast(pa.string())
+    blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0).fill_null(False)
+    checks.append((EMPTY_TEXT, blank.to_numpy(zero_copy_only=False)))
+    features = [_column(joined, f) for f in c.features]
+    if features:
+        null_feature = np.any([f.is_null().to_numpy(zero_copy_only=False) for f in features], axis=0)
+        values = np.column_stack([f.fill_null(0.0).to_numpy(zero_copy_only=False) for f in features])
+        checks.append((NULL_FEATURE, null_feature))
+        checks.append((NON_FINITE_FEATURE, ~np.all(np.isfinite(values), axis=1)))
+
+    reason = np.full(n, -1, dtype=np.int16)
+    for code, failed in checks:
+        reason[(reason < 0) & failed] = REASONS.index(code)
+    ok = reason < 0
+
+    valid = joined.filter(pa.array(ok))
+    if schema.text_kind == "binary":
+        valid = valid.set_column(valid.schema.get_field_index(c.review_text), c.review_text, text.filter(pa.array(ok)))
+    valid = valid.drop_columns([HAS_CUSTOMER])
+    if ok.all():
+        return valid, schema.rejects_schema().empty_table()
+    bad = joined.filter(pa.array(~ok))
+    index = pa.array(reason[~ok].astype(np.int32))
+    codes = pa.array(REASONS, pa.string()).take(index)
+    details = pa.array([_DETAILS.get(code, code) for code in REASONS], pa.string()).take(index)
+    bad = bad.append_column(REASON, codes).append_column(DETAIL, details)
+    return valid, conform(bad, schema.rejects_schema())
+
+
+class ValidateRows(beam.DoFn):
+    """Emits valid (partition, table) pairs on the main output and rejects on the 'rejects' output."""
+
+    REJECTS = "rejects"
+
+    def __init__(self, schema: RunSchema):
+        self._schema = schema
+
+    def process(self, element, duplicates):
+        partition, table = element
+        valid, rejects = check_rows(table, self._schema, duplicates.get(partition))
+        if valid.num_rows:
+            yield partition, valid
+        if rejects.num_rows:
+            yield beam.pvalue.TaggedOutput(self.REJECTS, (partition, rejects))
