@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 
@@ -101,7 +101,7 @@ def save_bundle(
         "feature_names": list(scaler["feature_names"]),
         "sequence_length": int(tokenizer["sequence_length"]),
         "vocab_size": len(vocabulary) + RESERVED_IDS,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "metrics": metrics or {},
         **(extra_metadata or {}),
     }
@@ -213,7 +213,8 @@ def validate_bundle(bundle: ModelBundle) -> None:
         )
     if meta["vocab_size"] != bundle.vocab_size:
         raise BundleError(
-            f"model bundle {d}: {VOCABULARY_FILE} has {bundle.vocab_size} ids, {METADATA_FILE} says {meta['vocab_size']}"
+            f"model bundle {d}: {VOCABULARY_FILE} has {bundle.vocab_size} ids, "
+            f"{METADATA_FILE} says {meta['vocab_size']}"
         )
     if len(set(bundle.vocabulary)) != len(bundle.vocabulary) or "" in bundle.vocabulary:
         raise BundleError(f"model bundle {d}: {VOCABULARY_FILE} has an empty or repeated word")

@@ -110,8 +110,9 @@ def _swap_into_place(staging_dir: str, final_dir: str, keep: set[str], trash_dir
 class CommitPartition(beam.DoFn):
     """Publishes one partition once all its shards are written; raises (failing the run) if rows were lost."""
 
-    def __init__(self, output: str, staging_root: str, run_info: dict, expected_rows: dict, schemas: dict,
-                 psi_threshold: float):
+    def __init__(
+        self, output: str, staging_root: str, run_info: dict, expected_rows: dict, schemas: dict, psi_threshold: float
+    ):
         self._output = output
         self._staging_root = staging_root
         self._run_info = run_info
@@ -186,8 +187,7 @@ class CommitPartition(beam.DoFn):
             keep.add(FileSystems.join(staging_dir, name))
 
         drift = report.write_report(writer, summary, previous, self._psi_threshold)
-        summary["drift"] = {**drift, "threshold": self._psi_threshold,
-                            "previous_date": (previous or {}).get("date")}
+        summary["drift"] = {**drift, "threshold": self._psi_threshold, "previous_date": (previous or {}).get("date")}
         writer(SUMMARY_FILE, json.dumps(summary, indent=2, sort_keys=True).encode("utf-8"))
 
         trash = FileSystems.join(self._staging_root, f"replaced-{partition or 'output'}")

@@ -54,13 +54,14 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig, plan: RunPlan) 
         | "CustomerTable" >> beam.Map(_customer_table, columns, schema.customers_schema())
     )
 
-    review_files = (
-        pipeline
-        | "ReviewFiles" >> beam.Create(review_tasks)
-        | "SpreadReviewFiles" >> beam.Reshuffle()
+    review_files = pipeline | "ReviewFiles" >> beam.Create(review_tasks) | "SpreadReviewFiles" >> beam.Reshuffle()
+    id_schema = pa.schema(
+        [
+            schema.reviews_schema().field(columns.review_id),
+            pa.field(FILE_INDEX, pa.int32()),
+            pa.field(ROW_INDEX, pa.int64()),
+        ]
     )
-    id_schema = pa.schema([schema.reviews_schema().field(columns.review_id),
-                           pa.field(FILE_INDEX, pa.int32()), pa.field(ROW_INDEX, pa.int64())])
     duplicates = (
         review_files
         | "ReadReviewIds" >> beam.ParDo(ReadParquetBatches(id_schema, max(config.read_batch_size, 65536)))
@@ -112,8 +113,9 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig, plan: RunPlan) 
         | "GroupByPartition" >> beam.GroupByKey()
         | "CommitPartitions"
         >> beam.ParDo(
-            CommitPartition(plan.output, plan.staging_root, run_info, plan.rows_by_partition, schemas,
-                            config.psi_threshold),
+            CommitPartition(
+                plan.output, plan.staging_root, run_info, plan.rows_by_partition, schemas, config.psi_threshold
+            ),
             customers_summary=beam.pvalue.AsSingleton(customers | "CustomerSummary" >> beam.Map(lambda t: t.summary())),
         )
     )

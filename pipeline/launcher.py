@@ -89,8 +89,13 @@ def _read_summary(plan: RunPlan, partition: str) -> dict | None:
         return None
 
 
-def execute(config: ScoreConfig, dates: list[str] | None, beam_flags: list[str], backfill: bool = False,
-            test_pipeline: beam.Pipeline | None = None) -> int:
+def execute(
+    config: ScoreConfig,
+    dates: list[str] | None,
+    beam_flags: list[str],
+    backfill: bool = False,
+    test_pipeline: beam.Pipeline | None = None,
+) -> int:
     """Plans, runs and reports one pipeline; returns the process exit code."""
     options = pipeline_options(config, beam_flags)
     try:
@@ -104,8 +109,14 @@ def execute(config: ScoreConfig, dates: list[str] | None, beam_flags: list[str],
         return EXIT_OK
     _clean_stale_staging(plan)
     total = sum(plan.rows_by_partition.values())
-    _LOG.info("run %s: %d review rows in %d file(s), %d partition(s), model %s", plan.run_id, total,
-              len(plan.review_files), len(plan.partitions), plan.model_version)
+    _LOG.info(
+        "run %s: %d review rows in %d file(s), %d partition(s), model %s",
+        plan.run_id,
+        total,
+        len(plan.review_files),
+        len(plan.partitions),
+        plan.model_version,
+    )
     started = time.time()
     try:
         pipeline = test_pipeline or beam.Pipeline(runner=make_runner(options), options=options)
@@ -124,13 +135,17 @@ def execute(config: ScoreConfig, dates: list[str] | None, beam_flags: list[str],
         rejected += summary["rows"]["rejected"]
         drift = summary.get("drift", {})
         flag = " DRIFT" if drift.get("drift_flagged") else ""
-        print(f"{summary['output']}: read {summary['rows']['read']}, scored {summary['rows']['scored']}, "
-              f"rejected {summary['rows']['rejected']} {summary['rejected_by_reason']}{flag}")
+        print(
+            f"{summary['output']}: read {summary['rows']['read']}, scored {summary['rows']['scored']}, "
+            f"rejected {summary['rows']['rejected']} {summary['rejected_by_reason']}{flag}"
+        )
     if "://" not in plan.staging_root:
         shutil.rmtree(plan.staging_root, ignore_errors=True)
     rate = total / wall if wall > 0 else 0.0
-    print(f"done: {scored} scored + {rejected} rejected = {total} read in {wall:.1f}s ({rate:.0f} rows/s), "
-          f"model {plan.model_version}, output {plan.output}")
+    print(
+        f"done: {scored} scored + {rejected} rejected = {total} read in {wall:.1f}s ({rate:.0f} rows/s), "
+        f"model {plan.model_version}, output {plan.output}"
+    )
     return EXIT_OK
 
 

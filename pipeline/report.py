@@ -31,7 +31,7 @@ def score_histogram(scores: np.ndarray, bins: int = HISTOGRAM_BINS) -> dict:
         raise ValueError("scores contain NaN or infinite values")
     if values.size and (values.min() < 0.0 or values.max() > 1.0):
         raise ValueError(f"scores must lie in [0, 1], got range [{values.min()}, {values.max()}]")
-    # Rounded so the stored edges read cleanly (0.15, not 0.15000000000000002); the rounded edges are the ones binned on.
+    # Rounded so stored edges read cleanly (0.15, not 0.15000000000000002); the rounded edges are the ones binned on.
     edges = [round(float(edge), 12) for edge in np.linspace(0.0, 1.0, int(bins) + 1)]
     counts, _ = np.histogram(values, bins=np.asarray(edges))
     return {"edges": edges, "counts": [int(count) for count in counts]}
@@ -102,7 +102,7 @@ def render_report_markdown(
     psi_threshold: float = 0.2,
     histogram_file: str = HISTOGRAM_FILE,
 ) -> tuple[str, float | None, bool]:
-    """The partition's report.md text, the PSI against `previous` (None if not computable), and whether drift is flagged.
+    """The partition's report.md text, the PSI against `previous` (None if not computable), and the drift flag.
 
     `summary` and `previous` are summary.json dicts of this partition and of the partition before it. Drift is flagged
     only when a PSI could be computed and it is strictly above `psi_threshold`.

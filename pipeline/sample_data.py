@@ -39,16 +39,22 @@ CHUNK_ROWS = 100_000
 # Texts are assembled this many at a time: their (rows x sentence slots) temporaries dominate peak memory.
 TEXT_BATCH = 25_000
 CUSTOMER_ID_BASE = 100_001
-# Review ids start above the int32 range so a reader that narrows them to int32 fails loudly in testing.
+# Review ids start above the int32 range, so code that narrows them to int32 shows up in testing.
 REVIEW_ID_BASE = 5_000_000_001
 
-# Dirty rows, as fractions of reviews (or of customers for the null features); counts are round(rate * n).
+# Dirty rows, as fractions of reviews (or of customers for the null features); counts are round(rate * n),
+# raised to a floor once the data is big enough that every reject path should see work: one review of each dirty
+# kind from DIRTY_FLOOR_REVIEWS reviews on, and one null age plus one null purchase_history from
+# DIRTY_FLOOR_CUSTOMERS customers on. Smaller datasets are left clean.
+DIRTY_FLOOR_REVIEWS = 500
+DIRTY_FLOOR_CUSTOMERS = 100
 MISSING_CUSTOMER_RATE = 0.005
 NULL_TEXT_RATE = 0.003
 BLANK_TEXT_RATE = 0.001
 NULL_FEATURE_RATE = 0.002
 BLANK_TEXTS = ("", " ", "   ", "\t", " \n ")
 
+# Length of a (non-dirty) review text in whitespace-separated words.
 MIN_WORDS = 10
 MAX_WORDS = 120
 # Label noise and reviews without any sentiment sentence: together they cap a perfect model's AUC near 0.95.
@@ -282,13 +288,14 @@ def _expand(template: str) -> list[str]:
     """The template with every combination of its slot values filled in, leaving {p} for the product."""
     names = sorted({name for _, name, _, _ in string.Formatter().parse(template) if name and name != "p"})
     return [
-        template.format(p="{p}", **dict(zip(names, values)))
+        template.format(p="{p}", **dict(zip(names, values, strict=True)))
         for values in itertools.product(*(SLOTS[name] for name in names))
     ]
 
 
 @functools.lru_cache(maxsize=1)
 def _sentence_pool() -> _SentencePool:
+    """The rendered sentences, built once per process: a few thousand strings that every review is joined from."""
     kinds = {
         FILLER: FILLER_TEMPLATES,
         OPENER: OPENER_TEMPLATES,
@@ -339,6 +346,7 @@ def _as_count(name: str, value, minimum: int) -> int:
 
 
 def _day_list(end_date: str, days: int) -> list[str]:
+    """The `days` dates ending at end_date, oldest first, as YYYY-MM-DD; only that exact format is accepted."""
     if not isinstance(end_date, str) or not re.fullmatch(r"\d{4}-\d{2}-\d{2}", end_date):
         raise ValueError(f"end_date must be a YYYY-MM-DD string, got {end_date!r}")
     try:
@@ -348,8 +356,9 @@ def _day_list(end_date: str, days: int) -> list[str]:
         raise ValueError(f"end_date {end_date!r} with days={days} is not a valid date range: {e}") from None
 
 
-def _dirty_count(rate: float, n: int) -> int:
-    return int(rate * n + 0.5)
+def _dirty_count(rate: float, n: int, floor: int) -> int:
+    """rate * n rounded half up, at least floor: seed-independent, so a dataset's dirty-row counts are predictable."""
+    return min(n, max(int(rate * n + 0.5), floor))
 
 
 class _PartWriter:
@@ -366,6 +375,7 @@ class _PartWriter:
         os.makedirs(directory, exist_ok=True)
 
     def write(self, table: pa.Table) -> None:
+        """Appends the rows, starting the next part file whenever the current one is full."""
         start = 0
         while start < table.num_rows:
             if self._writer is None or self._rows_in_part == self.rows_per_file:
@@ -388,14 +398,12 @@ class _PartWriter:
             self._writer = None
 
 
-def _customer_chunk(seed: int, chunk: int, start: int, n: int, null_age, null_spend) -> tuple[np.ndarray, np.ndarray]:
-    """Age and purchase_history for customers start..start+n-1, NaN where the sample data makes them null."""
+def _customer_chunk(seed: int, chunk: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """True age and purchase_history of the chunk's n customers; which ones the data hides as null comes later."""
     rng = np.random.default_rng([seed, 1, chunk])
     age = np.minimum(AGE_MIN + np.floor(rng.beta(2.2, 2.8, n) * (AGE_MAX - AGE_MIN + 1)), AGE_MAX)
     spend = np.round(rng.lognormal(SPEND_LOG_MEAN, SPEND_LOG_SIGMA, n), 2)
     spend[rng.random(n) < ZERO_SPEND_RATE] = 0.0
-    age[_in_range(null_age, start, n)] = np.nan
-    spend[_in_range(null_spend, start, n)] = np.nan
     return age, spend
 
 
@@ -405,8 +413,11 @@ def _in_range(sorted_positions: np.ndarray, start: int, n: int) -> np.ndarray:
     return sorted_positions[lo:hi] - start
 
 
-def _null_where_nan(values: np.ndarray) -> pa.Array:
-    return pa.array(values, type=pa.float64(), mask=np.isnan(values))
+def _with_nulls(values: np.ndarray, null_positions: np.ndarray) -> pa.Array:
+    """A float64 column with real nulls (not NaN) at the given positions."""
+    mask = np.zeros(len(values), dtype=bool)
+    mask[null_positions] = True
+    return pa.array(values, type=pa.float64(), mask=mask)
 
 
 def _review_texts(rng: np.random.Generator, positive: np.ndarray) -> pa.Array:
@@ -483,16 +494,17 @@ def write_sample_data(
     end_date: str = "2026-11-28",
     rows_per_file: int = 250_000,
 ) -> dict:
-    """Writes OUTPUT/customers/part-00000.parquet... and OUTPUT/reviews/dt=YYYY-MM-DD/part-NNNNN.parquet; returns a summary dict.
+    """Writes OUTPUT/customers/part-NNNNN.parquet and OUTPUT/reviews/dt=YYYY-MM-DD/part-NNNNN.parquet; returns counts.
 
     The data is a function of the arguments alone (not of the time, and not of rows_per_file, which only splits
     files), so a rerun reproduces it byte for byte. Reviews are spread evenly over `days` days ending at end_date,
     the first days taking one extra when they do not divide evenly. Their text carries the label through
     sentiment phrases, negations included; purchase_history shifts the label probability a little. A few dirty
     rows give a pipeline's reject paths work: reviews of customers that have no customer row, null and blank
-    texts, and customers with a null age or purchase_history. Generation and writing go CHUNK_ROWS rows at a
-    time, so millions of reviews fit in a few hundred MB. Refuses (FileExistsError) to write into a customers/
-    or reviews/ directory that already has files, since stale parts of an earlier run would mix into this one.
+    texts, and customers with a null age or purchase_history (rates and floors above DIRTY_FLOOR_REVIEWS).
+    Generation and writing go CHUNK_ROWS rows at a time, so millions of reviews fit in a few hundred MB.
+    Refuses (FileExistsError) to write into a customers/ or reviews/ directory that already has files, since
+    stale parts of an earlier run would mix into this one.
     """
     reviews = _as_count("reviews", reviews, 1)
     days = _as_count("days", days, 1)
@@ -514,10 +526,13 @@ def write_sample_data(
 
     # The dirty rows are placed up front from their own stream, so their counts are exact and chunking-free.
     plan = np.random.default_rng([seed, 0])
-    counts = [_dirty_count(rate, reviews) for rate in (MISSING_CUSTOMER_RATE, NULL_TEXT_RATE, BLANK_TEXT_RATE)]
+    floor = 1 if reviews >= DIRTY_FLOOR_REVIEWS else 0
+    rates = (MISSING_CUSTOMER_RATE, NULL_TEXT_RATE, BLANK_TEXT_RATE)
+    counts = [_dirty_count(rate, reviews, floor) for rate in rates]
     dirty = plan.choice(reviews, sum(counts), replace=False)
     missing, null_text, blank_text = (np.sort(part) for part in np.split(dirty, np.cumsum(counts)[:-1]))
-    null_features = plan.choice(customers, _dirty_count(NULL_FEATURE_RATE, customers), replace=False)
+    floor = 2 if customers >= DIRTY_FLOOR_CUSTOMERS else 0
+    null_features = plan.choice(customers, _dirty_count(NULL_FEATURE_RATE, customers, floor), replace=False)
     null_age, null_spend = np.sort(null_features[0::2]), np.sort(null_features[1::2])
 
     ages = np.empty(customers)
@@ -526,25 +541,27 @@ def write_sample_data(
     try:
         for chunk, start in enumerate(range(0, customers, CHUNK_ROWS)):
             n = min(CHUNK_ROWS, customers - start)
-            age, spend = _customer_chunk(seed, chunk, start, n, null_age, null_spend)
+            age, spend = _customer_chunk(seed, chunk, n)
             ages[start : start + n], spends[start : start + n] = age, spend
-            ids = np.arange(CUSTOMER_ID_BASE + start, CUSTOMER_ID_BASE + start + n, dtype=np.int64)
-            table = pa.table([pa.array(ids), _null_where_nan(age), _null_where_nan(spend)], schema=CUSTOMER_SCHEMA)
-            writer.write(table)
+            ids = pa.array(np.arange(CUSTOMER_ID_BASE + start, CUSTOMER_ID_BASE + start + n, dtype=np.int64))
+            age = _with_nulls(age, _in_range(null_age, start, n))
+            spend = _with_nulls(spend, _in_range(null_spend, start, n))
+            writer.write(pa.table([ids, age, spend], schema=CUSTOMER_SCHEMA))
     finally:
         writer.close()
 
-    # A customer's pull on the label, and how often they review: heavy buyers write more reviews.
-    spend_z = np.nan_to_num((np.log1p(spends) - SPEND_LOG_MEAN) / SPEND_LOG_SIGMA)
-    age_z = np.nan_to_num((ages - (AGE_MIN + AGE_MAX) / 2) / 15.0)
+    # A customer's pull on the label, and how often they review (heavy buyers write more reviews), come from the
+    # true values, also where the customer row hides them as null: the person behind the record still exists.
+    spend_z = (np.log1p(spends) - SPEND_LOG_MEAN) / SPEND_LOG_SIGMA
+    age_z = (ages - (AGE_MIN + AGE_MAX) / 2) / 15.0
     customer_logit = LOGIT_BASE + LOGIT_SPEND * spend_z + LOGIT_AGE * age_z
-    weight = np.sqrt(1.0 + np.nan_to_num(spends))
+    weight = np.sqrt(1.0 + spends)
     review_cdf = np.cumsum(weight) / weight.sum()
     del ages, spends, spend_z, age_z, weight
 
     per_day = [reviews // days + (1 if d < reviews % days else 0) for d in range(days)]
     day_start = 0
-    for d, (day, day_count) in enumerate(zip(dates, per_day)):
+    for d, (day, day_count) in enumerate(zip(dates, per_day, strict=True)):
         writer = _PartWriter(os.path.join(reviews_dir, f"dt={day}"), REVIEW_SCHEMA, rows_per_file)
         try:
             for chunk, offset in enumerate(range(0, day_count, CHUNK_ROWS)):

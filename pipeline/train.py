@@ -66,9 +66,17 @@ def load_training_rows(customers: str, reviews: str, columns: Columns) -> tuple[
     return labelled, counts
 
 
-def train_bundle(customers: str, reviews: str, model_dir: str, epochs: int = 10, seed: int = 7,
-                 validation_fraction: float = 0.2, columns: Columns | None = None,
-                 spec: ModelSpec | None = None, batch_size: int = 64) -> tuple[ModelBundle, dict]:
+def train_bundle(
+    customers: str,
+    reviews: str,
+    model_dir: str,
+    epochs: int = 10,
+    seed: int = 7,
+    validation_fraction: float = 0.2,
+    columns: Columns | None = None,
+    spec: ModelSpec | None = None,
+    batch_size: int = 64,
+) -> tuple[ModelBundle, dict]:
     """Builds vocabulary and scaler on the training split only, fits, and writes the bundle."""
     columns = columns or Columns()
     spec = spec or ModelSpec(numeric_features=len(columns.features))
@@ -89,10 +97,18 @@ def train_bundle(customers: str, reviews: str, model_dir: str, epochs: int = 10,
         numeric, tokens, _, _ = featurizer.featurize(table, columns.review_text)
         return numeric, tokens, table[columns.label].cast(pa.int64()).to_numpy(zero_copy_only=False)
 
-    model, metrics = fit_model(arrays(train_rows), arrays(val_rows), spec, epochs=epochs, seed=seed,
-                               batch_size=batch_size)
+    model, metrics = fit_model(
+        arrays(train_rows), arrays(val_rows), spec, epochs=epochs, seed=seed, batch_size=batch_size
+    )
     metrics.update({f"input_{k}": v for k, v in counts.items()})
     _LOG.info("trained on %d rows, validated on %d: val_auc %.4f", n - n_val, n_val, metrics["val_auc"])
-    bundle = save_bundle(model_dir, model, vocabulary, tokenizer_spec.to_dict(), scaler.to_dict(), metrics,
-                         {"model_spec": spec.to_dict(), "seed": seed, "text_feature": columns.review_text})
+    bundle = save_bundle(
+        model_dir,
+        model,
+        vocabulary,
+        tokenizer_spec.to_dict(),
+        scaler.to_dict(),
+        metrics,
+        {"model_spec": spec.to_dict(), "seed": seed, "text_feature": columns.review_text},
+    )
     return bundle, metrics

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import apache_beam as beam
@@ -51,9 +51,7 @@ def _visible(path: str) -> bool:
 
 def resolve_files(pattern: str) -> list[str]:
     """The files a path names: a file, every *.parquet below a folder, or a glob's matches; sorted."""
-    if _GLOB_CHARS & set(pattern):
-        patterns = [pattern]
-    elif pattern.endswith(".parquet"):
+    if _GLOB_CHARS & set(pattern) or pattern.endswith(".parquet"):
         patterns = [pattern]
     else:
         patterns = [FileSystems.join(pattern.rstrip("/"), "**.parquet")]
@@ -123,7 +121,9 @@ class ReadParquetBatches(beam.DoFn):
             self._rows_read.inc(n)
             yield task.partition, conform(table, self._schema)
         if read != task.num_rows:
-            raise InputError(f"{task.path}: read {read} rows from row groups {task.row_groups}, footer says {task.num_rows}")
+            raise InputError(
+                f"{task.path}: read {read} rows from row groups {task.row_groups}, footer says {task.num_rows}"
+            )
 
 
 def partition_path(root: str, partition: str) -> str:
@@ -164,7 +164,12 @@ class WriteParquetShards(beam.DoFn):
             handle = FileSystems.create(path)
             writer = pq.ParquetWriter(handle, self._schema, compression="zstd")
             self._open[partition] = {
-                "path": path, "handle": handle, "writer": writer, "rows": 0, "pending": [], "pending_rows": 0
+                "path": path,
+                "handle": handle,
+                "writer": writer,
+                "rows": 0,
+                "pending": [],
+                "pending_rows": 0,
             }
         state = self._open[partition]
         state["pending"].append(table)

@@ -15,7 +15,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # Pipeline options that are the job's own flags, mapped to the CLI's spelling. A key matches with "-" and "_"
 # treated alike (Airflow and Dataflow pass `--model_dir=...`). Every other argument is a Beam flag
 # (--runner, --project, --region, --job_name, --labels, --setup_file, ...) and is passed through unchanged,
-# after the job's flags; the CLI hands unknown flags to Beam.
+# after the job's flags; the CLI hands those to Beam and rejects (exit 2) a flag Beam does not know either.
 JOB_FLAGS = {
     "config": "--config",
     "date": "--date",
@@ -25,13 +25,17 @@ JOB_FLAGS = {
     "model_dir": "--model-dir",
 }
 
+# Beam's logger for the job submission message (apache_beam/runners/dataflow/internal/apiclient.py).
+DATAFLOW_JOB_ID_LOGGER = "apache_beam.runners.dataflow.internal.apiclient"
+
 
 def build_argv(argv: Sequence[str], default_config: str | None = None) -> list[str]:
     """Turn `--key=value` / `--key value` options into the argument list for `sentiment-score score`.
 
-    A leading "score" is accepted and not repeated. An empty job option (`--output=`, e.g. an optional template
-    parameter left blank) is dropped so the config's value stands; a repeated one keeps its last value.
-    `default_config` is used when no --config is given. Raises ValueError for a job flag without a value.
+    A leading "score" is accepted and not repeated. An empty `--key=` (an optional parameter or Airflow Variable
+    left blank) is dropped, job flag or Beam flag, so the config's value stands; a repeated job flag keeps its
+    last value. `default_config` is used when no --config is given. Raises ValueError for a job flag without a
+    value.
     """
     args = list(argv)
     if args[:1] == ["score"]:
@@ -44,6 +48,8 @@ def build_argv(argv: Sequence[str], default_config: str | None = None) -> list[s
         i += 1
         name, has_value, value = token.partition("=")
         key = name[2:].replace("-", "_") if name.startswith("--") else ""
+        if key and has_value and not value:
+            continue
         if key not in JOB_FLAGS:
             beam.append(token)
             continue
@@ -52,8 +58,7 @@ def build_argv(argv: Sequence[str], default_config: str | None = None) -> list[s
                 raise ValueError(f"{name} needs a value")
             value = args[i]
             i += 1
-        if value:
-            job[key] = value
+        job[key] = value
     if "config" not in job and default_config:
         job["config"] = default_config
     argv_out = ["score"]
@@ -80,9 +85,10 @@ def main(argv: Sequence[str] | None = None, default_config: str | None = None) -
     except ValueError as exc:
         print(f"launch_score: {exc}", file=sys.stderr)
         return 2
-    # Airflow finds the Dataflow job id in Beam's INFO line "Created job with id: [...]"; make sure INFO is shown
-    # unless the CLI configures logging itself.
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Airflow's Dataflow hook reads the job id from Beam's INFO line "Created job with id: [...]" (it needs it to
+    # wait for and to cancel the job). The CLI turns the "apache_beam" loggers down to WARNING unless -v; a level
+    # set on this one logger keeps that single line. The CLI's own logging.basicConfig prints it to stderr.
+    logging.getLogger(DATAFLOW_JOB_ID_LOGGER).setLevel(logging.INFO)
     os.chdir(REPO_ROOT)
     print("launch_score: sentiment-score " + " ".join(cli_argv), file=sys.stderr, flush=True)
     result = _cli_main()(cli_argv)

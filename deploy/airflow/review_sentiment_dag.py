@@ -36,7 +36,6 @@ with DAG(
         "owner": "data-science",
         "retries": 2,
         "retry_delay": timedelta(minutes=15),
-        "retry_exponential_backoff": True,
         # On timeout Airflow kills the task and the operator's on_kill cancels the Dataflow job.
         "execution_timeout": timedelta(hours=6),
     },
@@ -53,15 +52,18 @@ with DAG(
         py_requirements=None,
         py_system_site_packages=False,
         runner="DataflowRunner",
-        # Shared Beam options. Templated: Airflow Variables are read when the task runs, not at parse time.
-        # project and region come from dataflow_config (project falls back to the GCP connection's project).
+        # Beam options on top of the config's `beam:` section (these win). Templated, so Airflow Variables are
+        # read when the task runs, not at parse time; an unset Variable renders "" and the launcher drops it,
+        # leaving the config's value. project and region are added by the operator from dataflow_config (the
+        # project falls back to the GCP connection's), also overriding the config.
         default_pipeline_options={
-            "temp_location": "{{ var.value.sentiment_dataflow_temp_location }}",
-            "staging_location": "{{ var.value.sentiment_dataflow_staging_location }}",
-            # What the Dataflow workers install: the project with its pinned dependencies.
+            "temp_location": "{{ var.value.get('sentiment_dataflow_temp_location', '') }}",
+            "staging_location": "{{ var.value.get('sentiment_dataflow_staging_location', '') }}",
+            # What the Dataflow workers install: the project with its dependencies.
             "setup_file": f"{SENTIMENT_HOME}/setup.py",
         },
         # The job's own options; relative paths are relative to SENTIMENT_HOME (the launcher runs from there).
+        # Input/model/output paths come from the config; add "output": ... etc. here to override them.
         pipeline_options={
             "config": "configs/dataflow.yaml",
             "date": "{{ ds }}",
@@ -70,7 +72,8 @@ with DAG(
             # Templated; a unique suffix is appended, so a retry never collides with the failed attempt's job.
             job_name="review-sentiment-{{ ds_nodash }}",
             append_job_name=True,
-            location="{{ var.value.get('sentiment_dataflow_region', 'us-central1') }}",
+            # The operator always passes --region (and --project) from here, overriding the config's values.
+            location="{{ var.value.get('sentiment_dataflow_region', 'europe-west1') }}",
             gcp_conn_id="google_cloud_default",
             # Batch job: wait for a terminal state, so the task's success means the partition is written.
             wait_until_finished=True,

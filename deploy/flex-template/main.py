@@ -1,4 +1,4 @@
-"""Flex Template entry point (FLEX_TEMPLATE_PYTHON_PY_FILE): runs `sentiment-score score` with the template's parameters."""
+"""Flex Template entry point (FLEX_TEMPLATE_PYTHON_PY_FILE): `sentiment-score score` with the template parameters."""
 
 from __future__ import annotations
 

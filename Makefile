@@ -1,0 +1,61 @@
+# Everything a fresh machine with python3 and make needs: `make run` and `make test` (see README.md).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+TEST_INSTALLED := $(VENV)/.test-installed
+SAMPLE := data/sample
+MODEL := data/model
+RUN_DATE ?= 2026-11-28
+PYTEST_ARGS ?=
+
+.PHONY: run test lint format bench bench-quick clean install
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(INSTALLED): setup.py constraints.txt | $(PY)
+	$(PY) -m pip install --quiet -c constraints.txt -e .
+	touch $@
+
+$(TEST_INSTALLED): $(INSTALLED) setup.py constraints.txt
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $@
+
+install: $(INSTALLED)
+
+$(SAMPLE)/.complete: | $(INSTALLED)
+	$(BIN)/sentiment-score sample-data --output $(SAMPLE) --reviews 3000 --days 3 --end-date $(RUN_DATE)
+	touch $@
+
+$(MODEL)/metadata.json: $(SAMPLE)/.complete
+	$(BIN)/sentiment-score train --customers $(SAMPLE)/customers --reviews $(SAMPLE)/reviews --model-dir $(MODEL) --epochs 8
+
+# Scores one night of the sample reviews on DirectRunner with the demo model.
+run: $(INSTALLED) $(MODEL)/metadata.json
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/sentiment-score score --config configs/local.yaml --date $(RUN_DATE)
+
+lint: $(TEST_INSTALLED)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(TEST_INSTALLED)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# Lint, then the whole suite (unit, pipeline end-to-end, CLI subprocesses, portable runner, packaging).
+test: lint
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Throughput and memory against baselines, by hand (never in make test); see benchmarks/README.md.
+bench: $(TEST_INSTALLED)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks.run --sizes 200000,2000000
+
+bench-quick: $(TEST_INSTALLED)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks.run --sizes 20000
+
+clean:
+	rm -rf $(VENV) data output *.egg-info .pytest_cache .ruff_cache

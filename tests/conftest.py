@@ -1,0 +1,39 @@
+"""Shared fixtures: small real sample data and a real (briefly) trained model bundle, made once per session."""
+
+import os
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+SAMPLE_DATE = "2026-11-28"
+
+
+@pytest.fixture(scope="session")
+def sample_dir(tmp_path_factory):
+    """Two days of sample data (600 reviews) with the generator's dirty rows."""
+    from pipeline.sample_data import write_sample_data
+
+    root = tmp_path_factory.mktemp("sample")
+    write_sample_data(str(root), reviews=600, days=2, seed=11, end_date=SAMPLE_DATE)
+    return root
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(tmp_path_factory):
+    """A model bundle trained for a few epochs on 2000 sample reviews: real weights, real vocabulary."""
+    from pipeline.sample_data import write_sample_data
+    from pipeline.train import train_bundle
+
+    data = tmp_path_factory.mktemp("train-data")
+    write_sample_data(str(data), reviews=2000, days=1, seed=3, end_date="2026-11-01")
+    model_dir = tmp_path_factory.mktemp("bundle") / "model"
+    train_bundle(str(data / "customers"), str(data / "reviews"), str(model_dir), epochs=5, seed=5)
+    return model_dir
+
+
+@pytest.fixture(scope="session")
+def bundle(bundle_dir):
+    from model.bundle import load_bundle
+
+    return load_bundle(str(bundle_dir))

@@ -1,0 +1,784 @@
+"""Checks for deploy/: the cron wrapper, the Airflow DAG and launcher, and the Dataflow Flex Template files."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import types
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+CRON_SCRIPT = DEPLOY / "cron" / "score-yesterday.sh"
+CRONTAB = DEPLOY / "cron" / "crontab"
+DAG_FILE = DEPLOY / "airflow" / "review_sentiment_dag.py"
+LAUNCHER = DEPLOY / "airflow" / "launch_score.py"
+FLEX_DIR = DEPLOY / "flex-template"
+DOCKERFILE = FLEX_DIR / "Dockerfile"
+FLEX_MAIN = FLEX_DIR / "main.py"
+METADATA = FLEX_DIR / "metadata.json"
+
+# Keyword-only parameters of BeamRunPythonPipelineOperator.__init__, copied from the signature in
+# apache-airflow-providers-apache-beam 6.3.1 (airflow/providers/apache/beam/operators/beam.py). Anything else goes
+# through **kwargs to BaseOperator.
+BEAM_PYTHON_OPERATOR_PARAMS = {
+    "py_file",
+    "runner",
+    "default_pipeline_options",
+    "pipeline_options",
+    "py_interpreter",
+    "py_options",
+    "py_requirements",
+    "py_system_site_packages",
+    "gcp_conn_id",
+    "dataflow_config",
+    "deferrable",
+}
+# BaseOperator parameters the DAG may pass to the operator directly (the rest come from default_args).
+BASE_OPERATOR_PARAMS = {"task_id", "retries", "retry_delay", "execution_timeout", "doc_md", "owner"}
+# DataflowConfiguration.__init__ parameters, from apache-airflow-providers-google 22.8.0
+# (airflow/providers/google/cloud/operators/dataflow.py).
+DATAFLOW_CONFIGURATION_PARAMS = {
+    "job_name",
+    "append_job_name",
+    "project_id",
+    "location",
+    "gcp_conn_id",
+    "poll_sleep",
+    "impersonation_chain",
+    "drain_pipeline",
+    "cancel_timeout",
+    "wait_until_finished",
+    "multiple_jobs",
+    "check_if_running",
+    "service_account",
+    "max_num_workers",
+}
+# The operator keywords this deployment must set explicitly.
+REQUIRED_OPERATOR_KWARGS = {
+    "py_file",
+    "runner",
+    "default_pipeline_options",
+    "pipeline_options",
+    "py_interpreter",
+    "py_options",
+    "py_requirements",
+    "py_system_site_packages",
+    "dataflow_config",
+}
+# Paths the lead provides at the repo root; the Dockerfile may COPY them before they exist here.
+LEAD_PROVIDED = {"setup.py", "constraints.txt", "pipeline", "transforms", "model", "configs"}
+TEMPLATE_PARAMETERS = {"date", "customers", "reviews", "model_dir", "output", "config"}
+
+
+def load_module(path: Path, name: str) -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# --------------------------------------------------------------------------------------------- cron wrapper
+
+
+@pytest.fixture
+def fake_job(tmp_path):
+    """A stand-in for `sentiment-score`: logs its argv, marks that it started, exits FAKE_RC.
+
+    With FAKE_HOLD=1 it keeps running (sleeping) until the test creates the `release` file, at most 30 s, so a
+    test decides when it ends instead of racing a fixed sleep on a busy machine.
+    """
+    calls = tmp_path / "calls.log"
+    started = tmp_path / "started"
+    release = tmp_path / "release"
+    script = tmp_path / "fake-sentiment-score"
+    script.write_text(
+        "#!/usr/bin/env bash\n"
+        f'printf "%s\\n" "$*" >> "{calls}"\n'
+        f'touch "{started}"\n'
+        'if [[ "${FAKE_HOLD:-0}" == 1 ]]; then\n'
+        f'    for _ in $(seq 300); do [[ -e "{release}" ]] && break; sleep 0.1; done\n'
+        "fi\n"
+        'exit "${FAKE_RC:-0}"\n'
+    )
+    script.chmod(0o755)
+    return types.SimpleNamespace(path=script, calls=calls, started=started, release=release)
+
+
+def wrapper_env(tmp_path, **overrides) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in {"SCORE_DATE", "DRY_RUN", "CONFIG", "SENTIMENT_SCORE"}}
+    env["LOCK_FILE"] = str(tmp_path / "score.lock")
+    env.update({k: str(v) for k, v in overrides.items()})
+    return env
+
+
+def run_wrapper(tmp_path, *args, **env) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(CRON_SCRIPT), *args],
+        env=wrapper_env(tmp_path, **env),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_cron_wrapper_is_valid_bash_and_executable():
+    subprocess.run(["bash", "-n", str(CRON_SCRIPT)], check=True, timeout=30)
+    assert os.access(CRON_SCRIPT, os.X_OK)
+    assert "set -euo pipefail" in CRON_SCRIPT.read_text()
+
+
+def test_cron_wrapper_passes_shellcheck():
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.skip("shellcheck is not installed")
+    result = subprocess.run([shellcheck, str(CRON_SCRIPT)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dry_run_prints_the_exact_command_for_score_date(tmp_path):
+    result = run_wrapper(tmp_path, SCORE_DATE="2026-11-28", DRY_RUN=1)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "sentiment-score score --config configs/nightly.yaml --date 2026-11-28\n"
+    assert not (tmp_path / "score.lock").exists(), "a dry run takes no lock"
+
+
+def test_dry_run_honours_overrides_and_quotes_extra_arguments(tmp_path):
+    result = run_wrapper(
+        tmp_path,
+        "--output",
+        "out dir",
+        "--runner=DirectRunner",
+        SCORE_DATE="2026-01-31",
+        DRY_RUN=1,
+        CONFIG="configs/backfill.yaml",
+        SENTIMENT_SCORE="/opt/sentiment/.venv/bin/sentiment-score",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (
+        "/opt/sentiment/.venv/bin/sentiment-score score --config configs/backfill.yaml --date 2026-01-31"
+        " --output out\\ dir --runner=DirectRunner\n"
+    )
+
+
+def test_dry_run_without_score_date_uses_yesterday(tmp_path):
+    # Local calendar day, as the script sees it; computed on both sides of the run in case midnight passes.
+    before = datetime.now(UTC).astimezone().date() - timedelta(days=1)
+    result = run_wrapper(tmp_path, DRY_RUN=1)
+    after = datetime.now(UTC).astimezone().date() - timedelta(days=1)
+    assert result.returncode == 0, result.stderr
+    dates = {f"sentiment-score score --config configs/nightly.yaml --date {d.isoformat()}\n" for d in (before, after)}
+    assert result.stdout in dates
+
+
+@pytest.mark.parametrize("bad_date", ["2026/11/28", "2026-02-30", "yesterday", "2026-11-28; rm -rf /"])
+def test_bad_score_date_is_a_usage_error_and_runs_nothing(tmp_path, fake_job, bad_date):
+    result = run_wrapper(tmp_path, SCORE_DATE=bad_date, SENTIMENT_SCORE=fake_job.path)
+    assert result.returncode == 2
+    assert "SCORE_DATE" in result.stderr
+    assert not fake_job.calls.exists()
+
+
+@pytest.mark.parametrize("job_rc", [0, 1, 2])
+def test_the_jobs_exit_code_is_propagated(tmp_path, fake_job, job_rc):
+    result = run_wrapper(
+        tmp_path, "--runner=DirectRunner", SCORE_DATE="2026-11-28", SENTIMENT_SCORE=fake_job.path, FAKE_RC=job_rc
+    )
+    assert result.returncode == job_rc
+    assert fake_job.calls.read_text().splitlines() == [
+        "score --config configs/nightly.yaml --date 2026-11-28 --runner=DirectRunner"
+    ]
+    log = result.stderr.splitlines()
+    assert len(log) == 2
+    stamp = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z score-yesterday\[\d+\]: "
+    assert re.match(stamp + r"start date=2026-11-28 ", log[0])
+    assert re.match(stamp + rf"end date=2026-11-28 exit={job_rc} elapsed=\d+s$", log[1])
+
+
+@pytest.mark.slow
+def test_lock_prevents_overlapping_runs(tmp_path, fake_job):
+    lock = tmp_path / "score.lock"
+    first = subprocess.Popen(
+        [str(CRON_SCRIPT)],
+        env=wrapper_env(tmp_path, SCORE_DATE="2026-11-27", SENTIMENT_SCORE=fake_job.path, FAKE_HOLD=1),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while not fake_job.started.exists():  # the job starts only once the wrapper holds the lock
+            assert first.poll() is None, first.communicate()
+            assert time.monotonic() < deadline, "the first run never started its job"
+            time.sleep(0.05)
+
+        second = run_wrapper(tmp_path, SCORE_DATE="2026-11-28", SENTIMENT_SCORE=fake_job.path)
+        assert second.returncode == 75
+        assert second.stderr == f"another run holds {lock}; exiting\n"
+        assert second.stdout == ""
+        assert first.poll() is None, "the second run must not disturb the first"
+
+        fake_job.release.touch()
+        _, first_err = first.communicate(timeout=30)
+        assert first.returncode == 0, first_err
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+
+    assert fake_job.calls.read_text().splitlines() == ["score --config configs/nightly.yaml --date 2026-11-27"]
+    # The lock goes with the process: the next run gets it.
+    third = run_wrapper(tmp_path, SCORE_DATE="2026-11-28", SENTIMENT_SCORE=fake_job.path)
+    assert third.returncode == 0, third.stderr
+
+
+def test_an_unusable_lock_file_is_a_config_error(tmp_path, fake_job):
+    result = run_wrapper(
+        tmp_path, SCORE_DATE="2026-11-28", SENTIMENT_SCORE=fake_job.path, LOCK_FILE=tmp_path / "no-such-dir" / "x.lock"
+    )
+    assert result.returncode == 2
+    assert "cannot open lock file" in result.stderr
+    assert not fake_job.calls.exists()
+
+
+def test_crontab_entry_runs_the_wrapper_nightly():
+    entries = [
+        line
+        for line in CRONTAB.read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#") and not re.match(r"^[A-Z_]+=", line)
+    ]
+    assert len(entries) == 1
+    fields = entries[0].split(None, 5)
+    assert len(fields) == 6
+    minute, hour, dom, month, dow, command = fields
+    assert minute.isdigit() and 0 <= int(minute) < 60
+    assert hour.isdigit() and 0 <= int(hour) < 24
+    assert (dom, month, dow) == ("*", "*", "*")
+    assert "deploy/cron/score-yesterday.sh" in command
+    assert "%" not in command, "cron turns an unescaped % into a newline"
+
+
+# ---------------------------------------------------------------------------------------------------- Airflow
+
+
+def dag_tree() -> ast.Module:
+    return ast.parse(DAG_FILE.read_text(), filename=str(DAG_FILE))
+
+
+def calls_named(tree: ast.AST, name: str) -> list[ast.Call]:
+    return [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and (getattr(node.func, "id", None) == name or getattr(node.func, "attr", None) == name)
+    ]
+
+
+def keywords(call: ast.Call) -> dict[str, ast.expr]:
+    assert all(kw.arg is not None for kw in call.keywords), "no **kwargs: every keyword must be checkable"
+    return {kw.arg: kw.value for kw in call.keywords}
+
+
+def test_dag_imports_the_provider_classes():
+    imports = {
+        (node.module, alias.name)
+        for node in ast.walk(dag_tree())
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    assert ("airflow.providers.apache.beam.operators.beam", "BeamRunPythonPipelineOperator") in imports
+    assert ("airflow.providers.google.cloud.operators.dataflow", "DataflowConfiguration") in imports
+
+
+def test_dag_builds_the_beam_operator_with_real_parameters():
+    (call,) = calls_named(dag_tree(), "BeamRunPythonPipelineOperator")
+    kwargs = keywords(call)
+    assert kwargs.keys() >= REQUIRED_OPERATOR_KWARGS
+    unknown = kwargs.keys() - BEAM_PYTHON_OPERATOR_PARAMS - BASE_OPERATOR_PARAMS
+    assert not unknown, f"not parameters of BeamRunPythonPipelineOperator: {sorted(unknown)}"
+    assert ast.literal_eval(kwargs["runner"]) == "DataflowRunner"
+    assert ast.literal_eval(kwargs["py_options"]) == []
+    assert "launch_score.py" in ast.unparse(kwargs["py_file"])
+
+    options = ast.literal_eval(kwargs["pipeline_options"])
+    assert options["date"] == "{{ ds }}"
+    assert options["config"].startswith("configs/")
+
+    dataflow_config = kwargs["dataflow_config"]
+    assert isinstance(dataflow_config, ast.Call) and ast.unparse(dataflow_config.func) == "DataflowConfiguration"
+    unknown = keywords(dataflow_config).keys() - DATAFLOW_CONFIGURATION_PARAMS
+    assert not unknown, f"not parameters of DataflowConfiguration: {sorted(unknown)}"
+
+
+def test_dag_schedule_catchup_concurrency_and_retries():
+    (call,) = calls_named(dag_tree(), "DAG")
+    kwargs = keywords(call)
+    assert ast.literal_eval(kwargs["schedule"]) == "@daily"
+    assert ast.literal_eval(kwargs["catchup"]) is True
+    assert ast.literal_eval(kwargs["max_active_runs"]) == 1
+    assert "start_date" in kwargs
+    default_args = kwargs["default_args"]
+    assert isinstance(default_args, ast.Dict)
+    args = {ast.literal_eval(k): v for k, v in zip(default_args.keys, default_args.values, strict=True)}
+    assert ast.literal_eval(args["retries"]) == 2
+    assert "timedelta(" in ast.unparse(args["retry_delay"])
+
+
+def stub_module(monkeypatch, name: str, **attrs) -> None:
+    module = types.ModuleType(name)
+    module.__dict__.update(attrs)
+    monkeypatch.setitem(sys.modules, name, module)
+
+
+def test_dag_file_runs_against_stubs_with_the_real_signatures(monkeypatch):
+    """Execute the DAG file with stand-ins for Airflow whose constructors have the providers' signatures."""
+    created: dict[str, dict] = {}
+
+    class DAG:
+        def __init__(self, dag_id, **kwargs):
+            created["dag"] = {"dag_id": dag_id, **kwargs}
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    class BeamRunPythonPipelineOperator:
+        def __init__(
+            self,
+            *,
+            py_file,
+            runner="DirectRunner",
+            default_pipeline_options=None,
+            pipeline_options=None,
+            py_interpreter="python3",
+            py_options=None,
+            py_requirements=None,
+            py_system_site_packages=False,
+            gcp_conn_id="google_cloud_default",
+            dataflow_config=None,
+            deferrable=False,
+            **kwargs,
+        ):
+            params = {name: value for name, value in locals().items() if name in BEAM_PYTHON_OPERATOR_PARAMS}
+            created["operator"], created["operator_extra"] = params, kwargs
+
+    class DataflowConfiguration:
+        def __init__(
+            self,
+            *,
+            job_name=None,
+            append_job_name=True,
+            project_id=None,
+            location="us-central1",
+            gcp_conn_id="google_cloud_default",
+            poll_sleep=10,
+            impersonation_chain=None,
+            drain_pipeline=False,
+            cancel_timeout=300,
+            wait_until_finished=None,
+            multiple_jobs=None,
+            check_if_running=None,
+            service_account=None,
+            max_num_workers=None,
+        ):
+            self.job_name = job_name
+
+    for name in ("airflow", "airflow.providers", "airflow.providers.apache", "airflow.providers.apache.beam"):
+        stub_module(monkeypatch, name)
+    stub_module(monkeypatch, "airflow.sdk", DAG=DAG)
+    stub_module(
+        monkeypatch,
+        "airflow.providers.apache.beam.operators.beam",
+        BeamRunPythonPipelineOperator=BeamRunPythonPipelineOperator,
+    )
+    stub_module(
+        monkeypatch, "airflow.providers.google.cloud.operators.dataflow", DataflowConfiguration=DataflowConfiguration
+    )
+    stub_module(monkeypatch, "pendulum", datetime=lambda *a, tz=None: datetime(*a, tzinfo=UTC))
+    monkeypatch.setenv("SENTIMENT_HOME", str(REPO))
+    monkeypatch.delenv("SENTIMENT_PYTHON", raising=False)
+
+    load_module(DAG_FILE, "review_sentiment_dag_under_test")
+
+    assert created["dag"]["dag_id"] == "review_sentiment_daily"
+    operator = created["operator"]
+    assert set(created["operator_extra"]) <= BASE_OPERATOR_PARAMS
+    assert Path(operator["py_file"]) == LAUNCHER
+    assert operator["py_interpreter"] == f"{REPO}/.venv/bin/python"
+    assert Path(operator["default_pipeline_options"]["setup_file"]) == REPO / "setup.py"
+    assert isinstance(operator["dataflow_config"], DataflowConfiguration)
+    # Dataflow job names: lowercase letters, digits and dashes (ds_nodash renders to digits).
+    assert re.fullmatch(r"[a-z0-9-]+\{\{ ds_nodash \}\}", operator["dataflow_config"].job_name)
+
+
+# --------------------------------------------------------------------------------------------------- launcher
+
+AIRFLOW_ARGV = [
+    "--runner=DataflowRunner",
+    "--job_name=review-sentiment-20261128-4f1c2a9e",
+    "--project=my-project",
+    "--region=europe-west1",
+    "--labels=airflow-version=v3-1-0",
+    "--temp_location=gs://bucket/tmp",
+    "--setup_file=/opt/sentiment/setup.py",
+    "--config=configs/dataflow.yaml",
+    "--date=2026-11-28",
+]
+
+
+@pytest.fixture(scope="module")
+def launcher():
+    return load_module(LAUNCHER, "launch_score_under_test")
+
+
+def test_launcher_imports_the_cli_lazily():
+    tree = ast.parse(LAUNCHER.read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            modules = [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+            assert not any(m and m.split(".")[0] == "pipeline" for m in modules)
+
+
+def test_launcher_maps_airflow_options_to_score_arguments(launcher):
+    assert launcher.build_argv(AIRFLOW_ARGV) == [
+        "score",
+        "--config",
+        "configs/dataflow.yaml",
+        "--date",
+        "2026-11-28",
+        *AIRFLOW_ARGV[:7],
+    ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        # Space-separated values; Beam flags keep their order and their values.
+        (
+            ["--date", "2026-11-28", "--runner", "DirectRunner", "--config", "configs/local.yaml"],
+            ["score", "--config", "configs/local.yaml", "--date", "2026-11-28", "--runner", "DirectRunner"],
+        ),
+        # A leading "score" is not repeated.
+        (["score", "--date=2026-11-28"], ["score", "--date", "2026-11-28"]),
+        # model_dir and model-dir both become the CLI's --model-dir; every job flag in the CLI's order.
+        (
+            ["--model_dir=gs://b/m/", "--reviews=gs://b/r/", "--customers=gs://b/c/", "--output=gs://b/o/"],
+            [
+                "score",
+                "--output",
+                "gs://b/o/",
+                "--customers",
+                "gs://b/c/",
+                "--reviews",
+                "gs://b/r/",
+                "--model-dir",
+                "gs://b/m/",
+            ],
+        ),
+        (["--model-dir", "gs://b/m/"], ["score", "--model-dir", "gs://b/m/"]),
+        # An empty value means "not set", for job and Beam flags; a repeated flag keeps its last value.
+        (["--output=", "--date=2026-11-27", "--date=2026-11-28"], ["score", "--date", "2026-11-28"]),
+        (["--temp_location=", "--date=2026-11-28", "--region=r"], ["score", "--date", "2026-11-28", "--region=r"]),
+        # Values containing "=" survive.
+        (["--labels=team=ds", "--date=2026-11-28"], ["score", "--date", "2026-11-28", "--labels=team=ds"]),
+    ],
+)
+def test_launcher_build_argv(launcher, argv, expected):
+    assert launcher.build_argv(argv) == expected
+
+
+def test_launcher_default_config_applies_only_without_config(launcher):
+    assert launcher.build_argv(["--date=2026-11-28"], default_config="configs/dataflow.yaml")[:3] == [
+        "score",
+        "--config",
+        "configs/dataflow.yaml",
+    ]
+    assert launcher.build_argv(["--config=configs/flink.yaml"], default_config="configs/dataflow.yaml") == [
+        "score",
+        "--config",
+        "configs/flink.yaml",
+    ]
+
+
+@pytest.mark.parametrize("argv", [["--date"], ["--date", "--runner=DirectRunner"]])
+def test_launcher_rejects_a_job_flag_without_value(launcher, argv, capsys):
+    with pytest.raises(ValueError, match="--date needs a value"):
+        launcher.build_argv(argv)
+    assert launcher.main(argv) == 2
+    assert "--date needs a value" in capsys.readouterr().err
+
+
+def test_launcher_runs_standalone_without_the_package(tmp_path):
+    # A usage error is reported before the CLI is imported, so this works wherever Python does.
+    result = subprocess.run(
+        [sys.executable, str(LAUNCHER), "--date"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "--date needs a value" in result.stderr
+
+
+def test_launcher_main_calls_the_cli_from_the_repo_root(launcher, monkeypatch, tmp_path):
+    seen = {}
+    job_id_logger = logging.getLogger(launcher.DATAFLOW_JOB_ID_LOGGER)
+    monkeypatch.setattr(job_id_logger, "level", job_id_logger.level)  # restored afterwards
+
+    def fake_cli_main(argv):
+        seen["argv"], seen["cwd"], seen["level"] = argv, Path.cwd(), job_id_logger.level
+        return 1
+
+    fake_pipeline = types.ModuleType("pipeline")
+    fake_cli = types.ModuleType("pipeline.cli")
+    fake_cli.main = fake_cli_main
+    fake_pipeline.cli = fake_cli
+    monkeypatch.setitem(sys.modules, "pipeline", fake_pipeline)
+    monkeypatch.setitem(sys.modules, "pipeline.cli", fake_cli)
+    monkeypatch.chdir(tmp_path)  # restored afterwards; main() moves to the repo root
+
+    assert launcher.main(AIRFLOW_ARGV) == 1
+    assert seen["argv"] == launcher.build_argv(AIRFLOW_ARGV)
+    assert seen["cwd"] == REPO
+    # Airflow reads the Dataflow job id from this logger's INFO line; the CLI turns "apache_beam" down to WARNING.
+    assert seen["level"] == logging.INFO
+
+
+def cli_available() -> bool:
+    try:
+        return importlib.util.find_spec("pipeline.cli") is not None
+    except ImportError:
+        return False
+
+
+def run_real_launcher(script: Path, argv: list[str], tmp_path) -> subprocess.CompletedProcess:
+    if not cli_available():
+        pytest.skip("pipeline.cli is not importable here")
+    return subprocess.run(
+        [sys.executable, str(script), *argv], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.slow
+def test_real_cli_accepts_every_flag_airflow_adds(tmp_path):
+    # The CLI rejects the first flag that is neither its own nor Beam's (exit 2, naming it). With a bogus flag
+    # last, being told about the bogus one proves every flag Airflow's operator adds got through.
+    argv = [*AIRFLOW_ARGV, "--staging_location=gs://bucket/staging", "--bogus_flag=1"]
+    result = run_real_launcher(LAUNCHER, argv, tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "launch_score: sentiment-score score --config configs/dataflow.yaml --date 2026-11-28 " in result.stderr
+    assert "unknown option --bogus_flag=1" in result.stderr
+
+
+@pytest.mark.slow
+def test_real_cli_accepts_every_template_parameter(tmp_path):
+    params = [f"--{name}=gs://bucket/{name}/" for name in ("customers", "reviews", "model_dir", "output")]
+    launcher_flags = [
+        "--runner=DataflowRunner",
+        "--project=my-project",
+        "--region=europe-west1",
+        "--staging_location=gs://bucket/staging",
+        "--temp_location=gs://bucket/tmp",
+        "--setup_file=/template/setup.py",
+    ]
+    result = run_real_launcher(FLEX_MAIN, [*launcher_flags, "--date=2026-11-28", *params, "--bogus_flag=1"], tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "--model-dir gs://bucket/model_dir/" in result.stderr
+    assert "unknown option --bogus_flag=1" in result.stderr
+
+
+def test_flex_main_uses_the_launcher_with_the_dataflow_config():
+    flex_main = load_module(FLEX_MAIN, "flex_main_under_test")
+    launcher_args = ["--runner=DataflowRunner", "--project=p", "--region=r", "--setup_file=/template/setup.py"]
+    assert flex_main.build_argv([*launcher_args, "--date=2026-11-28"]) == [
+        "score",
+        "--config",
+        "configs/dataflow.yaml",
+        "--date",
+        "2026-11-28",
+        *launcher_args,
+    ]
+    assert flex_main.build_argv(["--config=configs/spark.yaml", "--date=2026-11-28"])[:3] == [
+        "score",
+        "--config",
+        "configs/spark.yaml",
+    ]
+
+
+# ---------------------------------------------------------------------------------------------- Flex Template
+
+
+def metadata() -> dict:
+    return json.loads(METADATA.read_text())
+
+
+def test_metadata_parameters_are_complete():
+    meta = metadata()
+    assert meta["name"] and meta["description"]
+    params = meta["parameters"]
+    names = [p["name"] for p in params]
+    assert len(names) == len(set(names))
+    assert set(names) == TEMPLATE_PARAMETERS
+    for param in params:
+        for key in ("name", "label", "helpText"):
+            assert isinstance(param.get(key), str) and param[key].strip(), (param.get("name"), key)
+        assert isinstance(param["isOptional"], bool)
+        for regex in param.get("regexes", []):
+            re.compile(regex)
+    assert {p["name"]: p["isOptional"] for p in params}["date"] is False
+
+
+def test_every_template_parameter_reaches_the_job_not_beam(launcher):
+    # A parameter the launcher did not know would be passed on as a Beam flag and silently ignored.
+    assert set(launcher.JOB_FLAGS) >= TEMPLATE_PARAMETERS
+
+
+def test_metadata_date_regex():
+    (date_param,) = [p for p in metadata()["parameters"] if p["name"] == "date"]
+    assert date_param["regexes"] == [r"^\d{4}-\d{2}-\d{2}$"]
+    (regex,) = date_param["regexes"]
+    assert re.search(regex, "2026-11-28")
+    for bad in ("2026/11/28", "26-11-28", "2026-11-28x", "x2026-11-28", ""):
+        assert not re.search(regex, bad), bad
+
+
+def test_metadata_path_regexes_want_cloud_storage():
+    for param in metadata()["parameters"]:
+        for regex in param.get("regexes", []):
+            if param["name"] != "date":
+                assert re.search(regex, "gs://bucket/reviews/")
+                assert not re.search(regex, "/data/reviews")
+
+
+def test_gcloud_accepts_the_metadata(tmp_path):
+    """`gcloud dataflow flex-template build --print-only` type-checks metadata.json locally, without GCP."""
+    gcloud = shutil.which("gcloud")
+    if gcloud is None:
+        pytest.skip("gcloud is not installed")
+    env = dict(
+        os.environ,
+        CLOUDSDK_CONFIG=str(tmp_path / "gcloud"),  # an empty config: no account, no project, nothing shared
+        CLOUDSDK_CORE_DISABLE_PROMPTS="1",
+        CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK="1",
+        CLOUDSDK_CORE_DISABLE_USAGE_REPORTING="true",
+    )
+    result = subprocess.run(
+        [
+            gcloud,
+            "dataflow",
+            "flex-template",
+            "build",
+            "gs://example-bucket/templates/review-sentiment.json",
+            "--image=europe-docker.pkg.dev/example/sentiment/review-sentiment-launcher:test",
+            "--sdk-language=PYTHON",
+            f"--metadata-file={METADATA}",
+            "--print-only",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    spec = json.loads(yaml.safe_load(result.stdout))  # printed as a YAML block scalar holding the JSON spec
+    assert spec["sdkInfo"] == {"language": "PYTHON"}
+    assert spec["metadata"] == metadata(), "gcloud dropped or changed part of metadata.json"
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, with continuation lines joined and comments dropped."""
+    instructions, current = [], ""
+    for raw in DOCKERFILE.read_text().splitlines():
+        line = raw.strip()
+        if not current and (not line or line.startswith("#")):
+            continue
+        current += line[:-1] + " " if line.endswith("\\") else line
+        if not line.endswith("\\"):
+            keyword, _, rest = current.partition(" ")
+            instructions.append((keyword.upper(), rest.strip()))
+            current = ""
+    return instructions
+
+
+def dockerfile_env() -> dict[str, str]:
+    args = {}
+    env = {}
+    for keyword, rest in dockerfile_instructions():
+        if keyword == "ARG" and "=" in rest:
+            name, _, value = rest.partition("=")
+            args[name] = value.strip('"')
+        elif keyword == "ENV":
+            name, _, value = rest.partition("=")
+            env[name] = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], value.strip('"'))
+    return env
+
+
+def dockerfile_copies() -> list[tuple[list[str], str]]:
+    copies = []
+    for keyword, rest in dockerfile_instructions():
+        if keyword in ("COPY", "ADD"):
+            parts = [p for p in rest.split() if not p.startswith("--")]
+            copies.append((parts[:-1], parts[-1]))
+    return copies
+
+
+def test_dockerfile_base_image_and_template_env():
+    instructions = dockerfile_instructions()
+    assert instructions[0][0] == "FROM"
+    assert instructions[0][1].startswith("gcr.io/dataflow-templates-base/python311-template-launcher-base")
+    assert not any(keyword == "ENTRYPOINT" for keyword, _ in instructions), "the base image's launcher must run"
+    env = dockerfile_env()
+    workdir = [rest for keyword, rest in instructions if keyword == "WORKDIR"][-1]
+    assert workdir == "${WORKDIR}"
+    assert env["FLEX_TEMPLATE_PYTHON_PY_FILE"] == "/template/deploy/flex-template/main.py"
+    assert env["FLEX_TEMPLATE_PYTHON_SETUP_FILE"] == "/template/setup.py"
+    installs = [rest for keyword, rest in instructions if keyword == "RUN" and "pip install" in rest]
+    assert any("-c constraints.txt" in cmd and '".[gcp]"' in cmd for cmd in installs)
+
+
+def test_dockerfile_copies_the_launchers_to_their_repo_paths():
+    # main.py finds ../airflow/launch_score.py, and the env var points at main.py: both must land where expected.
+    copied = {dest: sources for sources, dest in dockerfile_copies()}
+    for path in ("deploy/flex-template/main.py", "deploy/airflow/launch_score.py"):
+        assert copied.get(path) == [path]
+
+
+def copy_sources() -> list[str]:
+    return [source.rstrip("/") for sources, _ in dockerfile_copies() for source in sources]
+
+
+@pytest.mark.parametrize("source", copy_sources())
+def test_dockerfile_copy_sources_exist(source):
+    if not (REPO / source).exists():
+        if source in LEAD_PROVIDED:
+            pytest.skip(f"{source} is provided by the lead and not in the repo yet")
+        pytest.fail(f"the Dockerfile copies {source}, which is not in the repo")
+
+
+def test_dockerignore_lets_every_copied_path_through():
+    ignore = (FLEX_DIR / "Dockerfile.dockerignore").read_text().splitlines()
+    assert "*" in ignore
+    included = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    assert set(copy_sources()) <= included
+
+
+def test_cloudbuild_builds_this_dockerfile():
+    build = yaml.safe_load((FLEX_DIR / "cloudbuild.yaml").read_text())
+    (step,) = build["steps"]
+    args = step["args"]
+    assert args[0] == "build"
+    assert (REPO / args[args.index("-f") + 1]) == DOCKERFILE
+    assert args[-1] == "."

@@ -1,0 +1,239 @@
+"""The whole scoring pipeline on real Parquet, a real trained bundle and Beam's FnApiRunner."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
+from apache_beam.testing.util import BeamAssertException, assert_that
+
+from pipeline.config import build_config
+from pipeline.graph import build_pipeline
+from pipeline.launcher import execute
+from pipeline.plan import plan_run
+from pipeline.train import load_training_rows
+from tests.conftest import SAMPLE_DATE
+from transforms.inference import Featurizer
+from transforms.schema import Columns
+from transforms.validate import REASONS
+
+PARITY_TOLERANCE = 1e-6
+
+
+def _config(sample_dir, bundle_dir, output, **extra):
+    return build_config(
+        {
+            "customers": str(sample_dir / "customers"),
+            "reviews": str(sample_dir / "reviews"),
+            "model_dir": str(bundle_dir),
+            "output": str(output),
+            "beam": {"runner": "FnApiRunner"},
+            **extra,
+        }
+    )
+
+
+def expected_scores(sample_dir, bundle, date=SAMPLE_DATE) -> dict:
+    """In-process reference: the same featurization and model, called directly with Keras predict."""
+    rows, _ = load_training_rows(str(sample_dir / "customers"), str(sample_dir / "reviews" / f"dt={date}"), Columns())
+    numeric, tokens, _, _ = Featurizer.from_bundle(bundle).featurize(rows, "review_text")
+    scores = bundle.model.predict([numeric, tokens], verbose=0).reshape(-1)
+    return dict(zip(rows["review_id"].to_pylist(), scores.tolist()))
+
+
+def _score_rows(element):
+    _, table = element
+    return list(zip(table["review_id"].to_pylist(), table["sentiment_score"].to_pylist()))
+
+
+class ScoresClose:
+    """A picklable matcher: exactly the expected review ids, each score within the parity tolerance."""
+
+    def __init__(self, expected: dict):
+        self.expected = expected
+
+    def __call__(self, actual):
+        got = dict(actual)
+        if len(got) != len(actual):
+            raise BeamAssertException(f"{len(actual) - len(got)} review ids scored twice")
+        if set(got) != set(self.expected):
+            raise BeamAssertException(f"scored ids differ: {sorted(set(got) ^ set(self.expected))[:10]}")
+        worst = max(abs(got[k] - self.expected[k]) for k in got)
+        if worst > PARITY_TOLERANCE:
+            raise BeamAssertException(f"largest score difference {worst} > {PARITY_TOLERANCE}")
+
+
+def _read_dir(directory, kind):
+    files = sorted(glob.glob(os.path.join(directory, f"{kind}-*.parquet")))
+    return pa.concat_tables([pq.read_table(f) for f in files]) if files else None
+
+
+@pytest.fixture(scope="module")
+def nightly(sample_dir, bundle_dir, tmp_path_factory):
+    """One CLI-equivalent run of the sample day, in process."""
+    output = tmp_path_factory.mktemp("nightly") / "out"
+    config = _config(sample_dir, bundle_dir, output, date=SAMPLE_DATE)
+    assert execute(config, [SAMPLE_DATE], []) == 0
+    return output / f"dt={SAMPLE_DATE}"
+
+
+def test_test_pipeline_scores_equal_in_process_prediction(sample_dir, bundle_dir, bundle, tmp_path):
+    config = _config(sample_dir, bundle_dir, tmp_path / "out", date=SAMPLE_DATE)
+    plan = plan_run(config, [SAMPLE_DATE])
+    expected = expected_scores(sample_dir, bundle)
+    with BeamTestPipeline(runner=FnApiRunner()) as p:
+        outputs = build_pipeline(p, config, plan)
+        assert_that(outputs["scores"] | beam.FlatMap(_score_rows), ScoresClose(expected))
+    assert len(expected) > 250
+
+
+def test_parity_matcher_fails_on_a_wrong_score(sample_dir, bundle):
+    expected = expected_scores(sample_dir, bundle)
+    actual = list(expected.items())
+    actual[0] = (actual[0][0], actual[0][1] + 1e-3)
+    with pytest.raises(BeamAssertException, match="largest score difference"):
+        ScoresClose(expected)(actual)
+    with pytest.raises(BeamAssertException, match="scored ids differ"):
+        ScoresClose(expected)(actual[1:])
+
+
+def test_partition_layout_and_invariant(nightly):
+    names = sorted(os.listdir(nightly))
+    assert "_SUCCESS" in names and "summary.json" in names and "report.md" in names
+    assert any(n.startswith("scores-") for n in names) and any(n.startswith("rejects-") for n in names)
+    summary = json.loads((nightly / "summary.json").read_text())
+    scores, rejects = _read_dir(nightly, "scores"), _read_dir(nightly, "rejects")
+    rows = summary["rows"]
+    assert rows["scored"] == scores.num_rows and rows["rejected"] == rejects.num_rows
+    assert rows["scored"] + rows["rejected"] == rows["read"] == 300
+    assert sum(summary["rejected_by_reason"].values()) == rows["rejected"]
+    assert summary["rejected_by_reason"] == dict(
+        zip(*np.unique(rejects["reason"].to_numpy(zero_copy_only=False), return_counts=True))
+    )
+
+
+def test_scores_schema_and_values(nightly, bundle):
+    scores = _read_dir(nightly, "scores")
+    assert scores.schema.names == ["review_id", "customer_id", "sentiment_score", "model_version"]
+    assert scores.schema.field("sentiment_score").type == pa.float32()
+    values = scores["sentiment_score"].to_numpy()
+    assert ((values >= 0) & (values <= 1)).all()
+    assert set(scores["model_version"].to_pylist()) == {bundle.model_version}
+    assert len(set(scores["review_id"].to_pylist())) == scores.num_rows
+
+
+def test_sample_dirty_rows_are_rejected_with_reasons(nightly):
+    rejects = _read_dir(nightly, "rejects")
+    reasons = set(rejects["reason"].to_pylist())
+    assert "missing_customer" in reasons
+    assert reasons <= set(REASONS)
+    assert rejects.schema.names[:4] == ["review_id", "customer_id", "reason", "detail"]
+    missing = rejects.filter(pa.compute.equal(rejects["reason"], "missing_customer"))
+    assert missing["age"].null_count == missing.num_rows  # raw inputs ride along: no customer, no features
+
+
+def test_summary_reports_quantiles_histogram_and_run_facts(nightly, bundle):
+    summary = json.loads((nightly / "summary.json").read_text())
+    assert summary["model_version"] == bundle.model_version and summary["date"] == SAMPLE_DATE
+    q = summary["score_quantiles"]
+    assert q["min"] <= q["p05"] <= q["p50"] <= q["p95"] <= q["max"]
+    assert sum(summary["score_histogram"]["counts"]) == summary["rows"]["scored"]
+    assert summary["input_files"]["reviews"][0].endswith(".parquet")
+    assert summary["wall_time_seconds"] > 0 and summary["rows_per_second"] > 0
+    assert 0 <= summary["oov_rate"] < 0.5
+    assert (nightly / "_SUCCESS").read_text().strip() == summary["run_id"]
+
+
+def test_multi_processing_gives_the_same_scores(sample_dir, bundle_dir, nightly, tmp_path):
+    config = _config(sample_dir, bundle_dir, tmp_path / "mp", date=SAMPLE_DATE)
+    code = execute(config, [SAMPLE_DATE], ["--direct_num_workers=2", "--direct_running_mode=multi_processing"])
+    assert code == 0
+    single = _read_dir(nightly, "scores").sort_by("review_id")
+    multi = _read_dir(tmp_path / "mp" / f"dt={SAMPLE_DATE}", "scores").sort_by("review_id")
+    assert multi.equals(single)
+
+
+def test_rerun_replaces_the_partition_completely(sample_dir, bundle_dir, tmp_path):
+    config = _config(sample_dir, bundle_dir, tmp_path / "out", date=SAMPLE_DATE, read_batch_size=64)
+    assert execute(config, [SAMPLE_DATE], []) == 0
+    partition = tmp_path / "out" / f"dt={SAMPLE_DATE}"
+    first = set(os.listdir(partition))
+    (partition / "scores-stale-from-elsewhere.parquet").write_bytes(b"junk")
+    config = _config(sample_dir, bundle_dir, tmp_path / "out", date=SAMPLE_DATE)
+    assert execute(config, [SAMPLE_DATE], []) == 0
+    second = set(os.listdir(partition))
+    assert "scores-stale-from-elsewhere.parquet" not in second
+    assert not (first & second) - {"_SUCCESS", "summary.json", "report.md", "score_histogram.png"}
+    summary = json.loads((partition / "summary.json").read_text())
+    assert _read_dir(partition, "scores").num_rows == summary["rows"]["scored"]
+    assert not os.listdir(tmp_path / "out.staging") or all(
+        not os.listdir(tmp_path / "out.staging" / d) for d in os.listdir(tmp_path / "out.staging")
+    )
+
+
+def test_backfill_writes_each_day_with_its_own_summary_and_compares_to_the_previous(sample_dir, bundle_dir, tmp_path):
+    config = _config(sample_dir, bundle_dir, tmp_path / "out")
+    assert execute(config, ["2026-11-26", "2026-11-27", SAMPLE_DATE], [], backfill=True) == 0
+    assert not (tmp_path / "out" / "dt=2026-11-26").exists()  # no input that day: skipped, not failed
+    first = json.loads((tmp_path / "out" / "dt=2026-11-27" / "summary.json").read_text())
+    second = json.loads((tmp_path / "out" / f"dt={SAMPLE_DATE}" / "summary.json").read_text())
+    assert first["run_id"] == second["run_id"]  # one pipeline
+    assert first["rows"]["read"] == second["rows"]["read"] == 300
+    assert second["drift"]["previous_date"] == "2026-11-27" and second["drift"]["psi"] is not None
+    assert "Drift against previous partition" in (tmp_path / "out" / f"dt={SAMPLE_DATE}" / "report.md").read_text()
+
+
+def test_backfill_skip_existing_leaves_complete_days_alone(sample_dir, bundle_dir, tmp_path):
+    config = _config(sample_dir, bundle_dir, tmp_path / "out")
+    assert execute(config, [SAMPLE_DATE], [], backfill=True) == 0
+    marker = tmp_path / "out" / f"dt={SAMPLE_DATE}" / "_SUCCESS"
+    before = marker.read_text()
+    config = _config(sample_dir, bundle_dir, tmp_path / "out", skip_existing=True)
+    assert execute(config, ["2026-11-27", SAMPLE_DATE], [], backfill=True) == 0
+    assert marker.read_text() == before
+    assert (tmp_path / "out" / "dt=2026-11-27" / "_SUCCESS").exists()
+
+
+def test_cli_subprocess_scores_and_reports(sample_dir, bundle_dir, tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "score",
+            "--customers",
+            str(sample_dir / "customers"),
+            "--reviews",
+            str(sample_dir / "reviews"),
+            "--model-dir",
+            str(bundle_dir),
+            "--output",
+            str(tmp_path / "o"),
+            "--date",
+            SAMPLE_DATE,
+            "--runner=FnApiRunner",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"dt={SAMPLE_DATE}: read 300" in result.stdout
+    assert "done:" in result.stdout and "= 300 read" in result.stdout
+    assert (tmp_path / "o" / f"dt={SAMPLE_DATE}" / "_SUCCESS").exists()
+
+
+def test_cli_subprocess_bad_date_is_a_usage_error(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "score", "--date", "2026-13-01"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    assert "'--date' must be a date YYYY-MM-DD" in result.stderr

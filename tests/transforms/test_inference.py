@@ -1,0 +1,69 @@
+"""Featurizing with the bundle's artifacts and scoring with the compiled and uncompiled model."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from transforms.inference import Featurizer, ModelScorer, score_with_isolation
+
+TEXTS = [
+    "Best tent I've ever owned!! Really happy with it.",
+    "Customer service was useless, no refund. Very disappointed, wouldn't buy it again.",
+    "not good",
+    "café très bien 😀",
+]
+
+
+@pytest.fixture(scope="module")
+def arrays(bundle):
+    table = pa.table(
+        {
+            "review_text": TEXTS * 50,
+            "age": [25.0, 40.0, 61.0, 33.0] * 50,
+            "purchase_history": [10.0, 500.0, 75.5, 0.0] * 50,
+        }
+    )
+    numeric, tokens, _, _ = Featurizer.from_bundle(bundle).featurize(table, "review_text")
+    return numeric, tokens
+
+
+def test_featurizer_uses_the_bundle_vocabulary_and_scaler(bundle, arrays):
+    numeric, tokens = arrays
+    assert numeric.shape == (200, 2) and numeric.dtype == np.float32
+    assert tokens.shape == (200, 50) and tokens.dtype == np.int32
+    mean, std = np.array(bundle.scaler["mean"]), np.array(bundle.scaler["std"])
+    np.testing.assert_allclose(numeric[0], (np.array([25.0, 10.0]) - mean) / std, rtol=1e-6)
+    best = bundle.vocabulary.index("best") + 2
+    assert tokens[0, 0] == best
+
+
+@pytest.mark.parametrize("batch_size", [64, 4096])
+def test_compiled_scores_match_keras_predict(bundle, arrays, batch_size):
+    numeric, tokens = arrays
+    expected = bundle.model.predict([numeric, tokens], verbose=0).reshape(-1)
+    compiled = ModelScorer(bundle.model, batch_size=batch_size, jit_compile=True).predict(numeric, tokens)
+    np.testing.assert_allclose(compiled, expected, atol=1e-5, rtol=0)
+    assert compiled.dtype == np.float32 and ((compiled >= 0) & (compiled <= 1)).all()
+
+
+def test_padding_rows_never_leak_into_scores(bundle, arrays):
+    numeric, tokens = arrays
+    scorer = ModelScorer(bundle.model, batch_size=64, jit_compile=False)
+    alone = scorer.predict(numeric[:3], tokens[:3])
+    among = scorer.predict(numeric[:67], tokens[:67])[:3]
+    np.testing.assert_allclose(alone, among, atol=1e-6)
+    assert len(scorer.predict(numeric[:0], tokens[:0])) == 0
+
+
+def test_scores_rank_positive_text_above_negative_text(bundle, arrays):
+    numeric, tokens = arrays
+    scores = ModelScorer(bundle.model, jit_compile=False).predict(numeric[:2], tokens[:2])
+    assert scores[0] > scores[1]
+
+
+def test_isolation_without_failures_scores_everything(bundle, arrays):
+    numeric, tokens = arrays
+    scorer = ModelScorer(bundle.model, batch_size=64, jit_compile=False)
+    scores, failed, error = score_with_isolation(scorer.predict, numeric, tokens)
+    assert not failed.any() and error is None
+    np.testing.assert_allclose(scores, scorer.predict(numeric, tokens), atol=1e-6)
