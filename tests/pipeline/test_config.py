@@ -1,0 +1,101 @@
+"""The typed config: YAML files, overrides, validation that names the setting, and Beam option pass-through."""
+
+from pathlib import Path
+
+import pytest
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+from pipeline.config import ConfigError, build_config, load_config
+from pipeline.launcher import make_runner, pipeline_options
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+
+
+def test_every_shipped_config_exists_and_loads_with_known_beam_options():
+    names = {p.stem for p in CONFIGS}
+    assert {"local", "nightly", "backfill", "dataflow", "flink", "spark"} <= names
+    for path in CONFIGS:
+        config = load_config(str(path))
+        options = pipeline_options(config, []).get_all_options()
+        assert options["runner"] == config.beam["runner"], path
+
+
+def test_remote_configs_carry_what_their_runners_need():
+    dataflow = load_config(str(next(p for p in CONFIGS if p.stem == "dataflow")))
+    for key in ("project", "region", "temp_location", "staging_location", "setup_file", "machine_type"):
+        assert key in dataflow.beam, key
+    for name in ("flink", "spark"):
+        config = load_config(str(next(p for p in CONFIGS if p.stem == name)))
+        assert "setup_file" in config.beam and "environment_type" in config.beam
+
+
+def test_overrides_win_over_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("output: from-file\ninference_batch_size: 128\nbeam:\n  runner: DirectRunner\n")
+    config = load_config(str(path), {"output": "from-cli", "beam": {"direct_num_workers": 2}})
+    assert config.output == "from-cli" and config.inference_batch_size == 128
+    assert config.beam == {"runner": "DirectRunner", "direct_num_workers": 2}
+
+
+def test_defaults_without_a_file_are_the_documented_schema():
+    config = build_config({})
+    assert config.columns.features == ("age", "purchase_history")
+    assert config.columns.review_id == "review_id" and config.inference_batch_size > 0
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"outptu": "x"}, "unknown setting 'outptu'"),
+        ({"inference_batch_size": "big"}, "setting 'inference_batch_size' must be int"),
+        ({"inference_batch_size": 0}, "setting 'inference_batch_size' must be at least 1"),
+        ({"jit_compile": "yes"}, "setting 'jit_compile' must be bool"),
+        ({"read_batch_size": True}, "setting 'read_batch_size' must be int"),
+        ({"columns": {"review_txt": "t"}}, "unknown setting 'columns.review_txt'"),
+        ({"columns": {"features": []}}, "setting 'columns.features' must be a non-empty list"),
+        ({"date": "28/11/2026"}, "setting 'date' must be a date YYYY-MM-DD"),
+        ({"psi_threshold": -1}, "setting 'psi_threshold' must be positive"),
+        ({"output": ""}, "setting 'output' must not be empty"),
+        ({"beam": ["runner"]}, "setting 'beam' must be a mapping"),
+    ],
+)
+def test_invalid_settings_are_named(data, message):
+    with pytest.raises(ConfigError, match=message):
+        build_config(data)
+
+
+def test_yaml_problems_name_the_file(tmp_path):
+    missing = tmp_path / "missing.yaml"
+    with pytest.raises(ConfigError, match=r"missing\.yaml: config file not found"):
+        load_config(str(missing))
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("output: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"broken\.yaml: not valid YAML"):
+        load_config(str(broken))
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match=r"list\.yaml: a config file must hold a mapping"):
+        load_config(str(listed))
+
+
+def test_python_tags_are_refused_by_safe_load(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.yaml"
+    evil.write_text(f"output: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(str(evil))
+    assert not marker.exists()
+
+
+def test_beam_flags_pass_through_and_unknown_flags_are_refused():
+    config = build_config({"beam": {"runner": "FnApiRunner", "direct_num_workers": 2}})
+    options = pipeline_options(config, ["--direct_running_mode=multi_processing"]).get_all_options()
+    assert options["direct_num_workers"] == 2 and options["direct_running_mode"] == "multi_processing"
+    with pytest.raises(ConfigError, match="unknown option --direct_num_wrkers=2"):
+        pipeline_options(config, ["--direct_num_wrkers=2"])
+
+
+def test_direct_runner_runs_as_fn_api_runner_offline_and_others_pass_by_name():
+    assert isinstance(make_runner(pipeline_options(build_config({}), [])), FnApiRunner)
+    remote = build_config({"beam": {"runner": "DataflowRunner"}})
+    assert make_runner(pipeline_options(remote, [])) == "DataflowRunner"
