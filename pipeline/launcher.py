@@ -8,11 +8,14 @@ import logging
 import os
 import shutil
 import sys
+import threading
 import time
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.runners.runner import PipelineState
 
 from model.bundle import BundleError
 from pipeline.commit import SUMMARY_FILE
@@ -81,6 +84,24 @@ def _clean_stale_staging(plan: RunPlan) -> None:
                 pass
 
 
+def _report_progress(result, stop: threading.Event, total: int, started: float, every: float = 30.0) -> None:
+    """Logs rows scored so far from Beam's metrics while a non-blocking runner (Dataflow, portable) runs."""
+    while not stop.wait(every):
+        try:
+            counters = result.metrics().query(MetricsFilter().with_name("rows_scored"))["counters"]
+            scored = sum((c.committed or c.attempted or 0) for c in counters)
+        except Exception:  # Not every runner reports metrics while running; progress is best effort.
+            continue
+        elapsed = time.time() - started
+        _LOG.info(
+            "progress: %d of %d rows scored (%.0f%%), %.0f rows/s",
+            scored,
+            total,
+            100.0 * scored / max(total, 1),
+            scored / max(elapsed, 1e-9),
+        )
+
+
 def _read_summary(plan: RunPlan, partition: str) -> dict | None:
     try:
         with FileSystems.open(FileSystems.join(partition_path(plan.output, partition), SUMMARY_FILE)) as f:
@@ -120,8 +141,17 @@ def execute(
     started = time.time()
     try:
         pipeline = test_pipeline or beam.Pipeline(runner=make_runner(options), options=options)
-        with pipeline as p:
-            build_pipeline(p, config, plan)
+        build_pipeline(pipeline, config, plan)
+        result = pipeline.run()
+        stop = threading.Event()
+        progress = threading.Thread(target=_report_progress, args=(result, stop, total, started), daemon=True)
+        progress.start()
+        try:
+            state = result.wait_until_finish()
+        finally:
+            stop.set()
+        if state not in (None, PipelineState.DONE):
+            raise RuntimeError(f"pipeline ended in state {state}")
     except Exception as e:
         message = " ".join(str(e).split())
         return _fatal(f"run {plan.run_id} failed: {type(e).__name__}: {message[-600:]}")
