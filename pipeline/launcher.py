@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import threading
@@ -67,21 +68,37 @@ def _fatal(message: str) -> int:
 
 def _clean_stale_staging(plan: RunPlan) -> None:
     """Removes what killed earlier runs left in staging for the partitions this run writes (local disks)."""
-    root = plan.staging_root.rsplit("/", 1)[0]
-    if "://" in root:
+    root = os.path.dirname(plan.staging_root.rstrip("/"))
+    if "://" in root or not os.path.isdir(root):
         return
-    try:
-        runs = [m.path for r in FileSystems.match([FileSystems.join(root, "*")]) for m in r.metadata_list]
-    except Exception:
-        return
-    for run_dir in runs:
-        if run_dir.rstrip("/") != plan.staging_root.rstrip("/"):
-            for partition in plan.partitions:
-                shutil.rmtree(partition_path(run_dir, partition), ignore_errors=True)
-            try:
-                os.rmdir(run_dir)  # only once a killed run's staging is empty
-            except OSError:
-                pass
+    for name in os.listdir(root):
+        run_dir = os.path.join(root, name)
+        if run_dir == plan.staging_root.rstrip("/") or not os.path.isdir(run_dir):
+            continue
+        for partition in plan.partitions:
+            shutil.rmtree(partition_path(run_dir, partition), ignore_errors=True)
+        try:
+            os.rmdir(run_dir)  # only once a killed run's staging is empty
+        except OSError:
+            pass
+
+
+def _remove_staging(plan: RunPlan) -> None:
+    if "://" not in plan.staging_root:
+        shutil.rmtree(plan.staging_root, ignore_errors=True)
+        try:
+            os.rmdir(os.path.dirname(plan.staging_root.rstrip("/")))
+        except OSError:
+            pass
+
+
+def _cause(error: Exception) -> str:
+    """The most useful line of a pipeline failure: our own error's message if a worker raised one."""
+    message = " ".join(str(error).split())
+    ours = re.findall(r"(?:InputError|InvariantError|BundleError|OutputError): (.+?)(?= \[while running|$)", message)
+    if ours:
+        return ours[-1][:600]
+    return f"{type(error).__name__}: {message[-600:]}"
 
 
 def _report_progress(result, stop: threading.Event, total: int, started: float, every: float = 30.0) -> None:
@@ -153,8 +170,8 @@ def execute(
         if state not in (None, PipelineState.DONE):
             raise RuntimeError(f"pipeline ended in state {state}")
     except Exception as e:
-        message = " ".join(str(e).split())
-        return _fatal(f"run {plan.run_id} failed: {type(e).__name__}: {message[-600:]}")
+        _remove_staging(plan)
+        return _fatal(f"run {plan.run_id} failed: {_cause(e)}")
     wall = time.time() - started
     scored = rejected = 0
     for partition in plan.partitions:
@@ -169,8 +186,7 @@ def execute(
             f"{summary['output']}: read {summary['rows']['read']}, scored {summary['rows']['scored']}, "
             f"rejected {summary['rows']['rejected']} {summary['rejected_by_reason']}{flag}"
         )
-    if "://" not in plan.staging_root:
-        shutil.rmtree(plan.staging_root, ignore_errors=True)
+    _remove_staging(plan)
     rate = total / wall if wall > 0 else 0.0
     print(
         f"done: {scored} scored + {rejected} rejected = {total} read in {wall:.1f}s ({rate:.0f} rows/s), "

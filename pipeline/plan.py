@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -98,14 +99,18 @@ def _inspect_reviews(paths_by_partition: dict[str, list[str]], config: ScoreConf
 
 
 def _check_writable(output: str, staging_root: str) -> None:
-    probe = FileSystems.join(staging_root, f"_probe-{uuid.uuid4().hex}")
-    try:
-        with FileSystems.create(probe) as f:
-            f.write(b"probe")
-        FileSystems.delete([probe])
-    except Exception as e:
-        reason = " ".join(str(e).split())[:200]
-        raise OutputError(f"{output}: output location is not writable ({reason})") from None
+    """Probes both the output root and its staging folder with a small write."""
+    if "://" not in output and os.path.exists(output) and not os.path.isdir(output):
+        raise OutputError(f"{output}: output location is not writable (it exists and is not a directory)")
+    for root in (staging_root, output):
+        probe = FileSystems.join(root, f"_probe-{uuid.uuid4().hex}")
+        try:
+            with FileSystems.create(probe) as f:
+                f.write(b"probe")
+            FileSystems.delete([probe])
+        except Exception as e:
+            reason = " ".join(str(e).split())[:200]
+            raise OutputError(f"{output}: output location is not writable ({reason})") from None
 
 
 def success_marker(output: str, partition: str) -> str:

@@ -51,41 +51,33 @@ def _matrix(table: pa.Table, name: str, dtype) -> np.ndarray:
 
 
 class ModelScorer:
-    """Calls the model on fixed-shape batches: each call is padded up to a power of two (at most batch_size)
-    rows, so a compiled (XLA) function is traced once per shape and reused, and padding rows are dropped."""
+    """Calls the model on fixed-shape batches: every call gets exactly batch_size rows (the last batch is padded
+    with zeros and the padding rows' scores are dropped), so the compiled (XLA) function is traced and compiled
+    once and reused for every call."""
 
     def __init__(self, model, batch_size: int = 4096, jit_compile: bool = True):
         import tensorflow as tf
 
         self.model = model
         self.batch_size = batch_size
-        self._lock = threading.Lock()
 
         def call(numeric, tokens):
             return model([numeric, tokens], training=False)
 
         self._call = tf.function(call, jit_compile=jit_compile, reduce_retracing=False)
 
-    def _shape_for(self, n: int) -> int:
-        size = 1
-        while size < n:
-            size *= 2
-        return min(max(size, 32), self.batch_size)
-
     def predict(self, numeric: np.ndarray, tokens: np.ndarray) -> np.ndarray:
         """float32 scores, one per row."""
-        n = len(numeric)
+        n, size = len(numeric), self.batch_size
         out = np.empty(n, dtype=np.float32)
-        for start in range(0, n, self.batch_size):
-            stop = min(start + self.batch_size, n)
-            rows = stop - start
-            size = self._shape_for(rows)
-            num = np.zeros((size, numeric.shape[1]), dtype=np.float32)
-            tok = np.zeros((size, tokens.shape[1]), dtype=np.int32)
-            num[:rows] = numeric[start:stop]
-            tok[:rows] = tokens[start:stop]
-            result = self._call(num, tok)
-            out[start:stop] = np.asarray(result).reshape(-1)[:rows]
+        for start in range(0, n, size):
+            rows = min(size, n - start)
+            num, tok = numeric[start : start + rows], tokens[start : start + rows]
+            if rows < size:
+                num = np.concatenate([num, np.zeros((size - rows, num.shape[1]), dtype=np.float32)])
+                tok = np.concatenate([tok, np.zeros((size - rows, tok.shape[1]), dtype=np.int32)])
+            result = self._call(np.ascontiguousarray(num, np.float32), np.ascontiguousarray(tok, np.int32))
+            out[start : start + rows] = np.asarray(result).reshape(-1)[:rows]
         return out
 
 

@@ -111,7 +111,14 @@ class ReadParquetBatches(beam.DoFn):
             batch_size=self._batch_size, row_groups=list(task.row_groups), columns=self._columns
         )
         read = 0
-        for batch in batches:
+        while True:
+            try:
+                batch = next(batches, None)
+            except Exception as e:  # a corrupt page or truncated file: name the file, not just Arrow's reason
+                reason = " ".join(str(e).split())[:200]
+                raise InputError(f"{task.path}: cannot read row groups {list(task.row_groups)}: {reason}") from None
+            if batch is None:
+                break
             n = batch.num_rows
             table = pa.Table.from_batches([batch])
             table = table.append_column(FILE_INDEX, pa.array(np.full(n, task.file_index, dtype=np.int32)))

@@ -47,7 +47,7 @@ _DETAILS = {
     INVALID_UTF8: "review text is not valid UTF-8",
     EMPTY_TEXT: "review text is empty or only whitespace",
     NULL_FEATURE: "a numeric customer feature is null",
-    NON_FINITE_FEATURE: "a numeric customer feature is NaN or infinite",
+    NON_FINITE_FEATURE: "a numeric customer feature is NaN, infinite or beyond float32 range",
 }
 
 
@@ -120,7 +120,9 @@ def check_rows(joined: pa.Table, schema: RunSchema, duplicate_keys: np.ndarray |
         null_feature = np.any([f.is_null().to_numpy(zero_copy_only=False) for f in features], axis=0)
         values = np.column_stack([f.fill_null(0.0).to_numpy(zero_copy_only=False) for f in features])
         checks.append((NULL_FEATURE, null_feature))
-        checks.append((NON_FINITE_FEATURE, ~np.all(np.isfinite(values), axis=1)))
+        # The model takes float32: a finite float64 beyond float32's range would reach it as inf.
+        representable = np.isfinite(values) & (np.abs(values) <= np.finfo(np.float32).max)
+        checks.append((NON_FINITE_FEATURE, ~np.all(representable, axis=1)))
 
     reason = np.full(n, -1, dtype=np.int16)
     for code, failed in checks:

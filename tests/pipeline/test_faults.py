@@ -106,14 +106,35 @@ def test_killed_run_publishes_nothing_and_a_rerun_completes(tmp_path, bundle_dir
     paths = sample(tmp_path / "data", reviews=60_000)
     output = paths["output"]
     command = [
-        sys.executable, "-m", "pipeline", "score",
-        "--customers", paths["customers"], "--reviews", paths["reviews"], "--model-dir", str(bundle_dir),
-        "--output", output, "--date", DATE, "--batch-size", "256", "--no-jit", "--runner=FnApiRunner",
+        sys.executable,
+        "-m",
+        "pipeline",
+        "score",
+        "--customers",
+        paths["customers"],
+        "--reviews",
+        paths["reviews"],
+        "--model-dir",
+        str(bundle_dir),
+        "--output",
+        output,
+        "--date",
+        DATE,
+        "--batch-size",
+        "256",
+        "--no-jit",
+        "--runner=FnApiRunner",
     ]
     log = tmp_path / "killed.log"
     with open(log, "w") as log_file:
-        process = subprocess.Popen(command, cwd=tmp_path, stdout=log_file, stderr=subprocess.STDOUT,
-                                   env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, start_new_session=True)
+        process = subprocess.Popen(
+            command,
+            cwd=tmp_path,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 240
         shards = []
@@ -145,8 +166,6 @@ def test_killed_run_publishes_nothing_and_a_rerun_completes(tmp_path, bundle_dir
     assert set(os.listdir(f"{output}.staging")) <= {killed_run}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: _clean_stale_staging lists earlier runs with FileSystems.match(root/*), "
-                                       "which returns files only, never the run directories: nothing is removed")
 def test_rerun_removes_what_a_killed_run_left_in_staging(tmp_path, bundle_dir):
     paths = sample(tmp_path / "data", reviews=300)
     # What a run killed mid-write leaves: its staging directory with a partial shard of this partition.
@@ -168,8 +187,13 @@ def test_rerun_removes_what_a_killed_run_left_in_staging(tmp_path, bundle_dir):
 def test_rerun_with_fewer_shards_leaves_no_stale_shards(tmp_path, bundle_dir):
     paths = sample(tmp_path / "data", reviews=2000, rows_per_file=500)
     partition = partition_of(paths["output"])
-    code, _ = score(**paths, model_dir=str(bundle_dir), read_batch_size=100, rows_per_read_task=100,
-                    beam={"runner": "FnApiRunner", "direct_num_workers": 2, "direct_running_mode": "multi_threading"})
+    code, _ = score(
+        **paths,
+        model_dir=str(bundle_dir),
+        read_batch_size=100,
+        rows_per_read_task=100,
+        beam={"runner": "FnApiRunner", "direct_num_workers": 2, "direct_running_mode": "multi_threading"},
+    )
     assert code == 0
     first = assert_complete(partition, read=2000)
     first_shards = {n for n in os.listdir(partition) if n.startswith("scores-")}
@@ -262,7 +286,8 @@ def model_inputs(bundle):
     words = list(bundle.vocabulary[:40]) + ["unseenword"]
     rng = np.random.default_rng(3)
     texts = [" ".join(rng.choice(words, size=int(rng.integers(3, 60)))) for _ in range(50)]
-    table = pa.table({"age": rng.uniform(18, 85, 50), "purchase_history": rng.lognormal(5, 1, 50), "review_text": texts})
+    features = {"age": rng.uniform(18, 85, 50), "purchase_history": rng.lognormal(5, 1, 50)}
+    table = pa.table({**features, "review_text": texts})
     numeric, tokens, _, _ = Featurizer.from_bundle(bundle).featurize(table, "review_text")
     input_dim = next(layer.input_dim for layer in bundle.model.layers if layer.__class__.__name__ == "Embedding")
     tokens[FAILING_ROWS[0], 0] = input_dim + 3

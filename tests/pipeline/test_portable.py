@@ -43,15 +43,27 @@ def portable_services(tmp_path):
     """Beam's local job service and an external SDK worker pool, each its own process, on loopback."""
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     job_port, pool_port = _free_port(), _free_port()
+    job_log, pool_log = open(tmp_path / "job.log", "wb"), open(tmp_path / "pool.log", "wb")  # noqa: SIM115
     processes = [
         subprocess.Popen(
-            [sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main", "--port", str(job_port),
-             "--staging_dir", str(tmp_path / "staging")],
-            env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "job.log", "wb"),
+            [
+                sys.executable,
+                "-m",
+                "apache_beam.runners.portability.local_job_service_main",
+                "--port",
+                str(job_port),
+                "--staging_dir",
+                str(tmp_path / "staging"),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=job_log,
         ),
         subprocess.Popen(
             [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main", "--service_port", str(pool_port)],
-            env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "pool.log", "wb"),
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=pool_log,
         ),
     ]
     try:
@@ -66,6 +78,8 @@ def portable_services(tmp_path):
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 p.kill()
+        job_log.close()
+        pool_log.close()
 
 
 def _scores(directory):
@@ -82,14 +96,21 @@ def test_portable_runner_matches_direct_runner(sample_dir, bundle_dir, tmp_path,
     job_port, pool_port = portable_services
 
     def config(output):
-        return build_config({
-            "customers": str(sample_dir / "customers"), "reviews": str(sample_dir / "reviews"),
-            "model_dir": str(bundle_dir), "output": str(output), "beam": {"runner": "FnApiRunner"},
-        })
+        return build_config(
+            {
+                "customers": str(sample_dir / "customers"),
+                "reviews": str(sample_dir / "reviews"),
+                "model_dir": str(bundle_dir),
+                "output": str(output),
+                "beam": {"runner": "FnApiRunner"},
+            }
+        )
 
     assert execute(config(tmp_path / "direct"), [SAMPLE_DATE], []) == 0
     portable_flags = [
-        "--runner=PortableRunner", f"--job_endpoint=localhost:{job_port}", "--environment_type=EXTERNAL",
+        "--runner=PortableRunner",
+        f"--job_endpoint=localhost:{job_port}",
+        "--environment_type=EXTERNAL",
         f"--environment_config=localhost:{pool_port}",
     ]
     assert execute(config(tmp_path / "portable"), [SAMPLE_DATE], portable_flags) == 0
@@ -102,12 +123,21 @@ def test_portable_runner_matches_direct_runner(sample_dir, bundle_dir, tmp_path,
 
 
 def test_portable_runner_without_a_job_service_fails_cleanly(sample_dir, bundle_dir, tmp_path, capsys):
-    config = build_config({
-        "customers": str(sample_dir / "customers"), "reviews": str(sample_dir / "reviews"),
-        "model_dir": str(bundle_dir), "output": str(tmp_path / "o"), "beam": {"runner": "FnApiRunner"},
-    })
-    flags = ["--runner=PortableRunner", f"--job_endpoint=localhost:{_free_port()}", "--environment_type=LOOPBACK",
-             "--job_server_timeout=5"]
+    config = build_config(
+        {
+            "customers": str(sample_dir / "customers"),
+            "reviews": str(sample_dir / "reviews"),
+            "model_dir": str(bundle_dir),
+            "output": str(tmp_path / "o"),
+            "beam": {"runner": "FnApiRunner"},
+        }
+    )
+    flags = [
+        "--runner=PortableRunner",
+        f"--job_endpoint=localhost:{_free_port()}",
+        "--environment_type=LOOPBACK",
+        "--job_server_timeout=5",
+    ]
     assert execute(config, [SAMPLE_DATE], flags) == 1
     assert "failed" in capsys.readouterr().err
     assert not (tmp_path / "o" / f"dt={SAMPLE_DATE}" / "_SUCCESS").exists()
@@ -115,24 +145,42 @@ def test_portable_runner_without_a_job_service_fails_cleanly(sample_dir, bundle_
 
 def test_sdist_installs_into_a_clean_venv_and_runs(tmp_path):
     """What Dataflow workers do with --setup_file: build the sdist, pip install it, run the console script."""
-    subprocess.run([sys.executable, "setup.py", "-q", "sdist", "--dist-dir", str(tmp_path / "dist")], cwd=REPO,
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "setup.py", "-q", "sdist", "--dist-dir", str(tmp_path / "dist")],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
     sdist = next((tmp_path / "dist").glob("*.tar.gz"))
     venv = tmp_path / "venv"
     # The clean venv reuses this one's installed dependencies (no network, no second TensorFlow download)
     # but gets the project itself only from the sdist.
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    site = subprocess.run([sys.executable, "-c", "import site; print(site.getsitepackages()[0])"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    site = subprocess.run(
+        [sys.executable, "-c", "import site; print(site.getsitepackages()[0])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     pth = next(Path(venv / "lib").glob("python*/site-packages"))
     (pth / "parent-deps.pth").write_text(site + "\n")
     python = venv / "bin" / "python"
-    subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q", str(sdist)],
-                   check=True, capture_output=True, cwd=tmp_path)
-    result = subprocess.run([str(venv / "bin" / "sentiment-score"), "--help"], capture_output=True, text=True,
-                            cwd=tmp_path, timeout=120)
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q", str(sdist)],
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
+    )
+    result = subprocess.run(
+        [str(venv / "bin" / "sentiment-score"), "--help"], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert "sample-data" in result.stdout and "backfill" in result.stdout
-    where = subprocess.run([str(python), "-c", "import pipeline, transforms, model; print(pipeline.__file__)"],
-                           capture_output=True, text=True, cwd=tmp_path, check=True).stdout
+    where = subprocess.run(
+        [str(python), "-c", "import pipeline, transforms, model; print(pipeline.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=True,
+    ).stdout
     assert str(venv) in where  # imported from the installed sdist, not from the source tree
