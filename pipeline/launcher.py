@@ -136,6 +136,9 @@ def execute(
 ) -> int:
     """Plans, runs and reports one pipeline; returns the process exit code."""
     options = pipeline_options(config, beam_flags)
+    # Start-up checks list and read files before the pipeline exists: give FileSystems the run's options
+    # (credentials, endpoints, project) the way Beam gives them to its workers.
+    FileSystems.set_options(options)
     try:
         plan = plan_run(config, dates, backfill)
     except (BundleError, InputError, OutputError) as e:
