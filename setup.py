@@ -32,7 +32,15 @@ setup(
         # s3:// paths.
         "aws": ["apache-beam[aws]>=2.77.0,<2.78"],
         # Test and lint tools; never installed on workers.
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "ruff>=0.6"],
+        "test": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "hypothesis>=6.100",
+            "ruff>=0.6",
+            # Beam's S3 filesystem and a local S3 server: the s3:// end-to-end test runs against loopback.
+            "apache-beam[aws]>=2.77.0,<2.78",
+            "moto[server]>=5.0",
+        ],
     },
     entry_points={"console_scripts": ["sentiment-score=pipeline.cli:main"]},
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -117,6 +118,7 @@ def localize(path: str) -> str:
     from apache_beam.io.filesystems import FileSystems
 
     local = tempfile.mkdtemp(prefix="model-bundle-")
+    atexit.register(shutil.rmtree, local, True)
     for name in BUNDLE_FILES:
         source = FileSystems.join(path, name)
         if not FileSystems.exists(source):

@@ -66,14 +66,35 @@ def _fatal(message: str) -> int:
     return EXIT_FAILED
 
 
+def _list(pattern: str) -> list[str]:
+    try:
+        return [m.path for r in FileSystems.match([pattern]) for m in r.metadata_list]
+    except Exception:  # listing is best effort here: a failed cleanup must not fail a run
+        return []
+
+
+def _delete(paths: list[str]) -> None:
+    if paths:
+        try:
+            FileSystems.delete(paths)
+        except Exception as e:
+            _LOG.warning("could not remove %d staging object(s): %s", len(paths), e)
+
+
 def _clean_stale_staging(plan: RunPlan) -> None:
-    """Removes what killed earlier runs left in staging for the partitions this run writes (local disks)."""
-    root = os.path.dirname(plan.staging_root.rstrip("/"))
-    if "://" in root or not os.path.isdir(root):
+    """Removes what killed earlier runs left in staging for the partitions this run writes."""
+    root = plan.staging_root.rstrip("/").rsplit("/", 1)[0]
+    current = plan.staging_root.rstrip("/")
+    if "://" in root:
+        for partition in plan.partitions:
+            leftovers = _list(FileSystems.join(partition_path(FileSystems.join(root, "*"), partition), "**"))
+            _delete([p for p in leftovers if not p.startswith(current + "/")])
+        return
+    if not os.path.isdir(root):
         return
     for name in os.listdir(root):
         run_dir = os.path.join(root, name)
-        if run_dir == plan.staging_root.rstrip("/") or not os.path.isdir(run_dir):
+        if run_dir == current or not os.path.isdir(run_dir):
             continue
         for partition in plan.partitions:
             shutil.rmtree(partition_path(run_dir, partition), ignore_errors=True)
@@ -84,12 +105,15 @@ def _clean_stale_staging(plan: RunPlan) -> None:
 
 
 def _remove_staging(plan: RunPlan) -> None:
-    if "://" not in plan.staging_root:
-        shutil.rmtree(plan.staging_root, ignore_errors=True)
-        try:
-            os.rmdir(os.path.dirname(plan.staging_root.rstrip("/")))
-        except OSError:
-            pass
+    """Removes this run's staging: after publishing (leftover retried shards) or after a failure."""
+    if "://" in plan.staging_root:
+        _delete(_list(FileSystems.join(plan.staging_root, "**")))
+        return
+    shutil.rmtree(plan.staging_root, ignore_errors=True)
+    try:
+        os.rmdir(os.path.dirname(plan.staging_root.rstrip("/")))
+    except OSError:
+        pass
 
 
 def _cause(error: Exception) -> str:

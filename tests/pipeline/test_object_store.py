@@ -1,0 +1,295 @@
+"""The whole job with inputs, model bundle and output in s3://: moto's S3 server on loopback, Beam's S3 filesystem."""
+
+import contextlib
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.config import build_config
+from pipeline.launcher import execute
+from tests.conftest import SAMPLE_DATE
+
+boto3 = pytest.importorskip("boto3")  # apache-beam[aws]: Beam's S3 filesystem talks to S3 through boto3
+pytest.importorskip("moto.server")  # moto[server]: the S3 protocol served on loopback
+
+BUCKET = "sentiment-e2e"
+ACCESS_KEY, SECRET_KEY, REGION = "testing", "testing", "us-east-1"
+PARTITION = f"out/dt={SAMPLE_DATE}/"
+STAGING = "out.staging/"
+KILLED_RUN_LEFTOVER = f"{STAGING}20260101T000000Z-deadbeef/dt={SAMPLE_DATE}/scores-orphan.parquet"
+STALE_SHARD = f"{PARTITION}scores-stale-from-elsewhere.parquet"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _client(endpoint: str):
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY,
+        region_name=REGION,
+    )
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint(tmp_path_factory):
+    """A moto S3 server in a subprocess on 127.0.0.1 only, answering before the tests start; stopped after."""
+    port = _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    log_path = tmp_path_factory.mktemp("moto") / "server.log"
+    previous_options = FileSystems._pipeline_options
+    with pytest.MonkeyPatch.context() as mp, open(log_path, "wb") as log:
+        # Loopback traffic must never go through a proxy a developer's shell may have set.
+        mp.setenv("NO_PROXY", ",".join(filter(None, [os.environ.get("NO_PROXY"), "127.0.0.1"])))
+        mp.setenv("no_proxy", ",".join(filter(None, [os.environ.get("no_proxy"), "127.0.0.1"])))
+        server = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            client = _client(endpoint)
+            deadline = time.time() + 30
+            while True:
+                if server.poll() is not None:
+                    pytest.fail(f"moto server exited with {server.returncode}: {log_path.read_text()[-2000:]}")
+                try:
+                    client.list_buckets()
+                    break
+                except Exception:
+                    if time.time() > deadline:
+                        pytest.fail(f"moto server did not answer on {endpoint} within 30s")
+                    time.sleep(0.2)
+            yield endpoint
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+            FileSystems.set_options(previous_options)  # the launcher sets them process-wide
+
+
+@pytest.fixture(scope="module")
+def s3_flags(s3_endpoint):
+    return [
+        f"--s3_endpoint_url={s3_endpoint}",
+        f"--s3_access_key_id={ACCESS_KEY}",
+        f"--s3_secret_access_key={SECRET_KEY}",
+        f"--s3_region_name={REGION}",
+    ]
+
+
+@pytest.fixture(scope="module")
+def s3(s3_endpoint, sample_dir, bundle_dir):
+    """A bucket with the sample customers and reviews (keeping dt=YYYY-MM-DD/) under in/, the bundle under model/."""
+    client = _client(s3_endpoint)
+    client.create_bucket(Bucket=BUCKET)
+    for root, prefix in ((sample_dir, "in"), (bundle_dir, "model")):
+        for path in sorted(root.rglob("*")):
+            if path.is_file():
+                client.upload_file(str(path), BUCKET, f"{prefix}/{path.relative_to(root).as_posix()}")
+    return client
+
+
+def _keys(client, prefix: str) -> list[str]:
+    keys = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
+        keys.extend(item["Key"] for item in page.get("Contents", []))
+    return sorted(keys)
+
+
+def _get(client, key: str) -> bytes:
+    return client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+
+
+def _table(client, keys: list[str]) -> pa.Table:
+    return pa.concat_tables([pq.read_table(pa.BufferReader(_get(client, k))) for k in keys])
+
+
+def _shards(keys: list[str], kind: str) -> list[str]:
+    return [k for k in keys if k.rsplit("/", 1)[-1].startswith(f"{kind}-") and k.endswith(".parquet")]
+
+
+def _config(output: str, model_dir: str = f"s3://{BUCKET}/model", **extra):
+    return build_config(
+        {
+            "customers": f"s3://{BUCKET}/in/customers",
+            "reviews": f"s3://{BUCKET}/in/reviews",
+            "model_dir": model_dir,
+            "output": output,
+            "date": SAMPLE_DATE,
+            "beam": {"runner": "FnApiRunner"},
+            **extra,
+        }
+    )
+
+
+def _snapshot(client, code: int) -> dict:
+    """What a run left in the bucket: the partition's objects, its tables and summary, and the staging prefix."""
+    keys = _keys(client, PARTITION)
+    summary_key = f"{PARTITION}summary.json"
+    return {
+        "code": code,
+        "keys": keys,
+        "scores": _table(client, _shards(keys, "scores")) if _shards(keys, "scores") else None,
+        "rejects": _table(client, _shards(keys, "rejects")) if _shards(keys, "rejects") else None,
+        "summary": json.loads(_get(client, summary_key)) if summary_key in keys else None,
+        "success": _get(client, f"{PARTITION}_SUCCESS").decode() if f"{PARTITION}_SUCCESS" in keys else None,
+        "staging": _keys(client, STAGING),
+    }
+
+
+@pytest.fixture(scope="module")
+def first_run(s3, s3_flags):
+    """One nightly run with everything in s3://."""
+    code = execute(_config(f"s3://{BUCKET}/out"), [SAMPLE_DATE], s3_flags)
+    return _snapshot(s3, code)
+
+
+@pytest.fixture(scope="module")
+def rerun(s3, s3_flags, first_run):
+    """The same date again, after a stale shard appeared in the partition and a killed run left staging behind."""
+    s3.put_object(Bucket=BUCKET, Key=STALE_SHARD, Body=b"junk")
+    s3.put_object(Bucket=BUCKET, Key=KILLED_RUN_LEFTOVER, Body=b"junk")
+    code = execute(_config(f"s3://{BUCKET}/out"), [SAMPLE_DATE], s3_flags)
+    return _snapshot(s3, code)
+
+
+@pytest.fixture(scope="module")
+def local_scores(sample_dir, bundle_dir, tmp_path_factory):
+    """The same inputs and bundle scored on a local disk: the reference the s3:// run must equal."""
+    output = tmp_path_factory.mktemp("local") / "out"
+    config = build_config(
+        {
+            "customers": str(sample_dir / "customers"),
+            "reviews": str(sample_dir / "reviews"),
+            "model_dir": str(bundle_dir),
+            "output": str(output),
+            "date": SAMPLE_DATE,
+            "beam": {"runner": "FnApiRunner"},
+        }
+    )
+    assert execute(config, [SAMPLE_DATE], []) == 0
+    partition = output / f"dt={SAMPLE_DATE}"
+    return pa.concat_tables([pq.read_table(p) for p in sorted(partition.glob("scores-*.parquet"))])
+
+
+def test_s3_run_publishes_the_partition(first_run):
+    assert first_run["code"] == 0
+    names = {k.rsplit("/", 1)[-1] for k in first_run["keys"]}
+    assert {"summary.json", "report.md", "_SUCCESS"} <= names
+    assert _shards(first_run["keys"], "scores") and _shards(first_run["keys"], "rejects")
+    assert first_run["success"].strip() == first_run["summary"]["run_id"]
+    assert first_run["summary"]["output"] == f"s3://{BUCKET}/{PARTITION.rstrip('/')}"
+    assert all(
+        f.startswith(f"s3://{BUCKET}/in/reviews/dt={SAMPLE_DATE}/")
+        for f in first_run["summary"]["input_files"]["reviews"]
+    )
+
+
+def test_s3_scored_plus_rejected_equals_read(first_run):
+    rows = first_run["summary"]["rows"]
+    assert first_run["scores"].num_rows == rows["scored"] and first_run["rejects"].num_rows == rows["rejected"]
+    assert rows["scored"] + rows["rejected"] == rows["read"] == 300
+    assert sum(first_run["summary"]["rejected_by_reason"].values()) == rows["rejected"]
+
+
+def test_s3_scores_equal_a_local_run(first_run, local_scores):
+    assert first_run["scores"].sort_by("review_id").equals(local_scores.sort_by("review_id"))
+
+
+def test_s3_run_leaves_nothing_in_staging(first_run):
+    assert first_run["staging"] == []
+
+
+def test_s3_rerun_replaces_the_partition_completely(first_run, rerun):
+    assert rerun["code"] == 0
+    assert STALE_SHARD not in rerun["keys"]
+    old, new = set(_shards(first_run["keys"], "scores")), set(_shards(rerun["keys"], "scores"))
+    assert new and not (old & new)
+    assert not set(_shards(first_run["keys"], "rejects")) & set(_shards(rerun["keys"], "rejects"))
+    rows = rerun["summary"]["rows"]
+    assert rerun["scores"].num_rows == rows["scored"] and rerun["rejects"].num_rows == rows["rejected"]
+    assert rows["scored"] + rows["rejected"] == rows["read"] == 300
+    assert rerun["success"].strip() == rerun["summary"]["run_id"] != first_run["summary"]["run_id"]
+    assert rerun["scores"].sort_by("review_id").equals(first_run["scores"].sort_by("review_id"))
+    # Everything this run staged was moved into place; only the killed run's planted object may remain.
+    assert [k for k in rerun["staging"] if k != KILLED_RUN_LEFTOVER] == []
+
+
+def test_s3_rerun_removes_a_killed_runs_staging_for_its_partition(rerun):
+    assert KILLED_RUN_LEFTOVER not in rerun["staging"], rerun["staging"]
+
+
+class _InjectedPublishFailure(RuntimeError):
+    """Raised in place of the swap: the run fails after its shards were staged, before anything is published."""
+
+
+def _failing_swap(*args, **kwargs):
+    raise _InjectedPublishFailure("injected publish failure")
+
+
+@pytest.fixture(scope="module")
+def failed_run(s3, s3_flags):
+    """A run whose publish step fails after its scores and rejects shards are in s3:// staging."""
+    err = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stderr(err):
+        mp.setattr("pipeline.commit._swap_into_place", _failing_swap)  # FnApiRunner runs the DoFn in this process
+        code = execute(_config(f"s3://{BUCKET}/broken-out"), [SAMPLE_DATE], s3_flags)
+    return {
+        "code": code,
+        "err": err.getvalue(),
+        "output": _keys(s3, "broken-out/"),
+        "staging": _keys(s3, "broken-out.staging/"),
+    }
+
+
+def test_s3_failed_run_publishes_nothing(failed_run):
+    assert failed_run["code"] == 1
+    errors = [line for line in failed_run["err"].splitlines() if line.startswith("sentiment-score: error:")]
+    assert len(errors) == 1 and "injected publish failure" in errors[0], failed_run["err"]
+    assert failed_run["output"] == []  # no partition, no _SUCCESS
+    # The failure is injected into the swap, i.e. after the shards were staged; the twin below checks cleanup.
+
+
+def test_s3_failed_run_removes_its_staging(failed_run):
+    assert failed_run["staging"] == [], failed_run["staging"]
+
+
+def test_s3_missing_model_fails_naming_it_and_writes_nothing(s3, s3_flags, capsys):
+    capsys.readouterr()
+    missing = f"s3://{BUCKET}/missing-model"
+    code = execute(_config(f"s3://{BUCKET}/failed-out", model_dir=missing), [SAMPLE_DATE], s3_flags)
+    err = capsys.readouterr().err
+    assert code == 1
+    errors = [line for line in err.splitlines() if line.startswith("sentiment-score: error:")]
+    assert len(errors) == 1 and missing in errors[0], err
+    assert _keys(s3, "failed-out") == []
+
+
+def test_s3_missing_review_day_fails_naming_it_and_writes_nothing(s3, s3_flags, capsys):
+    capsys.readouterr()
+    day = "2026-11-20"
+    config = _config(f"s3://{BUCKET}/failed-day", date=day)
+    code = execute(config, [day], s3_flags)
+    err = capsys.readouterr().err
+    assert code == 1
+    errors = [line for line in err.splitlines() if line.startswith("sentiment-score: error:")]
+    assert len(errors) == 1 and f"s3://{BUCKET}/in/reviews/dt={day}" in errors[0], err
+    assert _keys(s3, "failed-day") == []
