@@ -1,0 +1,1 @@
+"""Batch-scoring job: CLI, config, start-up checks, graph builder, partition commit and run report."""

@@ -1,0 +1,1 @@
+"""Beam transforms and the pure Arrow/numpy column functions they wrap."""

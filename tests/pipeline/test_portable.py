@@ -1,5 +1,4 @@
-"""Scale-out proven on one machine: Beam's portable path (Job API + Fn API, SDK workers in other processes)
-gives exactly the DirectRunner's output, and the sdist that remote workers install works in a clean venv."""
+"""Scale-out on one machine: the portable runner matches DirectRunner, and the sdist installs and runs cleanly."""
 
 import glob
 import os
