@@ -35,8 +35,12 @@ class ScoreConfig:
     inference_batch_size: int = 4096
     # XLA-compile the model call (same scores within 1e-5, several times the throughput on CPU).
     jit_compile: bool = True
-    # Row groups are grouped into read tasks of about this many rows: the unit of parallelism.
-    rows_per_read_task: int = 250_000
+    # Background threads per worker for featurizing, and as many again for model calls: they work on earlier tables
+    # while the worker reads and validates the next (Arrow and TensorFlow release the GIL). See benchmarks/README.md.
+    background_threads: int = 2
+    # Row groups are grouped into read tasks of about this many rows: the unit of parallelism. Small enough that
+    # --direct_num_workers=2 gets a task per worker from a 200k-row file of 100k-row groups.
+    rows_per_read_task: int = 100_000
     allow_empty: bool = False
     skip_existing: bool = False
     # Population stability index above which the report flags drift against the previous partition.
@@ -117,7 +121,7 @@ def build_config(data: dict, source: str = "config") -> ScoreConfig:
         else:
             values[key] = _check_type(source, key, value, str(fields[key].type))
     config = ScoreConfig(**values)
-    for key in ("read_batch_size", "inference_batch_size", "rows_per_read_task"):
+    for key in ("read_batch_size", "inference_batch_size", "rows_per_read_task", "background_threads"):
         if getattr(config, key) < 1:
             raise ConfigError(f"{source}: setting {key!r} must be at least 1, got {getattr(config, key)}")
     if config.psi_threshold <= 0:

@@ -54,6 +54,12 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig, plan: RunPlan) 
         | "CustomerTable" >> beam.Map(_customer_table, columns, schema.customers_schema())
     )
 
+    # The id pass and the full read start from their own copies of the read tasks: reading reviews from the same
+    # PCollection as the ids would fuse it into the ids' stage, which has to finish (the duplicates side input)
+    # before Validate runs, so every review table would be held in memory (or shipped between workers) at once.
+    review_id_files = (
+        pipeline | "ReviewIdFiles" >> beam.Create(review_tasks) | "SpreadReviewIdFiles" >> beam.Reshuffle()
+    )
     review_files = pipeline | "ReviewFiles" >> beam.Create(review_tasks) | "SpreadReviewFiles" >> beam.Reshuffle()
     id_schema = pa.schema(
         [
@@ -63,7 +69,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig, plan: RunPlan) 
         ]
     )
     duplicates = (
-        review_files
+        review_id_files
         | "ReadReviewIds" >> beam.ParDo(ReadParquetBatches(id_schema, max(config.read_batch_size, 65536)))
         | "GroupIdsByPartition" >> beam.GroupByKey()
         | "FindDuplicateReviews" >> beam.Map(_duplicates, columns)
@@ -79,11 +85,13 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig, plan: RunPlan) 
             ValidateRows.REJECTS, main="valid"
         )
     )
-    featurized = validated.valid | "Featurize" >> beam.ParDo(Featurize(config.model_dir, schema)).with_outputs(
-        Featurize.STATS, main="rows"
-    )
+    featurized = validated.valid | "Featurize" >> beam.ParDo(
+        Featurize(config.model_dir, schema, config.background_threads)
+    ).with_outputs(Featurize.STATS, main="rows")
     inferred = featurized.rows | "Infer" >> beam.ParDo(
-        ScoreReviews(config.model_dir, schema, config.inference_batch_size, config.jit_compile)
+        ScoreReviews(
+            config.model_dir, schema, config.inference_batch_size, config.jit_compile, config.background_threads
+        )
     ).with_outputs(ScoreReviews.REJECTS, main="scores")
     rejects = (validated[ValidateRows.REJECTS], inferred[ScoreReviews.REJECTS]) | "CollectRejects" >> beam.Flatten()
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import collections
 import logging
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 from apache_beam.utils import shared
+from apache_beam.utils.windowed_value import WindowedValue
 
 from model.bundle import ModelBundle, load_bundle, load_preprocessing
 from transforms.numeric import Scaler
@@ -112,17 +114,56 @@ class _Loaded:
         self.value = value
 
 
+class _InOrder:
+    """Runs a DoFn's heavy work on background threads and hands the results back in submission order.
+
+    Arrow, numpy and TensorFlow release the GIL, so while `threads` elements are being worked on the fused stages
+    upstream already read and validate the next ones. At most `threads` results wait at a time, which bounds
+    memory. Results are turned into outputs on the DoFn's own thread (Beam's metrics are thread-local), and the
+    ones still pending at the end of a bundle are emitted from finish_bundle as WindowedValues.
+    """
+
+    def __init__(self, threads: int, name: str):
+        self._threads = threads
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name)
+        self._pending = collections.deque()
+
+    def start_bundle(self) -> None:
+        self._pending.clear()
+
+    def submit(self, work, emit, timestamp, window):
+        """Starts work() and yields the outputs of the oldest results beyond the `threads` allowed to wait."""
+        self._pending.append((self._executor.submit(work), emit, timestamp, window))
+        while len(self._pending) > self._threads:
+            future, emit, _, _ = self._pending.popleft()
+            yield from emit(future.result())
+
+    def finish_bundle(self):
+        while self._pending:
+            future, emit, timestamp, window = self._pending.popleft()
+            for output in emit(future.result()):
+                if isinstance(output, beam.pvalue.TaggedOutput):
+                    yield beam.pvalue.TaggedOutput(output.tag, WindowedValue(output.value, timestamp, [window]))
+                else:
+                    yield WindowedValue(output, timestamp, [window])
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
 class Featurize(beam.DoFn):
-    """Adds the model's inputs (scaled numeric features and token ids) to each (partition, table) pair.
+    """Adds the model's inputs (scaled numeric features and token ids) to each (partition, table) pair, on
+    `threads` background threads, keeping the input order.
 
     Also emits (partition, (words, out-of-vocabulary words)) on the 'vocabulary_stats' output.
     """
 
     STATS = "vocabulary_stats"
 
-    def __init__(self, model_dir: str, schema: RunSchema):
+    def __init__(self, model_dir: str, schema: RunSchema, threads: int = 2):
         self._model_dir = model_dir
         self._schema = schema
+        self._threads = threads
         self._shared = shared.Shared()
 
     def setup(self):
@@ -131,27 +172,52 @@ class Featurize(beam.DoFn):
             return _Loaded(Featurizer(pre.vocabulary, pre.tokenizer, pre.scaler))
 
         self._featurizer = self._shared.acquire(load, tag=f"featurizer:{self._model_dir}").value
+        self._in_order = _InOrder(self._threads, "featurize")
 
-    def process(self, element):
-        partition, table = element
+    def teardown(self):
+        if getattr(self, "_in_order", None) is not None:
+            self._in_order.close()
+
+    def start_bundle(self):
+        self._in_order.start_bundle()
+
+    def _featurize(self, table: pa.Table):
         numeric, tokens, words, oov = self._featurizer.featurize(table, self._schema.columns.review_text)
         table = table.append_column(NUMERIC, _matrix_column(numeric)).append_column(TOKENS, _matrix_column(tokens))
-        yield partition, table
-        yield beam.pvalue.TaggedOutput(self.STATS, (partition, (words, oov)))
+        return table, words, oov
+
+    def process(self, element, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
+        partition, table = element
+
+        def emit(result):
+            table, words, oov = result
+            yield partition, table
+            yield beam.pvalue.TaggedOutput(self.STATS, (partition, (words, oov)))
+
+        yield from self._in_order.submit(lambda: self._featurize(table), emit, timestamp, window)
+
+    def finish_bundle(self):
+        yield from self._in_order.finish_bundle()
 
 
 class ScoreReviews(beam.DoFn):
     """Runs the bundle's model over featurized tables; the model is loaded once per worker process
     (shared.Shared) and shared by its threads. Rows the model fails on, or scores outside [0, 1],
-    go to the 'rejects' output with a reason."""
+    go to the 'rejects' output with a reason.
+
+    Model calls run on `threads` background threads and outputs keep the input order (see _InOrder).
+    """
 
     REJECTS = "rejects"
 
-    def __init__(self, model_dir: str, schema: RunSchema, batch_size: int = 4096, jit_compile: bool = True):
+    def __init__(
+        self, model_dir: str, schema: RunSchema, batch_size: int = 4096, jit_compile: bool = True, threads: int = 2
+    ):
         self._model_dir = model_dir
         self._schema = schema
         self._batch_size = batch_size
         self._jit_compile = jit_compile
+        self._threads = threads
         self._shared = shared.Shared()
         self._scored = beam.metrics.Metrics.counter("sentiment", "rows_scored")
         self._rejected = beam.metrics.Metrics.counter("sentiment", "rows_rejected_at_inference")
@@ -164,7 +230,15 @@ class ScoreReviews(beam.DoFn):
 
         tag = f"model:{self._model_dir}:{self._batch_size}:{self._jit_compile}"
         self._model_version, self._scorer = self._shared.acquire(load, tag=tag).value
+        self._in_order = _InOrder(self._threads, "score-reviews")
         self._progress_rows, self._progress_start, self._progress_last = 0, time.monotonic(), time.monotonic()
+
+    def teardown(self):
+        if getattr(self, "_in_order", None) is not None:
+            self._in_order.close()
+
+    def start_bundle(self):
+        self._in_order.start_bundle()
 
     def _log_progress(self, rows: int) -> None:
         self._progress_rows += rows
@@ -174,12 +248,22 @@ class ScoreReviews(beam.DoFn):
             _LOG.info("scored %d rows in this worker so far, %.0f rows/s", self._progress_rows, rate)
             self._progress_last = now
 
-    def process(self, element):
+    def process(self, element, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
         partition, table = element
-        c = self._schema.columns
         numeric = _matrix(table, NUMERIC, np.float32)
         tokens = _matrix(table, TOKENS, np.int32)
-        scores, failed, error = score_with_isolation(self._scorer.predict, numeric, tokens)
+        yield from self._in_order.submit(
+            lambda: score_with_isolation(self._scorer.predict, numeric, tokens),
+            lambda result: self._outputs(partition, table, *result),
+            timestamp,
+            window,
+        )
+
+    def finish_bundle(self):
+        yield from self._in_order.finish_bundle()
+
+    def _outputs(self, partition, table, scores, failed, error):
+        c = self._schema.columns
         bad_score = ~failed & ~((scores >= 0.0) & (scores <= 1.0))
         ok = ~(failed | bad_score)
         scored = pa.table(

@@ -1,6 +1,5 @@
 """Training end to end on tiny sample data: the bundle it writes is complete, deterministic and useful."""
 
-
 import numpy as np
 import pyarrow as pa
 import pytest

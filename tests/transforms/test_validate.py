@@ -68,9 +68,7 @@ def test_all_valid_rows_give_an_empty_rejects_table():
 
 
 def test_invalid_utf8_in_binary_text_is_rejected_and_valid_bytes_become_strings():
-    joined = _joined(
-        [(1, 10, b"ok", 1.0, 2.0, True), (2, 10, b"\xff\xfe bad", 1.0, 2.0, True)], text_type=pa.binary()
-    )
+    joined = _joined([(1, 10, b"ok", 1.0, 2.0, True), (2, 10, b"\xff\xfe bad", 1.0, 2.0, True)], text_type=pa.binary())
     valid, rejects = check_rows(joined, RunSchema(text_kind="binary"))
     assert rejects["reason"].to_pylist() == ["invalid_utf8"]
     assert valid["review_text"].type == pa.string() and valid["review_text"].to_pylist() == ["ok"]

@@ -1,0 +1,1 @@
+"""Throughput and memory benchmarks of the scoring pipeline against the model's own limit and two baselines."""
