@@ -113,7 +113,7 @@ def check_rows(joined: pa.Table, schema: RunSchema, duplicate_keys: np.ndarray |
         valid_utf8 = _utf8_valid(text)
         checks.append((INVALID_UTF8, ~valid_utf8))
         text = pc.if_else(pa.array(valid_utf8), text, pa.scalar(b"", pa.binary())).cast(pa.string())
-    blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0).fill_null(False)
+    blank = pc.or_(pc.equal(pc.binary_length(text), 0), pc.utf8_is_space(text)).fill_null(False)
     checks.append((EMPTY_TEXT, blank.to_numpy(zero_copy_only=False)))
     features = [_column(joined, f) for f in c.features]
     if features:
