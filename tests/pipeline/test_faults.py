@@ -11,10 +11,12 @@ import subprocess
 import sys
 import time
 
+import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from apache_beam.transforms.window import GlobalWindow
 
 from pipeline.config import build_config
 from pipeline.launcher import execute
@@ -316,6 +318,23 @@ def _matrix_column(matrix: np.ndarray) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])
 
 
+def run_bundle(dofn, elements):
+    """Drives a DoFn through its lifecycle as a runner would (its outputs may come from finish_bundle)."""
+    dofn.setup()
+    dofn.start_bundle()
+    window = GlobalWindow()
+    outputs = [
+        o for element in elements for o in dofn.process(element, timestamp=window.max_timestamp(), window=window)
+    ]
+    for output in dofn.finish_bundle() or []:
+        if isinstance(output, beam.pvalue.TaggedOutput):
+            outputs.append(beam.pvalue.TaggedOutput(output.tag, output.value.value))
+        else:
+            outputs.append(output.value)
+    dofn.teardown()
+    return outputs
+
+
 def test_score_reviews_rejects_failing_rows_with_reasons(bundle_dir, model_inputs):
     numeric, tokens = model_inputs
     numeric = numeric.copy()
@@ -333,8 +352,7 @@ def test_score_reviews_rejects_failing_rows_with_reasons(bundle_dir, model_input
         }
     )
     dofn = ScoreReviews(str(bundle_dir), RunSchema(), batch_size=16, jit_compile=False)
-    dofn.setup()
-    outputs = list(dofn.process((DATE, table)))
+    outputs = run_bundle(dofn, [(DATE, table)])
     scored = [o for o in outputs if isinstance(o, tuple)]
     tagged = [o for o in outputs if not isinstance(o, tuple)]
     assert len(scored) == 1 and len(tagged) == 1 and tagged[0].tag == ScoreReviews.REJECTS
