@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -74,6 +75,128 @@ def standardize_and_split(texts) -> pa.ListArray:
     return pa.ListArray.from_arrays(new_offsets, values.filter(keep))
 
 
+# tokenize_and_pad standardizes and splits on the UTF-8 bytes with numpy, exactly as standardize_and_split does, for
+# the tokens (runs of bytes that are not ASCII whitespace) of ASCII bytes only: most words of most reviews. A-Z become
+# a-z; the ASCII characters in Unicode categories P* and S* (all 32 printable non-alphanumerics) are removed; the other
+# bytes (letters, digits, control characters, DEL) stay. The ASCII whitespace of utf8_split_whitespace is \t \n \v \f
+# \r, the space and also \x1c-\x1f (bidi classes B and S), which ascii_split_whitespace does not count as whitespace.
+# A token with a non-ASCII byte goes through standardize_and_split on its own: its words depend on it alone, since the
+# Arrow kernels work code point by code point (utf8_lower has no context rule: "ΑΣ" becomes "ασ", and "İ" becomes "i").
+_ARROW_ASCII_WHITESPACE = b"\t\n\v\f\r\x1c\x1d\x1e\x1f "
+_DELETE, _SPACE, _WORD = 0, 1, 2
+_BYTE_CLASS = np.full(256, _WORD, dtype=np.uint8)  # bytes >= 0x80, parts of non-ASCII characters, are _WORD
+_BYTE_CLASS[[c for c in range(128) if unicodedata.category(chr(c))[0] in "PS"]] = _DELETE
+_BYTE_CLASS[list(_ARROW_ASCII_WHITESPACE)] = _SPACE
+# The classes of two bytes at once, for the bytes viewed as uint16 (a lookup costs the same for 1 or 2 bytes).
+_PAIR_CLASS = _BYTE_CLASS[np.arange(65536, dtype=np.uint16).view(np.uint8)].view(np.uint16)
+# Texts are handled in pieces of about this many bytes (whole texts), so that the per-byte arrays stay in cache.
+_CHUNK_BYTES = 1 << 21
+# A last text without whitespace for standardize_and_split: see _unicode_words.
+_GUARD = pa.array(["x"], pa.large_string())
+
+
+def _text_buffers(texts: pa.Array) -> tuple[np.ndarray, pa.Buffer | None, np.ndarray]:
+    """(offsets of the texts into the data buffer, as int64; the data buffer; the data as uint8)."""
+    if len(texts) == 0:  # whose offsets buffer may be empty
+        return np.zeros(1, dtype=np.int64), None, np.zeros(0, dtype=np.uint8)
+    offset_type = np.int64 if pa.types.is_large_string(texts.type) else np.int32
+    offsets = np.frombuffer(texts.buffers()[1], dtype=offset_type)[texts.offset : texts.offset + len(texts) + 1]
+    buffer = texts.buffers()[2]
+    data = np.frombuffer(buffer, dtype=np.uint8) if buffer is not None else np.zeros(0, dtype=np.uint8)
+    return offsets.astype(np.int64), buffer, data
+
+
+@dataclass
+class _Chunk:
+    """Some consecutive texts' tokens: runs of bytes that are not ASCII whitespace, but for punctuation-only ones."""
+
+    rows: slice
+    index: np.ndarray  # each token's ASCII-standardized word's index in the vocabulary, or -1
+    tokens_before_text: np.ndarray  # for each text and one past the last
+    unicode: np.ndarray  # the tokens with a non-ASCII byte, whose index is that of a placeholder
+    spans: pa.Array | None  # those tokens, with the whitespace and punctuation-only tokens after them
+
+
+def _chunk_tokens(data: np.ndarray, buffer: pa.Buffer | None, offsets: np.ndarray, rows: slice, value_set) -> _Chunk:
+    """The tokens of the texts data[offsets[i] : offsets[i + 1]] for i in rows, data being the contents of buffer."""
+    offsets = offsets[rows.start : rows.stop + 1]
+    base = int(offsets[0])
+    chunk = data[base : int(offsets[-1])]
+    local = offsets - base
+    size = len(chunk)
+    byte_class = np.empty(size, dtype=np.uint8)
+    even = size - size % 2
+    np.take(_PAIR_CLASS, chunk[:even].view(np.uint16), out=byte_class[:even].view(np.uint16))
+    byte_class[even:] = _BYTE_CLASS[chunk[even:]]
+    in_token = byte_class != _SPACE
+    # A token starts after whitespace or at the start of a text.
+    token_start = np.empty(size, dtype=bool)
+    if size:
+        token_start[0] = in_token[0]
+        np.greater(in_token[1:], in_token[:-1], out=token_start[1:])
+        text_starts = local[:-1][local[:-1] < size]
+        token_start[text_starts] = in_token[text_starts]
+    starts = np.flatnonzero(token_start)
+    # With whitespace and punctuation taken out, token k's word is kept[word_offsets[k] : word_offsets[k + 1]].
+    is_word = byte_class == _WORD
+    kept_through = np.cumsum(is_word, dtype=np.int32 if size < 2**31 else np.int64)
+    word_offsets = np.empty(len(starts) + 1, dtype=kept_through.dtype)
+    word_offsets[:-1] = kept_through[starts - 1]  # the word bytes before each start
+    if len(starts) and starts[0] == 0:
+        word_offsets[0] = 0
+    word_offsets[-1] = kept_through[-1] if size else 0
+    nonempty = word_offsets[1:] > word_offsets[:-1]
+    if not nonempty.all():
+        starts = starts[nonempty]
+        word_offsets = np.concatenate([word_offsets[:-1][nonempty], word_offsets[-1:]])
+    kept = pa.py_buffer(np.compress(is_word, chunk))
+    string_type = pa.string() if word_offsets.dtype == np.int32 else pa.large_string()
+    words = pc.ascii_lower(pa.Array.from_buffers(string_type, len(starts), [None, pa.py_buffer(word_offsets), kept]))
+    index = pc.index_in(words, value_set=value_set).fill_null(-1).to_numpy()
+    # The tokens with a non-ASCII byte (any: invalid UTF-8 must meet the Arrow kernels), found by the first byte of
+    # each run of them in a token (a run may go on into the next text).
+    high = chunk >= 0x80
+    first_high = high & token_start
+    first_high[1:] |= high[1:] & ~high[:-1]
+    unicode = np.searchsorted(starts, np.flatnonzero(first_high), side="right") - 1
+    spans = None
+    if len(unicode):
+        unicode = unicode[np.append(True, unicode[1:] != unicode[:-1])]
+        # Token k's span runs to the start of token k + 1: the spans of all tokens tile the bytes.
+        span_offsets = pa.py_buffer(np.append(starts, size) + base)
+        spans = pa.Array.from_buffers(pa.large_string(), len(starts), [None, span_offsets, buffer])
+        spans = spans.take(pa.array(unicode))
+    return _Chunk(rows, index, np.searchsorted(starts, local), unicode, spans)
+
+
+def _unicode_words(spans: list[pa.Array], value_set: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(The vocabulary index of each word of standardize_and_split(spans), or -1; how many words each span has)."""
+    if not spans:
+        return np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.int64)
+    # utf8_split_whitespace reads the code point just past a whitespace run that ends a string: for the last string,
+    # whatever lies past the data, and when that is not valid UTF-8 the run stays in the word ("pan " for "pan 👍").
+    words = standardize_and_split(pa.chunked_array([*spans, _GUARD]))
+    index = pc.index_in(words.flatten(), value_set=value_set).fill_null(-1).to_numpy()
+    return index, np.diff(words.offsets.to_numpy())[:-1]
+
+
+def _chunk_words(chunk: _Chunk, unicode_index: np.ndarray, words_per_unicode: np.ndarray):
+    """(The vocabulary index of each word of the chunk's texts, or -1; how many words each text has)."""
+    if not len(chunk.unicode):
+        return chunk.index, np.diff(chunk.tokens_before_text)
+    # A token with a non-ASCII byte stands for its 0, 1 or more words instead of a placeholder.
+    words_per_token = np.ones(len(chunk.index), dtype=np.int64)
+    words_per_token[chunk.unicode] = words_per_unicode
+    index = np.repeat(chunk.index, words_per_token)
+    # The i-th of those tokens' words start at unicode[i] + (the words of the earlier ones) - i.
+    first = np.repeat(chunk.unicode - np.arange(len(chunk.unicode)), words_per_unicode)
+    index[first + np.arange(len(unicode_index))] = unicode_index
+    extra_words = np.append(0, np.cumsum(words_per_unicode - 1))
+    tokens_before_text = chunk.tokens_before_text
+    words_before_text = tokens_before_text + extra_words[np.searchsorted(chunk.unicode, tokens_before_text)]
+    return index, np.diff(words_before_text)
+
+
 def build_vocabulary(texts, max_size: int = 10000, min_count: int = 1) -> list[str]:
     """The most frequent words, ties broken alphabetically, leaving room for the pad and OOV ids."""
     words = standardize_and_split(texts).flatten()
@@ -103,6 +226,46 @@ class Tokenizer:
 
         With return_stats, also returns (tokens seen, tokens out of vocabulary) over the kept words.
         """
+        texts = _as_string_array(texts)
+        if texts.null_count:
+            raise ValueError(f"{texts.null_count} null text value(s): reject them before tokenizing")
+        n, length = len(texts), self.spec.sequence_length
+        ids = np.full((n, length), self.spec.pad_id, dtype=np.int32)
+        offsets, buffer, data = _text_buffers(texts)
+        cuts = np.searchsorted(offsets, np.arange(offsets[0] + _CHUNK_BYTES, offsets[-1], _CHUNK_BYTES))
+        bounds = np.unique(np.concatenate([[0], cuts, [n]]))
+        chunks = [_chunk_tokens(data, buffer, offsets, slice(*b), self._value_set) for b in zip(bounds, bounds[1:])]
+        # The tokens with a non-ASCII byte all at once: an Arrow kernel call costs much on non-ASCII text.
+        unicode_index, words_per_unicode = _unicode_words(
+            [c.spans for c in chunks if c.spans is not None], self._value_set
+        )
+        unicode_before = np.cumsum([0] + [len(c.unicode) for c in chunks])
+        words_before = np.append(0, np.cumsum(words_per_unicode))[unicode_before]
+        total = oov = 0
+        for i, chunk in enumerate(chunks):
+            index, counts = _chunk_words(
+                chunk,
+                unicode_index[words_before[i] : words_before[i + 1]],
+                words_per_unicode[unicode_before[i] : unicode_before[i + 1]],
+            )
+            kept = np.minimum(counts, length)
+            if (kept < counts).any():
+                # Only the first `length` words of each text are kept.
+                index = index[
+                    np.repeat(np.tile([True, False], len(counts)), np.stack([kept, counts - kept], 1).ravel())
+                ]
+            token_ids = index.astype(np.int32) + RESERVED_IDS
+            token_ids[token_ids == RESERVED_IDS - 1] = self.spec.oov_id
+            # The words in order, text after text, fill the mask's True cells in its row-major order.
+            ids[chunk.rows][np.arange(length) < kept[:, None]] = token_ids
+            total += len(token_ids)
+            oov += int(np.count_nonzero(index < 0))
+        if return_stats:
+            return ids, total, oov
+        return ids
+
+    def _tokenize_and_pad_reference(self, texts, return_stats: bool = False):
+        """tokenize_and_pad as it was before the byte-level path, all through the Arrow kernels: the tests' oracle."""
         texts = _as_string_array(texts)
         if texts.null_count:
             raise ValueError(f"{texts.null_count} null text value(s): reject them before tokenizing")
