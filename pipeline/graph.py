@@ -15,10 +15,6 @@ from transforms.schema import FILE_INDEX, ROW_INDEX
 from transforms.validate import ValidateRows, duplicate_row_keys
 
 
-def _customer_table(tables, columns, schema):
-    return build_customer_table(tables, columns, schema)
-
-
 def _duplicates(element, columns):
     partition, tables = element
     return partition, duplicate_row_keys(tables, columns)
@@ -51,7 +47,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig, plan: RunPlan) 
         | "ReadCustomers" >> beam.ParDo(ReadParquetBatches(schema.customers_schema(), config.read_batch_size))
         | "CustomerBatches" >> beam.Values()
         | "GatherCustomers" >> beam.combiners.ToList()
-        | "CustomerTable" >> beam.Map(_customer_table, columns, schema.customers_schema())
+        | "CustomerTable" >> beam.Map(build_customer_table, columns, schema.customers_schema())
     )
 
     # The id pass and the full read start from their own copies of the read tasks: reading reviews from the same

@@ -2,6 +2,7 @@
 
 import os
 
+import pyarrow.parquet as pq
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -37,3 +38,28 @@ def bundle(bundle_dir):
     from model.bundle import load_bundle
 
     return load_bundle(str(bundle_dir))
+
+
+def sample_config(sample_dir, bundle_dir, output, **extra):
+    """A run config over the sample data and bundle, on FnApiRunner (no Prism download), with overrides."""
+    from pipeline.config import build_config
+
+    return build_config(
+        {
+            "customers": str(sample_dir / "customers"),
+            "reviews": str(sample_dir / "reviews"),
+            "model_dir": str(bundle_dir),
+            "output": str(output),
+            "beam": {"runner": "FnApiRunner"},
+            **extra,
+        }
+    )
+
+
+def corrupt_first_page_header(path) -> None:
+    """Overwrites the first page header of the first column: the footer still reads, the data does not."""
+    column = pq.ParquetFile(path).metadata.row_group(0).column(0)
+    start = column.dictionary_page_offset if column.has_dictionary_page else column.data_page_offset
+    with open(path, "r+b") as f:
+        f.seek(start)
+        f.write(b"\xff" * 24)

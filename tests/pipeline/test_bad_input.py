@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from model.bundle import BundleError, load_bundle
 from pipeline.config import ConfigError, build_config, load_config
 from pipeline.launcher import execute
+from tests.conftest import corrupt_first_page_header
 from transforms.inference import Featurizer, ModelScorer, score_with_isolation
 from transforms.join import build_customer_table, join_customers
 from transforms.schema import FILE_INDEX, ROW_INDEX, Columns, RunSchema, conform
@@ -421,21 +422,12 @@ def test_corrupt_file_in_the_review_glob(tmp_path, capsys, bundle_dir):
     assert_nothing_written(paths["output"])
 
 
-def _corrupt_first_page_header(path: str) -> None:
-    """Overwrites the first page header of the review_id column: the footer still reads, the data does not."""
-    column = pq.ParquetFile(path).metadata.row_group(0).column(0)
-    start = column.dictionary_page_offset if column.has_dictionary_page else column.data_page_offset
-    with open(path, "r+b") as f:
-        f.seek(start)
-        f.write(b"\xff" * 24)
-
-
 def test_corrupt_data_page_in_a_review_file_names_the_file(tmp_path, capsys, bundle_dir):
     paths = write_good_dataset(tmp_path)
     bad = write_parquet(
         tmp_path / "reviews" / f"dt={DATE}" / "part-1.parquet", [(20, 1, "fine"), (21, 2, "ok")], REVIEW_SCHEMA
     )
-    _corrupt_first_page_header(bad)
+    corrupt_first_page_header(bad)
     assert pq.ParquetFile(bad).metadata.num_rows == 2  # the footer is intact: only reading the rows fails
     code, lines = run(capsys, **paths, model_dir=str(bundle_dir))
     assert not glob.glob(f"{paths['output']}/**/_SUCCESS", recursive=True)

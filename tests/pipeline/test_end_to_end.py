@@ -15,30 +15,16 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import BeamAssertException, assert_that
 
-from pipeline.config import build_config
 from pipeline.graph import build_pipeline
 from pipeline.launcher import execute
 from pipeline.plan import plan_run
 from pipeline.train import load_training_rows
-from tests.conftest import SAMPLE_DATE
+from tests.conftest import SAMPLE_DATE, sample_config
 from transforms.inference import Featurizer
 from transforms.schema import Columns
 from transforms.validate import REASONS
 
 PARITY_TOLERANCE = 1e-6
-
-
-def _config(sample_dir, bundle_dir, output, **extra):
-    return build_config(
-        {
-            "customers": str(sample_dir / "customers"),
-            "reviews": str(sample_dir / "reviews"),
-            "model_dir": str(bundle_dir),
-            "output": str(output),
-            "beam": {"runner": "FnApiRunner"},
-            **extra,
-        }
-    )
 
 
 def expected_scores(sample_dir, bundle, date=SAMPLE_DATE) -> dict:
@@ -80,13 +66,13 @@ def _read_dir(directory, kind):
 def nightly(sample_dir, bundle_dir, tmp_path_factory):
     """One CLI-equivalent run of the sample day, in process."""
     output = tmp_path_factory.mktemp("nightly") / "out"
-    config = _config(sample_dir, bundle_dir, output, date=SAMPLE_DATE)
+    config = sample_config(sample_dir, bundle_dir, output, date=SAMPLE_DATE)
     assert execute(config, [SAMPLE_DATE], []) == 0
     return output / f"dt={SAMPLE_DATE}"
 
 
 def test_test_pipeline_scores_equal_in_process_prediction(sample_dir, bundle_dir, bundle, tmp_path):
-    config = _config(sample_dir, bundle_dir, tmp_path / "out", date=SAMPLE_DATE)
+    config = sample_config(sample_dir, bundle_dir, tmp_path / "out", date=SAMPLE_DATE)
     plan = plan_run(config, [SAMPLE_DATE])
     expected = expected_scores(sample_dir, bundle)
     with BeamTestPipeline(runner=FnApiRunner()) as p:
@@ -153,7 +139,7 @@ def test_summary_reports_quantiles_histogram_and_run_facts(nightly, bundle):
 
 
 def test_multi_processing_gives_the_same_scores(sample_dir, bundle_dir, nightly, tmp_path):
-    config = _config(sample_dir, bundle_dir, tmp_path / "mp", date=SAMPLE_DATE)
+    config = sample_config(sample_dir, bundle_dir, tmp_path / "mp", date=SAMPLE_DATE)
     code = execute(config, [SAMPLE_DATE], ["--direct_num_workers=2", "--direct_running_mode=multi_processing"])
     assert code == 0
     single = _read_dir(nightly, "scores").sort_by("review_id")
@@ -162,12 +148,12 @@ def test_multi_processing_gives_the_same_scores(sample_dir, bundle_dir, nightly,
 
 
 def test_rerun_replaces_the_partition_completely(sample_dir, bundle_dir, tmp_path):
-    config = _config(sample_dir, bundle_dir, tmp_path / "out", date=SAMPLE_DATE, read_batch_size=64)
+    config = sample_config(sample_dir, bundle_dir, tmp_path / "out", date=SAMPLE_DATE, read_batch_size=64)
     assert execute(config, [SAMPLE_DATE], []) == 0
     partition = tmp_path / "out" / f"dt={SAMPLE_DATE}"
     first = set(os.listdir(partition))
     (partition / "scores-stale-from-elsewhere.parquet").write_bytes(b"junk")
-    config = _config(sample_dir, bundle_dir, tmp_path / "out", date=SAMPLE_DATE)
+    config = sample_config(sample_dir, bundle_dir, tmp_path / "out", date=SAMPLE_DATE)
     assert execute(config, [SAMPLE_DATE], []) == 0
     second = set(os.listdir(partition))
     assert "scores-stale-from-elsewhere.parquet" not in second
@@ -178,7 +164,7 @@ def test_rerun_replaces_the_partition_completely(sample_dir, bundle_dir, tmp_pat
 
 
 def test_backfill_writes_each_day_with_its_own_summary_and_compares_to_the_previous(sample_dir, bundle_dir, tmp_path):
-    config = _config(sample_dir, bundle_dir, tmp_path / "out")
+    config = sample_config(sample_dir, bundle_dir, tmp_path / "out")
     assert execute(config, ["2026-11-26", "2026-11-27", SAMPLE_DATE], [], backfill=True) == 0
     assert not (tmp_path / "out" / "dt=2026-11-26").exists()  # no input that day: skipped, not failed
     first = json.loads((tmp_path / "out" / "dt=2026-11-27" / "summary.json").read_text())
@@ -190,11 +176,11 @@ def test_backfill_writes_each_day_with_its_own_summary_and_compares_to_the_previ
 
 
 def test_backfill_skip_existing_leaves_complete_days_alone(sample_dir, bundle_dir, tmp_path):
-    config = _config(sample_dir, bundle_dir, tmp_path / "out")
+    config = sample_config(sample_dir, bundle_dir, tmp_path / "out")
     assert execute(config, [SAMPLE_DATE], [], backfill=True) == 0
     marker = tmp_path / "out" / f"dt={SAMPLE_DATE}" / "_SUCCESS"
     before = marker.read_text()
-    config = _config(sample_dir, bundle_dir, tmp_path / "out", skip_existing=True)
+    config = sample_config(sample_dir, bundle_dir, tmp_path / "out", skip_existing=True)
     assert execute(config, ["2026-11-27", SAMPLE_DATE], [], backfill=True) == 0
     assert marker.read_text() == before
     assert (tmp_path / "out" / "dt=2026-11-27" / "_SUCCESS").exists()

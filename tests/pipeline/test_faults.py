@@ -21,6 +21,7 @@ from apache_beam.transforms.window import GlobalWindow
 from pipeline.config import build_config
 from pipeline.launcher import execute
 from pipeline.sample_data import write_sample_data
+from tests.conftest import corrupt_first_page_header
 from transforms.inference import NUMERIC, TOKENS, Featurizer, ModelScorer, ScoreReviews, score_with_isolation
 from transforms.schema import RunSchema
 
@@ -213,15 +214,6 @@ def test_rerun_with_fewer_shards_leaves_no_stale_shards(tmp_path, bundle_dir):
     assert output_ids(partition) == input_review_ids(paths)
 
 
-def _corrupt_first_page_header(path: str) -> None:
-    """Overwrites the first page header of the review_id column: the footer still reads, the data does not."""
-    column = pq.ParquetFile(path).metadata.row_group(0).column(0)
-    start = column.dictionary_page_offset if column.has_dictionary_page else column.data_page_offset
-    with open(path, "r+b") as f:
-        f.seek(start)
-        f.write(b"\xff" * 24)
-
-
 def _replace_with_junk(path: str) -> None:
     with open(path, "wb") as f:
         f.write(b"not parquet at all\n" * 100)
@@ -231,7 +223,7 @@ def _replace_with_junk(path: str) -> None:
     ("break_input", "expected_error"),
     [
         (_replace_with_junk, "not a readable Parquet file"),  # found at start-up
-        (_corrupt_first_page_header, "failed"),  # found while the pipeline runs, after shards may have been written
+        (corrupt_first_page_header, "failed"),  # found while the pipeline runs, after shards may have been written
     ],
     ids=["start-up", "mid-run"],
 )

@@ -12,9 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import build_config
 from pipeline.launcher import execute
-from tests.conftest import SAMPLE_DATE
+from tests.conftest import SAMPLE_DATE, sample_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -95,15 +94,7 @@ def test_portable_runner_matches_direct_runner(sample_dir, bundle_dir, tmp_path,
     job_port, pool_port = portable_services
 
     def config(output):
-        return build_config(
-            {
-                "customers": str(sample_dir / "customers"),
-                "reviews": str(sample_dir / "reviews"),
-                "model_dir": str(bundle_dir),
-                "output": str(output),
-                "beam": {"runner": "FnApiRunner"},
-            }
-        )
+        return sample_config(sample_dir, bundle_dir, output)
 
     assert execute(config(tmp_path / "direct"), [SAMPLE_DATE], []) == 0
     portable_flags = [
@@ -122,15 +113,7 @@ def test_portable_runner_matches_direct_runner(sample_dir, bundle_dir, tmp_path,
 
 
 def test_portable_runner_without_a_job_service_fails_cleanly(sample_dir, bundle_dir, tmp_path, capsys):
-    config = build_config(
-        {
-            "customers": str(sample_dir / "customers"),
-            "reviews": str(sample_dir / "reviews"),
-            "model_dir": str(bundle_dir),
-            "output": str(tmp_path / "o"),
-            "beam": {"runner": "FnApiRunner"},
-        }
-    )
+    config = sample_config(sample_dir, bundle_dir, tmp_path / "o")
     flags = [
         "--runner=PortableRunner",
         f"--job_endpoint=localhost:{_free_port()}",
