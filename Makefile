@@ -17,7 +17,7 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-$(INSTALLED): setup.py constraints.txt | $(PY)
+$(INSTALLED): setup.py constraints.txt transforms/_tokens.c | $(PY)
 	$(PY) -m pip install --quiet -c constraints.txt -e .
 	touch $@
 

@@ -1,6 +1,6 @@
 """Installable distribution of the review-sentiment batch scorer; also what remote Beam workers install."""
 
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
 
 setup(
     name="review-sentiment-scoring",
@@ -42,5 +42,7 @@ setup(
             "moto[server]>=5.0",
         ],
     },
+    # The tokenizer's byte scan (transforms/_tokens.c): plain C against Python.h, built by pip with the system compiler.
+    ext_modules=[Extension("transforms._tokens", ["transforms/_tokens.c"], extra_compile_args=["-O3"])],
     entry_points={"console_scripts": ["sentiment-score=pipeline.cli:main"]},
 )

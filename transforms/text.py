@@ -10,6 +10,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+try:
+    from transforms import _tokens
+except ImportError as e:  # a source checkout used without installing it
+    raise ImportError(
+        "transforms._tokens (transforms/_tokens.c) is not built: install the project (pip install -e . or make install)"
+    ) from e
+
 PAD_ID = 0
 OOV_ID = 1
 RESERVED_IDS = 2
@@ -75,21 +82,20 @@ def standardize_and_split(texts) -> pa.ListArray:
     return pa.ListArray.from_arrays(new_offsets, values.filter(keep))
 
 
-# tokenize_and_pad standardizes and splits on the UTF-8 bytes with numpy, exactly as standardize_and_split does, for
-# the tokens (runs of bytes that are not ASCII whitespace) of ASCII bytes only: most words of most reviews. A-Z become
-# a-z; the ASCII characters in Unicode categories P* and S* (all 32 printable non-alphanumerics) are removed; the other
-# bytes (letters, digits, control characters, DEL) stay. The ASCII whitespace of utf8_split_whitespace is \t \n \v \f
-# \r, the space and also \x1c-\x1f (bidi classes B and S), which ascii_split_whitespace does not count as whitespace.
-# A token with a non-ASCII byte goes through standardize_and_split on its own: its words depend on it alone, since the
-# Arrow kernels work code point by code point (utf8_lower has no context rule: "ΑΣ" becomes "ασ", and "İ" becomes "i").
+# tokenize_and_pad standardizes and splits on the UTF-8 bytes in one C pass (transforms/_tokens.c), exactly as
+# standardize_and_split does, for the tokens (runs of bytes that are not ASCII whitespace) of ASCII bytes only: most
+# words of most reviews. A-Z become a-z; the ASCII characters in Unicode categories P* and S* (all 32 printable
+# non-alphanumerics) are removed; the other bytes (letters, digits, control characters, DEL) stay. The ASCII whitespace
+# of utf8_split_whitespace is \t \n \v \f \r, the space and also \x1c-\x1f (bidi classes B and S), which
+# ascii_split_whitespace does not count as whitespace. A token with a non-ASCII byte goes through standardize_and_split
+# on its own: its words depend on it alone, since the Arrow kernels work code point by code point (utf8_lower has no
+# context rule: "ΑΣ" becomes "ασ", and "İ" becomes "i").
 _ARROW_ASCII_WHITESPACE = b"\t\n\v\f\r\x1c\x1d\x1e\x1f "
 _DELETE, _SPACE, _WORD = 0, 1, 2
 _BYTE_CLASS = np.full(256, _WORD, dtype=np.uint8)  # bytes >= 0x80, parts of non-ASCII characters, are _WORD
 _BYTE_CLASS[[c for c in range(128) if unicodedata.category(chr(c))[0] in "PS"]] = _DELETE
 _BYTE_CLASS[list(_ARROW_ASCII_WHITESPACE)] = _SPACE
-# The classes of two bytes at once, for the bytes viewed as uint16 (a lookup costs the same for 1 or 2 bytes).
-_PAIR_CLASS = _BYTE_CLASS[np.arange(65536, dtype=np.uint16).view(np.uint8)].view(np.uint16)
-# Texts are handled in pieces of about this many bytes (whole texts), so that the per-byte arrays stay in cache.
+# Texts are scanned in pieces of about this many bytes (whole texts), which bounds the per-token scratch arrays.
 _CHUNK_BYTES = 1 << 21
 # A last text without whitespace for standardize_and_split: see _unicode_words.
 _GUARD = pa.array(["x"], pa.large_string())
@@ -117,56 +123,25 @@ class _Chunk:
     spans: pa.Array | None  # those tokens, with the whitespace and punctuation-only tokens after them
 
 
-def _chunk_tokens(data: np.ndarray, buffer: pa.Buffer | None, offsets: np.ndarray, rows: slice, value_set) -> _Chunk:
+def _chunk_tokens(data: np.ndarray, buffer: pa.Buffer | None, offsets: np.ndarray, rows: slice, vocabulary) -> _Chunk:
     """The tokens of the texts data[offsets[i] : offsets[i + 1]] for i in rows, data being the contents of buffer."""
     offsets = offsets[rows.start : rows.stop + 1]
-    base = int(offsets[0])
-    chunk = data[base : int(offsets[-1])]
-    local = offsets - base
-    size = len(chunk)
-    byte_class = np.empty(size, dtype=np.uint8)
-    even = size - size % 2
-    np.take(_PAIR_CLASS, chunk[:even].view(np.uint16), out=byte_class[:even].view(np.uint16))
-    byte_class[even:] = _BYTE_CLASS[chunk[even:]]
-    in_token = byte_class != _SPACE
-    # A token starts after whitespace or at the start of a text.
-    token_start = np.empty(size, dtype=bool)
-    if size:
-        token_start[0] = in_token[0]
-        np.greater(in_token[1:], in_token[:-1], out=token_start[1:])
-        text_starts = local[:-1][local[:-1] < size]
-        token_start[text_starts] = in_token[text_starts]
-    starts = np.flatnonzero(token_start)
-    # With whitespace and punctuation taken out, token k's word is kept[word_offsets[k] : word_offsets[k + 1]].
-    is_word = byte_class == _WORD
-    kept_through = np.cumsum(is_word, dtype=np.int32 if size < 2**31 else np.int64)
-    word_offsets = np.empty(len(starts) + 1, dtype=kept_through.dtype)
-    word_offsets[:-1] = kept_through[starts - 1]  # the word bytes before each start
-    if len(starts) and starts[0] == 0:
-        word_offsets[0] = 0
-    word_offsets[-1] = kept_through[-1] if size else 0
-    nonempty = word_offsets[1:] > word_offsets[:-1]
-    if not nonempty.all():
-        starts = starts[nonempty]
-        word_offsets = np.concatenate([word_offsets[:-1][nonempty], word_offsets[-1:]])
-    kept = pa.py_buffer(np.compress(is_word, chunk))
-    string_type = pa.string() if word_offsets.dtype == np.int32 else pa.large_string()
-    words = pc.ascii_lower(pa.Array.from_buffers(string_type, len(starts), [None, pa.py_buffer(word_offsets), kept]))
-    index = pc.index_in(words, value_set=value_set).fill_null(-1).to_numpy()
-    # The tokens with a non-ASCII byte (any: invalid UTF-8 must meet the Arrow kernels), found by the first byte of
-    # each run of them in a token (a run may go on into the next text).
-    high = chunk >= 0x80
-    first_high = high & token_start
-    first_high[1:] |= high[1:] & ~high[:-1]
-    unicode = np.searchsorted(starts, np.flatnonzero(first_high), side="right") - 1
+    room = int(offsets[-1] - offsets[0])  # at most one token per byte; np.empty leaves untouched pages unmapped
+    index = np.empty(room, dtype=np.int32)
+    starts = np.empty(room, dtype=np.int64)
+    unicode = np.empty(room, dtype=np.int64)
+    tokens_before_text = np.empty(len(offsets), dtype=np.int64)
+    tokens, unicode_tokens = _tokens.scan(
+        _BYTE_CLASS, data, offsets, *vocabulary, index, starts, tokens_before_text, unicode
+    )
+    index, starts, unicode = index[:tokens], starts[:tokens], unicode[:unicode_tokens]
     spans = None
-    if len(unicode):
-        unicode = unicode[np.append(True, unicode[1:] != unicode[:-1])]
+    if unicode_tokens:
         # Token k's span runs to the start of token k + 1: the spans of all tokens tile the bytes.
-        span_offsets = pa.py_buffer(np.append(starts, size) + base)
-        spans = pa.Array.from_buffers(pa.large_string(), len(starts), [None, span_offsets, buffer])
+        span_offsets = pa.py_buffer(np.append(starts, offsets[-1]))
+        spans = pa.Array.from_buffers(pa.large_string(), tokens, [None, span_offsets, buffer])
         spans = spans.take(pa.array(unicode))
-    return _Chunk(rows, index, np.searchsorted(starts, local), unicode, spans)
+    return _Chunk(rows, index, tokens_before_text, unicode, spans)
 
 
 def _unicode_words(spans: list[pa.Array], value_set: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -209,6 +184,17 @@ def build_vocabulary(texts, max_size: int = 10000, min_count: int = 1) -> list[s
     return table["word"].to_pylist()[: max(0, max_size - RESERVED_IDS)]
 
 
+def _vocabulary_table(vocabulary: Sequence[str]) -> tuple[np.ndarray, bytes, np.ndarray]:
+    """(hash slots, words' UTF-8 bytes, word offsets): the vocabulary as _tokens.scan looks words up in it."""
+    encoded = [w.encode("utf-8") for w in vocabulary]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum([len(w) for w in encoded], out=offsets[1:])
+    words = b"".join(encoded)
+    slots = np.zeros(1 << max(4, (2 * len(encoded)).bit_length()), dtype=np.int32)  # at most half full
+    _tokens.build_table(words, offsets, slots)
+    return slots, words, offsets
+
+
 class Tokenizer:
     """Maps a column of texts to an (n, sequence_length) int32 matrix of vocabulary ids."""
 
@@ -216,6 +202,7 @@ class Tokenizer:
         self.spec = spec or TokenizerSpec()
         self.vocabulary = tuple(vocabulary)
         self._value_set = pa.array(self.vocabulary, type=pa.string())
+        self._table = _vocabulary_table(self.vocabulary)
 
     @property
     def vocab_size(self) -> int:
@@ -234,7 +221,7 @@ class Tokenizer:
         offsets, buffer, data = _text_buffers(texts)
         cuts = np.searchsorted(offsets, np.arange(offsets[0] + _CHUNK_BYTES, offsets[-1], _CHUNK_BYTES))
         bounds = np.unique(np.concatenate([[0], cuts, [n]]))
-        chunks = [_chunk_tokens(data, buffer, offsets, slice(*b), self._value_set) for b in zip(bounds, bounds[1:])]
+        chunks = [_chunk_tokens(data, buffer, offsets, slice(*b), self._table) for b in zip(bounds, bounds[1:])]
         # The tokens with a non-ASCII byte all at once: an Arrow kernel call costs much on non-ASCII text.
         unicode_index, words_per_unicode = _unicode_words(
             [c.spans for c in chunks if c.spans is not None], self._value_set

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import transforms.text as text_module
+from transforms import _tokens
 from transforms.text import Tokenizer, TokenizerSpec, standardize_and_split
 
 EXAMPLES = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -179,6 +180,71 @@ def test_every_ascii_character_and_pair_matches_the_reference():
 )
 def test_edge_cases_match_the_reference(texts):
     assert_same(Tokenizer(["good", "bad", "café", "日本", "x" * 300, "y", "istanbul", "k", "z\x00z", "\x7f"]), texts)
+
+
+def test_a_repeated_vocabulary_word_gets_its_first_index_as_in_arrow():
+    texts = ["b a c", "a"]
+    tokenizer = Tokenizer(["b", "a", "a", "b", "c"])
+    assert_same(tokenizer, texts)
+    assert tokenizer.tokenize_and_pad(pa.array(texts))[0, :3].tolist() == [2, 3, 6]
+
+
+def _scan_arguments(text: bytes, words: list[str]):
+    slots, vocabulary, word_offsets = text_module._vocabulary_table(words)
+    room = len(text)
+    return [
+        text_module._BYTE_CLASS,
+        np.frombuffer(text, np.uint8),
+        np.array([0, len(text)], np.int64),
+        slots,
+        vocabulary,
+        word_offsets,
+        np.empty(room, np.int32),
+        np.empty(room, np.int64),
+        np.empty(2, np.int64),
+        np.empty(room, np.int64),
+    ]
+
+
+def test_native_scan_finds_tokens_words_and_unicode():
+    args = _scan_arguments("Good, bad!! ... café Good".encode(), ["good", "bad"])
+    tokens, unicode = _tokens.scan(*args)
+    index, starts, before, positions = args[6], args[7], args[8], args[9]
+    assert (tokens, unicode) == (4, 1)  # "..." has no word
+    assert index[:4].tolist() == [0, 1, -1, 0] and starts[:4].tolist() == [0, 6, 16, 22]
+    assert before.tolist() == [0, 4] and positions[:1].tolist() == [2]
+
+
+@pytest.mark.parametrize(
+    "position, replacement, message",
+    [
+        (0, np.zeros(255, np.uint8), "wrong size"),  # byte classes: 256 of them
+        (2, np.array([0, 99], np.int64), "out of range"),  # offsets past the data
+        (2, np.array([5, 0], np.int64), "out of range"),  # decreasing offsets
+        (3, np.zeros(24, np.int32), "wrong size"),  # hash slots: a power of two
+        (6, np.empty(3, np.int32), "room"),  # fewer output cells than bytes
+        (8, np.empty(1, np.int64), "wrong size"),  # one count per offset
+        (2, np.array([0, 2, 4], np.int32), "whole number"),  # offsets are int64: 12 bytes are not
+    ],
+)
+def test_native_scan_refuses_bad_buffers(position, replacement, message):
+    args = _scan_arguments(b"good bad", ["good"])
+    assert _tokens.scan(*args) == (2, 0)  # the unchanged arguments are fine
+    args[position] = replacement
+    with pytest.raises(ValueError, match=message):
+        _tokens.scan(*args)
+
+
+def test_native_scan_refuses_read_only_outputs():
+    args = _scan_arguments(b"good", ["good"])
+    args[6] = bytes(16)
+    with pytest.raises(BufferError):
+        _tokens.scan(*args)
+
+
+def test_vocabulary_table_refuses_too_few_slots():
+    with pytest.raises(ValueError, match="power of two"):
+        _tokens.build_table(b"ab", np.array([0, 1, 2], np.int64), np.zeros(2, np.int32))
 
 
 def test_null_texts_are_refused_as_before():
