@@ -44,5 +44,5 @@ setup(
     },
     # The tokenizer's byte scan (transforms/_tokens.c): plain C against Python.h, built by pip with the system compiler.
     ext_modules=[Extension("transforms._tokens", ["transforms/_tokens.c"], extra_compile_args=["-O3"])],
-    entry_points={"console_scripts": ["sentiment-score=pipeline.cli:main"]},
+    entry_points={"console_scripts": ["sentiment-score=pipeline.cli:run"]},
 )

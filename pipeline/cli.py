@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -156,3 +157,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"sentiment-score: config error: {e}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def run() -> None:
+    """The process entry point (console script and python -m pipeline): main(), then exit without a last GC pass.
+
+    At interpreter shutdown the collector walks TensorFlow's, Keras' and Beam's object graphs: 1.2-1.4 s per run,
+    measured, against 0.14 s once they are frozen. Output files are closed by then and atexit handlers still run.
+    """
+    code = main()
+    gc.disable()
+    gc.freeze()
+    sys.exit(code)

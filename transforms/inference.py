@@ -271,7 +271,7 @@ class ScoreReviews(beam.DoFn):
                 c.review_id: table[c.review_id],
                 c.customer_id: table[c.customer_id],
                 SCORE: pa.array(scores, pa.float32()),
-                MODEL_VERSION: pa.array(np.full(len(scores), self._model_version, dtype=object), pa.string()),
+                MODEL_VERSION: pa.repeat(pa.scalar(self._model_version, pa.string()), len(scores)),
             }
         )
         n_ok = int(ok.sum())
