@@ -52,7 +52,7 @@ test: lint
 
 # Throughput and memory against baselines, by hand (never in make test); see benchmarks/README.md.
 bench: $(TEST_INSTALLED)
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks.run --sizes 200000,2000000
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks.run --sizes 200000,2000000 --repeat 3
 
 bench-quick: $(TEST_INSTALLED)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks.run --sizes 20000
