@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from model.bundle import BundleError, load_bundle
-from pipeline.config import ConfigError, build_config, load_config
+from pipeline.config import ConfigError, build_config
 from pipeline.launcher import execute
 from tests.conftest import corrupt_first_page_header
 from transforms.inference import Featurizer, ModelScorer, score_with_isolation
@@ -75,6 +75,19 @@ def run(capsys, **settings_) -> tuple[int, list[str]]:
     code = execute(config, [config.date] if config.date else None, [])
     err = capsys.readouterr().err
     return code, [line for line in err.splitlines() if line.startswith("sentiment-score:")]
+
+
+def run_written(capsys, tmp_path, bundle_dir) -> str:
+    """Runs on the customers/ and reviews/ written under tmp_path, expects success; returns the partition's path."""
+    code, lines = run(
+        capsys,
+        customers=str(tmp_path / "customers"),
+        reviews=str(tmp_path / "reviews"),
+        model_dir=str(bundle_dir),
+        output=str(tmp_path / "out"),
+    )
+    assert code == 0, lines
+    return str(tmp_path / "out" / f"dt={DATE}")
 
 
 def read_parquet_files(pattern: str) -> pa.Table:
@@ -297,15 +310,7 @@ def test_invalid_utf8_in_a_binary_text_column_is_rejected(tmp_path, bundle_dir, 
         (5, 1, b"  "),
     ]
     write_parquet(tmp_path / "reviews" / f"dt={DATE}" / "a.parquet", rows, schema)
-    code, lines = run(
-        capsys,
-        customers=str(tmp_path / "customers"),
-        reviews=str(tmp_path / "reviews"),
-        model_dir=str(bundle_dir),
-        output=str(tmp_path / "out"),
-    )
-    assert code == 0, lines
-    partition = str(tmp_path / "out" / f"dt={DATE}")
+    partition = run_written(capsys, tmp_path, bundle_dir)
     rejects = {r["review_id"]: r for r in read_parquet_files(f"{partition}/rejects-*.parquet").to_pylist()}
     assert {k: r["reason"] for k, r in rejects.items()} == {2: "invalid_utf8", 4: "null_text", 5: "empty_text"}
     assert rejects[2]["review_text"] == b"bad bytes \xff\xfe here"  # the raw bytes, kept for inspection
@@ -322,15 +327,7 @@ def test_feature_that_overflows_the_models_float32_input_is_non_finite(tmp_path,
         [(1, 1, "great product"), (2, 2, "great product")],
         REVIEW_SCHEMA,
     )
-    code, lines = run(
-        capsys,
-        customers=str(tmp_path / "customers"),
-        reviews=str(tmp_path / "reviews"),
-        model_dir=str(bundle_dir),
-        output=str(tmp_path / "out"),
-    )
-    assert code == 0, lines
-    partition = str(tmp_path / "out" / f"dt={DATE}")
+    partition = run_written(capsys, tmp_path, bundle_dir)
     rejects = read_parquet_files(f"{partition}/rejects-*.parquet").to_pylist()
     assert [(r["review_id"], r["reason"]) for r in rejects] == [(1, "non_finite_feature")]
 
@@ -526,13 +523,7 @@ def test_cli_unknown_config_key_exits_2_naming_it(tmp_path, bundle_dir):
 # Security
 
 
-def test_yaml_python_tags_are_refused_and_not_executed(tmp_path):
-    marker = tmp_path / "pwned"
-    config = tmp_path / "evil.yaml"
-    config.write_text(f'customers: !!python/object/apply:os.system ["touch {marker}"]\nreviews: r\n')
-    with pytest.raises(ConfigError, match="evil.yaml"):
-        load_config(str(config))
-    assert not marker.exists()
+# YAML python tags in a config: tests/pipeline/test_config.py::test_python_tags_are_refused_by_safe_load.
 
 
 def test_model_with_a_lambda_layer_is_refused(tmp_path, bundle_copy, capsys):

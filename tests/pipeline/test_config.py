@@ -82,7 +82,7 @@ def test_python_tags_are_refused_by_safe_load(tmp_path):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.yaml"
     evil.write_text(f"output: !!python/object/apply:os.system ['touch {marker}']\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    with pytest.raises(ConfigError, match=r"evil\.yaml: not valid YAML"):
         load_config(str(evil))
     assert not marker.exists()
 
