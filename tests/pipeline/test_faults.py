@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.transforms.window import GlobalWindow
 
+from model.bundle import save_bundle
 from pipeline.config import build_config
 from pipeline.launcher import execute
 from pipeline.sample_data import write_sample_data
@@ -327,10 +328,41 @@ def run_bundle(dofn, elements):
     return outputs
 
 
-def test_score_reviews_rejects_failing_rows_with_reasons(bundle_dir, model_inputs):
+@pytest.fixture(scope="module")
+def nan_on_inf_bundle_dir(bundle, tmp_path_factory):
+    """The trained bundle with weights set so that an infinite first feature gives a NaN score, by construction.
+
+    Every weight on the path from the first numeric feature to the last hidden layer is made positive, so an inf
+    there reaches every head unit as +inf (ReLU passes it); the output layer then adds +inf and -inf: NaN, on any
+    weights a training run produced. Finite inputs stay finite, so every other row keeps a valid score.
+    """
+    import keras
+
+    model = keras.models.clone_model(bundle.model)
+    model.set_weights(bundle.model.get_weights())
+    first, second = model.get_layer("numeric_dense_0"), model.get_layer("numeric_dense_1")
+    head, output = model.get_layer("head_dense"), model.get_layer("sentiment")
+    kernel, bias = first.get_weights()
+    kernel[0] = np.abs(kernel[0]) + 0.1
+    first.set_weights([kernel, bias])
+    kernel, bias = second.get_weights()
+    second.set_weights([np.abs(kernel) + 0.1, bias])
+    kernel, bias = head.get_weights()
+    numeric_width = second.units  # the concatenation puts the numeric branch first
+    kernel[:numeric_width] = np.abs(kernel[:numeric_width]) + 0.1
+    head.set_weights([kernel, bias])
+    kernel, bias = output.get_weights()
+    signs = np.where(np.arange(kernel.shape[0]) % 2 == 0, 1.0, -1.0).reshape(-1, 1)
+    output.set_weights([(np.abs(kernel) + 0.1) * signs, bias])
+    directory = tmp_path_factory.mktemp("nan-on-inf") / "model"
+    save_bundle(str(directory), model, bundle.vocabulary, bundle.tokenizer, bundle.scaler)
+    return directory
+
+
+def test_score_reviews_rejects_failing_rows_with_reasons(nan_on_inf_bundle_dir, model_inputs):
     numeric, tokens = model_inputs
     numeric = numeric.copy()
-    numeric[40] = [np.inf, 0.0]  # reaches the model as inf: the score comes back NaN
+    numeric[40] = [np.inf, 0.0]  # reaches the model as inf: this bundle's weights make the score NaN
     n = len(numeric)
     table = pa.table(
         {
@@ -343,7 +375,7 @@ def test_score_reviews_rejects_failing_rows_with_reasons(bundle_dir, model_input
             TOKENS: _matrix_column(tokens),
         }
     )
-    dofn = ScoreReviews(str(bundle_dir), RunSchema(), batch_size=16, jit_compile=False)
+    dofn = ScoreReviews(str(nan_on_inf_bundle_dir), RunSchema(), batch_size=16, jit_compile=False)
     outputs = run_bundle(dofn, [(DATE, table)])
     scored = [o for o in outputs if isinstance(o, tuple)]
     tagged = [o for o in outputs if not isinstance(o, tuple)]
