@@ -10,7 +10,7 @@ import sys
 
 from pipeline.config import ConfigError, validate_date
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LEASE_HELD = 0, 1, 2, 3
 _LOG = logging.getLogger("sentiment-score")
 
 
@@ -36,6 +36,24 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch-size", dest="inference_batch_size", type=int, help="rows per model call")
     parser.add_argument(
+        "--max-reject-fraction",
+        dest="max_reject_fraction",
+        type=float,
+        help="refuse to publish a partition with more than this fraction of rows rejected (default 0.1)",
+    )
+    parser.add_argument(
+        "--take-over-lease",
+        dest="take_over_lease",
+        action="store_true",
+        help="take the partitions' leases even if another run holds them (only when that run is known to be dead)",
+    )
+    parser.add_argument(
+        "--no-wait",
+        dest="no_wait",
+        action="store_true",
+        help="submit the pipeline and exit 0 without waiting; the job publishes by itself (check with verify)",
+    )
+    parser.add_argument(
         "--no-jit",
         dest="jit_compile",
         action="store_false",
@@ -49,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sentiment-score",
         description="Batch scoring of review sentiment on Apache Beam.",
         allow_abbrev=False,
-        epilog="Exit codes: 0 done, 1 the run failed, 2 bad usage or config. "
+        epilog="Exit codes: 0 done, 1 the run failed (or verify found an incomplete partition), 2 bad usage or "
+        "config, 3 another run holds a partition's lease. "
         "Unknown --flags go to Beam's PipelineOptions (--runner, --direct_num_workers, ...).",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
@@ -87,6 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="skip days whose partition already has _SUCCESS",
     )
+
+    verify = sub.add_parser(
+        "verify", help="check published partitions against the manifests in their _SUCCESS", allow_abbrev=False
+    )
+    verify.add_argument("--output", required=True, help="output root")
+    verify.add_argument("--date", help="check OUTPUT/dt=DATE")
+    verify.add_argument("--start", help="check every day from this date ...")
+    verify.add_argument("--end", help="... to this one")
     return parser
 
 
@@ -100,9 +127,29 @@ def _overrides(args: argparse.Namespace) -> dict:
         "inference_batch_size",
         "jit_compile",
         "skip_existing",
+        "max_reject_fraction",
         "date",
     )
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+
+
+def _verify_dates(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str] | None:
+    """The days verify checks: --date, or --start..--end, or None for an unpartitioned output."""
+    if args.date and (args.start or args.end):
+        parser.error("verify takes --date or --start/--end, not both")
+    if bool(args.start) != bool(args.end):
+        parser.error("verify needs both --start and --end")
+    if args.date:
+        return [validate_date(args.date, "--date")]
+    if args.start:
+        from pipeline.plan import days_between
+        from transforms.schema import InputError
+
+        try:
+            return days_between(validate_date(args.start, "--start"), validate_date(args.end, "--end"))
+        except InputError as e:
+            raise ConfigError(str(e)) from None
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,14 +193,17 @@ def main(argv: list[str] | None = None) -> int:
                 f"validation AUC {metrics['val_auc']:.4f}, accuracy {metrics['val_accuracy']:.4f}"
             )
             return EXIT_OK
-        from pipeline.launcher import run_backfill, run_score
+        from pipeline.launcher import run_backfill, run_score, run_verify
 
+        if args.command == "verify":
+            return run_verify(args.output, _verify_dates(parser, args), beam_flags)
+        lease_and_wait = {"take_over_lease": args.take_over_lease, "wait": not args.no_wait}
         if args.command == "score":
             if args.date is not None:
                 validate_date(args.date, "--date")
-            return run_score(args.config, _overrides(args), beam_flags)
+            return run_score(args.config, _overrides(args), beam_flags, **lease_and_wait)
         start, end = validate_date(args.start, "--start"), validate_date(args.end, "--end")
-        return run_backfill(args.config, _overrides(args), beam_flags, start, end)
+        return run_backfill(args.config, _overrides(args), beam_flags, start, end, **lease_and_wait)
     except ConfigError as e:
         print(f"sentiment-score: config error: {e}", file=sys.stderr)
         return EXIT_USAGE

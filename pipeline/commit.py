@@ -1,11 +1,10 @@
-"""Publishing a partition: check the row invariant, write summary and report, swap staging into place, then _SUCCESS."""
+"""Committing a partition: check the row invariant and the reject ceiling, write summary and report, publish."""
 
 from __future__ import annotations
 
 import io
 import json
 import logging
-import os
 import shutil
 import time
 
@@ -16,18 +15,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline import report
+from pipeline import lease, report
+from pipeline.publish import SUCCESS_FILE, SUMMARY_FILE, publish_partition, write_atomically
 from transforms.io import partition_path
 from transforms.schema import REASON, SCORE
 
 _LOG = logging.getLogger(__name__)
-SUMMARY_FILE = "summary.json"
-SUCCESS_FILE = "_SUCCESS"
 QUANTILES = {"p01": 0.01, "p05": 0.05, "p25": 0.25, "p50": 0.5, "p75": 0.75, "p95": 0.95, "p99": 0.99}
-
-
-class InvariantError(RuntimeError):
-    """Scored plus rejected rows do not add up to the rows read: the partition is not published."""
 
 
 def _read_column(path: str, column: str) -> pa.Array:
@@ -76,42 +70,47 @@ def _previous_summary(output: str, partition: str) -> dict | None:
         return None
 
 
-def _empty_shard(staging_dir: str, kind: str, schema: pa.Schema) -> str:
-    path = FileSystems.join(staging_dir, f"{kind}-empty.parquet")
+def _empty_shard(staging_dir: str, kind: str, schema: pa.Schema, run_id: str) -> str:
+    path = FileSystems.join(staging_dir, f"{kind}-{run_id}-empty.parquet")
     sink = io.BytesIO()
     pq.write_table(schema.empty_table(), sink)
     _write_bytes(path, sink.getvalue())
     return path
 
 
-def _swap_into_place(staging_dir: str, final_dir: str, keep: set[str], trash_dir: str) -> None:
-    """Replaces final_dir by staging_dir; on a local disk by two renames, elsewhere file by file."""
-    if "://" not in final_dir:
-        for name in os.listdir(staging_dir):
-            if os.path.join(staging_dir, name) not in keep:
-                os.remove(os.path.join(staging_dir, name))  # a retried bundle's shard, never published
-        os.makedirs(os.path.dirname(os.path.abspath(final_dir)), exist_ok=True)
-        if os.path.exists(final_dir):
-            os.rename(final_dir, trash_dir)
-        os.rename(staging_dir, final_dir)
-        shutil.rmtree(trash_dir, ignore_errors=True)
-        return
-    # Object stores have no directory rename: first make the old partition incomplete, then replace its files.
-    marker = FileSystems.join(final_dir, SUCCESS_FILE)
-    if FileSystems.exists(marker):
-        FileSystems.delete([marker])
-    old = [m.path for r in FileSystems.match([FileSystems.join(final_dir, "*")]) for m in r.metadata_list]
-    if old:
-        FileSystems.delete(old)
-    sources = sorted(keep)
-    FileSystems.rename(sources, [FileSystems.join(final_dir, p.rsplit("/", 1)[-1]) for p in sources])
+def _discard(paths: list[str]) -> None:
+    """Removes a refused partition's staged shards; best effort (the next run's cleanup catches what is left)."""
+    existing = [p for p in paths if FileSystems.exists(p)]
+    if existing:
+        try:
+            FileSystems.delete(existing)
+        except Exception as e:
+            _LOG.warning("could not remove %d staged shard(s): %s", len(existing), e)
+
+
+def top_reasons(reasons: dict[str, int], n: int = 3) -> str:
+    ranked = sorted(reasons.items(), key=lambda item: (-item[1], item[0]))[:n]
+    return ", ".join(f"{reason} {count}" for reason, count in ranked) or "none"
 
 
 class CommitPartition(beam.DoFn):
-    """Publishes one partition once all its shards are written; raises (failing the run) if rows were lost."""
+    """Publishes one partition once all its shards are written (see pipeline/publish.py), or refuses it.
+
+    A partition is refused, and not published, when a stage reported a failure for it (an unreadable file, a model
+    failing on every call), when its rows do not add up (scored + rejected != read), or when more than
+    max_reject_fraction of its rows were rejected. Other partitions of the run are published all the same. Yields
+    one result per partition: {"partition", "status": "published" | "failed", "message", "rows", "summary"}.
+    """
 
     def __init__(
-        self, output: str, staging_root: str, run_info: dict, expected_rows: dict, schemas: dict, psi_threshold: float
+        self,
+        output: str,
+        staging_root: str,
+        run_info: dict,
+        expected_rows: dict,
+        schemas: dict,
+        psi_threshold: float,
+        max_reject_fraction: float = 0.1,
     ):
         self._output = output
         self._staging_root = staging_root
@@ -119,59 +118,86 @@ class CommitPartition(beam.DoFn):
         self._expected = expected_rows
         self._schemas = schemas
         self._psi_threshold = psi_threshold
+        self._max_reject_fraction = max_reject_fraction
+
+    def _refuse(self, partition: str, shards: list[dict], message: str, rows: dict) -> dict:
+        _discard([s["path"] for s in shards])
+        lease.release(control_root(self._staging_root), partition, self._run_info["run_id"])
+        name = partition_path(self._output, partition)
+        _LOG.error("not published: %s: %s", name, message)
+        return {"partition": partition, "output": name, "status": "failed", "message": message, "rows": rows}
 
     def process(self, element, customers_summary):
         partition, records = element
         records = list(records)
         shards = [r for r in records if r["kind"] in ("scores", "rejects")]
+        failures = [r for r in records if r["kind"] == "failure"]
         words = sum(r["words"] for r in records if r["kind"] == "vocabulary")
         oov = sum(r["oov"] for r in records if r["kind"] == "vocabulary")
         staging_dir = partition_path(self._staging_root, partition)
         final_dir = partition_path(self._output, partition)
+        read = self._expected[partition]
+        label = final_dir
 
         counts = {"scores": 0, "rejects": 0}
         for shard in shards:
+            counts[shard["kind"]] += shard["rows"]
+        rows = {"read": read, "scored": counts["scores"], "rejected": counts["rejects"]}
+        if failures:
+            first = failures[0]
+            more = f" (and {len(failures) - 1} more failure(s))" if len(failures) > 1 else ""
+            yield self._refuse(partition, shards, f"{first['stage']} failed: {first['message']}{more}", rows)
+            return
+        for shard in shards:
             on_disk = _footer_rows(shard["path"])
             if on_disk != shard["rows"]:
-                raise InvariantError(f"{shard['path']}: holds {on_disk} rows, its writer wrote {shard['rows']}")
-            counts[shard["kind"]] += shard["rows"]
-        read = self._expected[partition]
+                message = f"{shard['path']}: holds {on_disk} rows, its writer wrote {shard['rows']}"
+                yield self._refuse(partition, shards, message, rows)
+                return
         if counts["scores"] + counts["rejects"] != read:
-            raise InvariantError(
-                f"partition {partition or '(unpartitioned)'}: scored {counts['scores']} + rejected "
-                f"{counts['rejects']} != read {read}; not published"
-            )
+            message = f"scored {counts['scores']} + rejected {counts['rejects']} != read {read}; rows were lost"
+            yield self._refuse(partition, shards, message, rows)
+            return
 
-        keep = {s["path"] for s in shards}
-        for kind in ("scores", "rejects"):
-            if not any(s["kind"] == kind for s in shards):
-                keep.add(_empty_shard(staging_dir, kind, self._schemas[kind]))
-        score_files = sorted(s["path"] for s in shards if s["kind"] == "scores")
         reject_files = sorted(s["path"] for s in shards if s["kind"] == "rejects")
-        scores = (
-            np.concatenate([_read_column(p, SCORE).to_numpy(zero_copy_only=False) for p in score_files])
-            if score_files
-            else np.zeros(0, dtype=np.float32)
-        )
         reasons: dict[str, int] = {}
         for path in reject_files:
             counted = pc.value_counts(_read_column(path, REASON))
             for value, count in zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist()):
                 reasons[value] = reasons.get(value, 0) + count
+        fraction = counts["rejects"] / read if read else 0.0
+        if fraction > self._max_reject_fraction:
+            message = (
+                f"{fraction:.1%} of {read} rows rejected (top reasons: {top_reasons(reasons)}), above "
+                f"max_reject_fraction {self._max_reject_fraction:g} (setting max_reject_fraction / "
+                f"--max-reject-fraction)"
+            )
+            yield self._refuse(partition, shards, message, rows)
+            return
+
+        run_id = self._run_info["run_id"]
+        for kind in ("scores", "rejects"):
+            if not any(s["kind"] == kind for s in shards):
+                shards.append(
+                    {"kind": kind, "rows": 0, "path": _empty_shard(staging_dir, kind, self._schemas[kind], run_id)}
+                )
+        score_files = sorted(s["path"] for s in shards if s["kind"] == "scores")
+        scores = np.concatenate([_read_column(p, SCORE).to_numpy(zero_copy_only=False) for p in score_files])
 
         wall = time.time() - self._run_info["started_at"]
         summary = {
             "status": "ok",
             "date": partition or None,
             "model_version": self._run_info["model_version"],
-            "run_id": self._run_info["run_id"],
+            "run_id": run_id,
             "output": final_dir,
             "input_files": {
                 "reviews": self._run_info["review_files"].get(partition, []),
                 "customers": self._run_info["customer_files"],
             },
-            "rows": {"read": read, "scored": counts["scores"], "rejected": counts["rejects"]},
+            "rows": rows,
             "rejected_by_reason": dict(sorted(reasons.items())),
+            "reject_fraction": round(fraction, 6),
             "customers": customers_summary,
             "score_quantiles": score_statistics(scores),
             "score_histogram": report.score_histogram(scores),
@@ -181,17 +207,82 @@ class CommitPartition(beam.DoFn):
             "rows_per_second": round(read / wall, 1) if wall > 0 else None,
         }
         previous = _previous_summary(self._output, partition)
-
-        def writer(name: str, data: bytes) -> None:
-            _write_bytes(FileSystems.join(staging_dir, name), data)
-            keep.add(FileSystems.join(staging_dir, name))
-
-        drift = report.write_report(writer, summary, previous, self._psi_threshold)
+        reports: dict[str, bytes] = {}
+        drift = report.write_report(reports.__setitem__, summary, previous, self._psi_threshold)
         summary["drift"] = {**drift, "threshold": self._psi_threshold, "previous_date": (previous or {}).get("date")}
-        writer(SUMMARY_FILE, json.dumps(summary, indent=2, sort_keys=True).encode("utf-8"))
+        reports[SUMMARY_FILE] = json.dumps(summary, indent=2, sort_keys=True).encode("utf-8")
 
-        trash = FileSystems.join(self._staging_root, f"replaced-{partition or 'output'}")
-        _swap_into_place(staging_dir, final_dir, keep, trash)
-        _write_bytes(FileSystems.join(final_dir, SUCCESS_FILE), (self._run_info["run_id"] + "\n").encode())
-        _LOG.info("published %s: %d scored, %d rejected", final_dir, counts["scores"], counts["rejects"])
-        yield summary
+        manifest = {
+            "run_id": run_id,
+            "model_version": self._run_info["model_version"],
+            "partition": partition or None,
+            "rows": rows,
+            "rejected_by_reason": dict(sorted(reasons.items())),
+        }
+        publish_partition(shards, final_dir, manifest, reports)
+        lease.release(control_root(self._staging_root), partition, run_id)
+        _LOG.info("published %s: %d scored, %d rejected", label, counts["scores"], counts["rejects"])
+        yield {
+            "partition": partition,
+            "output": final_dir,
+            "status": "published",
+            "message": "published",
+            "rows": rows,
+            "summary": summary,
+        }
+
+
+def control_root(staging_root: str) -> str:
+    """OUTPUT.staging: the folder beside the output that holds run staging, leases and run summaries."""
+    return staging_root.rstrip("/").rsplit("/", 1)[0]
+
+
+def remove_staging(staging_root: str) -> None:
+    """Removes a run's staging folder (what is left after publishing: shards of retried bundles, refused
+    partitions); best effort, since the next run's cleanup of dead staging catches anything left."""
+    if "://" not in staging_root:
+        shutil.rmtree(staging_root, ignore_errors=True)
+        return
+    try:
+        leftovers = [m.path for r in FileSystems.match([FileSystems.join(staging_root, "**")]) for m in r.metadata_list]
+        if leftovers:
+            FileSystems.delete(leftovers)
+    except Exception as e:
+        _LOG.warning("could not remove staging %s: %s", staging_root, e)
+
+
+def run_summary_path(control: str, run_id: str) -> str:
+    return FileSystems.join(control, "_runs", f"{run_id}.json")
+
+
+class WriteRunSummary(beam.DoFn):
+    """Writes the run's outcome per partition to OUTPUT.staging/_runs/RUN_ID.json, from the pipeline itself, so a
+    run submitted with --no-wait leaves the same record as one the launcher waited for."""
+
+    def __init__(self, staging_root: str, run_id: str, expected_partitions: list[str]):
+        self._staging_root = staging_root
+        self._run_id = run_id
+        self._expected = expected_partitions
+
+    def process(self, results):
+        by_partition = {r["partition"]: r for r in results}
+        partitions = []
+        for partition in self._expected:
+            result = by_partition.get(partition)
+            if result is None:  # a partition with no records at all cannot happen: the graph adds a marker for each
+                result = {"partition": partition, "status": "failed", "message": "no commit result", "rows": {}}
+            partitions.append({k: v for k, v in result.items() if k != "summary"})
+        failed = [p["partition"] or "(unpartitioned)" for p in partitions if p["status"] != "published"]
+        record = {
+            "run_id": self._run_id,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "status": "failed" if failed else "ok",
+            "failed_partitions": failed,
+            "partitions": partitions,
+        }
+        write_atomically(
+            run_summary_path(control_root(self._staging_root), self._run_id),
+            json.dumps(record, indent=2, sort_keys=True).encode("utf-8"),
+        )
+        remove_staging(self._staging_root)
+        yield record

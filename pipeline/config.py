@@ -43,6 +43,14 @@ class ScoreConfig:
     rows_per_read_task: int = 100_000
     allow_empty: bool = False
     skip_existing: bool = False
+    # A partition with more than this fraction of its rows rejected is not published (the run exits 1 naming it).
+    max_reject_fraction: float = 0.1
+    # A run's lease on its partitions lapses this long after it was taken (or renewed), so a killed run's partitions
+    # can be taken over without --take-over-lease. Longer than any sane run; backfills renew it per chunk.
+    lease_expiry_hours: float = 6.0
+    # Backfills run as one pipeline per this many days, each chunk published before the next starts: a crash
+    # costs at most one chunk, while the model still loads once per chunk rather than once per day.
+    backfill_chunk_days: int = 7
     # Population stability index above which the report flags drift against the previous partition.
     psi_threshold: float = 0.2
     # Options for Beam's PipelineOptions, e.g. runner, direct_num_workers, project, temp_location.
@@ -121,11 +129,23 @@ def build_config(data: dict, source: str = "config") -> ScoreConfig:
         else:
             values[key] = _check_type(source, key, value, str(fields[key].type))
     config = ScoreConfig(**values)
-    for key in ("read_batch_size", "inference_batch_size", "rows_per_read_task", "background_threads"):
+    for key in (
+        "read_batch_size",
+        "inference_batch_size",
+        "rows_per_read_task",
+        "background_threads",
+        "backfill_chunk_days",
+    ):
         if getattr(config, key) < 1:
             raise ConfigError(f"{source}: setting {key!r} must be at least 1, got {getattr(config, key)}")
     if config.psi_threshold <= 0:
         raise ConfigError(f"{source}: setting 'psi_threshold' must be positive")
+    if not 0.0 <= config.max_reject_fraction <= 1.0:
+        raise ConfigError(
+            f"{source}: setting 'max_reject_fraction' must be between 0 and 1, got {config.max_reject_fraction}"
+        )
+    if config.lease_expiry_hours <= 0:
+        raise ConfigError(f"{source}: setting 'lease_expiry_hours' must be positive")
     for key in ("customers", "reviews", "model_dir", "output"):
         if not getattr(config, key):
             raise ConfigError(f"{source}: setting {key!r} must not be empty")

@@ -5,13 +5,13 @@ from __future__ import annotations
 import apache_beam as beam
 import pyarrow as pa
 
-from pipeline.commit import CommitPartition
+from pipeline.commit import CommitPartition, WriteRunSummary
 from pipeline.config import ScoreConfig
 from pipeline.plan import RunPlan
 from transforms.inference import Featurize, ScoreReviews
 from transforms.io import ReadParquetBatches, WriteParquetShards, plan_read_tasks
 from transforms.join import JoinCustomers, build_customer_table
-from transforms.schema import FILE_INDEX, ROW_INDEX
+from transforms.schema import FAILURES, FILE_INDEX, ROW_INDEX
 from transforms.validate import ValidateRows, duplicate_row_keys
 
 
@@ -70,17 +70,19 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig, plan: RunPlan) 
             pa.field(ROW_INDEX, pa.int64()),
         ]
     )
+    id_reads = review_id_files | "ReadReviewIds" >> beam.ParDo(
+        ReadParquetBatches(id_schema, max(config.read_batch_size, 65536), isolate_failures=True)
+    ).with_outputs(FAILURES, main="ids")
     duplicates = (
-        review_id_files
-        | "ReadReviewIds" >> beam.ParDo(ReadParquetBatches(id_schema, max(config.read_batch_size, 65536)))
+        id_reads.ids
         | "GroupIdsByPartition" >> beam.GroupByKey()
         | "FindDuplicateReviews" >> beam.Map(_duplicates, columns)
     )
     reviews = review_files | "ReadReviews" >> beam.ParDo(
-        ReadParquetBatches(schema.reviews_schema(), config.read_batch_size)
-    )
+        ReadParquetBatches(schema.reviews_schema(), config.read_batch_size, isolate_failures=True)
+    ).with_outputs(FAILURES, main="tables")
     validated = (
-        reviews
+        reviews.tables
         | "JoinCustomers" >> JoinCustomers(customers, columns)
         | "Validate"
         >> beam.ParDo(ValidateRows(schema), duplicates=beam.pvalue.AsDict(duplicates)).with_outputs(
@@ -89,19 +91,29 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig, plan: RunPlan) 
     )
     featurized = validated.valid | "Featurize" >> beam.ParDo(
         Featurize(config.model_dir, schema, config.background_threads)
-    ).with_outputs(Featurize.STATS, main="rows")
+    ).with_outputs(Featurize.STATS, Featurize.REJECTS, FAILURES, main="rows")
     inferred = featurized.rows | "Infer" >> beam.ParDo(
         ScoreReviews(
             config.model_dir, schema, config.inference_batch_size, config.jit_compile, config.background_threads
         )
-    ).with_outputs(ScoreReviews.REJECTS, main="scores")
-    rejects = (validated[ValidateRows.REJECTS], inferred[ScoreReviews.REJECTS]) | "CollectRejects" >> beam.Flatten()
+    ).with_outputs(ScoreReviews.REJECTS, FAILURES, main="scores")
+    rejects = (
+        validated[ValidateRows.REJECTS],
+        featurized[Featurize.REJECTS],
+        inferred[ScoreReviews.REJECTS],
+    ) | "CollectRejects" >> beam.Flatten()
+    failures = (
+        id_reads[FAILURES],
+        reviews[FAILURES],
+        featurized[FAILURES],
+        inferred[FAILURES],
+    ) | "CollectFailures" >> beam.Flatten()
 
     score_shards = inferred.scores | "WriteScores" >> beam.ParDo(
-        WriteParquetShards("scores", plan.staging_root, schema.scores_schema())
+        WriteParquetShards("scores", plan.staging_root, schema.scores_schema(), plan.run_id)
     )
     reject_shards = rejects | "WriteRejects" >> beam.ParDo(
-        WriteParquetShards("rejects", plan.staging_root, schema.rejects_schema())
+        WriteParquetShards("rejects", plan.staging_root, schema.rejects_schema(), plan.run_id)
     )
     vocabulary = (
         featurized[Featurize.STATS]
@@ -117,16 +129,27 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig, plan: RunPlan) 
         "customer_files": [f.path for f in plan.customer_files],
     }
     schemas = {"scores": schema.scores_schema(), "rejects": schema.rejects_schema()}
-    summaries = (
-        (score_shards, reject_shards, vocabulary, partitions)
+    results = (
+        (score_shards, reject_shards, vocabulary, failures, partitions)
         | "CollectPartitionRecords" >> beam.Flatten()
         | "GroupByPartition" >> beam.GroupByKey()
         | "CommitPartitions"
         >> beam.ParDo(
             CommitPartition(
-                plan.output, plan.staging_root, run_info, plan.rows_by_partition, schemas, config.psi_threshold
+                plan.output,
+                plan.staging_root,
+                run_info,
+                plan.rows_by_partition,
+                schemas,
+                config.psi_threshold,
+                config.max_reject_fraction,
             ),
             customers_summary=beam.pvalue.AsSingleton(customers | "CustomerSummary" >> beam.Map(lambda t: t.summary())),
         )
     )
-    return {"scores": inferred.scores, "rejects": rejects, "summaries": summaries}
+    run_summary = (
+        results
+        | "GatherResults" >> beam.combiners.ToList()
+        | "WriteRunSummary" >> beam.ParDo(WriteRunSummary(plan.staging_root, plan.run_id, plan.partitions))
+    )
+    return {"scores": inferred.scores, "rejects": rejects, "results": results, "run_summary": run_summary}

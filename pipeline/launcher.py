@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -19,14 +20,16 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.runners.runner import PipelineState
 
 from model.bundle import BundleError
-from pipeline.commit import SUMMARY_FILE
+from pipeline import lease
+from pipeline.commit import control_root, remove_staging, run_summary_path
 from pipeline.config import ConfigError, ScoreConfig, load_config
 from pipeline.graph import build_pipeline
 from pipeline.plan import OutputError, RunPlan, days_between, plan_run
+from pipeline.publish import SUMMARY_FILE, check_partition, write_atomically
 from transforms.io import partition_path
 from transforms.schema import InputError
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LEASE_HELD = 0, 1, 2, 3
 _LOG = logging.getLogger("sentiment-score")
 
 
@@ -81,45 +84,52 @@ def _delete(paths: list[str]) -> None:
             _LOG.warning("could not remove %d staging object(s): %s", len(paths), e)
 
 
-def _clean_stale_staging(plan: RunPlan) -> None:
-    """Removes what killed earlier runs left in staging for the partitions this run writes."""
-    root = plan.staging_root.rstrip("/").rsplit("/", 1)[0]
+def _clean_dead_staging(plan: RunPlan, partitions: list[str]) -> None:
+    """Removes other runs' staging for partitions this run now holds the lease of: no live run can be writing it.
+
+    A run that holds no lease on a partition never touches its staging, so a live run's staging is never deleted.
+    """
+    control = control_root(plan.staging_root)
     current = plan.staging_root.rstrip("/")
-    if "://" in root:
-        for partition in plan.partitions:
-            leftovers = _list(FileSystems.join(partition_path(FileSystems.join(root, "*"), partition), "**"))
-            _delete([p for p in leftovers if not p.startswith(current + "/")])
+    if "://" in control:
+        for partition in partitions:
+            pattern = FileSystems.join(partition_path(FileSystems.join(control, "*"), partition), "**")
+            _delete([p for p in _list(pattern) if not p.startswith(current + "/")])
         return
-    if not os.path.isdir(root):
+    if not os.path.isdir(control):
         return
-    for name in os.listdir(root):
-        run_dir = os.path.join(root, name)
-        if run_dir == current or not os.path.isdir(run_dir):
+    for name in os.listdir(control):
+        run_dir = os.path.join(control, name)
+        if run_dir == current or name.startswith("_") or not os.path.isdir(run_dir):
             continue
-        for partition in plan.partitions:
-            shutil.rmtree(partition_path(run_dir, partition), ignore_errors=True)
+        for partition in partitions:
+            if partition:
+                shutil.rmtree(partition_path(run_dir, partition), ignore_errors=True)
+            else:  # an unpartitioned run stages its shards directly in its run folder
+                for leftover in os.listdir(run_dir):
+                    path = os.path.join(run_dir, leftover)
+                    if os.path.isfile(path):
+                        os.remove(path)
         try:
-            os.rmdir(run_dir)  # only once a killed run's staging is empty
+            os.rmdir(run_dir)  # only once a dead run's staging is empty
         except OSError:
             pass
 
 
-def _remove_staging(plan: RunPlan) -> None:
-    """Removes this run's staging: after publishing (leftover retried shards) or after a failure."""
-    if "://" in plan.staging_root:
-        _delete(_list(FileSystems.join(plan.staging_root, "**")))
-        return
-    shutil.rmtree(plan.staging_root, ignore_errors=True)
-    try:
-        os.rmdir(os.path.dirname(plan.staging_root.rstrip("/")))
-    except OSError:
-        pass
+def _release(plan: RunPlan, partitions: list[str]) -> None:
+    for partition in partitions:
+        try:
+            lease.release(control_root(plan.staging_root), partition, plan.run_id)
+        except Exception as e:  # the lease then lapses at its expiry
+            _LOG.warning("could not release the lease of %s: %s", partition_path(plan.output, partition), e)
 
 
 def _cause(error: Exception) -> str:
     """The most useful line of a pipeline failure: our own error's message if a worker raised one."""
     message = " ".join(str(error).split())
-    ours = re.findall(r"(?:InputError|InvariantError|BundleError|OutputError): (.+?)(?= \[while running|$)", message)
+    ours = re.findall(
+        r"(?:InputError|BundleError|OutputError|LeaseHeld|LeaseError): (.+?)(?= \[while running|$)", message
+    )
     if ours:
         return ours[-1][:600]
     return f"{type(error).__name__}: {message[-600:]}"
@@ -143,9 +153,70 @@ def _report_progress(result, stop: threading.Event, total: int, started: float, 
         )
 
 
-def _read_summary(plan: RunPlan, partition: str) -> dict | None:
+def _read_run_summary(plan: RunPlan) -> dict | None:
     try:
-        with FileSystems.open(FileSystems.join(partition_path(plan.output, partition), SUMMARY_FILE)) as f:
+        with FileSystems.open(run_summary_path(control_root(plan.staging_root), plan.run_id)) as f:
+            return json.loads(f.read().decode("utf-8"))
+    except Exception:
+        return None
+
+
+def _chunks(partitions: list[str], size: int) -> list[list[str]]:
+    return [partitions[i : i + size] for i in range(0, len(partitions), size)] or [[]]
+
+
+def _run_pipeline(
+    config: ScoreConfig, plan: RunPlan, options: PipelineOptions, test_pipeline, wait: bool
+) -> tuple[list[dict], str | None]:
+    """Runs one pipeline over plan's partitions; returns (per-partition results, job id when not waiting)."""
+    total = sum(plan.rows_by_partition[p] for p in plan.partitions)
+    started = time.time()
+    try:
+        pipeline = test_pipeline or beam.Pipeline(runner=make_runner(options), options=options)
+        build_pipeline(pipeline, config, plan)
+        result = pipeline.run()
+        if not wait:
+            job_id = getattr(result, "job_id", lambda: None)() if callable(getattr(result, "job_id", None)) else None
+            return [], job_id or "submitted"
+        stop = threading.Event()
+        progress = threading.Thread(target=_report_progress, args=(result, stop, total, started), daemon=True)
+        progress.start()
+        try:
+            state = result.wait_until_finish()
+        finally:
+            stop.set()
+        if state not in (None, PipelineState.DONE):
+            raise RuntimeError(f"pipeline ended in state {state}")
+    except Exception as e:
+        remove_staging(plan.staging_root)
+        _release(plan, plan.partitions)
+        why = f"run {plan.run_id} failed: {_cause(e)}"
+        return [{"partition": p, "status": "failed", "message": why, "rows": {}} for p in plan.partitions], None
+    summary = _read_run_summary(plan)
+    if summary is None or summary.get("run_id") != plan.run_id:
+        why = f"run {plan.run_id} ended without its run summary"
+        return [{"partition": p, "status": "failed", "message": why, "rows": {}} for p in plan.partitions], None
+    return summary["partitions"], None
+
+
+def _print_result(plan: RunPlan, result: dict) -> None:
+    name = partition_path(plan.output, result["partition"])
+    if result["status"] != "published":
+        if len(plan.partitions) > 1:  # a single partition's failure is the run's final line
+            print(f"sentiment-score: error: {name}: not published: {result['message']}", file=sys.stderr)
+        return
+    published = _read_json(FileSystems.join(name, SUMMARY_FILE)) or {}
+    rows = result["rows"]
+    flag = " DRIFT" if published.get("drift", {}).get("drift_flagged") else ""
+    print(
+        f"{name}: read {rows['read']}, scored {rows['scored']}, rejected {rows['rejected']} "
+        f"{published.get('rejected_by_reason', {})}{flag}"
+    )
+
+
+def _read_json(path: str) -> dict | None:
+    try:
+        with FileSystems.open(path) as f:
             return json.loads(f.read().decode("utf-8"))
     except Exception:
         return None
@@ -157,8 +228,15 @@ def execute(
     beam_flags: list[str],
     backfill: bool = False,
     test_pipeline: beam.Pipeline | None = None,
+    take_over_lease: bool = False,
+    wait: bool = True,
 ) -> int:
-    """Plans, runs and reports one pipeline; returns the process exit code."""
+    """Plans, takes the partitions' leases, runs and reports; returns the process exit code.
+
+    A backfill runs one pipeline per chunk of backfill_chunk_days days, each published before the next starts;
+    a day that fails is reported and the others are published. With wait=False the pipeline is submitted as one
+    job and publishes by itself; `sentiment-score verify` tells when it is done.
+    """
     options = pipeline_options(config, beam_flags)
     # Start-up checks list and read files before the pipeline exists: give FileSystems the run's options
     # (credentials, endpoints, project) the way Beam gives them to its workers.
@@ -172,7 +250,23 @@ def execute(
     if not plan.partitions:
         print(f"nothing to score: every day was skipped ({len(plan.skipped)})")
         return EXIT_OK
-    _clean_stale_staging(plan)
+
+    control = control_root(plan.staging_root)
+    expiry = config.lease_expiry_hours * 3600
+    taken: list[str] = []
+    try:
+        for partition in plan.partitions:
+            lease.acquire(control, partition, plan.run_id, plan.started_at, expiry, take_over_lease)
+            taken.append(partition)
+    except lease.LeaseHeld as e:
+        _release(plan, taken)
+        print(f"sentiment-score: error: {e}", file=sys.stderr)
+        return EXIT_LEASE_HELD
+    except lease.LeaseError as e:
+        _release(plan, taken)
+        return _fatal(str(e))
+    _clean_dead_staging(plan, plan.partitions)
+
     total = sum(plan.rows_by_partition.values())
     _LOG.info(
         "run %s: %d review rows in %d file(s), %d partition(s), model %s",
@@ -183,54 +277,107 @@ def execute(
         plan.model_version,
     )
     started = time.time()
-    try:
-        pipeline = test_pipeline or beam.Pipeline(runner=make_runner(options), options=options)
-        build_pipeline(pipeline, config, plan)
-        result = pipeline.run()
-        stop = threading.Event()
-        progress = threading.Thread(target=_report_progress, args=(result, stop, total, started), daemon=True)
-        progress.start()
-        try:
-            state = result.wait_until_finish()
-        finally:
-            stop.set()
-        if state not in (None, PipelineState.DONE):
-            raise RuntimeError(f"pipeline ended in state {state}")
-    except Exception as e:
-        _remove_staging(plan)
-        return _fatal(f"run {plan.run_id} failed: {_cause(e)}")
-    wall = time.time() - started
-    scored = rejected = 0
-    for partition in plan.partitions:
-        summary = _read_summary(plan, partition)
-        if summary is None or summary.get("run_id") != plan.run_id:
-            return _fatal(f"partition {partition_path(plan.output, partition)} was not published by this run")
-        scored += summary["rows"]["scored"]
-        rejected += summary["rows"]["rejected"]
-        drift = summary.get("drift", {})
-        flag = " DRIFT" if drift.get("drift_flagged") else ""
+    if not wait:
+        _, job = _run_pipeline(config, plan, options, test_pipeline, wait=False)
         print(
-            f"{summary['output']}: read {summary['rows']['read']}, scored {summary['rows']['scored']}, "
-            f"rejected {summary['rows']['rejected']} {summary['rejected_by_reason']}{flag}"
+            f"submitted: run {plan.run_id}, job {job}, model {plan.model_version}; it publishes "
+            + ", ".join(partition_path(plan.output, p) for p in plan.partitions)
+            + "; check with `sentiment-score verify`"
         )
-    _remove_staging(plan)
-    rate = total / wall if wall > 0 else 0.0
+        return EXIT_OK
+
+    size = config.backfill_chunk_days if backfill else max(len(plan.partitions), 1)
+    results: list[dict] = []
+    for i, chunk in enumerate(_chunks(plan.partitions, size)):
+        if i:
+            try:
+                for partition in chunk:
+                    lease.renew(control, partition, plan.run_id, expiry)
+            except (lease.LeaseHeld, lease.LeaseError) as e:
+                results += [{"partition": p, "status": "failed", "message": str(e), "rows": {}} for p in chunk]
+                continue
+            _LOG.info("backfill chunk %d: %s .. %s", i + 1, chunk[0], chunk[-1])
+        chunk_plan = dataclasses.replace(
+            plan, partitions=chunk, rows_by_partition={p: plan.rows_by_partition[p] for p in chunk}
+        )
+        chunk_results, _ = _run_pipeline(config, chunk_plan, options, test_pipeline if i == 0 else None, wait=True)
+        for result in chunk_results:
+            _print_result(plan, result)
+        results += chunk_results
+    wall = time.time() - started
+    remove_staging(plan.staging_root)
+
+    published = [r for r in results if r["status"] == "published"]
+    failed = [r for r in results if r["status"] != "published"]
+    if len(results) > 1 or failed:
+        record = {
+            "run_id": plan.run_id,
+            "status": "failed" if failed else "ok",
+            "failed_partitions": [r["partition"] or "(unpartitioned)" for r in failed],
+            "skipped_partitions": plan.skipped,
+            "partitions": results,
+        }
+        write_atomically(run_summary_path(control, plan.run_id), json.dumps(record, indent=2).encode("utf-8"))
+    scored = sum(r["rows"]["scored"] for r in published)
+    rejected = sum(r["rows"]["rejected"] for r in published)
+    read = sum(r["rows"]["read"] for r in published)
+    rate = read / wall if wall > 0 else 0.0
+    if failed and len(results) == 1:
+        name = partition_path(plan.output, failed[0]["partition"])
+        print(f"sentiment-score: error: {name}: not published: {failed[0]['message']}", file=sys.stderr)
+        return EXIT_FAILED
+    if failed:
+        names = ", ".join(partition_path(plan.output, r["partition"]) for r in failed)
+        print(
+            f"sentiment-score: error: {len(failed)} of {len(results)} partition(s) not published: {names}; "
+            f"{len(published)} published; run summary {run_summary_path(control, plan.run_id)}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     print(
-        f"done: {scored} scored + {rejected} rejected = {total} read in {wall:.1f}s ({rate:.0f} rows/s), "
+        f"done: {scored} scored + {rejected} rejected = {read} read in {wall:.1f}s ({rate:.0f} rows/s), "
         f"model {plan.model_version}, output {plan.output}"
     )
     return EXIT_OK
 
 
-def run_score(config_path: str | None, overrides: dict, beam_flags: list[str]) -> int:
+def run_score(
+    config_path: str | None, overrides: dict, beam_flags: list[str], take_over_lease: bool = False, wait: bool = True
+) -> int:
     config = load_config(config_path, overrides)
-    return execute(config, [config.date] if config.date else None, beam_flags)
+    dates = [config.date] if config.date else None
+    return execute(config, dates, beam_flags, take_over_lease=take_over_lease, wait=wait)
 
 
-def run_backfill(config_path: str | None, overrides: dict, beam_flags: list[str], start: str, end: str) -> int:
+def run_backfill(
+    config_path: str | None,
+    overrides: dict,
+    beam_flags: list[str],
+    start: str,
+    end: str,
+    take_over_lease: bool = False,
+    wait: bool = True,
+) -> int:
     config = load_config(config_path, overrides)
     try:
         dates = days_between(start, end)
     except InputError as e:
         raise ConfigError(str(e)) from None
-    return execute(config, dates, beam_flags, backfill=True)
+    return execute(config, dates, beam_flags, backfill=True, take_over_lease=take_over_lease, wait=wait)
+
+
+def run_verify(output: str, dates: list[str] | None, beam_flags: list[str]) -> int:
+    """Checks published partitions against their manifests: one line each; 0 when all are complete, else 1."""
+    FileSystems.set_options(pipeline_options(ScoreConfig(beam={}), beam_flags))  # credentials, endpoints
+    partitions = dates if dates is not None else [""]
+    incomplete = []
+    for partition in partitions:
+        check = check_partition(partition_path(output, partition))
+        print(("OK " if check.complete else "INCOMPLETE ") + check.message)
+        if not check.complete:
+            incomplete.append(partition_path(output, partition))
+    if incomplete:
+        print(f"verify: {len(incomplete)} of {len(partitions)} partition(s) incomplete: {', '.join(incomplete)}")
+        return EXIT_FAILED
+    print(f"verify: all {len(partitions)} partition(s) complete")
+    return EXIT_OK

@@ -14,6 +14,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from model.bundle import load_bundle
 from pipeline.config import ScoreConfig
+from pipeline.publish import is_complete
 from transforms.io import InputFile, inspect_file, partition_path, resolve_files
 from transforms.schema import InputError, RunSchema, id_kind, is_number, text_kind
 
@@ -144,8 +145,8 @@ def plan_run(config: ScoreConfig, dates: list[str] | None, backfill: bool = Fals
         paths_by_partition[""] = paths
     else:
         for day in dates:
-            if config.skip_existing and FileSystems.exists(success_marker(config.output, day)):
-                skipped[day] = "already has _SUCCESS (--skip-existing)"
+            if config.skip_existing and is_complete(partition_path(config.output, day)):
+                skipped[day] = "already published and complete (--skip-existing)"
                 continue
             day_root = FileSystems.join(config.reviews.rstrip("/"), f"dt={day}")
             paths = resolve_files(day_root)

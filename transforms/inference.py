@@ -15,9 +15,9 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from model.bundle import ModelBundle, load_bundle, load_preprocessing
 from transforms.numeric import Scaler
-from transforms.schema import DETAIL, MODEL_VERSION, REASON, SCORE, RunSchema, conform
+from transforms.schema import DETAIL, FAILURES, MODEL_VERSION, REASON, SCORE, RunSchema, conform, partition_failure
 from transforms.text import Tokenizer, TokenizerSpec
-from transforms.validate import INFERENCE_ERROR, INVALID_SCORE
+from transforms.validate import FEATURIZE_ERROR, INFERENCE_ERROR, INVALID_SCORE
 
 _LOG = logging.getLogger(__name__)
 NUMERIC = "__numeric"
@@ -83,28 +83,80 @@ class ModelScorer:
         return out
 
 
-def score_with_isolation(predict, numeric: np.ndarray, tokens: np.ndarray):
-    """Scores rows; when a call fails, halves the batch until the failing rows are found.
+# A range of rows whose call fails is halved until the failing rows are found. Two limits keep a failure that is
+# not about rows (a broken model, a bug) from costing ~2n calls: when the whole table fails, PROBES single rows
+# spread over it are tried first, and if every one of them fails too the table is given up as a partition failure
+# (`systemic`); and after MAX_FAILED_CALLS failed calls the rows not yet isolated are rejected together.
+PROBES = 8
+MIN_ROWS_TO_PROBE = 64
+MAX_FAILED_CALLS = 128
 
-    Returns (scores, failed mask, first error message); a failed row's score is NaN.
+
+class Isolation:
+    """What isolate_failures found: the results of the calls that worked, and the rows no call could handle."""
+
+    def __init__(self, n: int):
+        self.results: list[tuple[int, int, object]] = []
+        self.failed = np.zeros(n, dtype=bool)
+        self.first_error: str | None = None
+        self.systemic = False
+        self.failed_calls = 0
+
+    def note(self, error: Exception) -> None:
+        self.failed_calls += 1
+        self.first_error = self.first_error or f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
+
+
+def _every_probe_fails(call, n: int, found: Isolation) -> bool:
+    for row in np.unique(np.linspace(0, n - 1, PROBES).astype(np.int64)):
+        try:
+            call(int(row), int(row) + 1)
+            return False
+        except Exception as e:  # a probe that fails is what this looks for
+            found.note(e)
+    return True
+
+
+def isolate_failures(call, n: int, max_failed_calls: int = MAX_FAILED_CALLS) -> Isolation:
+    """Calls call(start, stop) over rows [0, n); when a call fails, halves the range until the failing rows are found.
+
+    When the whole table fails and so does every probe row, gives up at once (`systemic`: the failure is not about
+    rows); after max_failed_calls failed calls, rejects the rows still pending together.
     """
-    n = len(numeric)
-    scores = np.full(n, np.nan, dtype=np.float32)
-    failed = np.zeros(n, dtype=bool)
-    first_error = None
-    pending = [(0, n)] if n else []
+    found = Isolation(n)
+    pending = [(0, n)] if n else []  # a stack: depth first, so the budget isolates some rows rather than none
     while pending:
         start, stop = pending.pop()
+        if found.failed_calls >= max_failed_calls:
+            found.failed[start:stop] = True
+            continue
         try:
-            scores[start:stop] = predict(numeric[start:stop], tokens[start:stop])
-        except Exception as e:  # Any model failure isolates rows instead of failing the run.
+            found.results.append((start, stop, call(start, stop)))
+        except Exception as e:  # Any failure isolates rows instead of failing the run.
+            found.note(e)
+            if stop - start == n and n >= MIN_ROWS_TO_PROBE and _every_probe_fails(call, n, found):
+                found.systemic = True
+                found.failed[:] = True
+                return found
             if stop - start == 1:
-                failed[start] = True
-                first_error = first_error or f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
+                found.failed[start] = True
             else:
                 middle = (start + stop) // 2
                 pending.extend([(middle, stop), (start, middle)])
-    return scores, failed, first_error
+    return found
+
+
+def score_with_isolation(predict, numeric: np.ndarray, tokens: np.ndarray, max_failed_calls: int = MAX_FAILED_CALLS):
+    """Scores rows, isolating the rows the model fails on (see isolate_failures).
+
+    Returns (scores, failed mask, first error message, systemic); a failed row's score is NaN.
+    """
+    n = len(numeric)
+    scores = np.full(n, np.nan, dtype=np.float32)
+    found = isolate_failures(lambda a, b: predict(numeric[a:b], tokens[a:b]), n, max_failed_calls)
+    for start, stop, values in found.results:
+        scores[start:stop] = values
+    return scores, found.failed, found.first_error, found.systemic
 
 
 class _Loaded:
@@ -151,14 +203,25 @@ class _InOrder:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
 
+def _rejects(table: pa.Table, mask: np.ndarray, reasons, details, schema: RunSchema) -> pa.Table:
+    bad = table.filter(pa.array(mask))
+    bad = bad.append_column(REASON, pa.array(reasons, pa.string())).append_column(
+        DETAIL, pa.array(details, pa.string())
+    )
+    return conform(bad, schema.rejects_schema())
+
+
 class Featurize(beam.DoFn):
     """Adds the model's inputs (scaled numeric features and token ids) to each (partition, table) pair, on
     `threads` background threads, keeping the input order.
 
-    Also emits (partition, (words, out-of-vocabulary words)) on the 'vocabulary_stats' output.
+    A table the featurizer fails on is halved until the failing rows are found; they go to the 'rejects' output as
+    `featurize_error`, and a failure on every row to the FAILURES output. Also emits (partition, (words,
+    out-of-vocabulary words)) on the 'vocabulary_stats' output.
     """
 
     STATS = "vocabulary_stats"
+    REJECTS = "rejects"
 
     def __init__(self, model_dir: str, schema: RunSchema, threads: int = 2):
         self._model_dir = model_dir
@@ -182,17 +245,46 @@ class Featurize(beam.DoFn):
         self._in_order.start_bundle()
 
     def _featurize(self, table: pa.Table):
-        numeric, tokens, words, oov = self._featurizer.featurize(table, self._schema.columns.review_text)
-        table = table.append_column(NUMERIC, _matrix_column(numeric)).append_column(TOKENS, _matrix_column(tokens))
-        return table, words, oov
+        def call(start, stop):
+            part = table.slice(start, stop - start)
+            numeric, tokens, words, oov = self._featurizer.featurize(part, self._schema.columns.review_text)
+            part = part.append_column(NUMERIC, _matrix_column(numeric)).append_column(TOKENS, _matrix_column(tokens))
+            return part, words, oov
+
+        found = isolate_failures(call, table.num_rows)
+        if not found.results and not found.failed.any():  # an empty table
+            return (None, 0, 0), None, None
+        if not found.failed.any():  # the common case: one call on the whole table
+            return found.results[0][2], None, None
+        if found.systemic:
+            return None, None, f"featurizing failed on every row of a {table.num_rows}-row table: {found.first_error}"
+        results = sorted(found.results, key=lambda r: r[0])
+        parts = [r[2][0] for r in results]
+        words, oov = sum(r[2][1] for r in results), sum(r[2][2] for r in results)
+        featurized = pa.concat_tables(parts) if parts else None
+        rejects = _rejects(
+            table,
+            found.failed,
+            [FEATURIZE_ERROR] * int(found.failed.sum()),
+            [found.first_error] * int(found.failed.sum()),
+            self._schema,
+        )
+        return (featurized, words, oov), rejects, None
 
     def process(self, element, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
         partition, table = element
 
         def emit(result):
-            table, words, oov = result
-            yield partition, table
+            featurized, rejects, failure = result
+            if failure is not None:
+                yield beam.pvalue.TaggedOutput(FAILURES, (partition, partition_failure("featurize", failure)))
+                return
+            table, words, oov = featurized
+            if table is not None and table.num_rows:
+                yield partition, table
             yield beam.pvalue.TaggedOutput(self.STATS, (partition, (words, oov)))
+            if rejects is not None:
+                yield beam.pvalue.TaggedOutput(self.REJECTS, (partition, rejects))
 
         yield from self._in_order.submit(lambda: self._featurize(table), emit, timestamp, window)
 
@@ -211,8 +303,15 @@ class ScoreReviews(beam.DoFn):
     REJECTS = "rejects"
 
     def __init__(
-        self, model_dir: str, schema: RunSchema, batch_size: int = 4096, jit_compile: bool = True, threads: int = 2
+        self,
+        model_dir: str,
+        schema: RunSchema,
+        batch_size: int = 4096,
+        jit_compile: bool = True,
+        threads: int = 2,
+        max_failed_calls: int = MAX_FAILED_CALLS,
     ):
+        self._max_failed_calls = max_failed_calls
         self._model_dir = model_dir
         self._schema = schema
         self._batch_size = batch_size
@@ -253,7 +352,7 @@ class ScoreReviews(beam.DoFn):
         numeric = _matrix(table, NUMERIC, np.float32)
         tokens = _matrix(table, TOKENS, np.int32)
         yield from self._in_order.submit(
-            lambda: score_with_isolation(self._scorer.predict, numeric, tokens),
+            lambda: score_with_isolation(self._scorer.predict, numeric, tokens, self._max_failed_calls),
             lambda result: self._outputs(partition, table, *result),
             timestamp,
             window,
@@ -262,7 +361,11 @@ class ScoreReviews(beam.DoFn):
     def finish_bundle(self):
         yield from self._in_order.finish_bundle()
 
-    def _outputs(self, partition, table, scores, failed, error):
+    def _outputs(self, partition, table, scores, failed, error, systemic):
+        if systemic:
+            message = f"the model failed on every call for a {table.num_rows}-row table: {error}"
+            yield beam.pvalue.TaggedOutput(FAILURES, (partition, partition_failure("infer", message)))
+            return
         c = self._schema.columns
         bad_score = ~failed & ~((scores >= 0.0) & (scores <= 1.0))
         ok = ~(failed | bad_score)
@@ -283,7 +386,6 @@ class ScoreReviews(beam.DoFn):
         yield partition, scored.filter(pa.array(ok))
         reasons = np.where(failed, INFERENCE_ERROR, INVALID_SCORE)[~ok]
         details = np.where(failed, error or "model call failed", "score is NaN or outside [0, 1]")[~ok]
-        bad = table.filter(pa.array(~ok))
-        bad = bad.append_column(REASON, pa.array(reasons, pa.string())).append_column(DETAIL, pa.array(details))
-        self._rejected.inc(bad.num_rows)
-        yield beam.pvalue.TaggedOutput(self.REJECTS, (partition, conform(bad, self._schema.rejects_schema())))
+        rejects = _rejects(table, ~ok, reasons, details, self._schema)
+        self._rejected.inc(rejects.num_rows)
+        yield beam.pvalue.TaggedOutput(self.REJECTS, (partition, rejects))

@@ -15,7 +15,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
-from transforms.schema import FILE_INDEX, ROW_INDEX, InputError, conform
+from transforms.schema import FAILURES, FILE_INDEX, ROW_INDEX, InputError, conform, partition_failure
 
 _LOG = logging.getLogger(__name__)
 _GLOB_CHARS = set("*?[")
@@ -98,18 +98,32 @@ def plan_read_tasks(files: Sequence[InputFile], rows_per_task: int = 250_000) ->
 class ReadParquetBatches(beam.DoFn):
     """Reads a ReadTask's row groups as (partition, table) pairs conformed to a schema, batch_size rows at a time."""
 
-    def __init__(self, schema: pa.Schema, batch_size: int = 16384):
+    def __init__(self, schema: pa.Schema, batch_size: int = 16384, isolate_failures: bool = False):
         self._schema = schema
         self._batch_size = batch_size
+        self._isolate_failures = isolate_failures
         self._columns = [f.name for f in schema if f.name not in (FILE_INDEX, ROW_INDEX)]
         self._rows_read = beam.metrics.Metrics.counter("sentiment", "rows_read")
 
     def process(self, task):
-        parquet = open_parquet(task.path)
+        """Yields (partition, table). With isolate_failures, a file that fails mid-read sends its partition to the
+        FAILURES output instead of failing the run, so one corrupt day of a backfill does not stop the others."""
+        try:
+            yield from self._read(task)
+        except InputError as e:
+            if not self._isolate_failures:
+                raise
+            yield beam.pvalue.TaggedOutput(FAILURES, (task.partition, partition_failure("read", str(e))))
+
+    def _read(self, task):
+        try:
+            parquet = open_parquet(task.path)
+            batches = parquet.iter_batches(
+                batch_size=self._batch_size, row_groups=list(task.row_groups), columns=self._columns
+            )
+        except Exception as e:
+            raise InputError(f"{task.path}: cannot open for reading: {' '.join(str(e).split())[:200]}") from None
         row = task.first_row
-        batches = parquet.iter_batches(
-            batch_size=self._batch_size, row_groups=list(task.row_groups), columns=self._columns
-        )
         read = 0
         while True:
             try:
@@ -144,8 +158,9 @@ class WriteParquetShards(beam.DoFn):
     reach the commit step, so a retried bundle's leftovers are never published.
     """
 
-    def __init__(self, kind: str, staging_root: str, schema: pa.Schema, row_group_rows: int = 65536):
+    def __init__(self, kind: str, staging_root: str, schema: pa.Schema, run_id: str = "", row_group_rows: int = 65536):
         self._kind = kind
+        self._prefix = f"{kind}-{run_id}-" if run_id else f"{kind}-"
         self._root = staging_root
         self._schema = schema
         self._row_group_rows = row_group_rows
@@ -167,7 +182,8 @@ class WriteParquetShards(beam.DoFn):
         table = conform(table, self._schema)
         if partition not in self._open:
             directory = partition_path(self._root, partition)
-            path = FileSystems.join(directory, f"{self._kind}-{uuid.uuid4().hex}.parquet")
+            # Run-unique names: published shards of different runs can sit side by side until the new _SUCCESS.
+            path = FileSystems.join(directory, f"{self._prefix}{uuid.uuid4().hex[:16]}.parquet")
             handle = FileSystems.create(path)
             writer = pq.ParquetWriter(handle, self._schema, compression="zstd")
             self._open[partition] = {

@@ -20,6 +20,16 @@ class InputError(ValueError):
     """A fatal problem with the input data (file, column or type); the message names it."""
 
 
+# The side output every stage sends a partition-level failure to: a failure that cannot be isolated to rows (an
+# unreadable page, a model that fails on every call). The partition it names is not published; the others are.
+FAILURES = "failures"
+
+
+def partition_failure(stage: str, message: str) -> dict:
+    """The record a stage emits as (partition, record) on FAILURES; the commit step refuses that partition."""
+    return {"kind": "failure", "stage": stage, "message": " ".join(str(message).split())[:600]}
+
+
 @dataclass(frozen=True)
 class Columns:
     """Input column names; configurable in YAML, defaulting to the documented schema."""

@@ -22,6 +22,7 @@ INVALID_UTF8 = "invalid_utf8"
 EMPTY_TEXT = "empty_text"
 NULL_FEATURE = "null_feature"
 NON_FINITE_FEATURE = "non_finite_feature"
+FEATURIZE_ERROR = "featurize_error"
 INFERENCE_ERROR = "inference_error"
 INVALID_SCORE = "invalid_score"
 REASONS = (
@@ -34,6 +35,7 @@ REASONS = (
     EMPTY_TEXT,
     NULL_FEATURE,
     NON_FINITE_FEATURE,
+    FEATURIZE_ERROR,
     INFERENCE_ERROR,
     INVALID_SCORE,
 )
@@ -44,7 +46,7 @@ _DETAILS = {
     NULL_CUSTOMER_ID: "customer_id is null",
     MISSING_CUSTOMER: "no customer record with this customer_id",
     NULL_TEXT: "review text is null",
-    INVALID_UTF8: "review text is not valid UTF-8",
+    INVALID_UTF8: "review text is not valid UTF-8 (in a string column its invalid bytes are shown as \\xNN)",
     EMPTY_TEXT: "review text is empty or only whitespace",
     NULL_FEATURE: "a numeric customer feature is null",
     NON_FINITE_FEATURE: "a numeric customer feature is NaN, infinite or beyond float32 range",
@@ -78,22 +80,43 @@ def duplicate_row_keys(tables: Iterable[pa.Table], columns: Columns) -> np.ndarr
     return np.sort(keys[repeat])
 
 
-def _utf8_valid(text: pa.Array) -> np.ndarray:
-    """Which binary values decode as UTF-8; null counts as valid here (null_text catches it)."""
+def _as_binary(text: pa.Array) -> pa.Array:
+    """The same bytes typed as binary (zero copy): the one form every UTF-8 check can read."""
+    if pa.types.is_string(text.type):
+        return text.view(pa.binary())
+    if pa.types.is_large_string(text.type):
+        return text.view(pa.large_binary())
+    return text
+
+
+def _utf8_valid(text: pa.Array) -> np.ndarray | None:
+    """None when every value is valid UTF-8 (one vectorized check, the common case); else a mask, null counting as
+    valid here (null_text catches it). A string column can hold invalid UTF-8 too: Parquet readers do not check."""
     try:
-        text.cast(pa.string())
-        return np.ones(len(text), dtype=bool)
+        if pa.types.is_binary(text.type) or pa.types.is_large_binary(text.type):
+            text.cast(pa.string())
+        else:
+            text.validate(full=True)
+        return None
     except pa.ArrowInvalid:
         pass
     # Arrow has no per-value UTF-8 check, and a file that reaches here is already broken: decode row by row.
     valid = np.ones(len(text), dtype=bool)
-    for i, value in enumerate(text.to_pylist()):
+    for i, value in enumerate(_as_binary(text).to_pylist()):
         if value is not None:
             try:
                 value.decode("utf-8")
             except UnicodeDecodeError:
                 valid[i] = False
     return valid
+
+
+def _escaped_text(text: pa.Array, invalid: np.ndarray) -> pa.Array:
+    """String text with each invalid value's bad bytes escaped as \\xNN, so a reject file stays valid UTF-8."""
+    values = _as_binary(text).to_pylist()
+    for i in np.flatnonzero(invalid):  # only the rare invalid rows, which no Arrow kernel can repair
+        values[i] = values[i].decode("utf-8", errors="backslashreplace").encode("utf-8")
+    return pa.array(values, pa.binary()).cast(pa.string())
 
 
 def check_rows(joined: pa.Table, schema: RunSchema, duplicate_keys: np.ndarray | None = None):
@@ -109,10 +132,15 @@ def check_rows(joined: pa.Table, schema: RunSchema, duplicate_keys: np.ndarray |
     checks.append((NULL_CUSTOMER_ID, _column(joined, c.customer_id).is_null().to_numpy(zero_copy_only=False)))
     checks.append((MISSING_CUSTOMER, ~_column(joined, HAS_CUSTOMER).to_numpy(zero_copy_only=False)))
     checks.append((NULL_TEXT, text.is_null().to_numpy(zero_copy_only=False)))
-    if schema.text_kind == "binary":
-        valid_utf8 = _utf8_valid(text)
+    valid_utf8 = _utf8_valid(text)
+    raw_text = text
+    if valid_utf8 is not None:
         checks.append((INVALID_UTF8, ~valid_utf8))
-        text = pc.if_else(pa.array(valid_utf8), text, pa.scalar(b"", pa.binary())).cast(pa.string())
+        text = pc.if_else(pa.array(valid_utf8), _as_binary(text), pa.scalar(b"", _as_binary(text).type))
+        if schema.text_kind == "string":
+            raw_text = _escaped_text(raw_text, ~valid_utf8)
+    if text.type != pa.string():
+        text = text.cast(pa.string())
     blank = pc.or_(pc.equal(pc.binary_length(text), 0), pc.utf8_is_space(text)).fill_null(False)
     checks.append((EMPTY_TEXT, blank.to_numpy(zero_copy_only=False)))
     features = [_column(joined, f) for f in c.features]
@@ -129,12 +157,15 @@ def check_rows(joined: pa.Table, schema: RunSchema, duplicate_keys: np.ndarray |
         reason[(reason < 0) & failed] = REASONS.index(code)
     ok = reason < 0
 
+    text_index = joined.schema.get_field_index(c.review_text)
     valid = joined.filter(pa.array(ok))
-    if schema.text_kind == "binary":
-        valid = valid.set_column(valid.schema.get_field_index(c.review_text), c.review_text, text.filter(pa.array(ok)))
+    if schema.text_kind == "binary" or valid_utf8 is not None:
+        valid = valid.set_column(text_index, c.review_text, text.filter(pa.array(ok)))
     valid = valid.drop_columns([HAS_CUSTOMER])
     if ok.all():
         return valid, schema.rejects_schema().empty_table()
+    if raw_text is not text:
+        joined = joined.set_column(text_index, c.review_text, raw_text)
     bad = joined.filter(pa.array(~ok))
     index = pa.array(reason[~ok].astype(np.int32))
     codes = pa.array(REASONS, pa.string()).take(index)

@@ -135,7 +135,8 @@ def test_summary_reports_quantiles_histogram_and_run_facts(nightly, bundle):
     assert summary["input_files"]["reviews"][0].endswith(".parquet")
     assert summary["wall_time_seconds"] > 0 and summary["rows_per_second"] > 0
     assert 0 <= summary["oov_rate"] < 0.5
-    assert (nightly / "_SUCCESS").read_text().strip() == summary["run_id"]
+    manifest = json.loads((nightly / "_SUCCESS").read_text())
+    assert manifest["run_id"] == summary["run_id"] and manifest["rows"] == summary["rows"]
 
 
 def test_multi_processing_gives_the_same_scores(sample_dir, bundle_dir, nightly, tmp_path):
@@ -160,7 +161,8 @@ def test_rerun_replaces_the_partition_completely(sample_dir, bundle_dir, tmp_pat
     assert not (first & second) - {"_SUCCESS", "summary.json", "report.md", "score_histogram.png"}
     summary = json.loads((partition / "summary.json").read_text())
     assert _read_dir(partition, "scores").num_rows == summary["rows"]["scored"]
-    assert not (tmp_path / "out.staging").exists()  # staging is removed once the partition is published
+    # Staging is removed once the partition is published; beside the output stay the lease and run records.
+    assert sorted(os.listdir(tmp_path / "out.staging")) == ["_leases", "_runs"]
 
 
 def test_backfill_writes_each_day_with_its_own_summary_and_compares_to_the_previous(sample_dir, bundle_dir, tmp_path):

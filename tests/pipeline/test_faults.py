@@ -21,6 +21,7 @@ from apache_beam.transforms.window import GlobalWindow
 from model.bundle import save_bundle
 from pipeline.config import build_config
 from pipeline.launcher import execute
+from pipeline.publish import check_partition
 from pipeline.sample_data import write_sample_data
 from tests.conftest import corrupt_first_page_header
 from transforms.inference import NUMERIC, TOKENS, Featurizer, ModelScorer, ScoreReviews, score_with_isolation
@@ -40,12 +41,12 @@ def sample(root, reviews: int, seed: int = 21, rows_per_file: int = 250_000) -> 
     return {"customers": f"{root}/customers", "reviews": f"{root}/reviews", "output": f"{root}/out"}
 
 
-def score(capsys=None, **settings) -> tuple[int, str]:
+def score(capsys=None, take_over_lease=False, **settings) -> tuple[int, str]:
     """One in-process run of DATE; returns the exit code and what it printed on stderr."""
     if capsys is not None:
         capsys.readouterr()
     config = build_config({"beam": {"runner": "FnApiRunner"}, "jit_compile": False, "date": DATE, **settings})
-    code = execute(config, [DATE], [])
+    code = execute(config, [DATE], [], take_over_lease=take_over_lease)
     return code, capsys.readouterr().err if capsys is not None else ""
 
 
@@ -90,7 +91,11 @@ def assert_complete(partition: str, read: int) -> dict:
     assert names - shards == PARTITION_FILES
     assert all(n.startswith(("scores-", "rejects-")) for n in shards)
     with open(os.path.join(partition, "_SUCCESS"), encoding="utf-8") as f:
-        assert f.read().strip() == summary["run_id"]
+        manifest = json.load(f)
+    assert manifest["run_id"] == summary["run_id"] and manifest["rows"] == rows
+    assert {entry["name"] for entry in manifest["files"]} == shards  # the manifest lists exactly the shards there
+    check = check_partition(partition)
+    assert check.complete, check.message
     return summary
 
 
@@ -106,7 +111,7 @@ def output_ids(partition: str) -> list[int]:
 # A run killed while writing, then rerun
 
 
-def test_killed_run_publishes_nothing_and_a_rerun_completes(tmp_path, bundle_dir):
+def test_killed_run_publishes_nothing_and_a_rerun_completes(tmp_path, bundle_dir, capsys):
     paths = sample(tmp_path / "data", reviews=60_000)
     output = paths["output"]
     command = [
@@ -161,14 +166,22 @@ def test_killed_run_publishes_nothing_and_a_rerun_completes(tmp_path, bundle_dir
     assert not glob.glob(f"{output}/**/_SUCCESS", recursive=True)
     assert not os.path.exists(partition_of(output))
 
-    code, _ = score(**paths, model_dir=str(bundle_dir))
+    # The killed run still holds the partition's lease: a rerun fails at start-up naming it, until the lease
+    # expires or the rerun takes it over explicitly.
+    killed_run = os.path.basename(os.path.dirname(killed_staging))
+    code, err = score(capsys, **paths, model_dir=str(bundle_dir))
+    assert code == 3, err
+    assert f"run {killed_run}" in err and "--take-over-lease" in err
+    assert os.path.isdir(killed_staging)  # a run without the lease never touches another run's staging
+
+    code, _ = score(**paths, model_dir=str(bundle_dir), take_over_lease=True)
     assert code == 0
     assert_complete(partition_of(output), read=60_000)
     assert output_ids(partition_of(output)) == input_review_ids(paths)  # every input row exactly once
-    # The rerun removed its own staging once it published (what the killed run left: see the test below).
-    killed_run = os.path.basename(os.path.dirname(killed_staging))
+    # The rerun removed the dead run's staging of this partition and its own.
+    assert not os.path.exists(killed_staging)
     staging = f"{output}.staging"
-    assert not os.path.exists(staging) or set(os.listdir(staging)) <= {killed_run}
+    assert set(os.listdir(staging)) <= {"_leases", "_runs", killed_run}
 
 
 def test_rerun_removes_what_a_killed_run_left_in_staging(tmp_path, bundle_dir):
@@ -182,7 +195,8 @@ def test_rerun_removes_what_a_killed_run_left_in_staging(tmp_path, bundle_dir):
     assert code == 0
     assert_complete(partition_of(paths["output"]), read=300)
     assert not os.path.exists(leftover)
-    assert not os.path.exists(f"{paths['output']}.staging")  # the run removed its own staging, then the empty root
+    # The run removed its own staging and the dead run's; what stays beside the output is the lease and run records.
+    assert sorted(os.listdir(f"{paths['output']}.staging")) == ["_leases", "_runs"]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -298,8 +312,8 @@ def test_inference_failure_is_isolated_to_its_rows(bundle, model_inputs):
         with pytest.raises(Exception, match="indices|GatherV2|out of range|not in"):
             scorer.predict(numeric[row : row + 1], tokens[row : row + 1])
 
-    scores, failed, error = score_with_isolation(scorer.predict, numeric, tokens)
-    assert np.flatnonzero(failed).tolist() == list(FAILING_ROWS)
+    scores, failed, error, systemic = score_with_isolation(scorer.predict, numeric, tokens)
+    assert np.flatnonzero(failed).tolist() == list(FAILING_ROWS) and not systemic
     assert np.isnan(scores[failed]).all()
     assert error.startswith("InvalidArgumentError"), error
     alone = np.array([scorer.predict(numeric[i : i + 1], tokens[i : i + 1])[0] for i in np.flatnonzero(~failed)])

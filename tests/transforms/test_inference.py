@@ -4,7 +4,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from transforms.inference import Featurizer, ModelScorer, score_with_isolation
+from transforms.inference import (
+    MAX_FAILED_CALLS,
+    PROBES,
+    Featurizer,
+    ModelScorer,
+    isolate_failures,
+    score_with_isolation,
+)
 
 TEXTS = [
     "Best tent I've ever owned!! Really happy with it.",
@@ -64,6 +71,47 @@ def test_scores_rank_positive_text_above_negative_text(bundle, arrays):
 def test_isolation_without_failures_scores_everything(bundle, arrays):
     numeric, tokens = arrays
     scorer = ModelScorer(bundle.model, batch_size=64, jit_compile=False)
-    scores, failed, error = score_with_isolation(scorer.predict, numeric, tokens)
-    assert not failed.any() and error is None
+    scores, failed, error, systemic = score_with_isolation(scorer.predict, numeric, tokens)
+    assert not failed.any() and error is None and not systemic
     np.testing.assert_allclose(scores, scorer.predict(numeric, tokens), atol=1e-6)
+
+
+class _FailsOn:
+    """A call over row ranges that fails when the range holds one of the given rows; counts its calls."""
+
+    def __init__(self, bad_rows):
+        self.bad = np.zeros(0, dtype=np.int64) if bad_rows is None else np.asarray(bad_rows)
+        self.calls = 0
+
+    def __call__(self, start, stop):
+        self.calls += 1
+        if np.any((self.bad >= start) & (self.bad < stop)):
+            raise ValueError(f"bad row in [{start}, {stop})")
+        return stop - start
+
+
+def test_isolation_finds_a_failing_row_at_the_start_without_calling_it_systemic():
+    call = _FailsOn([0])
+    found = isolate_failures(call, 4096)
+    assert np.flatnonzero(found.failed).tolist() == [0]
+    assert not found.systemic and found.first_error.startswith("ValueError")
+    assert sum(r[1] - r[0] for r in found.results) == 4095
+    assert call.calls <= 2 * 13 + 2  # one failing and one working call per halving, and one working probe
+
+
+def test_isolation_gives_up_fast_when_every_call_fails():
+    call = _FailsOn(np.arange(16384))
+    found = isolate_failures(call, 16384)
+    assert found.systemic and found.failed.all() and not found.results
+    assert call.calls == 1 + PROBES  # not the ~2n calls a full bisection would make
+
+
+def test_isolation_budget_rejects_what_it_could_not_isolate():
+    bad = np.arange(0, 16384, 97)  # 169 failing rows spread over the table: more than the budget can isolate
+    call = _FailsOn(bad)
+    found = isolate_failures(call, 16384)
+    assert not found.systemic
+    assert found.failed_calls == MAX_FAILED_CALLS
+    assert found.failed[bad].all()  # every failing row is rejected, isolated or not
+    scored = sum(r[1] - r[0] for r in found.results)
+    assert scored + int(found.failed.sum()) == 16384 and scored > 0
