@@ -94,7 +94,9 @@ def _clean_dead_staging(plan: RunPlan, partitions: list[str]) -> None:
     if "://" in control:
         for partition in partitions:
             pattern = FileSystems.join(partition_path(FileSystems.join(control, "*"), partition), "**")
-            _delete([p for p in _list(pattern) if not p.startswith(current + "/")])
+            found = _list(pattern)
+            runs = [p for p in found if not p[len(control) :].lstrip("/").startswith("_")]  # not leases or records
+            _delete([p for p in runs if not p.startswith(current + "/")])
         return
     if not os.path.isdir(control):
         return

@@ -151,8 +151,14 @@ def _snapshot(client, code: int) -> dict:
         "rejects": _table(client, _shards(keys, "rejects")) if _shards(keys, "rejects") else None,
         "summary": json.loads(_get(client, summary_key)) if summary_key in keys else None,
         "success": _get(client, f"{PARTITION}_SUCCESS").decode() if f"{PARTITION}_SUCCESS" in keys else None,
-        "staging": _keys(client, STAGING),
+        "staging": _staging_keys(client, STAGING),
+        "leases": _keys(client, f"{STAGING}_leases/"),
     }
+
+
+def _staging_keys(client, prefix: str) -> list[str]:
+    """Run staging left under a control prefix; the lease and run records that belong there are not staging."""
+    return [k for k in _keys(client, prefix) if not k.startswith((f"{prefix}_leases/", f"{prefix}_runs/"))]
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +201,10 @@ def test_s3_run_publishes_the_partition(first_run):
     names = {k.rsplit("/", 1)[-1] for k in first_run["keys"]}
     assert {"summary.json", "report.md", "_SUCCESS"} <= names
     assert _shards(first_run["keys"], "scores") and _shards(first_run["keys"], "rejects")
-    assert first_run["success"].strip() == first_run["summary"]["run_id"]
+    manifest = json.loads(first_run["success"])
+    assert manifest["run_id"] == first_run["summary"]["run_id"] and manifest["rows"] == first_run["summary"]["rows"]
+    listed = {f"{PARTITION}{entry['name']}" for entry in manifest["files"]}
+    assert listed == set(_shards(first_run["keys"], "scores") + _shards(first_run["keys"], "rejects"))
     assert first_run["summary"]["output"] == f"s3://{BUCKET}/{PARTITION.rstrip('/')}"
     assert all(
         f.startswith(f"s3://{BUCKET}/in/reviews/dt={SAMPLE_DATE}/")
@@ -214,8 +223,10 @@ def test_s3_scores_equal_a_local_run(first_run, local_scores):
     assert first_run["scores"].sort_by("review_id").equals(local_scores.sort_by("review_id"))
 
 
-def test_s3_run_leaves_nothing_in_staging(first_run):
+def test_s3_run_leaves_nothing_in_staging_and_releases_its_lease(first_run):
     assert first_run["staging"] == []
+    (lease_key,) = first_run["leases"]
+    assert lease_key.startswith(f"{STAGING}_leases/dt={SAMPLE_DATE}/lease-")
 
 
 def test_s3_rerun_replaces_the_partition_completely(first_run, rerun):
@@ -227,7 +238,7 @@ def test_s3_rerun_replaces_the_partition_completely(first_run, rerun):
     rows = rerun["summary"]["rows"]
     assert rerun["scores"].num_rows == rows["scored"] and rerun["rejects"].num_rows == rows["rejected"]
     assert rows["scored"] + rows["rejected"] == rows["read"] == 300
-    assert rerun["success"].strip() == rerun["summary"]["run_id"] != first_run["summary"]["run_id"]
+    assert json.loads(rerun["success"])["run_id"] == rerun["summary"]["run_id"] != first_run["summary"]["run_id"]
     assert rerun["scores"].sort_by("review_id").equals(first_run["scores"].sort_by("review_id"))
     # Everything this run staged was moved into place; only the killed run's planted object may remain.
     assert [k for k in rerun["staging"] if k != KILLED_RUN_LEFTOVER] == []
@@ -238,7 +249,7 @@ def test_s3_rerun_removes_a_killed_runs_staging_for_its_partition(rerun):
 
 
 class _InjectedPublishFailure(RuntimeError):
-    """Raised in place of the swap: the run fails after its shards were staged, before anything is published."""
+    """Raised in place of the publish: the run fails after its shards were staged, before anything is published."""
 
 
 def _failing_swap(*args, **kwargs):
@@ -250,13 +261,13 @@ def failed_run(s3, s3_flags):
     """A run whose publish step fails after its scores and rejects shards are in s3:// staging."""
     err = io.StringIO()
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stderr(err):
-        mp.setattr("pipeline.commit._swap_into_place", _failing_swap)  # FnApiRunner runs the DoFn in this process
+        mp.setattr("pipeline.commit.publish_partition", _failing_swap)  # FnApiRunner runs the DoFn in this process
         code = execute(_config(f"s3://{BUCKET}/broken-out"), [SAMPLE_DATE], s3_flags)
     return {
         "code": code,
         "err": err.getvalue(),
         "output": _keys(s3, "broken-out/"),
-        "staging": _keys(s3, "broken-out.staging/"),
+        "staging": _staging_keys(s3, "broken-out.staging/"),
     }
 
 
@@ -265,7 +276,7 @@ def test_s3_failed_run_publishes_nothing(failed_run):
     errors = [line for line in failed_run["err"].splitlines() if line.startswith("sentiment-score: error:")]
     assert len(errors) == 1 and "injected publish failure" in errors[0], failed_run["err"]
     assert failed_run["output"] == []  # no partition, no _SUCCESS
-    # The failure is injected into the swap, i.e. after the shards were staged; the twin below checks cleanup.
+    # The failure is injected into the publish, i.e. after the shards were staged; the twin below checks cleanup.
 
 
 def test_s3_failed_run_removes_its_staging(failed_run):
