@@ -300,7 +300,11 @@ def execute(
                 continue
             _LOG.info("backfill chunk %d: %s .. %s", i + 1, chunk[0], chunk[-1])
         chunk_plan = dataclasses.replace(
-            plan, partitions=chunk, rows_by_partition={p: plan.rows_by_partition[p] for p in chunk}
+            plan,
+            partitions=chunk,
+            rows_by_partition={p: plan.rows_by_partition[p] for p in chunk},
+            files_by_partition={p: plan.files_by_partition[p] for p in chunk},
+            review_files=[f for f in plan.review_files if f.partition in chunk],
         )
         chunk_results, _ = _run_pipeline(config, chunk_plan, options, test_pipeline if i == 0 else None, wait=True)
         for result in chunk_results:

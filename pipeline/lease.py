@@ -43,15 +43,21 @@ def _stamp(seconds: float) -> str:
 
 
 def create_if_absent(path: str, data: bytes) -> bool:
-    """Creates path holding data unless it exists; True if this call created it. Atomic on every supported store."""
+    """Creates path holding data unless it exists; True if this call created it. Atomic on every supported store:
+    local disk (link(2), which fails on an existing name), S3 (`If-None-Match: *`), GCS (`ifGenerationMatch=0`)."""
     if "://" not in path:
+        # The whole content is written first, then linked under the name: link(2) fails if the name exists, and a
+        # reader never sees the lease half written (an O_EXCL create would show it empty for a moment).
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        temp = f"{path}.tmp-{os.getpid()}-{time.monotonic_ns()}"
+        with open(temp, "wb") as f:
+            f.write(data)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.link(temp, path)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        finally:
+            os.unlink(temp)
         return True
     scheme = path.split("://", 1)[0]
     if scheme == "s3":

@@ -63,3 +63,23 @@ def corrupt_first_page_header(path) -> None:
     with open(path, "r+b") as f:
         f.seek(start)
         f.write(b"\xff" * 24)
+
+
+def run_bundle(dofn, elements):
+    """Drives a DoFn through its lifecycle as a runner would (its outputs may come from finish_bundle)."""
+    import apache_beam as beam
+    from apache_beam.transforms.window import GlobalWindow
+
+    dofn.setup()
+    dofn.start_bundle()
+    window = GlobalWindow()
+    outputs = [
+        o for element in elements for o in dofn.process(element, timestamp=window.max_timestamp(), window=window)
+    ]
+    for output in dofn.finish_bundle() or []:
+        if isinstance(output, beam.pvalue.TaggedOutput):
+            outputs.append(beam.pvalue.TaggedOutput(output.tag, output.value.value))
+        else:
+            outputs.append(output.value)
+    dofn.teardown()
+    return outputs

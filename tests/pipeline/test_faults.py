@@ -11,19 +11,17 @@ import subprocess
 import sys
 import time
 
-import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from apache_beam.transforms.window import GlobalWindow
 
 from model.bundle import save_bundle
 from pipeline.config import build_config
 from pipeline.launcher import execute
 from pipeline.publish import check_partition
 from pipeline.sample_data import write_sample_data
-from tests.conftest import corrupt_first_page_header
+from tests.conftest import corrupt_first_page_header, run_bundle
 from transforms.inference import NUMERIC, TOKENS, Featurizer, ModelScorer, ScoreReviews, score_with_isolation
 from transforms.schema import RunSchema
 
@@ -323,23 +321,6 @@ def test_inference_failure_is_isolated_to_its_rows(bundle, model_inputs):
 
 def _matrix_column(matrix: np.ndarray) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])
-
-
-def run_bundle(dofn, elements):
-    """Drives a DoFn through its lifecycle as a runner would (its outputs may come from finish_bundle)."""
-    dofn.setup()
-    dofn.start_bundle()
-    window = GlobalWindow()
-    outputs = [
-        o for element in elements for o in dofn.process(element, timestamp=window.max_timestamp(), window=window)
-    ]
-    for output in dofn.finish_bundle() or []:
-        if isinstance(output, beam.pvalue.TaggedOutput):
-            outputs.append(beam.pvalue.TaggedOutput(output.tag, output.value.value))
-        else:
-            outputs.append(output.value)
-    dofn.teardown()
-    return outputs
 
 
 @pytest.fixture(scope="module")
