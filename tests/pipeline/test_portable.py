@@ -15,8 +15,6 @@ import pytest
 from pipeline.launcher import execute
 from tests.conftest import SAMPLE_DATE, sample_config
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 def _free_port() -> int:
     with socket.socket() as s:
