@@ -30,6 +30,11 @@ FALLBACK_WARNING = "transforms._tokens (the tokenizer's C byte scan, transforms/
 HIDE_EXTENSION = "import sys; sys.modules['transforms._tokens'] = None"
 
 
+# The dependencies come from the parent venv; --force-reinstall, because pip also sees the project there when it was
+# installed non-editable, and would keep that copy ("already installed with the same version").
+PROJECT_ONLY = ["--no-deps", "--force-reinstall", "-q"]
+
+
 def _env(**overrides) -> dict[str, str]:
     """This environment without PYTHONPATH, so a child imports the project only from where it is installed."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "CC", "LDSHARED")}
@@ -114,7 +119,7 @@ def test_sdist_installs_into_a_clean_venv_and_runs(sdist, tmp_path):
     """What Dataflow workers do with --setup_file: pip install the sdist, run the console script."""
     bin_dir = clean_venv(tmp_path / "venv")
     subprocess.run(
-        [str(bin_dir / "python"), "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q", str(sdist)],
+        [str(bin_dir / "python"), "-m", "pip", "install", *PROJECT_ONLY, "--no-build-isolation", str(sdist)],
         check=True,
         capture_output=True,
         cwd=tmp_path,
@@ -170,7 +175,7 @@ def test_wheel_built_without_a_compiler_installs_and_scores_the_same(
     assert not [n for n in names if n.endswith((".so", ".pyd"))], names
 
     subprocess.run(
-        [str(bin_dir / "python"), "-m", "pip", "install", "--no-deps", "-q", str(wheel)],
+        [str(bin_dir / "python"), "-m", "pip", "install", *PROJECT_ONLY, str(wheel)],
         check=True,
         capture_output=True,
         cwd=tmp_path,
