@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import shutil
 import subprocess
@@ -262,3 +263,24 @@ def test_template_main_returns_the_submissions_exit_code_and_reads_no_summary(fl
     (argv,) = seen
     assert argv[-1] == "--no-wait" and argv[:3] == ["score", "--config", "configs/dataflow.yaml"]
     assert "--output" in argv and argv[argv.index("--output") + 1] == "gs://b/scores/"
+
+
+@pytest.mark.slow
+def test_the_real_cli_takes_everything_the_template_passes(tmp_path):
+    # Every flag is accepted (a refused one exits 2 naming it); the run then stops at the first start-up check.
+    if importlib.util.find_spec("pipeline.cli") is None:
+        pytest.skip("pipeline.cli is not importable here")
+    params = [f"--{name}={tmp_path / 'missing' / name}" for name in ("customers", "reviews", "model_dir")]
+    result = subprocess.run(
+        [sys.executable, str(FLEX_MAIN), *LAUNCHER_FLAGS, "--date=2026-11-28", *params, f"--output={tmp_path / 'o'}"],
+        env={**os.environ, "SENTIMENT_WORKER_IMAGE": "europe-docker.pkg.dev/p/r/review-sentiment:abc123"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert "unknown option" not in result.stderr, result.stderr[-2000:]
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "--sdk_container_image=europe-docker.pkg.dev/p/r/review-sentiment:abc123 --no-wait" in result.stderr
+    assert "model bundle" in result.stderr and "no such directory" in result.stderr
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").rglob("_SUCCESS"))
