@@ -219,7 +219,7 @@ class Tokenizer:
 
         With return_stats, also returns (tokens seen, tokens out of vocabulary) over the kept words.
         """
-        if self._table is None:
+        if _tokens is None or self._table is None:  # also a tokenizer made where the extension was, unpickled here
             return self._tokenize_and_pad_arrow(texts, return_stats)
         texts = _as_string_array(texts)
         if texts.null_count:

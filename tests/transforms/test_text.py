@@ -127,3 +127,10 @@ def test_without_the_extension_the_arrow_path_gives_the_same_ids_and_stats(token
     assert (words, oov) == (expected_words, expected_oov)
     with pytest.raises(ValueError, match="1 null text"):
         fallback.tokenize_and_pad(pa.array(["good", None]))
+
+
+def test_a_tokenizer_made_with_the_extension_still_works_where_it_is_missing(tokenizer, monkeypatch):
+    texts = pa.array(["GOOD!!! Not, bad.", "Café 日本 😀 good"])
+    expected = tokenizer.tokenize_and_pad(texts)
+    monkeypatch.setattr(text_module, "_tokens", None)  # as when unpickled on a worker without it
+    np.testing.assert_array_equal(tokenizer.tokenize_and_pad(texts), expected)
