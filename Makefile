@@ -21,8 +21,8 @@ $(INSTALLED): setup.py constraints.txt transforms/_tokens.c | $(PY)
 	$(PY) -m pip install --quiet -c constraints.txt -e .
 	touch $@
 
-$(TEST_INSTALLED): $(INSTALLED) setup.py constraints.txt
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+$(TEST_INSTALLED): $(INSTALLED) setup.py constraints.txt constraints-dev.txt
+	$(PY) -m pip install --quiet -c constraints-dev.txt -e '.[test]'
 	touch $@
 
 install: $(INSTALLED)

@@ -35,7 +35,7 @@ def main(argv=None) -> None:
     )
     texts = texts.filter(pc.is_valid(texts))
     batches = [texts.slice(s, args.batch_size).combine_chunks() for s in range(0, len(texts), args.batch_size)]
-    variants = {"byte_level": tokenizer.tokenize_and_pad, "arrow_reference": tokenizer._tokenize_and_pad_reference}
+    variants = {"byte_level": tokenizer.tokenize_and_pad, "arrow_reference": tokenizer._tokenize_and_pad_arrow}
     best = dict.fromkeys(variants, 0.0)
     for repetition in range(args.repeat):
         for name, tokenize in variants.items():

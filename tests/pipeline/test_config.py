@@ -21,12 +21,24 @@ def test_every_shipped_config_exists_and_loads_with_known_beam_options():
 
 
 def test_remote_configs_carry_what_their_runners_need():
-    dataflow = load_config(str(next(p for p in CONFIGS if p.stem == "dataflow")))
-    for key in ("project", "region", "temp_location", "staging_location", "setup_file", "machine_type"):
-        assert key in dataflow.beam, key
+    def beam_section(name):
+        return load_config(str(next(p for p in CONFIGS if p.stem == name))).beam
+
+    dataflow = beam_section("dataflow")
+    for key in ("project", "region", "temp_location", "staging_location", "sdk_container_image", "machine_type"):
+        assert key in dataflow, key
+    # The runtime image has the project installed: staging it as well would make every worker build it again.
+    assert not {"setup_file", "requirements_file", "save_main_session"} & dataflow.keys()
+    # The fallback without an image installs the pinned versions, then the project, from files in the repo.
+    fallback = beam_section("dataflow-setup-file")
+    assert "sdk_container_image" not in fallback
+    assert (fallback["requirements_file"], fallback["setup_file"]) == ("./constraints.txt", "./setup.py")
+    root = CONFIGS[0].parents[1]
+    assert (root / fallback["requirements_file"]).is_file() and (root / fallback["setup_file"]).is_file()
     for name in ("flink", "spark"):
-        config = load_config(str(next(p for p in CONFIGS if p.stem == name)))
-        assert "setup_file" in config.beam and "environment_type" in config.beam
+        config = beam_section(name)
+        assert (config["environment_type"], config["environment_config"]) == ("EXTERNAL", "localhost:50000"), name
+        assert "setup_file" not in config, name
 
 
 def test_overrides_win_over_the_file(tmp_path):

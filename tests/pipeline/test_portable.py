@@ -1,4 +1,4 @@
-"""Scale-out on one machine: the portable runner matches DirectRunner, and the sdist installs and runs cleanly."""
+"""Scale-out on one machine: the portable runner with an external SDK worker pool matches DirectRunner."""
 
 import glob
 import os
@@ -14,8 +14,6 @@ import pytest
 
 from pipeline.launcher import execute
 from tests.conftest import SAMPLE_DATE, sample_config
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _free_port() -> int:
@@ -123,46 +121,3 @@ def test_portable_runner_without_a_job_service_fails_cleanly(sample_dir, bundle_
     assert execute(config, [SAMPLE_DATE], flags) == 1
     assert "failed" in capsys.readouterr().err
     assert not (tmp_path / "o" / f"dt={SAMPLE_DATE}" / "_SUCCESS").exists()
-
-
-def test_sdist_installs_into_a_clean_venv_and_runs(tmp_path):
-    """What Dataflow workers do with --setup_file: build the sdist, pip install it, run the console script."""
-    subprocess.run(
-        [sys.executable, "setup.py", "-q", "sdist", "--dist-dir", str(tmp_path / "dist")],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-    )
-    sdist = next((tmp_path / "dist").glob("*.tar.gz"))
-    venv = tmp_path / "venv"
-    # The clean venv reuses this one's installed dependencies (no network, no second TensorFlow download)
-    # but gets the project itself only from the sdist.
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    site = subprocess.run(
-        [sys.executable, "-c", "import site; print(site.getsitepackages()[0])"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    pth = next(Path(venv / "lib").glob("python*/site-packages"))
-    (pth / "parent-deps.pth").write_text(site + "\n")
-    python = venv / "bin" / "python"
-    subprocess.run(
-        [str(python), "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q", str(sdist)],
-        check=True,
-        capture_output=True,
-        cwd=tmp_path,
-    )
-    result = subprocess.run(
-        [str(venv / "bin" / "sentiment-score"), "--help"], capture_output=True, text=True, cwd=tmp_path, timeout=120
-    )
-    assert result.returncode == 0, result.stderr
-    assert "sample-data" in result.stdout and "backfill" in result.stdout
-    where = subprocess.run(
-        [str(python), "-c", "import pipeline, transforms, model; print(pipeline.__file__)"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        check=True,
-    ).stdout
-    assert str(venv) in where  # imported from the installed sdist, not from the source tree

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import transforms.text as text_module
 from transforms.text import OOV_ID, PAD_ID, Tokenizer, TokenizerSpec, build_vocabulary, standardize_and_split
 
 VOCAB = ["good", "bad", "not", "café", "日本", "dont"]
@@ -114,3 +115,22 @@ def test_words_in_vocabulary_get_their_ids(texts):
         words = "".join(c for c in text.lower() if c != "!").split()
         expected = [tok.vocabulary.index(w) + 2 if w in tok.vocabulary else OOV_ID for w in words][:50]
         assert row[: len(expected)].tolist() == expected
+
+
+def test_without_the_extension_the_arrow_path_gives_the_same_ids_and_stats(tokenizer, monkeypatch):
+    texts = pa.array(["GOOD!!! Not, bad.", "Café 日本 😀 good", "", "   ", "zebra " * 60, "Don't  ", "good 👍 "])
+    expected_ids, expected_words, expected_oov = tokenizer.tokenize_and_pad(texts, return_stats=True)
+    monkeypatch.setattr(text_module, "_tokens", None)
+    fallback = Tokenizer(VOCAB)
+    ids, words, oov = fallback.tokenize_and_pad(texts, return_stats=True)
+    np.testing.assert_array_equal(ids, expected_ids)
+    assert (words, oov) == (expected_words, expected_oov)
+    with pytest.raises(ValueError, match="1 null text"):
+        fallback.tokenize_and_pad(pa.array(["good", None]))
+
+
+def test_a_tokenizer_made_with_the_extension_still_works_where_it_is_missing(tokenizer, monkeypatch):
+    texts = pa.array(["GOOD!!! Not, bad.", "Café 日本 😀 good"])
+    expected = tokenizer.tokenize_and_pad(texts)
+    monkeypatch.setattr(text_module, "_tokens", None)  # as when unpickled on a worker without it
+    np.testing.assert_array_equal(tokenizer.tokenize_and_pad(texts), expected)

@@ -1,8 +1,8 @@
 """The byte-level tokenize_and_pad gives exactly what the Arrow-kernel implementation gives, for any text.
 
-The oracle is Tokenizer._tokenize_and_pad_reference (tokenize_and_pad as it was) run on the texts plus one last text
-without whitespace: Arrow's utf8_split_whitespace reads the byte just past a whitespace run that ends the last string of
-an array, so the reference's last row can depend on memory past the data (see test_arrow_split_reads_past_the_data).
+The oracle is Tokenizer._tokenize_and_pad_arrow (tokenize_and_pad as it was before the C scan, and the path taken when
+the extension is not built). Arrow's utf8_split_whitespace reads the byte just past a whitespace run that ends the last
+string of an array, so both paths guard the last row (see test_arrow_split_reads_past_the_data).
 """
 
 import unicodedata
@@ -82,10 +82,8 @@ def vocabulary_for(texts: list[str], keep_every: int = 2) -> list[str]:
 
 
 def reference(tokenizer: Tokenizer, texts: list[str]):
-    """(ids, words kept, words out of vocabulary) as _tokenize_and_pad_reference gives them, after one last text."""
-    ids, words, oov = tokenizer._tokenize_and_pad_reference(pa.array([*texts, "x"], pa.string()), return_stats=True)
-    kept = tokenizer.spec.sequence_length > 0  # the last text's one word, "x", if it is kept
-    return ids[:-1], words - kept, oov - (kept and "x" not in tokenizer.vocabulary)
+    """(ids, words kept, words out of vocabulary) as _tokenize_and_pad_arrow gives them."""
+    return tokenizer._tokenize_and_pad_arrow(pa.array(texts, pa.string()), return_stats=True)
 
 
 def assert_same(tokenizer: Tokenizer, texts: list[str], column=None):
@@ -253,10 +251,10 @@ def test_null_texts_are_refused_as_before():
         with pytest.raises(ValueError, match="null text value"):
             tokenizer.tokenize_and_pad(column)
         with pytest.raises(ValueError, match="null text value"):
-            tokenizer._tokenize_and_pad_reference(column)
+            tokenizer._tokenize_and_pad_arrow(column)
     # A null outside the slice is no null of the slice.
     column = pa.array(["good", None]).slice(0, 1)
-    np.testing.assert_array_equal(tokenizer.tokenize_and_pad(column), tokenizer._tokenize_and_pad_reference(column))
+    np.testing.assert_array_equal(tokenizer.tokenize_and_pad(column), tokenizer._tokenize_and_pad_arrow(column))
 
 
 def test_arrow_split_reads_past_the_data():
@@ -265,15 +263,18 @@ def test_arrow_split_reads_past_the_data():
     column = pa.Array.from_buffers(pa.string(), 1, [None, offsets, pa.py_buffer(b"good \x80")])
     assert column.to_pylist() == ["good "]
     assert pc.utf8_split_whitespace(column).to_pylist() == [["good "]]  # the space stays in the word
-    # The byte-level path does not read past the data, nor does what it hands to Arrow.
-    ids, words, oov = Tokenizer(["good"]).tokenize_and_pad(column, return_stats=True)
-    assert ids[0, :2].tolist() == [2, 0] and (words, oov) == (1, 0)
+    # Neither path reads past the data: the byte-level one, what it hands to Arrow, nor the all-Arrow one.
+    tokenizer = Tokenizer(["good"])
+    for tokenize in (tokenizer.tokenize_and_pad, tokenizer._tokenize_and_pad_arrow):
+        ids, words, oov = tokenize(column, return_stats=True)
+        assert ids[0, :2].tolist() == [2, 0] and (words, oov) == (1, 0)
     text = "good 👍 ".encode()
     offsets = pa.py_buffer(np.array([0, len(text)], dtype=np.int32))
     column = pa.Array.from_buffers(pa.string(), 1, [None, offsets, pa.py_buffer(text + b"\x80")])
     assert column.to_pylist() == ["good 👍 "]
-    ids, words, oov = Tokenizer(["good"]).tokenize_and_pad(column, return_stats=True)
-    assert ids[0, :2].tolist() == [2, 0] and (words, oov) == (1, 0)
+    for tokenize in (tokenizer.tokenize_and_pad, tokenizer._tokenize_and_pad_arrow):
+        ids, words, oov = tokenize(column, return_stats=True)
+        assert ids[0, :2].tolist() == [2, 0] and (words, oov) == (1, 0)
 
 
 @pytest.mark.parametrize("raw", [b"good \x80bad", b"good \xc3", b"\xff", b"good caf\xc3\xa9 x\x80 y"])
@@ -281,6 +282,6 @@ def test_invalid_utf8_is_refused_as_before(raw):
     offsets = pa.py_buffer(np.array([0, len(raw)], dtype=np.int32))
     column = pa.Array.from_buffers(pa.string(), 1, [None, offsets, pa.py_buffer(raw)])
     tokenizer = Tokenizer(["good"])
-    for tokenize in (tokenizer._tokenize_and_pad_reference, tokenizer.tokenize_and_pad):
+    for tokenize in (tokenizer._tokenize_and_pad_arrow, tokenizer.tokenize_and_pad):
         with pytest.raises(pa.ArrowInvalid, match="Invalid UTF8"):
             tokenize(column)
