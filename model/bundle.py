@@ -228,6 +228,27 @@ def validate_bundle(bundle: ModelBundle) -> None:
         )
 
 
+CURRENT_FILE = "CURRENT"
+
+
+def resolve_model_dir(path: str) -> str:
+    """The bundle directory a model_dir names: itself, or, for a models root holding a CURRENT file, the version
+    folder CURRENT names. Resolved once at launch, so a CURRENT that moves on during a run changes nothing in it."""
+    from apache_beam.io.filesystems import FileSystems
+
+    marker = FileSystems.join(path.rstrip("/"), CURRENT_FILE)
+    if not FileSystems.exists(marker):
+        return path
+    try:
+        with FileSystems.open(marker) as f:
+            name = f.read().decode("utf-8").strip()
+    except Exception as e:
+        raise BundleError(f"model root {path}: cannot read {CURRENT_FILE}: {e}") from None
+    if not name or "/" in name or name in (".", ".."):
+        raise BundleError(f"model root {path}: {CURRENT_FILE} must name one version folder, got {name!r}")
+    return FileSystems.join(path.rstrip("/"), name)
+
+
 def load_bundle(path: str) -> ModelBundle:
     """Loads and validates a bundle from a local or remote (FileSystems) directory."""
     directory = localize(path)

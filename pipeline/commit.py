@@ -189,6 +189,7 @@ class CommitPartition(beam.DoFn):
             "status": "ok",
             "date": partition or None,
             "model_version": self._run_info["model_version"],
+            "model_dir": self._run_info.get("model_dir"),
             "run_id": run_id,
             "output": final_dir,
             "input_files": {
@@ -215,6 +216,7 @@ class CommitPartition(beam.DoFn):
         manifest = {
             "run_id": run_id,
             "model_version": self._run_info["model_version"],
+            "model_dir": self._run_info.get("model_dir"),
             "partition": partition or None,
             "rows": rows,
             "rejected_by_reason": dict(sorted(reasons.items())),

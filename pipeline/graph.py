@@ -8,7 +8,7 @@ import pyarrow as pa
 from pipeline.commit import CommitPartition, WriteRunSummary
 from pipeline.config import ScoreConfig
 from pipeline.plan import RunPlan
-from transforms.inference import Featurize, ScoreReviews
+from transforms.inference import Featurize, PinnedBundle, ScoreReviews
 from transforms.io import ReadParquetBatches, WriteParquetShards, plan_read_tasks
 from transforms.join import JoinCustomers, build_customer_table
 from transforms.schema import FAILURES, FILE_INDEX, ROW_INDEX
@@ -89,13 +89,13 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig, plan: RunPlan) 
             ValidateRows.REJECTS, main="valid"
         )
     )
+    # One bundle per worker process for featurizing and scoring, pinned to the version the launcher planned with.
+    bundle = PinnedBundle(plan.model_dir, plan.model_version)
     featurized = validated.valid | "Featurize" >> beam.ParDo(
-        Featurize(config.model_dir, schema, config.background_threads)
+        Featurize(bundle, schema, config.background_threads)
     ).with_outputs(Featurize.STATS, Featurize.REJECTS, FAILURES, main="rows")
     inferred = featurized.rows | "Infer" >> beam.ParDo(
-        ScoreReviews(
-            config.model_dir, schema, config.inference_batch_size, config.jit_compile, config.background_threads
-        )
+        ScoreReviews(bundle, schema, config.inference_batch_size, config.jit_compile, config.background_threads)
     ).with_outputs(ScoreReviews.REJECTS, FAILURES, main="scores")
     rejects = (
         validated[ValidateRows.REJECTS],
@@ -125,6 +125,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig, plan: RunPlan) 
         "run_id": plan.run_id,
         "started_at": plan.started_at,
         "model_version": plan.model_version,
+        "model_dir": plan.model_dir,
         "review_files": plan.files_by_partition,
         "customer_files": [f.path for f in plan.customer_files],
     }

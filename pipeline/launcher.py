@@ -177,9 +177,9 @@ def _run_pipeline(
         pipeline = test_pipeline or beam.Pipeline(runner=make_runner(options), options=options)
         build_pipeline(pipeline, config, plan)
         result = pipeline.run()
-        if not wait:
-            job_id = getattr(result, "job_id", lambda: None)() if callable(getattr(result, "job_id", None)) else None
-            return [], job_id or "submitted"
+        if not wait:  # Dataflow's result has job_id(); the portable runner's keeps the Job API's id
+            job_id = result.job_id() if callable(getattr(result, "job_id", None)) else getattr(result, "_job_id", None)
+            return [], job_id or "(the runner gave no job id)"
         stop = threading.Event()
         progress = threading.Thread(target=_report_progress, args=(result, stop, total, started), daemon=True)
         progress.start()

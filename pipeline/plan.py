@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
-from model.bundle import load_bundle
+from model.bundle import load_bundle, resolve_model_dir
 from pipeline.config import ScoreConfig
 from pipeline.publish import is_complete
 from transforms.io import InputFile, inspect_file, partition_path, resolve_files
@@ -41,6 +41,8 @@ class RunPlan:
     skipped: dict[str, str] = field(default_factory=dict)
     output: str = ""
     staging_root: str = ""
+    # The bundle directory every worker loads (a models root's CURRENT resolved at launch) and its content version.
+    model_dir: str = ""
 
 
 def days_between(start: str, end: str) -> list[str]:
@@ -127,7 +129,8 @@ def plan_run(config: ScoreConfig, dates: list[str] | None, backfill: bool = Fals
     """Checks the model, inputs and output, and decides what to read; raises on any fatal problem."""
     started = time.time()
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started)) + "-" + uuid.uuid4().hex[:8]
-    bundle = load_bundle(config.model_dir)
+    model_dir = resolve_model_dir(config.model_dir)
+    bundle = load_bundle(model_dir)
     if list(bundle.feature_names) != list(config.columns.features):
         raise InputError(
             f"setting 'columns.features' {list(config.columns.features)} does not match the model bundle's "
@@ -181,4 +184,5 @@ def plan_run(config: ScoreConfig, dates: list[str] | None, backfill: bool = Fals
         skipped=skipped,
         output=config.output,
         staging_root=staging_root,
+        model_dir=model_dir,
     )

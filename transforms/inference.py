@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,7 +14,7 @@ import pyarrow as pa
 from apache_beam.utils import shared
 from apache_beam.utils.windowed_value import WindowedValue
 
-from model.bundle import ModelBundle, load_bundle, load_preprocessing
+from model.bundle import BundleError, ModelBundle, load_bundle
 from transforms.numeric import Scaler
 from transforms.schema import DETAIL, FAILURES, MODEL_VERSION, REASON, SCORE, RunSchema, conform, partition_failure
 from transforms.text import Tokenizer, TokenizerSpec
@@ -159,11 +160,47 @@ def score_with_isolation(predict, numeric: np.ndarray, tokens: np.ndarray, max_f
     return scores, found.failed, found.first_error, found.systemic
 
 
-class _Loaded:
-    """A weak-referenceable holder for what shared.Shared keeps per worker process."""
+class LoadedBundle:
+    """What one worker process holds of the run's bundle: the bundle, its featurizer and its compiled scorers."""
 
-    def __init__(self, value):
-        self.value = value
+    def __init__(self, bundle: ModelBundle):
+        self.bundle = bundle
+        self.featurizer = Featurizer.from_bundle(bundle)
+        self._scorers: dict = {}
+        self._lock = threading.Lock()
+
+    def scorer(self, batch_size: int, jit_compile: bool) -> ModelScorer:
+        with self._lock:  # DoFn instances on several threads share this object
+            key = (batch_size, jit_compile)
+            if key not in self._scorers:
+                self._scorers[key] = ModelScorer(self.bundle.model, batch_size, jit_compile)
+            return self._scorers[key]
+
+
+class PinnedBundle:
+    """The run's model bundle, pinned to the content version the launcher resolved.
+
+    Loaded once per worker process (one shared.Shared handle, pickled into both Featurize and ScoreReviews, so
+    both get the same object) and checked against the planned version: a bundle replaced during the run fails the
+    run, naming both versions and the path, instead of mixing vocabularies and models in one partition.
+    """
+
+    def __init__(self, model_dir: str, model_version: str | None = None):
+        self.model_dir = model_dir
+        self.model_version = model_version
+        self._shared = shared.Shared()
+
+    def _load(self) -> LoadedBundle:
+        bundle = load_bundle(self.model_dir)
+        if self.model_version is not None and bundle.model_version != self.model_version:
+            raise BundleError(
+                f"model bundle {self.model_dir}: version {bundle.model_version} is not the {self.model_version} "
+                f"this run was planned with (the bundle changed during the run; use immutable version folders)"
+            )
+        return LoadedBundle(bundle)
+
+    def acquire(self) -> LoadedBundle:
+        return self._shared.acquire(self._load, tag=f"bundle:{self.model_dir}:{self.model_version}")
 
 
 class _InOrder:
@@ -223,18 +260,13 @@ class Featurize(beam.DoFn):
     STATS = "vocabulary_stats"
     REJECTS = "rejects"
 
-    def __init__(self, model_dir: str, schema: RunSchema, threads: int = 2):
-        self._model_dir = model_dir
+    def __init__(self, bundle: PinnedBundle | str, schema: RunSchema, threads: int = 2):
+        self._bundle = bundle if isinstance(bundle, PinnedBundle) else PinnedBundle(bundle)
         self._schema = schema
         self._threads = threads
-        self._shared = shared.Shared()
 
     def setup(self):
-        def load():
-            pre = load_preprocessing(self._model_dir)
-            return _Loaded(Featurizer(pre.vocabulary, pre.tokenizer, pre.scaler))
-
-        self._featurizer = self._shared.acquire(load, tag=f"featurizer:{self._model_dir}").value
+        self._featurizer = self._bundle.acquire().featurizer
         self._in_order = _InOrder(self._threads, "featurize")
 
     def teardown(self):
@@ -304,7 +336,7 @@ class ScoreReviews(beam.DoFn):
 
     def __init__(
         self,
-        model_dir: str,
+        bundle: PinnedBundle | str,
         schema: RunSchema,
         batch_size: int = 4096,
         jit_compile: bool = True,
@@ -312,23 +344,18 @@ class ScoreReviews(beam.DoFn):
         max_failed_calls: int = MAX_FAILED_CALLS,
     ):
         self._max_failed_calls = max_failed_calls
-        self._model_dir = model_dir
+        self._bundle = bundle if isinstance(bundle, PinnedBundle) else PinnedBundle(bundle)
         self._schema = schema
         self._batch_size = batch_size
         self._jit_compile = jit_compile
         self._threads = threads
-        self._shared = shared.Shared()
         self._scored = beam.metrics.Metrics.counter("sentiment", "rows_scored")
         self._rejected = beam.metrics.Metrics.counter("sentiment", "rows_rejected_at_inference")
 
     def setup(self):
-        def load():
-            bundle: ModelBundle = load_bundle(self._model_dir)
-            scorer = ModelScorer(bundle.model, self._batch_size, self._jit_compile)
-            return _Loaded((bundle.model_version, scorer))
-
-        tag = f"model:{self._model_dir}:{self._batch_size}:{self._jit_compile}"
-        self._model_version, self._scorer = self._shared.acquire(load, tag=tag).value
+        loaded = self._bundle.acquire()
+        self._model_version = loaded.bundle.model_version
+        self._scorer = loaded.scorer(self._batch_size, self._jit_compile)
         self._in_order = _InOrder(self._threads, "score-reviews")
         self._progress_rows, self._progress_start, self._progress_last = 0, time.monotonic(), time.monotonic()
 

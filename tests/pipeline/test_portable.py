@@ -1,6 +1,7 @@
 """Scale-out on one machine: the portable runner with an external SDK worker pool matches DirectRunner."""
 
 import glob
+import json
 import os
 import socket
 import subprocess
@@ -121,3 +122,54 @@ def test_portable_runner_without_a_job_service_fails_cleanly(sample_dir, bundle_
     assert execute(config, [SAMPLE_DATE], flags) == 1
     assert "failed" in capsys.readouterr().err
     assert not (tmp_path / "o" / f"dt={SAMPLE_DATE}" / "_SUCCESS").exists()
+
+
+def test_no_wait_returns_before_a_portable_job_ends_and_the_job_publishes_by_itself(
+    sample_dir, bundle_dir, tmp_path, portable_services
+):
+    job_port, pool_port = portable_services
+    output = tmp_path / "out"
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "score",
+        "--customers",
+        str(sample_dir / "customers"),
+        "--reviews",
+        str(sample_dir / "reviews"),
+        "--model-dir",
+        str(bundle_dir),
+        "--output",
+        str(output),
+        "--date",
+        SAMPLE_DATE,
+        "--no-wait",
+        "--runner=PortableRunner",
+        f"--job_endpoint=localhost:{job_port}",
+        "--environment_type=EXTERNAL",
+        f"--environment_config=localhost:{pool_port}",
+    ]
+    submitted = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert submitted.returncode == 0, submitted.stderr[-3000:]
+    assert submitted.stdout.startswith("submitted: run ") and f"dt={SAMPLE_DATE}" in submitted.stdout
+    assert "job " in submitted.stdout and "(the runner gave no job id)" not in submitted.stdout
+
+    verify = [sys.executable, "-m", "pipeline", "verify", "--output", str(output), "--date", SAMPLE_DATE]
+    first = subprocess.run(verify, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert first.returncode == 1, first.stdout  # the launcher returned before the job published
+    deadline = time.time() + 300
+    while True:
+        done = subprocess.run(verify, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+        if done.returncode == 0 or time.time() > deadline:
+            break
+        time.sleep(2)
+    assert done.returncode == 0, done.stdout + (tmp_path / "job.log").read_text(errors="replace")[-3000:]
+    assert (
+        _scores(output / f"dt={SAMPLE_DATE}").num_rows
+        == json.loads((output / f"dt={SAMPLE_DATE}" / "_SUCCESS").read_text())["rows"]["scored"]
+    )
+    # The job, not the launcher, released the lease once it published.
+    leases = list((tmp_path / "out.staging" / "_leases" / f"dt={SAMPLE_DATE}").glob("lease-*.json"))
+    assert len(leases) == 1 and json.loads(leases[0].read_text())["released"] is True
