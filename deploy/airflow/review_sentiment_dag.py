@@ -40,16 +40,20 @@ SENTIMENT_CONFIG = os.path.join(SENTIMENT_HOME, os.environ.get("SENTIMENT_CONFIG
 # is the day that has just started.
 SCORE_DATE = "{{ data_interval_start | ds }}"
 
-# Timeouts add up: every score attempt may run to its timeout, with a delay before each retry, and then verify
-# may wait its whole timeout for an asynchronous (Dataflow) job to publish; the run gets that plus slack for
-# scheduling, so Airflow never times out the DAG run while a task still has time left.
+# Timeouts add up: every score attempt may run to its timeout, with a delay before each retry; then verify may
+# wait its whole timeout for an asynchronous (Dataflow) job to publish, its last check taking up to a check's
+# timeout. The run gets that plus slack for scheduling, so Airflow never times out a DAG run while one of its
+# tasks still has time left (a timed-out DAG run would stop the task mid-way, without its own timeout handling).
 SCORE_TIMEOUT = timedelta(hours=3)
 RETRIES = 2
 RETRY_DELAY = timedelta(minutes=10)
 VERIFY_TIMEOUT = timedelta(hours=6)
 VERIFY_POKE_INTERVAL = timedelta(minutes=5)
+VERIFY_POKE_TIMEOUT = timedelta(minutes=10)
 SCHEDULING_SLACK = timedelta(minutes=30)
-DAGRUN_TIMEOUT = SCORE_TIMEOUT * (RETRIES + 1) + RETRY_DELAY * RETRIES + VERIFY_TIMEOUT + SCHEDULING_SLACK
+DAGRUN_TIMEOUT = (
+    SCORE_TIMEOUT * (RETRIES + 1) + RETRY_DELAY * RETRIES + VERIFY_TIMEOUT + VERIFY_POKE_TIMEOUT + SCHEDULING_SLACK
+)
 
 # sentiment-score's exit code when another live run holds the partition's lease (nothing was started).
 EXIT_LEASE_HELD = 3
@@ -103,6 +107,8 @@ with DAG(
         mode="reschedule",
         poke_interval=VERIFY_POKE_INTERVAL.total_seconds(),
         timeout=VERIFY_TIMEOUT.total_seconds(),
+        # Each check (a reschedule-mode poke) on its own: a hung listing fails instead of holding the run.
+        execution_timeout=VERIFY_POKE_TIMEOUT,
         # A sensor timeout is final; the budget above counts one verify attempt.
         retries=0,
         # Runs after score succeeded, or was skipped because another live run holds the partition.

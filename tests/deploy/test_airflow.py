@@ -234,3 +234,55 @@ def test_a_missing_bundle_fails_the_run_and_publishes_nothing(airflow_python, sa
     }
     assert partitions(output) == []
     assert not list(output.rglob("_SUCCESS")) if output.exists() else True
+
+
+def timeout_budget(tasks: dict) -> float:
+    """Seconds the score -> verify chain may take at most: every try to its timeout, the retry delays between,
+    and verify's whole wait plus its last check."""
+    score, verify = tasks["score_reviews"], tasks["verify_partition"]
+    tries = score["retries"] + 1
+    return (
+        score["execution_timeout"] * tries
+        + score["retry_delay"] * score["retries"]
+        + verify["sensor_timeout"] * (verify["retries"] + 1)
+        + verify["retry_delay"] * verify["retries"]
+        + verify["execution_timeout"]
+    )
+
+
+def test_defaults_run_dataflow_from_the_checkout_and_the_timeouts_add_up(airflow_python, tmp_path):
+    env = airflow_env(tmp_path / "airflow")
+    for name in ("SENTIMENT_HOME", "SENTIMENT_PYTHON", "SENTIMENT_RUNNER", "SENTIMENT_CONFIG"):
+        env.pop(name, None)
+    facts = probe(airflow_python, env, "dag-facts", str(DAG_FILE))
+
+    assert facts["timetable"] == "CronDataIntervalTimetable"
+    assert (facts["catchup"], facts["max_active_runs"]) == (True, 1)
+    score, verify = facts["tasks"]["score_reviews"], facts["tasks"]["verify_partition"]
+    assert score["cwd"] == "/opt/sentiment"
+    assert score["bash_command"].startswith(
+        "exec /opt/sentiment/.venv/bin/python -m pipeline score --config /opt/sentiment/configs/dataflow.yaml "
+        "--date {{ data_interval_start | ds }} --runner=DataflowRunner"
+    )
+    assert score["skip_on_exit_code"] == [3]
+    assert (verify["upstream"], verify["trigger_rule"]) == (["score_reviews"], "none_failed")
+    assert "{{ data_interval_start | ds }}" in verify["bash_command"]
+
+    assert score["retries"] == 2 and score["execution_timeout"] and score["retry_delay"]
+    assert timeout_budget(facts["tasks"]) <= facts["dagrun_timeout"]
+
+
+def test_a_relative_config_is_relative_to_the_home(airflow_python, tmp_path):
+    env = airflow_env(
+        tmp_path / "airflow",
+        SENTIMENT_HOME="/srv/sentiment",
+        SENTIMENT_PYTHON="/usr/bin/python3",
+        SENTIMENT_RUNNER="FlinkRunner",
+        SENTIMENT_CONFIG="configs/flink.yaml",
+    )
+    score = probe(airflow_python, env, "dag-facts", str(DAG_FILE))["tasks"]["score_reviews"]
+    assert score["cwd"] == "/srv/sentiment"
+    assert score["bash_command"].startswith(
+        "exec /usr/bin/python3 -m pipeline score --config /srv/sentiment/configs/flink.yaml "
+        "--date {{ data_interval_start | ds }} --runner=FlinkRunner"
+    )
