@@ -19,7 +19,7 @@ except ImportError:  # Airflow 2 and 3.0
 try:  # Airflow 3, and Airflow 2 with apache-airflow-providers-standard
     from airflow.providers.standard.operators.bash import BashOperator
     from airflow.providers.standard.sensors.bash import BashSensor
-except ImportError:  # Airflow 2.7+
+except ImportError:  # Airflow 2.6+ (retry_exit_code, a list for skip_on_exit_code)
     from airflow.operators.bash import BashOperator
     from airflow.sensors.bash import BashSensor
 
@@ -79,29 +79,31 @@ with DAG(
     tags=["sentiment", "beam"],
 ) as dag:
     # Scoring fails the task when the command fails (exit 1 run failed, 2 usage/config), and a retry repeats it.
-    # A retry while an earlier attempt's job (or any
+    # With --no-wait, Dataflow (or any remote runner) exits once the job is submitted and the job publishes the
+    # partition itself; DirectRunner runs to completion here. A retry while an earlier attempt's job (or any
     # other run of this date) still holds the partition's lease exits 3 without starting anything: the task
     # is then skipped, and verify waits for that run's partition instead of a second job being started.
     score = BashOperator(
         task_id="score_reviews",
         bash_command=(
             f"exec {_PYTHON} -m pipeline score --config {_CONFIG} --date {SCORE_DATE} "
-            f"{shlex.quote('--runner=' + SENTIMENT_RUNNER)}"
+            f"{shlex.quote('--runner=' + SENTIMENT_RUNNER)} --no-wait"
         ),
         cwd=SENTIMENT_HOME,
         skip_on_exit_code=[EXIT_LEASE_HELD],
         # On timeout Airflow sends SIGTERM to the command's process group, which releases the lease.
         execution_timeout=SCORE_TIMEOUT,
     )
-    # Done means published: the partition's _SUCCESS is there (written last).
-    # Exit 1 (not complete yet) pokes again until VERIFY_TIMEOUT; any other failure fails at once.
+    # Done means published: `verify` checks every file the partition's _SUCCESS manifest lists, with its rows.
+    # Its output root is the config's (read with the project's own config loader; a config that does not load is
+    # exit 2). Exit 1 (not complete yet) checks again until VERIFY_TIMEOUT; any other failure fails at once.
     verify = BashSensor(
         task_id="verify_partition",
         bash_command=(
             f"cd {shlex.quote(SENTIMENT_HOME)} && "
             f"output=$({_PYTHON} -c 'import sys; from pipeline.config import load_config; "
             f"print(load_config(sys.argv[1]).output)' {_CONFIG}) || exit 2; "
-            f'test -f "$output/dt={SCORE_DATE}/_SUCCESS"'
+            f'exec {_PYTHON} -m pipeline verify --output "$output" --date {SCORE_DATE}'
         ),
         retry_exit_code=EXIT_INCOMPLETE,
         mode="reschedule",

@@ -236,6 +236,47 @@ def test_a_missing_bundle_fails_the_run_and_publishes_nothing(airflow_python, sa
     assert not list(output.rglob("_SUCCESS")) if output.exists() else True
 
 
+# Stand-in for SENTIMENT_PYTHON: every `score` finds the partition's lease held by another live run (exit 3,
+# nothing started); `verify` finds the partition incomplete once (exit 1), then complete, as when the holder
+# publishes in the meantime; `-c` (the DAG reading the config's output root) prints one. Every `-m` call is
+# appended to $CALLS.
+LEASE_HELD_PYTHON = """#!/usr/bin/env bash
+if [ "$1" = -c ]; then echo /srv/scores; exit 0; fi
+echo "$*" >> "$CALLS"
+case "$3" in
+  score) echo "sentiment-score: error: dt=$7 is leased by run 20261201T000000Z-holder; not starting" >&2; exit 3 ;;
+  verify) if [ -e "$CALLS.verified" ]; then echo complete; exit 0; fi; touch "$CALLS.verified"; exit 1 ;;
+esac
+exit 2
+"""
+
+
+def test_a_held_lease_skips_scoring_and_waits_for_the_holder(airflow_python, scoring_day, tmp_path):
+    fake_python = tmp_path / "python"
+    fake_python.write_text(LEASE_HELD_PYTHON)
+    fake_python.chmod(0o755)
+    calls = tmp_path / "calls"
+    env = airflow_env(
+        tmp_path / "airflow", tmp_path / "config.yaml", fast_retries=True, SENTIMENT_PYTHON=str(fake_python)
+    )
+    env["CALLS"] = str(calls)
+    day = scoring_day.isoformat()
+
+    result = dags_test(airflow_python, env, f"{scoring_day + timedelta(days=1)}T00:00:00+00:00")
+    assert result.returncode == 0, f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    assert "is leased by run 20261201T000000Z-holder" in result.stdout + result.stderr
+
+    (run,) = probe(airflow_python, env, "runs")
+    assert run["state"] == "success"
+    assert run["tasks"]["score_reviews"] == {"state": "skipped", "try_number": 1}
+    assert run["tasks"]["verify_partition"]["state"] == "success"
+    lines = calls.read_text().splitlines()
+    # One score, never retried (a retry could have started a second job), then verify until complete.
+    assert [line.split()[2] for line in lines] == ["score", "verify", "verify"]
+    assert all(f"--date {day}" in line for line in lines)
+    assert all("--output /srv/scores" in line for line in lines[1:])
+
+
 def timeout_budget(tasks: dict) -> float:
     """Seconds the score -> verify chain may take at most: every try to its timeout, the retry delays between,
     and verify's whole wait plus its last check."""
@@ -266,7 +307,10 @@ def test_defaults_run_dataflow_from_the_checkout_and_the_timeouts_add_up(airflow
     )
     assert score["skip_on_exit_code"] == [3]
     assert (verify["upstream"], verify["trigger_rule"]) == (["score_reviews"], "none_failed")
-    assert "{{ data_interval_start | ds }}" in verify["bash_command"]
+    assert verify["bash_command"].endswith(
+        'exec /opt/sentiment/.venv/bin/python -m pipeline verify --output "$output" '
+        "--date {{ data_interval_start | ds }}"
+    )
 
     assert score["retries"] == 2 and score["execution_timeout"] and score["retry_delay"]
     assert timeout_budget(facts["tasks"]) <= facts["dagrun_timeout"]
