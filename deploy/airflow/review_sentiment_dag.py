@@ -44,6 +44,8 @@ SCORE_DATE = "{{ data_interval_start | ds }}"
 # wait its whole timeout for an asynchronous (Dataflow) job to publish, its last check taking up to a check's
 # timeout. The run gets that plus slack for scheduling, so Airflow never times out a DAG run while one of its
 # tasks still has time left (a timed-out DAG run would stop the task mid-way, without its own timeout handling).
+# Also shorter than the partition lease's expiry (the config's lease_expiry_hours, 6 h by default): a scoring
+# process this DAG runs never outlives its lease, so no other run can take the partition from under it.
 SCORE_TIMEOUT = timedelta(hours=3)
 RETRIES = 2
 RETRY_DELAY = timedelta(minutes=10)

@@ -17,6 +17,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.config import load_config
+
 REPO = Path(__file__).resolve().parents[2]
 DAG_DIR = REPO / "deploy" / "airflow"
 DAG_FILE = DAG_DIR / "review_sentiment_dag.py"
@@ -206,6 +208,7 @@ def test_the_run_due_after_a_day_publishes_exactly_that_day(
     }
 
     assert partitions(output) == [f"dt={day}"]
+    assert f"OK {output}/dt={day}: complete" in result.stdout  # verify's own line, logged by the sensor
     published = output / f"dt={day}"
     assert (published / "_SUCCESS").exists()
     summary = json.loads((published / "summary.json").read_text())
@@ -314,6 +317,8 @@ def test_defaults_run_dataflow_from_the_checkout_and_the_timeouts_add_up(airflow
 
     assert score["retries"] == 2 and score["execution_timeout"] and score["retry_delay"]
     assert timeout_budget(facts["tasks"]) <= facts["dagrun_timeout"]
+    # A scoring process never outlives its partition lease (a killed one keeps it until it expires).
+    assert score["execution_timeout"] < load_config(str(REPO / "configs" / "dataflow.yaml")).lease_expiry_hours * 3600
 
 
 def test_a_relative_config_is_relative_to_the_home(airflow_python, tmp_path):
