@@ -93,12 +93,14 @@ with DAG(
         ),
         cwd=SENTIMENT_HOME,
         skip_on_exit_code=[EXIT_LEASE_HELD],
-        # On timeout Airflow sends SIGTERM to the command's process group, which releases the lease.
+        # On timeout Airflow sends SIGTERM to the command's process group: a DirectRunner job ends with the task
+        # (its lease is not released, it lapses at its expiry, so the retry is skipped and verify decides).
         execution_timeout=SCORE_TIMEOUT,
     )
     # Done means published: `verify` checks every file the partition's _SUCCESS manifest lists, with its rows.
-    # Its output root is the config's (read with the project's own config loader; a config that does not load is
-    # exit 2). Exit 1 (not complete yet) checks again until VERIFY_TIMEOUT; any other failure fails at once.
+    # verify takes the output root, not a config: it is read from the config with the project's own loader (a
+    # config that does not load is exit 2). Exit 1 (not complete yet) checks again until VERIFY_TIMEOUT; any
+    # other failure fails at once.
     verify = BashSensor(
         task_id="verify_partition",
         bash_command=(
