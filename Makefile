@@ -58,4 +58,4 @@ bench-quick: $(TEST_INSTALLED)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks.run --sizes 20000
 
 clean:
-	rm -rf $(VENV) data output *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-airflow .venv-airflow.lock data output *.egg-info .pytest_cache .ruff_cache

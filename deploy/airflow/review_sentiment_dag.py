@@ -1,83 +1,123 @@
-"""Airflow DAG: score each day's reviews on Dataflow through the Apache Beam provider, one run per date."""
+"""Airflow DAG review_sentiment_daily: after day D has ended, score dt=D, then wait until that partition verifies."""
 
 from __future__ import annotations
 
 import os
+import shlex
 from datetime import timedelta
 
 import pendulum
-from airflow.providers.apache.beam.operators.beam import BeamRunPythonPipelineOperator
-from airflow.providers.google.cloud.operators.dataflow import DataflowConfiguration
 
 try:  # Airflow 3
     from airflow.sdk import DAG
-except ImportError:  # Airflow 2.x
+except ImportError:  # Airflow 2
     from airflow import DAG
+try:  # Airflow 3.1+
+    from airflow.sdk import CronDataIntervalTimetable
+except ImportError:  # Airflow 2 and 3.0
+    from airflow.timetables.interval import CronDataIntervalTimetable
+try:  # Airflow 3, and Airflow 2 with apache-airflow-providers-standard
+    from airflow.providers.standard.operators.bash import BashOperator
+    from airflow.providers.standard.sensors.bash import BashSensor
+except ImportError:  # Airflow 2.6+ (retry_exit_code, a list for skip_on_exit_code)
+    from airflow.operators.bash import BashOperator
+    from airflow.sensors.bash import BashSensor
 
-# Where the repo is checked out on the Airflow workers (launcher, setup.py and configs/ are read from there),
-# and which Python runs the launcher: a virtualenv with this project installed (`pip install -c constraints.txt
-# '.[gcp]'`), kept apart from Airflow's own environment. Read once at parse time; no DB access.
+# Read from the worker's environment when the file is parsed, so one DAG file runs Dataflow in production and
+# DirectRunner in tests. SENTIMENT_HOME is the checkout the commands run in (relative config paths, and relative
+# paths inside the config, are relative to it); SENTIMENT_PYTHON is a virtualenv with this project installed
+# editable in that checkout, kept apart from Airflow's own environment.
 SENTIMENT_HOME = os.environ.get("SENTIMENT_HOME", "/opt/sentiment")
 SENTIMENT_PYTHON = os.environ.get("SENTIMENT_PYTHON", f"{SENTIMENT_HOME}/.venv/bin/python")
+SENTIMENT_RUNNER = os.environ.get("SENTIMENT_RUNNER", "DataflowRunner")
+# An absolute path stays as it is; a relative one is joined to SENTIMENT_HOME.
+SENTIMENT_CONFIG = os.path.join(SENTIMENT_HOME, os.environ.get("SENTIMENT_CONFIG", "configs/dataflow.yaml"))
+
+# The day the run scores: the start of its data interval. With the data-interval timetable below, the run that
+# becomes due at D+1 00:00 UTC covers [D, D+1) and scores D, on Airflow 2 and 3 alike; so does a manual run
+# triggered during D+1 (Airflow infers the last complete interval). Not {{ ds }}: on Airflow 3 a manual run may
+# have no logical date at all, and with "@daily" Airflow 3 would use CronTriggerTimetable, whose logical date D+1
+# is the day that has just started.
+SCORE_DATE = "{{ data_interval_start | ds }}"
+
+# Timeouts add up: every score attempt may run to its timeout, with a delay before each retry; then verify may
+# wait its whole timeout for an asynchronous (Dataflow) job to publish, its last check taking up to a check's
+# timeout. The run gets that plus slack for scheduling, so Airflow never times out a DAG run while one of its
+# tasks still has time left (a timed-out DAG run would stop the task mid-way, without its own timeout handling).
+# Also shorter than the partition lease's expiry (the config's lease_expiry_hours, 6 h by default): a scoring
+# process this DAG runs never outlives its lease, so no other run can take the partition from under it.
+SCORE_TIMEOUT = timedelta(hours=3)
+RETRIES = 2
+RETRY_DELAY = timedelta(minutes=10)
+VERIFY_TIMEOUT = timedelta(hours=6)
+VERIFY_POKE_INTERVAL = timedelta(minutes=5)
+VERIFY_POKE_TIMEOUT = timedelta(minutes=10)
+SCHEDULING_SLACK = timedelta(minutes=30)
+DAGRUN_TIMEOUT = (
+    SCORE_TIMEOUT * (RETRIES + 1) + RETRY_DELAY * RETRIES + VERIFY_TIMEOUT + VERIFY_POKE_TIMEOUT + SCHEDULING_SLACK
+)
+
+# sentiment-score's exit code when another live run holds the partition's lease (nothing was started).
+EXIT_LEASE_HELD = 3
+# sentiment-score verify's exit code when the partition is not (yet) complete.
+EXIT_INCOMPLETE = 1
+
+_PYTHON = shlex.quote(SENTIMENT_PYTHON)
+_CONFIG = shlex.quote(SENTIMENT_CONFIG)
 
 with DAG(
     dag_id="review_sentiment_daily",
-    description="Nightly review-sentiment batch scoring (Beam + Keras on Dataflow)",
-    # One run per day; the run for logical date D starts after D has ended and scores D ({{ ds }}).
-    schedule="@daily",
+    description="Nightly review-sentiment batch scoring (Beam + Keras), verified by the partition's manifest",
+    # Midnight UTC, one data interval per day: the run for [D, D+1) becomes due when D has ended.
+    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
+    # The first run, due at 2026-11-02 00:00 UTC, scores 2026-11-01.
     start_date=pendulum.datetime(2026, 11, 1, tz="UTC"),
-    # Every day since start_date gets its own run; missed days and `airflow dags backfill` (Airflow 2) /
-    # `airflow backfill create` (Airflow 3) fill in history one date at a time.
+    # Every day since start_date gets its own run; enabling the DAG late fills in the missed days.
     catchup=True,
-    # Never two days at once: runs share the model bundle and Dataflow quota, and a backfill should go in order.
+    # Never two days at once: runs share the model bundle and the runner's quota, and history goes in order.
     max_active_runs=1,
-    dagrun_timeout=timedelta(hours=8),
-    default_args={
-        "owner": "data-science",
-        "retries": 2,
-        "retry_delay": timedelta(minutes=15),
-        # On timeout Airflow kills the task and the operator's on_kill cancels the Dataflow job.
-        "execution_timeout": timedelta(hours=6),
-    },
-    tags=["sentiment", "beam", "dataflow"],
+    dagrun_timeout=DAGRUN_TIMEOUT,
+    default_args={"owner": "data-science", "retries": RETRIES, "retry_delay": RETRY_DELAY},
+    tags=["sentiment", "beam"],
 ) as dag:
-    score = BeamRunPythonPipelineOperator(
+    # Scoring fails the task when the command fails (exit 1 run failed, 2 usage/config), and a retry repeats it.
+    # With --no-wait, Dataflow (or any remote runner) exits once the job is submitted and the job publishes the
+    # partition itself; DirectRunner runs to completion here. A retry while an earlier attempt's job (or any
+    # other run of this date) still holds the partition's lease exits 3 without starting anything: the task
+    # is then skipped, and verify waits for that run's partition instead of a second job being started.
+    score = BashOperator(
         task_id="score_reviews",
-        # Runs `SENTIMENT_PYTHON launch_score.py --runner=DataflowRunner --job_name=... --project=... --region=...
-        # --labels=... --key=value ...`; launch_score maps that onto `sentiment-score score ...` (exit 0 = done).
-        py_file=f"{SENTIMENT_HOME}/deploy/airflow/launch_score.py",
-        py_interpreter=SENTIMENT_PYTHON,
-        py_options=[],
-        # None: use py_interpreter's environment as is; a list would build a throwaway virtualenv on every run.
-        py_requirements=None,
-        py_system_site_packages=False,
-        runner="DataflowRunner",
-        # Beam options on top of the config's `beam:` section (these win). Templated, so Airflow Variables are
-        # read when the task runs, not at parse time; an unset Variable renders "" and the launcher drops it,
-        # leaving the config's value. project and region are added by the operator from dataflow_config (the
-        # project falls back to the GCP connection's), also overriding the config.
-        default_pipeline_options={
-            "temp_location": "{{ var.value.get('sentiment_dataflow_temp_location', '') }}",
-            "staging_location": "{{ var.value.get('sentiment_dataflow_staging_location', '') }}",
-            # What the Dataflow workers install: the project with its dependencies.
-            "setup_file": f"{SENTIMENT_HOME}/setup.py",
-        },
-        # The job's own options; relative paths are relative to SENTIMENT_HOME (the launcher runs from there).
-        # Input/model/output paths come from the config; add "output": ... etc. here to override them.
-        pipeline_options={
-            "config": "configs/dataflow.yaml",
-            "date": "{{ ds }}",
-        },
-        dataflow_config=DataflowConfiguration(
-            # Templated; a unique suffix is appended, so a retry never collides with the failed attempt's job.
-            job_name="review-sentiment-{{ ds_nodash }}",
-            append_job_name=True,
-            # The operator always passes --region (and --project) from here, overriding the config's values.
-            location="{{ var.value.get('sentiment_dataflow_region', 'europe-west1') }}",
-            gcp_conn_id="google_cloud_default",
-            # Batch job: wait for a terminal state, so the task's success means the partition is written.
-            wait_until_finished=True,
-            # Task killed (timeout, mark failed) -> cancel the job, and give the cancel this long to take.
-            cancel_timeout=10 * 60,
+        bash_command=(
+            f"exec {_PYTHON} -m pipeline score --config {_CONFIG} --date {SCORE_DATE} "
+            f"{shlex.quote('--runner=' + SENTIMENT_RUNNER)} --no-wait"
         ),
+        cwd=SENTIMENT_HOME,
+        skip_on_exit_code=[EXIT_LEASE_HELD],
+        # On timeout Airflow sends SIGTERM to the command's process group: a DirectRunner job ends with the task
+        # (its lease is not released, it lapses at its expiry, so the retry is skipped and verify decides).
+        execution_timeout=SCORE_TIMEOUT,
     )
+    # Done means published: `verify` checks every file the partition's _SUCCESS manifest lists, with its rows.
+    # verify takes the output root, not a config: it is read from the config with the project's own loader (a
+    # config that does not load is exit 2). Exit 1 (not complete yet) checks again until VERIFY_TIMEOUT; any
+    # other failure fails at once.
+    verify = BashSensor(
+        task_id="verify_partition",
+        bash_command=(
+            f"cd {shlex.quote(SENTIMENT_HOME)} && "
+            f"output=$({_PYTHON} -c 'import sys; from pipeline.config import load_config; "
+            f"print(load_config(sys.argv[1]).output)' {_CONFIG}) || exit 2; "
+            f'exec {_PYTHON} -m pipeline verify --output "$output" --date {SCORE_DATE}'
+        ),
+        retry_exit_code=EXIT_INCOMPLETE,
+        mode="reschedule",
+        poke_interval=VERIFY_POKE_INTERVAL.total_seconds(),
+        timeout=VERIFY_TIMEOUT.total_seconds(),
+        # Each check (a reschedule-mode poke) on its own: a hung listing fails instead of holding the run.
+        execution_timeout=VERIFY_POKE_TIMEOUT,
+        # A sensor timeout is final; the budget above counts one verify attempt.
+        retries=0,
+        # Runs after score succeeded, or was skipped because another live run holds the partition.
+        trigger_rule="none_failed",
+    )
+    score >> verify

@@ -1,4 +1,4 @@
-"""Checks for deploy/: the cron wrapper, the Airflow DAG and launcher, and the Dataflow Flex Template files."""
+"""Checks for deploy/: the cron wrapper, the launcher and the Flex Template files (the DAG runs in test_airflow.py)."""
 
 from __future__ import annotations
 
@@ -23,60 +23,11 @@ REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 CRON_SCRIPT = DEPLOY / "cron" / "score-yesterday.sh"
 CRONTAB = DEPLOY / "cron" / "crontab"
-DAG_FILE = DEPLOY / "airflow" / "review_sentiment_dag.py"
 LAUNCHER = DEPLOY / "airflow" / "launch_score.py"
 FLEX_DIR = DEPLOY / "flex-template"
 FLEX_MAIN = FLEX_DIR / "main.py"
 METADATA = FLEX_DIR / "metadata.json"
 
-# Keyword-only parameters of BeamRunPythonPipelineOperator.__init__, copied from the signature in
-# apache-airflow-providers-apache-beam 6.3.1 (airflow/providers/apache/beam/operators/beam.py). Anything else goes
-# through **kwargs to BaseOperator.
-BEAM_PYTHON_OPERATOR_PARAMS = {
-    "py_file",
-    "runner",
-    "default_pipeline_options",
-    "pipeline_options",
-    "py_interpreter",
-    "py_options",
-    "py_requirements",
-    "py_system_site_packages",
-    "gcp_conn_id",
-    "dataflow_config",
-    "deferrable",
-}
-# BaseOperator parameters the DAG may pass to the operator directly (the rest come from default_args).
-BASE_OPERATOR_PARAMS = {"task_id", "retries", "retry_delay", "execution_timeout", "doc_md", "owner"}
-# DataflowConfiguration.__init__ parameters, from apache-airflow-providers-google 22.8.0
-# (airflow/providers/google/cloud/operators/dataflow.py).
-DATAFLOW_CONFIGURATION_PARAMS = {
-    "job_name",
-    "append_job_name",
-    "project_id",
-    "location",
-    "gcp_conn_id",
-    "poll_sleep",
-    "impersonation_chain",
-    "drain_pipeline",
-    "cancel_timeout",
-    "wait_until_finished",
-    "multiple_jobs",
-    "check_if_running",
-    "service_account",
-    "max_num_workers",
-}
-# The operator keywords this deployment must set explicitly.
-REQUIRED_OPERATOR_KWARGS = {
-    "py_file",
-    "runner",
-    "default_pipeline_options",
-    "pipeline_options",
-    "py_interpreter",
-    "py_options",
-    "py_requirements",
-    "py_system_site_packages",
-    "dataflow_config",
-}
 TEMPLATE_PARAMETERS = {"date", "customers", "reviews", "model_dir", "output", "config"}
 
 
@@ -267,161 +218,6 @@ def test_crontab_entry_runs_the_wrapper_nightly():
     assert (dom, month, dow) == ("*", "*", "*")
     assert "deploy/cron/score-yesterday.sh" in command
     assert "%" not in command, "cron turns an unescaped % into a newline"
-
-
-# ---------------------------------------------------------------------------------------------------- Airflow
-
-
-def dag_tree() -> ast.Module:
-    return ast.parse(DAG_FILE.read_text(), filename=str(DAG_FILE))
-
-
-def calls_named(tree: ast.AST, name: str) -> list[ast.Call]:
-    return [
-        node
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Call)
-        and (getattr(node.func, "id", None) == name or getattr(node.func, "attr", None) == name)
-    ]
-
-
-def keywords(call: ast.Call) -> dict[str, ast.expr]:
-    assert all(kw.arg is not None for kw in call.keywords), "no **kwargs: every keyword must be checkable"
-    return {kw.arg: kw.value for kw in call.keywords}
-
-
-def test_dag_imports_the_provider_classes():
-    imports = {
-        (node.module, alias.name)
-        for node in ast.walk(dag_tree())
-        if isinstance(node, ast.ImportFrom)
-        for alias in node.names
-    }
-    assert ("airflow.providers.apache.beam.operators.beam", "BeamRunPythonPipelineOperator") in imports
-    assert ("airflow.providers.google.cloud.operators.dataflow", "DataflowConfiguration") in imports
-
-
-def test_dag_builds_the_beam_operator_with_real_parameters():
-    (call,) = calls_named(dag_tree(), "BeamRunPythonPipelineOperator")
-    kwargs = keywords(call)
-    assert kwargs.keys() >= REQUIRED_OPERATOR_KWARGS
-    unknown = kwargs.keys() - BEAM_PYTHON_OPERATOR_PARAMS - BASE_OPERATOR_PARAMS
-    assert not unknown, f"not parameters of BeamRunPythonPipelineOperator: {sorted(unknown)}"
-    assert ast.literal_eval(kwargs["runner"]) == "DataflowRunner"
-    assert ast.literal_eval(kwargs["py_options"]) == []
-    assert "launch_score.py" in ast.unparse(kwargs["py_file"])
-
-    options = ast.literal_eval(kwargs["pipeline_options"])
-    assert options["date"] == "{{ ds }}"
-    assert options["config"].startswith("configs/")
-
-    dataflow_config = kwargs["dataflow_config"]
-    assert isinstance(dataflow_config, ast.Call) and ast.unparse(dataflow_config.func) == "DataflowConfiguration"
-    unknown = keywords(dataflow_config).keys() - DATAFLOW_CONFIGURATION_PARAMS
-    assert not unknown, f"not parameters of DataflowConfiguration: {sorted(unknown)}"
-
-
-def test_dag_schedule_catchup_concurrency_and_retries():
-    (call,) = calls_named(dag_tree(), "DAG")
-    kwargs = keywords(call)
-    assert ast.literal_eval(kwargs["schedule"]) == "@daily"
-    assert ast.literal_eval(kwargs["catchup"]) is True
-    assert ast.literal_eval(kwargs["max_active_runs"]) == 1
-    assert "start_date" in kwargs
-    default_args = kwargs["default_args"]
-    assert isinstance(default_args, ast.Dict)
-    args = {ast.literal_eval(k): v for k, v in zip(default_args.keys, default_args.values, strict=True)}
-    assert ast.literal_eval(args["retries"]) == 2
-    assert "timedelta(" in ast.unparse(args["retry_delay"])
-
-
-def stub_module(monkeypatch, name: str, **attrs) -> None:
-    module = types.ModuleType(name)
-    module.__dict__.update(attrs)
-    monkeypatch.setitem(sys.modules, name, module)
-
-
-def test_dag_file_runs_against_stubs_with_the_real_signatures(monkeypatch):
-    """Execute the DAG file with stand-ins for Airflow whose constructors have the providers' signatures."""
-    created: dict[str, dict] = {}
-
-    class DAG:
-        def __init__(self, dag_id, **kwargs):
-            created["dag"] = {"dag_id": dag_id, **kwargs}
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-    class BeamRunPythonPipelineOperator:
-        def __init__(
-            self,
-            *,
-            py_file,
-            runner="DirectRunner",
-            default_pipeline_options=None,
-            pipeline_options=None,
-            py_interpreter="python3",
-            py_options=None,
-            py_requirements=None,
-            py_system_site_packages=False,
-            gcp_conn_id="google_cloud_default",
-            dataflow_config=None,
-            deferrable=False,
-            **kwargs,
-        ):
-            params = {name: value for name, value in locals().items() if name in BEAM_PYTHON_OPERATOR_PARAMS}
-            created["operator"], created["operator_extra"] = params, kwargs
-
-    class DataflowConfiguration:
-        def __init__(
-            self,
-            *,
-            job_name=None,
-            append_job_name=True,
-            project_id=None,
-            location="us-central1",
-            gcp_conn_id="google_cloud_default",
-            poll_sleep=10,
-            impersonation_chain=None,
-            drain_pipeline=False,
-            cancel_timeout=300,
-            wait_until_finished=None,
-            multiple_jobs=None,
-            check_if_running=None,
-            service_account=None,
-            max_num_workers=None,
-        ):
-            self.job_name = job_name
-
-    for name in ("airflow", "airflow.providers", "airflow.providers.apache", "airflow.providers.apache.beam"):
-        stub_module(monkeypatch, name)
-    stub_module(monkeypatch, "airflow.sdk", DAG=DAG)
-    stub_module(
-        monkeypatch,
-        "airflow.providers.apache.beam.operators.beam",
-        BeamRunPythonPipelineOperator=BeamRunPythonPipelineOperator,
-    )
-    stub_module(
-        monkeypatch, "airflow.providers.google.cloud.operators.dataflow", DataflowConfiguration=DataflowConfiguration
-    )
-    stub_module(monkeypatch, "pendulum", datetime=lambda *a, tz=None: datetime(*a, tzinfo=UTC))
-    monkeypatch.setenv("SENTIMENT_HOME", str(REPO))
-    monkeypatch.delenv("SENTIMENT_PYTHON", raising=False)
-
-    load_module(DAG_FILE, "review_sentiment_dag_under_test")
-
-    assert created["dag"]["dag_id"] == "review_sentiment_daily"
-    operator = created["operator"]
-    assert set(created["operator_extra"]) <= BASE_OPERATOR_PARAMS
-    assert Path(operator["py_file"]) == LAUNCHER
-    assert operator["py_interpreter"] == f"{REPO}/.venv/bin/python"
-    assert Path(operator["default_pipeline_options"]["setup_file"]) == REPO / "setup.py"
-    assert isinstance(operator["dataflow_config"], DataflowConfiguration)
-    # Dataflow job names: lowercase letters, digits and dashes (ds_nodash renders to digits).
-    assert re.fullmatch(r"[a-z0-9-]+\{\{ ds_nodash \}\}", operator["dataflow_config"].job_name)
 
 
 # --------------------------------------------------------------------------------------------------- launcher
