@@ -6,6 +6,7 @@ import argparse
 import gc
 import logging
 import os
+import signal
 import sys
 
 from pipeline.config import ConfigError, validate_date
@@ -133,6 +134,14 @@ def _overrides(args: argparse.Namespace) -> dict:
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 
+class Terminated(RuntimeError):
+    """The process was asked to stop (SIGTERM); raised where it was, so the run fails through its cleanup."""
+
+
+def _terminate(signum, frame):
+    raise Terminated(f"stopped by signal {signum} (SIGTERM)")
+
+
 def _verify_dates(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str] | None:
     """The days verify checks: --date, or --start..--end, or None for an unpartitioned output."""
     if args.date and (args.start or args.end):
@@ -194,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
             )
             return EXIT_OK
         from pipeline.launcher import run_backfill, run_score, run_verify
+
+        # A scheduler's timeout sends SIGTERM: exit through the launcher's cleanup, which gives the partitions'
+        # leases back, so the scheduler's retry can start at once instead of waiting for the lease to lapse.
+        signal.signal(signal.SIGTERM, _terminate)
 
         if args.command == "verify":
             return run_verify(args.output, _verify_dates(parser, args), beam_flags)

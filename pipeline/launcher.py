@@ -288,6 +288,20 @@ def execute(
         )
         return EXIT_OK
 
+    try:
+        return _run_chunks(config, plan, options, test_pipeline, backfill, started)
+    except BaseException:  # SIGTERM (a scheduler's timeout) or Ctrl-C: give the partitions back before exiting
+        _release(plan, plan.partitions)
+        remove_staging(plan.staging_root)
+        raise
+
+
+def _run_chunks(
+    config: ScoreConfig, plan: RunPlan, options: PipelineOptions, test_pipeline, backfill: bool, started: float
+) -> int:
+    """Runs the plan's partitions chunk by chunk (one chunk unless backfilling), then reports and returns the code."""
+    control = control_root(plan.staging_root)
+    expiry = config.lease_expiry_hours * 3600
     size = config.backfill_chunk_days if backfill else max(len(plan.partitions), 1)
     results: list[dict] = []
     for i, chunk in enumerate(_chunks(plan.partitions, size)):

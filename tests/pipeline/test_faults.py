@@ -182,6 +182,36 @@ def test_killed_run_publishes_nothing_and_a_rerun_completes(tmp_path, bundle_dir
     assert set(os.listdir(staging)) <= {"_leases", "_runs", killed_run}
 
 
+def test_a_run_stopped_by_sigterm_gives_its_lease_back_so_a_retry_starts_at_once(tmp_path, bundle_dir):
+    """What a scheduler's timeout does: SIGTERM, then a retry. The twin of the SIGKILL test above, whose lease stays."""
+    paths = sample(tmp_path / "data", reviews=60_000)
+    output = paths["output"]
+    command = [sys.executable, "-m", "pipeline", "score", "--customers", paths["customers"], "--reviews"]
+    command += [paths["reviews"], "--model-dir", str(bundle_dir), "--output", output, "--date", DATE]
+    command += ["--batch-size", "256", "--no-jit", "--runner=FnApiRunner"]
+    log = tmp_path / "terminated.log"
+    with open(log, "w") as log_file:
+        process = subprocess.Popen(command, cwd=tmp_path, stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 240
+        while not glob.glob(f"{output}.staging/*/dt={DATE}/scores-*.parquet"):
+            assert process.poll() is None, f"the run ended before it was stopped:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"no staging shard appeared:\n{log.read_text()[-3000:]}"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=120) == 1, log.read_text()[-3000:]  # failed: the scheduler may retry
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=60)
+    assert "not published: run" in log.read_text() and "stopped by signal 15 (SIGTERM)" in log.read_text()
+    assert not os.path.exists(partition_of(output))  # nothing published
+    assert glob.glob(f"{output}.staging/2*/dt={DATE}") == []  # its staging is gone (run folders start with the date)
+    code, _ = score(**paths, model_dir=str(bundle_dir))  # no --take-over-lease needed
+    assert code == 0
+    assert_complete(partition_of(output), read=60_000)
+
+
 def test_rerun_removes_what_a_killed_run_left_in_staging(tmp_path, bundle_dir):
     paths = sample(tmp_path / "data", reviews=300)
     # What a run killed mid-write leaves: its staging directory with a partial shard of this partition.
