@@ -3,6 +3,7 @@
 import contextlib
 import io
 import json
+import multiprocessing
 import os
 import socket
 import subprocess
@@ -13,9 +14,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipeline import lease
 from pipeline.config import build_config
 from pipeline.launcher import execute
+from pipeline.publish import STEPS, check_partition, publish_partition, read_manifest
 from tests.conftest import SAMPLE_DATE
 
 boto3 = pytest.importorskip("boto3")  # apache-beam[aws]: Beam's S3 filesystem talks to S3 through boto3
@@ -304,3 +308,93 @@ def test_s3_missing_review_day_fails_naming_it_and_writes_nothing(s3, s3_flags, 
     errors = [line for line in err.splitlines() if line.startswith("sentiment-score: error:")]
     assert len(errors) == 1 and f"s3://{BUCKET}/in/reviews/dt={day}" in errors[0], err
     assert _keys(s3, "failed-day") == []
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The publish protocol and the lease on the object store itself
+
+
+class _Crash(RuntimeError):
+    """Stands for the launcher or worker dying at that point of the publish."""
+
+
+def _stage_on_s3(client, prefix: str, run: str, ids: list[list[int]]) -> list[dict]:
+    shards = []
+    for i, chunk in enumerate(ids):
+        sink = io.BytesIO()
+        pq.write_table(pa.table({"review_id": pa.array(chunk, pa.int64())}), sink)
+        key = f"{prefix}scores-{run}-{i:04d}.parquet"
+        client.put_object(Bucket=BUCKET, Key=key, Body=sink.getvalue())
+        shards.append({"kind": "scores", "path": f"s3://{BUCKET}/{key}", "rows": len(chunk)})
+    return shards
+
+
+def _publish_on_s3(client, partition: str, run: str, ids: list[list[int]], on_step=None) -> dict:
+    read = sum(len(c) for c in ids)
+    facts = {"run_id": run, "model_version": "m", "partition": SAMPLE_DATE}
+    facts["rows"] = {"read": read, "scored": read, "rejected": 0}
+    shards = _stage_on_s3(client, f"faults.staging/{run}/", run, ids)
+    return publish_partition(shards, partition, facts, {"summary.json": b"{}"}, on_step)
+
+
+def _manifest_ids_on_s3(client, partition: str) -> list[int]:
+    manifest = read_manifest(partition)
+    prefix = partition[len(f"s3://{BUCKET}/") :]
+    keys = [f"{prefix}/{e['name']}" for e in manifest["files"]]
+    return sorted(_table(client, keys)["review_id"].to_pylist())
+
+
+@pytest.mark.parametrize("crash_after", STEPS)
+def test_s3_a_crash_at_any_publish_step_leaves_the_old_or_the_new_partition(s3, s3_flags, crash_after):
+    FileSystems.set_options(PipelineOptions(s3_flags))
+    partition = f"s3://{BUCKET}/faults-{crash_after}/dt={SAMPLE_DATE}"
+    _publish_on_s3(s3, partition, "run-old", [[1, 2, 3], [4, 5]])
+    seen = []
+
+    def crash(step):
+        check = check_partition(partition)
+        assert check.complete, f"after {step}: {check.message}"
+        seen.append(read_manifest(partition)["run_id"])
+        assert _manifest_ids_on_s3(s3, partition) in ([1, 2, 3, 4, 5], [1, 2, 3, 4, 5, 6])
+        if step == crash_after:
+            raise _Crash(step)
+
+    with pytest.raises(_Crash):
+        _publish_on_s3(s3, partition, "run-new", [[1, 2], [3, 4, 5, 6]], on_step=crash)
+    assert seen[-1] == ("run-new" if STEPS.index(crash_after) >= STEPS.index("manifest") else "run-old")
+    _publish_on_s3(s3, partition, "run-next", [[1, 2, 3, 4, 5, 6, 7]])
+    assert check_partition(partition).complete and _manifest_ids_on_s3(s3, partition) == [1, 2, 3, 4, 5, 6, 7]
+    keys = _keys(s3, f"faults-{crash_after}/dt={SAMPLE_DATE}/")
+    assert all("run-next" in k for k in _shards(keys, "scores"))  # what no manifest listed is gone
+
+
+def _race_on_s3(flags, control, partition, run_id, barrier, results):
+    FileSystems.set_options(PipelineOptions(flags))
+    barrier.wait()
+    try:
+        lease.acquire(control, partition, run_id, time.time(), 3600)
+        results.put((partition, run_id, "won"))
+    except lease.LeaseHeld:
+        results.put((partition, run_id, "held"))
+
+
+def test_s3_two_processes_racing_for_a_lease_never_both_win(s3, s3_flags):
+    control = f"s3://{BUCKET}/race.staging"
+    context = multiprocessing.get_context("fork")  # each child makes its own boto3 clients
+    results = context.Queue()
+    rounds = 12
+    for i in range(rounds):
+        barrier = context.Barrier(2)
+        args = [(s3_flags, control, f"day-{i}", f"run-{i}-{k}", barrier, results) for k in range(2)]
+        workers = [context.Process(target=_race_on_s3, args=a) for a in args]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(120)
+            assert w.exitcode == 0
+    outcomes = [results.get(timeout=10) for _ in range(2 * rounds)]
+    FileSystems.set_options(PipelineOptions(s3_flags))
+    for i in range(rounds):
+        won = [o for o in outcomes if o[0] == f"day-{i}" and o[2] == "won"]
+        assert len(won) == 1, outcomes
+        assert lease.current(control, f"day-{i}").run_id == won[0][1]
