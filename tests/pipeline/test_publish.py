@@ -426,3 +426,60 @@ def test_a_model_that_fails_on_every_row_fails_its_partition_fast(tmp_path, bund
     partition, record = failures[0].value
     assert partition == DATE and record["stage"] == "infer" and "failed on every call" in record["message"]
     assert len(calls) == 1 + PROBES  # not the ~2n calls of a full bisection
+
+
+class _FailsOnMarker:
+    """The bundle's real featurizer, made to fail on rows whose text holds a marker (a fault injected by the test)."""
+
+    def __init__(self, featurizer, marker: str):
+        self._featurizer, self._marker = featurizer, marker
+
+    def featurize(self, table, text_column):
+        if any(self._marker in (t or "") for t in table[text_column].to_pylist()):
+            raise ValueError(f"cannot featurize {self._marker!r}")
+        return self._featurizer.featurize(table, text_column)
+
+
+def _featurize_outputs(bundle_dir, texts, marker):
+    from transforms.inference import Featurize
+    from transforms.schema import RunSchema
+
+    n = len(texts)
+    table = pa.table(
+        {
+            "review_id": pa.array(range(n), pa.int64()),
+            "customer_id": pa.array([1] * n, pa.int64()),
+            "review_text": texts,
+            "age": pa.array([30.0] * n),
+            "purchase_history": pa.array([10.0] * n),
+        }
+    )
+    dofn = Featurize(str(bundle_dir), RunSchema(), threads=1)
+    dofn.setup()
+    real = dofn._featurizer
+    dofn.setup = lambda: None  # keep the injected featurizer through run_bundle's lifecycle
+    dofn._featurizer = _FailsOnMarker(real, marker)
+    return run_bundle(dofn, [(DATE, table)])
+
+
+def test_a_featurization_failure_is_isolated_to_its_rows(bundle_dir):
+    texts = [f"good value number {i}" for i in range(100)]
+    texts[37] = "POISON text"
+    outputs = _featurize_outputs(bundle_dir, texts, "POISON")
+    rows = [o for o in outputs if isinstance(o, tuple)]
+    rejects = [o.value[1] for o in outputs if getattr(o, "tag", None) == "rejects"]
+    stats = [o.value[1] for o in outputs if getattr(o, "tag", None) == "vocabulary_stats"]
+    assert len(rows) == 1 and len(rejects) == 1 and len(stats) == 1
+    featurized = rows[0][1]
+    assert sorted(featurized["review_id"].to_pylist()) == [i for i in range(100) if i != 37]
+    assert rejects[0]["review_id"].to_pylist() == [37] and rejects[0]["reason"].to_pylist() == ["featurize_error"]
+    assert "cannot featurize" in rejects[0]["detail"][0].as_py()
+
+
+def test_a_featurization_failure_on_every_row_fails_the_partition(bundle_dir):
+    from transforms.schema import FAILURES
+
+    outputs = _featurize_outputs(bundle_dir, [f"POISON {i}" for i in range(100)], "POISON")
+    assert [getattr(o, "tag", None) for o in outputs] == [FAILURES]
+    partition, record = outputs[0].value
+    assert partition == DATE and record["stage"] == "featurize" and "every row" in record["message"]
