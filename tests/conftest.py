@@ -83,3 +83,29 @@ def run_bundle(dofn, elements):
             outputs.append(output.value)
     dofn.teardown()
     return outputs
+
+
+def score_args(sample_dir, bundle_dir, output, *extra: str) -> list[str]:
+    """The CLI arguments that score the sample day on FnApiRunner (extra flags replace nothing, they are added)."""
+    args = ["score", "--customers", str(sample_dir / "customers"), "--reviews", str(sample_dir / "reviews")]
+    args += ["--model-dir", str(bundle_dir), "--output", str(output), "--date", SAMPLE_DATE]
+    return args + (list(extra) or ["--runner=FnApiRunner"])
+
+
+def race_for_lease(flags, control: str, partition: str, run_id: str, barrier, results) -> None:
+    """One of two processes started together that try to take the same lease; reports whether it won."""
+    import time
+
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline import lease
+
+    if flags:
+        FileSystems.set_options(PipelineOptions(flags))
+    barrier.wait()
+    try:
+        lease.acquire(control, partition, run_id, time.time(), 3600)
+        results.put((partition, run_id, "won"))
+    except lease.LeaseHeld:
+        results.put((partition, run_id, "held"))

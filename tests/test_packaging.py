@@ -19,7 +19,7 @@ from packaging.utils import canonicalize_name
 
 import transforms.text as text_module
 from pipeline.launcher import execute
-from tests.conftest import SAMPLE_DATE, sample_config
+from tests.conftest import SAMPLE_DATE, sample_config, score_args
 from transforms.text import Tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,23 +56,6 @@ def clean_venv(path: Path) -> Path:
     # editable install of the project (a .pth in its site-packages) does not come along.
     (next(path.glob("lib/python*/site-packages")) / "parent-deps.pth").write_text(site + "\n")
     return path / "bin"
-
-
-def score_args(sample_dir, bundle_dir, output) -> list[str]:
-    return [
-        "score",
-        "--customers",
-        str(sample_dir / "customers"),
-        "--reviews",
-        str(sample_dir / "reviews"),
-        "--model-dir",
-        str(bundle_dir),
-        "--output",
-        str(output),
-        "--date",
-        SAMPLE_DATE,
-        "--runner=FnApiRunner",
-    ]
 
 
 def read_outputs(partition: Path) -> dict[str, pa.Table]:

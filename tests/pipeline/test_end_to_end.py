@@ -19,7 +19,7 @@ from pipeline.graph import build_pipeline
 from pipeline.launcher import execute
 from pipeline.plan import plan_run
 from pipeline.train import load_training_rows
-from tests.conftest import SAMPLE_DATE, sample_config
+from tests.conftest import SAMPLE_DATE, sample_config, score_args
 from transforms.inference import Featurizer
 from transforms.schema import Columns
 from transforms.validate import REASONS
@@ -190,23 +190,7 @@ def test_backfill_skip_existing_leaves_complete_days_alone(sample_dir, bundle_di
 
 def test_cli_subprocess_scores_and_reports(sample_dir, bundle_dir, tmp_path):
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "score",
-            "--customers",
-            str(sample_dir / "customers"),
-            "--reviews",
-            str(sample_dir / "reviews"),
-            "--model-dir",
-            str(bundle_dir),
-            "--output",
-            str(tmp_path / "o"),
-            "--date",
-            SAMPLE_DATE,
-            "--runner=FnApiRunner",
-        ],
+        [sys.executable, "-m", "pipeline", *score_args(sample_dir, bundle_dir, tmp_path / "o")],
         capture_output=True,
         text=True,
         timeout=300,

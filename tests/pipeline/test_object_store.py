@@ -20,7 +20,7 @@ from pipeline import lease
 from pipeline.config import build_config
 from pipeline.launcher import execute
 from pipeline.publish import STEPS, check_partition, publish_partition, read_manifest
-from tests.conftest import SAMPLE_DATE
+from tests.conftest import SAMPLE_DATE, race_for_lease
 
 boto3 = pytest.importorskip("boto3")  # apache-beam[aws]: Beam's S3 filesystem talks to S3 through boto3
 pytest.importorskip("moto.server")  # moto[server]: the S3 protocol served on loopback
@@ -368,16 +368,6 @@ def test_s3_a_crash_at_any_publish_step_leaves_the_old_or_the_new_partition(s3, 
     assert all("run-next" in k for k in _shards(keys, "scores"))  # what no manifest listed is gone
 
 
-def _race_on_s3(flags, control, partition, run_id, barrier, results):
-    FileSystems.set_options(PipelineOptions(flags))
-    barrier.wait()
-    try:
-        lease.acquire(control, partition, run_id, time.time(), 3600)
-        results.put((partition, run_id, "won"))
-    except lease.LeaseHeld:
-        results.put((partition, run_id, "held"))
-
-
 def test_s3_two_processes_racing_for_a_lease_never_both_win(s3, s3_flags):
     control = f"s3://{BUCKET}/race.staging"
     context = multiprocessing.get_context("fork")  # each child makes its own boto3 clients
@@ -386,7 +376,7 @@ def test_s3_two_processes_racing_for_a_lease_never_both_win(s3, s3_flags):
     for i in range(rounds):
         barrier = context.Barrier(2)
         args = [(s3_flags, control, f"day-{i}", f"run-{i}-{k}", barrier, results) for k in range(2)]
-        workers = [context.Process(target=_race_on_s3, args=a) for a in args]
+        workers = [context.Process(target=race_for_lease, args=a) for a in args]
         for w in workers:
             w.start()
         for w in workers:

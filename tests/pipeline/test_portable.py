@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.launcher import execute
-from tests.conftest import SAMPLE_DATE, sample_config
+from tests.conftest import SAMPLE_DATE, sample_config, score_args
 
 
 def _free_port() -> int:
@@ -130,27 +130,9 @@ def test_no_wait_returns_before_a_portable_job_ends_and_the_job_publishes_by_its
     job_port, pool_port = portable_services
     output = tmp_path / "out"
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    command = [
-        sys.executable,
-        "-m",
-        "pipeline",
-        "score",
-        "--customers",
-        str(sample_dir / "customers"),
-        "--reviews",
-        str(sample_dir / "reviews"),
-        "--model-dir",
-        str(bundle_dir),
-        "--output",
-        str(output),
-        "--date",
-        SAMPLE_DATE,
-        "--no-wait",
-        "--runner=PortableRunner",
-        f"--job_endpoint=localhost:{job_port}",
-        "--environment_type=EXTERNAL",
-        f"--environment_config=localhost:{pool_port}",
-    ]
+    pool = [f"--job_endpoint=localhost:{job_port}", "--environment_type=EXTERNAL"]
+    flags = ["--no-wait", "--runner=PortableRunner", *pool, f"--environment_config=localhost:{pool_port}"]
+    command = [sys.executable, "-m", "pipeline", *score_args(sample_dir, bundle_dir, output, *flags)]
     submitted = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert submitted.returncode == 0, submitted.stderr[-3000:]
     assert submitted.stdout.startswith("submitted: run ") and f"dt={SAMPLE_DATE}" in submitted.stdout

@@ -23,7 +23,7 @@ from pipeline.config import build_config
 from pipeline.launcher import execute
 from pipeline.publish import STEPS, SUCCESS_FILE, check_partition, publish_partition, read_manifest
 from pipeline.sample_data import write_sample_data
-from tests.conftest import corrupt_first_page_header, run_bundle
+from tests.conftest import corrupt_first_page_header, race_for_lease, run_bundle
 
 DATE = "2026-03-01"
 IDS = pa.schema([("review_id", pa.int64())])
@@ -140,15 +140,6 @@ def test_check_partition_names_a_missing_a_short_and_a_resized_file(tmp_path):
 # Leases, raced by real processes
 
 
-def _race(control: str, partition: str, run_id: str, barrier, results) -> None:
-    barrier.wait()
-    try:
-        lease.acquire(control, partition, run_id, time.time(), 3600)
-        results.put((partition, run_id, "won"))
-    except lease.LeaseHeld:
-        results.put((partition, run_id, "held"))
-
-
 def test_two_processes_racing_for_a_lease_never_both_win(tmp_path):
     control = str(tmp_path / "out.staging")
     context = multiprocessing.get_context("fork")
@@ -161,7 +152,8 @@ def test_two_processes_racing_for_a_lease_never_both_win(tmp_path):
             lease.release(control, partition, "earlier")
         barrier = context.Barrier(2)
         workers = [
-            context.Process(target=_race, args=(control, partition, f"run-{i}-{k}", barrier, results)) for k in range(2)
+            context.Process(target=race_for_lease, args=(None, control, partition, f"run-{i}-{k}", barrier, results))
+            for k in range(2)
         ]
         for w in workers:
             w.start()
