@@ -14,14 +14,22 @@ from datetime import UTC, datetime
 import numpy as np
 
 from model.architecture import NUMERIC_INPUT, TEXT_INPUT
+from model.runtime import PARITY_TOLERANCE
 
-FORMAT_VERSION = 1
+# Format 2 adds the LiteRT conversion (model.tflite) and the parity probe (parity.npz) to format 1's files.
+FORMAT_VERSION = 2
 MODEL_FILE = "model.keras"
+LITERT_FILE = "model.tflite"
+PARITY_FILE = "parity.npz"
 VOCABULARY_FILE = "vocabulary.txt"
 TOKENIZER_FILE = "tokenizer.json"
 SCALER_FILE = "scaler.json"
 METADATA_FILE = "metadata.json"
-BUNDLE_FILES = (MODEL_FILE, VOCABULARY_FILE, TOKENIZER_FILE, SCALER_FILE, METADATA_FILE)
+BUNDLE_FILES = (MODEL_FILE, LITERT_FILE, PARITY_FILE, VOCABULARY_FILE, TOKENIZER_FILE, SCALER_FILE, METADATA_FILE)
+# Files whose sha256 metadata.json records, so a launcher without TensorFlow can tell that none was changed.
+DIGESTED_FILES = (MODEL_FILE, LITERT_FILE, PARITY_FILE)
+# The LiteRT flatbuffer's fixed batch dimension (LSTMs convert to builtin ops only with static shapes): rows per call.
+LITERT_BATCH_SIZE = 4096
 
 # Ids below this are reserved: 0 pads a short sequence, 1 stands for a word not in the vocabulary.
 PAD_ID = 0
@@ -43,6 +51,7 @@ class ModelBundle:
     tokenizer: dict
     scaler: dict
     metadata: dict = field(default_factory=dict)
+    local_dir: str = ""
 
     @property
     def model_version(self) -> str:
@@ -65,17 +74,57 @@ def _canonical_json(obj) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def content_version(model, vocabulary, tokenizer: dict, scaler: dict) -> str:
-    """A version string derived from the weights and preprocessing artifacts, so equal bundles share it."""
+def weights_digest(model) -> str:
+    """sha256 of the Keras model's weights (dtypes, shapes and values), independent of how the file was zipped."""
     digest = hashlib.sha256()
     for weight in model.get_weights():
         array = np.ascontiguousarray(weight)
         digest.update(str(array.dtype).encode() + str(array.shape).encode())
         digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def file_digest(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def content_version(weights: str, litert: str, vocabulary, tokenizer: dict, scaler: dict) -> str:
+    """A version string derived from the weights, the LiteRT conversion and the preprocessing artifacts, so equal
+    bundles share it and a change to any of them changes it."""
+    digest = hashlib.sha256()
+    digest.update(weights.encode() + litert.encode())
     digest.update("\n".join(vocabulary).encode("utf-8"))
     digest.update(_canonical_json(tokenizer))
     digest.update(_canonical_json(scaler))
     return "sha256-" + digest.hexdigest()[:16]
+
+
+def convert_to_litert(model, features: int, sequence_length: int, batch_size: int = LITERT_BATCH_SIZE) -> bytes:
+    """The Keras model as a LiteRT flatbuffer of builtin ops only (no TensorFlow needed to run it), through a
+    SavedModel with a fixed-shape signature, the path TensorFlow documents for Keras 3."""
+    import functools
+
+    import tensorflow as tf
+    from keras.src.export import ExportArchive
+
+    signature = [
+        [
+            tf.TensorSpec([batch_size, features], tf.float32, name=NUMERIC_INPUT),
+            tf.TensorSpec([batch_size, sequence_length], tf.int32, name=TEXT_INPUT),
+        ]
+    ]
+    with tempfile.TemporaryDirectory(prefix="litert-export-") as saved_model:
+        archive = ExportArchive()
+        archive.track(model)
+        archive.add_endpoint("serve", functools.partial(model.__call__, training=False), input_signature=signature)
+        archive.write_out(saved_model, verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        return converter.convert()
 
 
 def save_bundle(
@@ -88,22 +137,40 @@ def save_bundle(
     extra_metadata: dict | None = None,
 ) -> ModelBundle:
     """Writes a bundle directory (replacing one that is there) and returns it loaded."""
+    from model.runtime import LiteRTRuntime, max_difference, parity_inputs
+
     vocabulary = tuple(vocabulary)
     os.makedirs(directory, exist_ok=True)
+    features, sequence_length = len(scaler["feature_names"]), int(tokenizer["sequence_length"])
+    litert = convert_to_litert(model, features, sequence_length)
+    numeric, tokens = parity_inputs(features, sequence_length, len(vocabulary) + RESERVED_IDS)
+    reference = np.asarray(model([numeric, tokens], training=False), dtype=np.float32).reshape(-1)
+    difference = max_difference(LiteRTRuntime(litert).predict(numeric, tokens), reference)
+    if not difference <= PARITY_TOLERANCE:
+        raise BundleError(f"model bundle {directory}: the LiteRT conversion differs from Keras by {difference}")
     model.save(os.path.join(directory, MODEL_FILE))
+    with open(os.path.join(directory, LITERT_FILE), "wb") as f:
+        f.write(litert)
+    with open(os.path.join(directory, PARITY_FILE), "wb") as f:
+        np.savez(f, numeric=numeric, tokens=tokens, scores=reference)
     with open(os.path.join(directory, VOCABULARY_FILE), "w", encoding="utf-8") as f:
         f.write("\n".join(vocabulary) + ("\n" if vocabulary else ""))
     for name, payload in ((TOKENIZER_FILE, tokenizer), (SCALER_FILE, scaler)):
         with open(os.path.join(directory, name), "w", encoding="utf-8") as f:
             json.dump(payload, f, indent=2, sort_keys=True)
+    weights = weights_digest(model)
+    digests = {name: file_digest(os.path.join(directory, name)) for name in DIGESTED_FILES}
     metadata = {
         "format_version": FORMAT_VERSION,
-        "model_version": content_version(model, vocabulary, tokenizer, scaler),
+        "model_version": content_version(weights, digests[LITERT_FILE], vocabulary, tokenizer, scaler),
         "feature_names": list(scaler["feature_names"]),
-        "sequence_length": int(tokenizer["sequence_length"]),
+        "sequence_length": sequence_length,
         "vocab_size": len(vocabulary) + RESERVED_IDS,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "metrics": metrics or {},
+        "weights_sha256": weights,
+        "files_sha256": digests,
+        "litert": {"batch_size": LITERT_BATCH_SIZE, "parity_max_abs_diff": difference},
         **(extra_metadata or {}),
     }
     with open(os.path.join(directory, METADATA_FILE), "w", encoding="utf-8") as f:
@@ -176,12 +243,40 @@ def _check_input(directory: str, model, index: int, name: str, width: int, dtype
 
 def validate_bundle(bundle: ModelBundle) -> None:
     """Checks that the artifacts agree with each other and with the model; raises BundleError naming what."""
-    d, model, tok, scaler, meta = bundle.path, bundle.model, bundle.tokenizer, bundle.scaler, bundle.metadata
-    for key in ("model_version", "feature_names", "sequence_length", "vocab_size"):
+    d, model, tok = bundle.path, bundle.model, bundle.tokenizer
+    pre = Preprocessing(bundle.vocabulary, bundle.tokenizer, bundle.scaler, bundle.metadata)
+    _validate_preprocessing(d, pre)
+    _check_input(d, model, 0, NUMERIC_INPUT, len(bundle.scaler["feature_names"]), "float32")
+    _check_input(d, model, 1, TEXT_INPUT, tok["sequence_length"], "int32")
+    out_shape = tuple(model.outputs[0].shape)
+    if out_shape != (None, 1):
+        raise BundleError(f"model bundle {d}: output has shape {out_shape}, expected (None, 1)")
+    embeddings = [layer for layer in model.layers if layer.__class__.__name__ == "Embedding"]
+    if not embeddings:
+        raise BundleError(f"model bundle {d}: {MODEL_FILE} has no Embedding layer for {TEXT_INPUT!r}")
+    input_dim = int(embeddings[0].input_dim)
+    if bundle.vocab_size > input_dim:
+        raise BundleError(
+            f"model bundle {d}: vocabulary of {bundle.vocab_size} ids is larger than the embedding's {input_dim}"
+        )
+    if weights_digest(model) != bundle.metadata["weights_sha256"]:
+        raise BundleError(
+            f"model bundle {d}: the weights of {MODEL_FILE} do not match the bundle's content "
+            f"({bundle.metadata['model_version']}); a file was changed after training"
+        )
+
+
+def _validate_preprocessing(d: str, pre: Preprocessing) -> None:
+    """The checks that need no model: metadata, tokenizer, scaler and vocabulary agree with each other."""
+    tok, scaler, meta = pre.tokenizer, pre.scaler, pre.metadata
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise BundleError(
+            f"model bundle {d}: format_version {meta.get('format_version')!r} is not {FORMAT_VERSION} "
+            f"(format 2 adds {LITERT_FILE}; write the bundle again with this version's save_bundle)"
+        )
+    for key in ("model_version", "feature_names", "sequence_length", "vocab_size", "weights_sha256", "files_sha256"):
         if key not in meta:
             raise BundleError(f"model bundle {d}: {METADATA_FILE} lacks {key!r}")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise BundleError(f"model bundle {d}: format_version {meta.get('format_version')!r} is not {FORMAT_VERSION}")
     for key in ("feature_names", "mean", "std"):
         if key not in scaler:
             raise BundleError(f"model bundle {d}: {SCALER_FILE} lacks {key!r}")
@@ -200,27 +295,26 @@ def validate_bundle(bundle: ModelBundle) -> None:
         )
     if tok.get("pad_id", PAD_ID) != PAD_ID or tok.get("oov_id", OOV_ID) != OOV_ID:
         raise BundleError(f"model bundle {d}: {TOKENIZER_FILE} must use pad_id 0 and oov_id 1")
-    _check_input(d, model, 0, NUMERIC_INPUT, n, "float32")
-    _check_input(d, model, 1, TEXT_INPUT, seq_len, "int32")
-    out_shape = tuple(model.outputs[0].shape)
-    if out_shape != (None, 1):
-        raise BundleError(f"model bundle {d}: output has shape {out_shape}, expected (None, 1)")
-    embeddings = [layer for layer in model.layers if layer.__class__.__name__ == "Embedding"]
-    if not embeddings:
-        raise BundleError(f"model bundle {d}: {MODEL_FILE} has no Embedding layer for {TEXT_INPUT!r}")
-    input_dim = int(embeddings[0].input_dim)
-    if bundle.vocab_size > input_dim:
+    vocab_size = len(pre.vocabulary) + RESERVED_IDS
+    if meta["vocab_size"] != vocab_size:
         raise BundleError(
-            f"model bundle {d}: vocabulary of {bundle.vocab_size} ids is larger than the embedding's {input_dim}"
+            f"model bundle {d}: {VOCABULARY_FILE} has {vocab_size} ids, {METADATA_FILE} says {meta['vocab_size']}"
         )
-    if meta["vocab_size"] != bundle.vocab_size:
-        raise BundleError(
-            f"model bundle {d}: {VOCABULARY_FILE} has {bundle.vocab_size} ids, "
-            f"{METADATA_FILE} says {meta['vocab_size']}"
-        )
-    if len(set(bundle.vocabulary)) != len(bundle.vocabulary) or "" in bundle.vocabulary:
+    if len(set(pre.vocabulary)) != len(pre.vocabulary) or "" in pre.vocabulary:
         raise BundleError(f"model bundle {d}: {VOCABULARY_FILE} has an empty or repeated word")
-    version = content_version(model, bundle.vocabulary, tok, scaler)
+
+
+def _check_content(d: str, directory: str, pre: Preprocessing) -> None:
+    """The files are the ones written with the bundle (their sha256 in metadata.json) and model_version is theirs."""
+    meta = pre.metadata
+    for name in DIGESTED_FILES:
+        if file_digest(os.path.join(directory, name)) != meta["files_sha256"].get(name):
+            raise BundleError(
+                f"model bundle {d}: {name} does not match the bundle's content ({meta['model_version']}); "
+                f"a file was changed after training"
+            )
+    litert = meta["files_sha256"][LITERT_FILE]
+    version = content_version(meta["weights_sha256"], litert, pre.vocabulary, pre.tokenizer, pre.scaler)
     if version != meta["model_version"]:
         raise BundleError(
             f"model bundle {d}: model_version {meta['model_version']} in {METADATA_FILE} does not match "
@@ -250,13 +344,15 @@ def resolve_model_dir(path: str) -> str:
 
 
 def load_bundle(path: str) -> ModelBundle:
-    """Loads and validates a bundle from a local or remote (FileSystems) directory."""
+    """Loads and validates a bundle with its Keras model (imports TensorFlow) from a local or remote directory."""
     directory = localize(path)
     _check_files(directory)
     pre = _read_preprocessing(directory)
+    _validate_preprocessing(path, pre)
     model = _load_keras(directory)
-    bundle = ModelBundle(path, model, pre.vocabulary, pre.tokenizer, pre.scaler, pre.metadata)
+    bundle = ModelBundle(path, model, pre.vocabulary, pre.tokenizer, pre.scaler, pre.metadata, directory)
     validate_bundle(bundle)
+    _check_content(path, directory, pre)
     return bundle
 
 
@@ -268,13 +364,33 @@ class Preprocessing:
     tokenizer: dict
     scaler: dict
     metadata: dict
+    local_dir: str = ""
+
+    @property
+    def model_version(self) -> str:
+        return self.metadata["model_version"]
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return tuple(self.scaler["feature_names"])
 
 
 def load_preprocessing(path: str) -> Preprocessing:
-    """Loads the tokenizer, vocabulary and scaler of a bundle; load_bundle validates them against the model."""
+    """Loads the tokenizer, vocabulary and scaler of a bundle, unchecked (benchmarks); check_bundle checks them."""
     directory = localize(path)
     _check_files(directory)
     return _read_preprocessing(directory)
+
+
+def check_bundle(path: str) -> Preprocessing:
+    """Validates a bundle without loading its model (no TensorFlow): every file is there, the artifacts agree, and
+    the model files and model_version are the ones the bundle was written with. What the launcher runs."""
+    directory = localize(path)
+    _check_files(directory)
+    pre = _read_preprocessing(directory)
+    _validate_preprocessing(path, pre)
+    _check_content(path, directory, pre)
+    return pre
 
 
 def _read_preprocessing(directory: str) -> Preprocessing:
@@ -286,4 +402,35 @@ def _read_preprocessing(directory: str) -> Preprocessing:
             vocabulary = tuple(line.rstrip("\n") for line in f)
     except (OSError, UnicodeDecodeError) as e:
         raise BundleError(f"model bundle {directory}: cannot read {VOCABULARY_FILE}: {e}") from None
-    return Preprocessing(vocabulary, tokenizer, scaler, metadata)
+    return Preprocessing(vocabulary, tokenizer, scaler, metadata, directory)
+
+
+def open_runtime(bundle: ModelBundle | Preprocessing, runtime: str, batch_size=4096, jit_compile=True, threads=1):
+    """The bundle's model on the named runtime (model.runtime.RUNTIMES), checked at load against the Keras scores
+    saved with the bundle (parity.npz): a runtime whose scores differ by more than PARITY_TOLERANCE is refused.
+    litert needs no TensorFlow; its batch size is the one the bundle was converted with."""
+    from model.runtime import LITERT, TENSORFLOW, LiteRTRuntime, TensorflowRuntime, max_difference
+
+    d = bundle.local_dir
+    meta = bundle.metadata
+    if runtime == LITERT:
+        with open(os.path.join(d, LITERT_FILE), "rb") as f:
+            model = LiteRTRuntime(f.read(), threads)
+        expected = [(model.batch_size, len(meta["feature_names"])), (model.batch_size, meta["sequence_length"])]
+        got = sorted((tuple(int(x) for x in i["shape"]) for i in model.input_details), key=lambda s: s[1])
+        if got != sorted(expected, key=lambda s: s[1]):
+            raise BundleError(f"model bundle {d}: {LITERT_FILE} has inputs {got}, expected {expected}")
+    elif runtime == TENSORFLOW:
+        keras_model = bundle.model if isinstance(bundle, ModelBundle) else load_bundle(d).model
+        model = TensorflowRuntime(keras_model, batch_size, jit_compile, threads)
+    else:
+        raise BundleError(f"unknown model runtime {runtime!r} (known: {LITERT}, {TENSORFLOW})")
+    with np.load(os.path.join(d, PARITY_FILE)) as probe:
+        numeric, tokens, reference = probe["numeric"], probe["tokens"], probe["scores"]
+    difference = max_difference(model.predict(numeric, tokens), reference)
+    if not difference <= PARITY_TOLERANCE:
+        raise BundleError(
+            f"model bundle {d}: the {runtime} runtime's scores differ from the Keras model's by {difference} "
+            f"(more than {PARITY_TOLERANCE}) on the bundle's parity probe"
+        )
+    return model

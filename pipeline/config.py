@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from model.runtime import RUNTIMES
 from transforms.schema import Columns
 
 DEFAULT_CONFIG = "configs/local.yaml"
@@ -33,6 +34,9 @@ class ScoreConfig:
     read_batch_size: int = 16384
     # Rows per model call; the compiled model is traced for powers of two up to this.
     inference_batch_size: int = 4096
+    # The model runtime: litert (the bundle's LiteRT conversion, no TensorFlow in the scoring process) or tensorflow
+    # (the Keras model as an XLA-compiled tf.function). litert calls have the bundle's batch size (4096).
+    runtime: str = "litert"
     # XLA-compile the model call (same scores within 1e-5, several times the throughput on CPU).
     jit_compile: bool = True
     # Background threads per worker for featurizing, and as many again for model calls: they work on earlier tables
@@ -138,6 +142,8 @@ def build_config(data: dict, source: str = "config") -> ScoreConfig:
     ):
         if getattr(config, key) < 1:
             raise ConfigError(f"{source}: setting {key!r} must be at least 1, got {getattr(config, key)}")
+    if config.runtime not in RUNTIMES:
+        raise ConfigError(f"{source}: setting 'runtime' must be one of {', '.join(RUNTIMES)}, got {config.runtime!r}")
     if config.psi_threshold <= 0:
         raise ConfigError(f"{source}: setting 'psi_threshold' must be positive")
     if not 0.0 <= config.max_reject_fraction <= 1.0:

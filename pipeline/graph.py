@@ -8,9 +8,11 @@ import pyarrow as pa
 from pipeline.commit import CommitPartition, WriteRunSummary
 from pipeline.config import ScoreConfig
 from pipeline.plan import RunPlan
-from transforms.inference import Featurize, PinnedBundle, ScoreReviews
+from transforms.featurize import Featurize
+from transforms.inference import ReviewModelHandler, ScoreReviews
 from transforms.io import ReadParquetBatches, WriteParquetShards, plan_read_tasks
 from transforms.join import JoinCustomers, build_customer_table
+from transforms.pinned import PinnedBundle
 from transforms.schema import FAILURES, FILE_INDEX, ROW_INDEX
 from transforms.validate import ValidateRows, duplicate_row_keys
 
@@ -91,12 +93,11 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig, plan: RunPlan) 
     )
     # One bundle per worker process for featurizing and scoring, pinned to the version the launcher planned with.
     bundle = PinnedBundle(plan.model_dir, plan.model_version)
-    featurized = validated.valid | "Featurize" >> beam.ParDo(
-        Featurize(bundle, schema, config.background_threads)
-    ).with_outputs(Featurize.STATS, Featurize.REJECTS, FAILURES, main="rows")
-    inferred = featurized.rows | "Infer" >> beam.ParDo(
-        ScoreReviews(bundle, schema, config.inference_batch_size, config.jit_compile, config.background_threads)
-    ).with_outputs(ScoreReviews.REJECTS, FAILURES, main="scores")
+    featurized = validated.valid | "Featurize" >> Featurize(bundle, schema, config.background_threads)
+    handler = ReviewModelHandler(
+        bundle, schema, config.runtime, config.inference_batch_size, config.jit_compile, config.background_threads
+    )
+    inferred = featurized.rows | "Infer" >> ScoreReviews(handler)
     rejects = (
         validated[ValidateRows.REJECTS],
         featurized[Featurize.REJECTS],

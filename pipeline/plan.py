@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
-from model.bundle import load_bundle, resolve_model_dir
+from model.bundle import check_bundle, resolve_model_dir
 from pipeline.config import ScoreConfig
 from pipeline.publish import is_complete
 from transforms.io import InputFile, inspect_file, partition_path, resolve_files
@@ -130,7 +130,7 @@ def plan_run(config: ScoreConfig, dates: list[str] | None, backfill: bool = Fals
     started = time.time()
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started)) + "-" + uuid.uuid4().hex[:8]
     model_dir = resolve_model_dir(config.model_dir)
-    bundle = load_bundle(model_dir)
+    bundle = check_bundle(model_dir)  # no TensorFlow: workers load the runtime and check its parity
     if list(bundle.feature_names) != list(config.columns.features):
         raise InputError(
             f"setting 'columns.features' {list(config.columns.features)} does not match the model bundle's "

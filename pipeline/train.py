@@ -13,7 +13,7 @@ from apache_beam.io.filesystems import FileSystems
 from model.architecture import ModelSpec
 from model.bundle import ModelBundle, save_bundle
 from model.training import fit_model
-from transforms.inference import Featurizer
+from transforms.featurize import Featurizer
 from transforms.io import resolve_files
 from transforms.join import build_customer_table, join_customers
 from transforms.numeric import Scaler
