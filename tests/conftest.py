@@ -109,3 +109,14 @@ def race_for_lease(flags, control: str, partition: str, run_id: str, barrier, re
         results.put((partition, run_id, "won"))
     except lease.LeaseHeld:
         results.put((partition, run_id, "held"))
+
+
+def run_handler(handler, elements):
+    """Drives the scoring ModelHandler as RunInference does (the model loaded once, one element per call) and
+    routes its results as ScoreReviews does: scores as (partition, table), the rest as TaggedOutputs."""
+    from transforms.inference import RouteScores
+
+    model = handler.load_model()
+    route = RouteScores()
+    route.setup()
+    return [output for result in handler.run_inference(elements, model) for output in route.process(result)]

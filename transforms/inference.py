@@ -114,7 +114,7 @@ class ReviewModelHandler(ModelHandler):
         return self._share
 
 
-class _RouteScores(beam.DoFn):
+class RouteScores(beam.DoFn):
     """Scored rows to the main output, rejects and partition failures to their tagged outputs; counts and logs."""
 
     REJECTS = "rejects"
@@ -148,7 +148,7 @@ class ScoreReviews(beam.PTransform):
     `invalid_score` rows) and FAILURES (a table the model fails on as a whole). Beam's RunInference metrics
     (batch sizes, latencies, model load time) come with it."""
 
-    REJECTS = _RouteScores.REJECTS
+    REJECTS = RouteScores.REJECTS
 
     def __init__(self, handler: ReviewModelHandler):
         super().__init__()
@@ -158,5 +158,5 @@ class ScoreReviews(beam.PTransform):
         return (
             tables
             | "RunInference" >> RunInference(self._handler)
-            | "RouteScores" >> beam.ParDo(_RouteScores()).with_outputs(self.REJECTS, FAILURES, main="scores")
+            | "RouteScores" >> beam.ParDo(RouteScores()).with_outputs(self.REJECTS, FAILURES, main="scores")
         )

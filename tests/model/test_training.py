@@ -7,7 +7,7 @@ import pytest
 from model.bundle import load_bundle
 from pipeline.sample_data import write_sample_data
 from pipeline.train import load_training_rows, train_bundle
-from transforms.inference import Featurizer
+from transforms.featurize import Featurizer
 from transforms.schema import Columns, InputError
 
 

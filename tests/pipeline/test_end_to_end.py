@@ -20,7 +20,7 @@ from pipeline.launcher import execute
 from pipeline.plan import plan_run
 from pipeline.train import load_training_rows
 from tests.conftest import SAMPLE_DATE, sample_config, score_args
-from transforms.inference import Featurizer
+from transforms.featurize import Featurizer
 from transforms.schema import Columns
 from transforms.validate import REASONS
 

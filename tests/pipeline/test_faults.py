@@ -17,12 +17,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from model.bundle import save_bundle
+from model.runtime import TensorflowRuntime as ModelScorer
 from pipeline.config import build_config
 from pipeline.launcher import execute
 from pipeline.publish import check_partition
 from pipeline.sample_data import write_sample_data
-from tests.conftest import corrupt_first_page_header, run_bundle
-from transforms.inference import NUMERIC, TOKENS, Featurizer, ModelScorer, ScoreReviews, score_with_isolation
+from tests.conftest import corrupt_first_page_header, run_handler
+from transforms.featurize import NUMERIC, TOKENS, Featurizer
+from transforms.inference import ReviewModelHandler, ScoreReviews
+from transforms.isolation import score_with_isolation
 from transforms.schema import RunSchema
 
 DATE = "2026-11-28"
@@ -400,8 +403,10 @@ def test_score_reviews_rejects_failing_rows_with_reasons(nan_on_inf_bundle_dir, 
             TOKENS: _matrix_column(tokens),
         }
     )
-    dofn = ScoreReviews(str(nan_on_inf_bundle_dir), RunSchema(), batch_size=16, jit_compile=False)
-    outputs = run_bundle(dofn, [(DATE, table)])
+    handler = ReviewModelHandler(
+        str(nan_on_inf_bundle_dir), RunSchema(), runtime="tensorflow", batch_size=16, jit_compile=False
+    )
+    outputs = run_handler(handler, [(DATE, table)])
     scored = [o for o in outputs if isinstance(o, tuple)]
     tagged = [o for o in outputs if not isinstance(o, tuple)]
     assert len(scored) == 1 and len(tagged) == 1 and tagged[0].tag == ScoreReviews.REJECTS

@@ -388,9 +388,14 @@ def test_a_backfill_with_one_unreadable_day_publishes_the_others_then_resumes(tm
         assert read_manifest(str(tmp_path / "out" / f"dt={day}"))["run_id"] == run_id
 
 
-def test_a_model_that_fails_on_every_row_fails_its_partition_fast(tmp_path, bundle_dir, bundle):
-    """Token ids beyond the embedding make every model call fail (a real failure of the real model on CPU)."""
-    from transforms.inference import NUMERIC, PROBES, TOKENS, ScoreReviews
+@pytest.mark.parametrize("runtime", ["litert", "tensorflow"])
+def test_a_model_that_fails_on_every_row_fails_its_partition_fast(tmp_path, bundle_dir, bundle, runtime):
+    """Token ids beyond the embedding make every model call fail (a real failure of the real model on CPU, on
+    either runtime: TensorFlow's InvalidArgumentError, LiteRT's out-of-bounds GATHER)."""
+    from tests.conftest import run_handler
+    from transforms.featurize import NUMERIC, TOKENS
+    from transforms.inference import ReviewModelHandler
+    from transforms.isolation import PROBES
     from transforms.schema import FAILURES, RunSchema
 
     n = 200
@@ -404,13 +409,12 @@ def test_a_model_that_fails_on_every_row_fails_its_partition_fast(tmp_path, bund
             TOKENS: pa.FixedSizeListArray.from_arrays(pa.array(tokens.reshape(-1)), tokens.shape[1]),
         }
     )
-    dofn = ScoreReviews(str(bundle_dir), RunSchema(), batch_size=64, jit_compile=False, threads=1)
-    dofn.setup()  # loads the shared scorer, whose calls to the real model are counted below
-    scorer, calls = dofn._scorer, []
+    handler = ReviewModelHandler(str(bundle_dir), RunSchema(), runtime, batch_size=64, jit_compile=False, threads=1)
+    scorer, calls = handler.load_model().runtime, []  # shared per process: the calls to the real model are counted
     predict = scorer.predict
     scorer.predict = lambda a, b: (calls.append(len(a)), predict(a, b))[1]
     try:
-        outputs = run_bundle(dofn, [(DATE, table)])
+        outputs = run_handler(handler, [(DATE, table)])
     finally:
         scorer.predict = predict  # the scorer is shared per process with later tests
     failures = [o for o in outputs if getattr(o, "tag", None) == FAILURES]

@@ -4,7 +4,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from transforms.inference import Featurizer, ModelScorer
+from model.runtime import TensorflowRuntime as ModelScorer
+from transforms.featurize import Featurizer
 
 TEXTS = [
     "Best tent I've ever owned!! Really happy with it.",

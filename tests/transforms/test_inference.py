@@ -4,14 +4,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from transforms.inference import (
-    MAX_FAILED_CALLS,
-    PROBES,
-    Featurizer,
-    ModelScorer,
-    isolate_failures,
-    score_with_isolation,
-)
+from model.runtime import TensorflowRuntime as ModelScorer
+from transforms.featurize import Featurizer
+from transforms.isolation import MAX_FAILED_CALLS, PROBES, isolate_failures, score_with_isolation
 
 TEXTS = [
     "Best tent I've ever owned!! Really happy with it.",

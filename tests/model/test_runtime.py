@@ -1,0 +1,89 @@
+"""The model runtimes: LiteRT and XLA scores against Keras, the bundle checked without TensorFlow, each refusal."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from model.bundle import LITERT_FILE, PARITY_FILE, BundleError, check_bundle, load_preprocessing, open_runtime
+from model.runtime import PARITY_TOLERANCE, RUNTIMES, max_difference, parity_inputs
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def probe(bundle):
+    return parity_inputs(len(bundle.feature_names), bundle.sequence_length, bundle.vocab_size, rows=4097, seed=3)
+
+
+@pytest.fixture(scope="module")
+def keras_scores(bundle, probe):
+    return np.asarray(bundle.model(list(probe), training=False)).reshape(-1)
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_each_runtime_matches_keras_within_tolerance_with_padding(bundle_dir, probe, keras_scores, runtime):
+    model = open_runtime(check_bundle(str(bundle_dir)), runtime, batch_size=256, threads=2)
+    numeric, tokens = probe
+    for n in (1, 255, 4097):  # a padded single row, a padded batch, and more than one fixed-size call
+        scores = model.predict(numeric[:n], tokens[:n])
+        assert scores.shape == (n,) and scores.dtype == np.float32
+        assert max_difference(scores, keras_scores[:n]) <= PARITY_TOLERANCE
+
+
+def test_a_mismatch_would_be_caught(bundle_dir, probe, keras_scores):
+    model = open_runtime(check_bundle(str(bundle_dir)), "litert")
+    shifted = model.predict(probe[0][1:65], probe[1][1:65])
+    assert max_difference(shifted, keras_scores[:64]) > PARITY_TOLERANCE
+
+
+def test_parity_is_recorded_when_the_bundle_is_written(bundle):
+    assert bundle.metadata["litert"]["parity_max_abs_diff"] <= PARITY_TOLERANCE
+    assert bundle.metadata["files_sha256"][LITERT_FILE]
+
+
+def test_a_changed_litert_file_is_refused_without_tensorflow(bundle_dir, tmp_path):
+    copy = tmp_path / "b"
+    shutil.copytree(bundle_dir, copy)
+    data = bytearray((copy / LITERT_FILE).read_bytes())
+    data[-1] ^= 0xFF
+    (copy / LITERT_FILE).write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"model\.tflite does not match the bundle's content"):
+        check_bundle(str(copy))
+
+
+def test_a_runtime_that_disagrees_with_keras_is_refused_at_load(bundle_dir, tmp_path):
+    copy = tmp_path / "b"
+    shutil.copytree(bundle_dir, copy)
+    with np.load(copy / PARITY_FILE) as probe:
+        arrays = dict(probe)
+    arrays["scores"] = arrays["scores"] + np.float32(1e-3)
+    with open(copy / PARITY_FILE, "wb") as f:
+        np.savez(f, **arrays)
+    with pytest.raises(BundleError, match=r"litert runtime's scores differ from the Keras model's by 0\.00"):
+        open_runtime(load_preprocessing(str(copy)), "litert")  # unchecked: check_bundle would refuse the digest
+
+
+def test_a_format_1_bundle_is_refused_naming_the_format(bundle_dir, tmp_path):
+    copy = tmp_path / "b"
+    shutil.copytree(bundle_dir, copy)
+    meta = json.loads((copy / "metadata.json").read_text())
+    meta["format_version"] = 1
+    (copy / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match=r"format_version 1 is not 2 \(format 2 adds model\.tflite"):
+        check_bundle(str(copy))
+
+
+def test_the_launcher_check_and_the_litert_path_import_no_tensorflow(bundle_dir):
+    code = (
+        "import sys; from model.bundle import check_bundle, open_runtime; import numpy as np;"
+        f"pre = check_bundle({str(bundle_dir)!r}); m = open_runtime(pre, 'litert');"
+        "m.predict(np.zeros((3, 2), np.float32), np.zeros((3, 50), np.int32));"
+        "import pipeline.launcher, transforms.inference;"
+        "assert not [n for n in sys.modules if n.split('.')[0] in ('tensorflow', 'keras')], 'TensorFlow imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO})
