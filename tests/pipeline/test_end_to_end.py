@@ -24,7 +24,9 @@ from transforms.featurize import Featurizer
 from transforms.schema import Columns
 from transforms.validate import REASONS
 
-PARITY_TOLERANCE = 1e-6
+# The pipeline's scores against Keras predict: XLA stays within 1e-6 here; LiteRT (a converted graph, XNNPACK
+# kernels) within the 1e-5 the runtimes are held to (model.runtime.PARITY_TOLERANCE), measured 4.9e-6 here.
+PARITY_TOLERANCE = {"tensorflow": 1e-6, "litert": 1e-5}
 
 
 def expected_scores(sample_dir, bundle, date=SAMPLE_DATE) -> dict:
@@ -43,8 +45,9 @@ def _score_rows(element):
 class ScoresClose:
     """A picklable matcher: exactly the expected review ids, each score within the parity tolerance."""
 
-    def __init__(self, expected: dict):
+    def __init__(self, expected: dict, tolerance: float = PARITY_TOLERANCE["tensorflow"]):
         self.expected = expected
+        self.tolerance = tolerance
 
     def __call__(self, actual):
         got = dict(actual)
@@ -53,8 +56,8 @@ class ScoresClose:
         if set(got) != set(self.expected):
             raise BeamAssertException(f"scored ids differ: {sorted(set(got) ^ set(self.expected))[:10]}")
         worst = max(abs(got[k] - self.expected[k]) for k in got)
-        if worst > PARITY_TOLERANCE:
-            raise BeamAssertException(f"largest score difference {worst} > {PARITY_TOLERANCE}")
+        if worst > self.tolerance:
+            raise BeamAssertException(f"largest score difference {worst} > {self.tolerance}")
 
 
 def _read_dir(directory, kind):
@@ -71,13 +74,14 @@ def nightly(sample_dir, bundle_dir, tmp_path_factory):
     return output / f"dt={SAMPLE_DATE}"
 
 
-def test_test_pipeline_scores_equal_in_process_prediction(sample_dir, bundle_dir, bundle, tmp_path):
-    config = sample_config(sample_dir, bundle_dir, tmp_path / "out", date=SAMPLE_DATE)
+@pytest.mark.parametrize("runtime", ["litert", "tensorflow"])
+def test_test_pipeline_scores_equal_in_process_prediction(sample_dir, bundle_dir, bundle, tmp_path, runtime):
+    config = sample_config(sample_dir, bundle_dir, tmp_path / "out", date=SAMPLE_DATE, runtime=runtime)
     plan = plan_run(config, [SAMPLE_DATE])
     expected = expected_scores(sample_dir, bundle)
     with BeamTestPipeline(runner=FnApiRunner()) as p:
         outputs = build_pipeline(p, config, plan)
-        assert_that(outputs["scores"] | beam.FlatMap(_score_rows), ScoresClose(expected))
+        assert_that(outputs["scores"] | beam.FlatMap(_score_rows), ScoresClose(expected, PARITY_TOLERANCE[runtime]))
     assert len(expected) > 250
 
 
