@@ -437,7 +437,7 @@ class _FailsOnMarker:
 
 
 def _featurize_outputs(bundle_dir, texts, marker):
-    from transforms.inference import Featurize
+    from transforms.featurize import FeaturizeTables
     from transforms.schema import RunSchema
 
     n = len(texts)
@@ -450,7 +450,7 @@ def _featurize_outputs(bundle_dir, texts, marker):
             "purchase_history": pa.array([10.0] * n),
         }
     )
-    dofn = Featurize(str(bundle_dir), RunSchema(), threads=1)
+    dofn = FeaturizeTables(str(bundle_dir), RunSchema(), threads=1)
     dofn.setup()
     real = dofn._featurizer
     dofn.setup = lambda: None  # keep the injected featurizer through run_bundle's lifecycle
