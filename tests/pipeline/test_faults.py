@@ -192,6 +192,10 @@ def test_a_run_stopped_by_sigterm_gives_its_lease_back_so_a_retry_starts_at_once
     command = [sys.executable, "-m", "pipeline", "score", "--customers", paths["customers"], "--reviews"]
     command += [paths["reviews"], "--model-dir", str(bundle_dir), "--output", output, "--date", DATE]
     command += ["--batch-size", "256", "--no-jit", "--runner=FnApiRunner"]
+    # The uncompiled TensorFlow runtime in 256-row calls keeps the run going for seconds after its first shard (LiteRT
+    # scores these 60k rows in about a second, so the run could end before the signal arrives).
+    (tmp_path / "slow.yaml").write_text("runtime: tensorflow\n")
+    command += ["--config", str(tmp_path / "slow.yaml")]
     log = tmp_path / "terminated.log"
     with open(log, "w") as log_file:
         process = subprocess.Popen(command, cwd=tmp_path, stdout=log_file, stderr=subprocess.STDOUT)
