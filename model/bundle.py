@@ -28,6 +28,11 @@ METADATA_FILE = "metadata.json"
 BUNDLE_FILES = (MODEL_FILE, LITERT_FILE, PARITY_FILE, VOCABULARY_FILE, TOKENIZER_FILE, SCALER_FILE, METADATA_FILE)
 # Files whose sha256 metadata.json records, so a launcher without TensorFlow can tell that none was changed.
 DIGESTED_FILES = (MODEL_FILE, LITERT_FILE, PARITY_FILE)
+# The metadata keys save_bundle writes itself; an upgraded bundle carries the old bundle's other keys over.
+_WRITTEN_METADATA = frozenset(
+    {"format_version", "model_version", "feature_names", "sequence_length", "vocab_size", "created_at", "metrics"}
+    | {"weights_sha256", "files_sha256", "litert"}
+)
 # The LiteRT flatbuffer's fixed batch dimension (LSTMs convert to builtin ops only with static shapes): rows per call.
 LITERT_BATCH_SIZE = 4096
 
@@ -209,6 +214,8 @@ def _read_json(directory: str, name: str) -> dict:
 def _check_files(directory: str) -> None:
     if not os.path.isdir(directory):
         raise BundleError(f"model bundle {directory}: no such directory")
+    if os.path.isfile(os.path.join(directory, METADATA_FILE)):  # an older format lacks files: say which format
+        _check_format(directory, _read_json(directory, METADATA_FILE))
     for name in BUNDLE_FILES:
         if not os.path.isfile(os.path.join(directory, name)):
             raise BundleError(f"model bundle {directory}: missing file {name}")
@@ -266,14 +273,19 @@ def validate_bundle(bundle: ModelBundle) -> None:
         )
 
 
-def _validate_preprocessing(d: str, pre: Preprocessing) -> None:
-    """The checks that need no model: metadata, tokenizer, scaler and vocabulary agree with each other."""
-    tok, scaler, meta = pre.tokenizer, pre.scaler, pre.metadata
+def _check_format(d: str, meta: dict) -> None:
     if meta.get("format_version") != FORMAT_VERSION:
         raise BundleError(
             f"model bundle {d}: format_version {meta.get('format_version')!r} is not {FORMAT_VERSION} "
-            f"(format 2 adds {LITERT_FILE}; write the bundle again with this version's save_bundle)"
+            f"(format 2 adds {LITERT_FILE}); write it again as a new version with "
+            f"`sentiment-score upgrade-bundle --model-dir {d} --output NEW_DIR`"
         )
+
+
+def _validate_preprocessing(d: str, pre: Preprocessing) -> None:
+    """The checks that need no model: metadata, tokenizer, scaler and vocabulary agree with each other."""
+    tok, scaler, meta = pre.tokenizer, pre.scaler, pre.metadata
+    _check_format(d, meta)
     for key in ("model_version", "feature_names", "sequence_length", "vocab_size", "weights_sha256", "files_sha256"):
         if key not in meta:
             raise BundleError(f"model bundle {d}: {METADATA_FILE} lacks {key!r}")
@@ -380,6 +392,55 @@ def load_preprocessing(path: str) -> Preprocessing:
     directory = localize(path)
     _check_files(directory)
     return _read_preprocessing(directory)
+
+
+def _format_1_version(model, vocabulary, tokenizer: dict, scaler: dict) -> str:
+    """model_version as format 1 computed it (weights and preprocessing, no LiteRT file): to check a bundle before
+    upgrading it."""
+    digest = hashlib.sha256()
+    for weight in model.get_weights():
+        array = np.ascontiguousarray(weight)
+        digest.update(str(array.dtype).encode() + str(array.shape).encode())
+        digest.update(array.tobytes())
+    digest.update("\n".join(vocabulary).encode("utf-8"))
+    digest.update(_canonical_json(tokenizer))
+    digest.update(_canonical_json(scaler))
+    return "sha256-" + digest.hexdigest()[:16]
+
+
+def upgrade_bundle(source: str, destination: str) -> ModelBundle:
+    """Writes a format-1 bundle (before the LiteRT conversion) again as a current one in a new directory: the same
+    weights and preprocessing, checked against the old model_version first, plus the conversion and its parity
+    probe. The new bundle has a new model_version (it covers the LiteRT file) and records the old one."""
+    directory = localize(source)
+    if not os.path.isdir(directory):
+        raise BundleError(f"model bundle {source}: no such directory")
+    for name in (MODEL_FILE, VOCABULARY_FILE, TOKENIZER_FILE, SCALER_FILE, METADATA_FILE):
+        if not os.path.isfile(os.path.join(directory, name)):
+            raise BundleError(f"model bundle {source}: missing file {name}")
+    pre = _read_preprocessing(directory)
+    found = pre.metadata.get("format_version")
+    if found != 1:
+        raise BundleError(f"model bundle {source}: format_version {found!r}: only a format-1 bundle is upgraded")
+    model = _load_keras(directory)
+    old = pre.metadata.get("model_version")
+    if _format_1_version(model, pre.vocabulary, pre.tokenizer, pre.scaler) != old:
+        raise BundleError(
+            f"model bundle {source}: model_version {old} does not match the bundle's content; a file was changed "
+            f"after training, so it is not upgraded"
+        )
+    if os.path.exists(destination) and os.listdir(destination):
+        raise BundleError(f"{destination}: not empty; an upgraded bundle goes to a new version folder")
+    extra = {k: v for k, v in pre.metadata.items() if k not in _WRITTEN_METADATA}
+    return save_bundle(
+        destination,
+        model,
+        pre.vocabulary,
+        pre.tokenizer,
+        pre.scaler,
+        pre.metadata.get("metrics"),
+        {**extra, "upgraded_from": {"model_version": old, "format_version": 1, "path": source}},
+    )
 
 
 def check_bundle(path: str) -> Preprocessing:

@@ -87,3 +87,52 @@ def test_the_launcher_check_and_the_litert_path_import_no_tensorflow(bundle_dir)
         "assert not [n for n in sys.modules if n.split('.')[0] in ('tensorflow', 'keras')], 'TensorFlow imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO})
+
+
+def _as_format_1(bundle_dir, destination):
+    """The bundle as the previous version wrote it: no LiteRT file or parity probe, format 1's model_version."""
+    from model.bundle import _format_1_version, load_bundle
+
+    bundle = load_bundle(str(bundle_dir))
+    destination.mkdir()
+    for name in ("model.keras", "vocabulary.txt", "tokenizer.json", "scaler.json"):
+        shutil.copy(bundle_dir / name, destination / name)
+    meta = {k: v for k, v in bundle.metadata.items() if k not in ("weights_sha256", "files_sha256", "litert")}
+    meta["format_version"] = 1
+    meta["model_version"] = _format_1_version(bundle.model, bundle.vocabulary, bundle.tokenizer, bundle.scaler)
+    (destination / "metadata.json").write_text(json.dumps(meta))
+    return bundle, meta["model_version"]
+
+
+def _cli(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_a_format_1_bundle_upgrades_to_a_new_version_with_the_same_scores(bundle_dir, tmp_path):
+    from model.bundle import load_bundle
+
+    original, old_version = _as_format_1(bundle_dir, tmp_path / "v1")
+    with pytest.raises(BundleError, match=r"sentiment-score upgrade-bundle --model-dir .*v1 --output NEW_DIR"):
+        check_bundle(str(tmp_path / "v1"))
+    done = _cli("upgrade-bundle", "--model-dir", str(tmp_path / "v1"), "--output", str(tmp_path / "v2"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    upgraded = load_bundle(str(tmp_path / "v2"))
+    assert upgraded.metadata["upgraded_from"]["model_version"] == old_version in done.stdout
+    assert upgraded.model_version in done.stdout and upgraded.model_version != old_version
+    numeric = np.random.default_rng(1).normal(size=(64, 2)).astype(np.float32)
+    tokens = np.random.default_rng(2).integers(0, upgraded.vocab_size, size=(64, 50)).astype(np.int32)
+    np.testing.assert_array_equal(
+        upgraded.model.predict([numeric, tokens], verbose=0), original.model.predict([numeric, tokens], verbose=0)
+    )
+    assert open_runtime(check_bundle(str(tmp_path / "v2")), "litert").predict(numeric, tokens).shape == (64,)
+
+
+def test_a_format_1_bundle_changed_after_training_is_not_upgraded(bundle_dir, tmp_path):
+    _as_format_1(bundle_dir, tmp_path / "v1")
+    (tmp_path / "v1" / "vocabulary.txt").write_text("changed\n" + (tmp_path / "v1" / "vocabulary.txt").read_text())
+    done = _cli("upgrade-bundle", "--model-dir", str(tmp_path / "v1"), "--output", str(tmp_path / "v2"))
+    assert done.returncode == 1
+    assert "does not match the bundle's content" in done.stderr and not (tmp_path / "v2").exists()
