@@ -239,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"sentiment-score: config error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except Terminated as e:  # outside the pipeline: the launcher has given the leases back already
+        print(f"sentiment-score: error: {e}; nothing was published", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def run() -> None:

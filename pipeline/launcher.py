@@ -267,6 +267,19 @@ def execute(
     except lease.LeaseError as e:
         _release(plan, taken)
         return _fatal(str(e))
+    except BaseException:  # SIGTERM or Ctrl-C while taking them
+        _release(plan, taken)
+        raise
+    try:
+        return _launch(config, plan, options, test_pipeline, backfill, wait)
+    except BaseException:  # SIGTERM (a scheduler's timeout) or Ctrl-C: give the partitions back before exiting
+        _release(plan, plan.partitions)
+        remove_staging(plan.staging_root)
+        raise
+
+
+def _launch(config: ScoreConfig, plan: RunPlan, options: PipelineOptions, test_pipeline, backfill: bool, wait: bool):
+    """With the partitions' leases held: clean dead staging, then submit, or run chunk by chunk and report."""
     _clean_dead_staging(plan, plan.partitions)
 
     total = sum(plan.rows_by_partition.values())
@@ -288,12 +301,7 @@ def execute(
         )
         return EXIT_OK
 
-    try:
-        return _run_chunks(config, plan, options, test_pipeline, backfill, started)
-    except BaseException:  # SIGTERM (a scheduler's timeout) or Ctrl-C: give the partitions back before exiting
-        _release(plan, plan.partitions)
-        remove_staging(plan.staging_root)
-        raise
+    return _run_chunks(config, plan, options, test_pipeline, backfill, started)
 
 
 def _run_chunks(
