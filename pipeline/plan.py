@@ -15,7 +15,7 @@ from apache_beam.io.filesystems import FileSystems
 from model.bundle import check_bundle, resolve_model_dir
 from pipeline.config import ScoreConfig
 from pipeline.publish import is_complete
-from transforms.io import InputFile, inspect_file, partition_path, resolve_files
+from transforms.io import InputFile, inspect_files, partition_path, resolve_files
 from transforms.schema import InputError, RunSchema, id_kind, is_number, text_kind
 
 _LOG = logging.getLogger(__name__)
@@ -76,8 +76,8 @@ def _inspect_customers(config: ScoreConfig, kinds: dict) -> list[InputFile]:
         raise InputError(f"{config.customers}: no customer files match")
     files = []
     c = config.columns
-    for i, path in enumerate(paths):
-        info, schema = inspect_file(path, i)
+    for info, schema in inspect_files([(path, i, "") for i, path in enumerate(paths)]):
+        path = info.path
         kind = _kind(path, schema, c.customer_id, id_kind, "an integer or string id")
         _same_kind(kinds, "customer_id", kind, path)
         for feature in c.features:
@@ -89,15 +89,13 @@ def _inspect_customers(config: ScoreConfig, kinds: dict) -> list[InputFile]:
 def _inspect_reviews(paths_by_partition: dict[str, list[str]], config: ScoreConfig, kinds: dict) -> list[InputFile]:
     files = []
     c = config.columns
-    index = 0
-    for partition, paths in paths_by_partition.items():
-        for path in paths:
-            info, schema = inspect_file(path, index, partition)
-            index += 1
-            _same_kind(kinds, "review_id", _kind(path, schema, c.review_id, id_kind, "an integer or string id"), path)
-            _same_kind(kinds, "customer_id", _kind(path, schema, c.customer_id, id_kind, "an id"), path)
-            _same_kind(kinds, "review_text", _kind(path, schema, c.review_text, text_kind, "a string"), path)
-            files.append(info)
+    listed = [(path, partition) for partition, paths in paths_by_partition.items() for path in paths]
+    for info, schema in inspect_files([(path, i, partition) for i, (path, partition) in enumerate(listed)]):
+        path = info.path
+        _same_kind(kinds, "review_id", _kind(path, schema, c.review_id, id_kind, "an integer or string id"), path)
+        _same_kind(kinds, "customer_id", _kind(path, schema, c.customer_id, id_kind, "an id"), path)
+        _same_kind(kinds, "review_text", _kind(path, schema, c.review_text, text_kind, "a string"), path)
+        files.append(info)
     return files
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import uuid
 from collections.abc import Sequence
@@ -12,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
@@ -19,6 +21,8 @@ from transforms.schema import FAILURES, FILE_INDEX, ROW_INDEX, InputError, confo
 
 _LOG = logging.getLogger(__name__)
 _GLOB_CHARS = set("*?[")
+# Footers read at once at start-up (threads: the reads wait on the network or disk, not the CPU).
+FOOTER_THREADS = 32
 
 
 @dataclass(frozen=True)
@@ -34,7 +38,8 @@ class InputFile:
 
 @dataclass(frozen=True)
 class ReadTask:
-    """A contiguous run of row groups of one file: the unit of parallel reading."""
+    """A contiguous run of row groups of one file: the unit of parallel reading planned at start-up, which the
+    runner may split further, between row groups, while it reads (ReadParquetBatches is splittable)."""
 
     path: str
     file_index: int
@@ -42,6 +47,7 @@ class ReadTask:
     row_groups: tuple[int, ...]
     first_row: int
     num_rows: int
+    group_rows: tuple[int, ...] = ()  # rows of each of row_groups, from the footer
 
 
 def _visible(path: str) -> bool:
@@ -73,30 +79,77 @@ def open_parquet(path: str) -> pq.ParquetFile:
 
 
 def inspect_file(path: str, index: int, partition: str = "") -> tuple[InputFile, pa.Schema]:
+    """A file's footer: its rows, row groups and Arrow schema."""
     parquet = open_parquet(path)
     meta = parquet.metadata
     groups = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
     return InputFile(path, index, meta.num_rows, groups, partition), parquet.schema_arrow
 
 
+def inspect_files(
+    files: Sequence[tuple[str, int, str]], threads: int = FOOTER_THREADS
+) -> list[tuple[InputFile, pa.Schema]]:
+    """inspect_file for each (path, index, partition), up to `threads` footers read at once (an object store
+    answers each in tens of milliseconds, mostly waiting); results in the given order, and the first file in that
+    order that fails raises, whatever order the reads finished in."""
+    if threads <= 1 or len(files) <= 1:
+        return [inspect_file(*f) for f in files]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(threads, len(files))) as pool:
+        futures = [pool.submit(inspect_file, *f) for f in files]
+        try:
+            return [future.result() for future in futures]
+        finally:
+            for future in futures:
+                future.cancel()
+
+
 def plan_read_tasks(files: Sequence[InputFile], rows_per_task: int = 250_000) -> list[ReadTask]:
     """Splits files into runs of whole row groups of about rows_per_task rows each."""
     tasks = []
     for f in files:
-        start, first, rows, groups = 0, 0, 0, []
+        first, rows, groups = 0, 0, []
         for g, n in enumerate(f.row_group_rows):
             groups.append(g)
             rows += n
             if rows >= rows_per_task:
-                tasks.append(ReadTask(f.path, f.index, f.partition, tuple(groups), first, rows))
-                first, start, rows, groups = start + rows, start + rows, 0, []
+                tasks.append(_task(f, groups, first))
+                first, rows, groups = first + rows, 0, []
         if groups:
-            tasks.append(ReadTask(f.path, f.index, f.partition, tuple(groups), first, rows))
+            tasks.append(_task(f, groups, first))
     return tasks
 
 
+def _task(f: InputFile, groups: list[int], first_row: int) -> ReadTask:
+    sizes = tuple(f.row_group_rows[g] for g in groups)
+    return ReadTask(f.path, f.index, f.partition, tuple(groups), first_row, sum(sizes), sizes)
+
+
+class RowGroupRanges(beam.transforms.core.RestrictionProvider):
+    """A ReadTask's restriction: a range of positions in its row_groups. Tasks come sized from the plan, so there is
+    no initial split; the runner splits a range between row groups while it is read (dynamic work rebalancing)."""
+
+    def initial_restriction(self, task: ReadTask) -> OffsetRange:
+        return OffsetRange(0, len(task.row_groups))
+
+    def create_tracker(self, restriction: OffsetRange) -> OffsetRestrictionTracker:
+        return OffsetRestrictionTracker(restriction)
+
+    def split(self, task: ReadTask, restriction: OffsetRange):
+        yield restriction
+
+    def restriction_size(self, task: ReadTask, restriction: OffsetRange) -> int:
+        return sum(task.group_rows[restriction.start : restriction.stop])
+
+    def is_bounded(self) -> bool:
+        return True
+
+
 class ReadParquetBatches(beam.DoFn):
-    """Reads a ReadTask's row groups as (partition, table) pairs conformed to a schema, batch_size rows at a time."""
+    """Reads a ReadTask's row groups as (partition, table) pairs conformed to a schema, batch_size rows at a time.
+
+    Splittable at row-group boundaries: each row group is claimed before it is read, and its rows are checked
+    against the footer's count, so a split task still reads every row exactly once.
+    """
 
     def __init__(self, schema: pa.Schema, batch_size: int = 16384, isolate_failures: bool = False):
         self._schema = schema
@@ -105,46 +158,58 @@ class ReadParquetBatches(beam.DoFn):
         self._columns = [f.name for f in schema if f.name not in (FILE_INDEX, ROW_INDEX)]
         self._rows_read = beam.metrics.Metrics.counter("sentiment", "rows_read")
 
-    def process(self, task):
+    def process(self, task, tracker=beam.DoFn.RestrictionParam(RowGroupRanges())):
         """Yields (partition, table). With isolate_failures, a file that fails mid-read sends its partition to the
         FAILURES output instead of failing the run, so one corrupt day of a backfill does not stop the others."""
         try:
-            yield from self._read(task)
+            yield from self._read(task, tracker)
         except InputError as e:
             if not self._isolate_failures:
                 raise
             yield beam.pvalue.TaggedOutput(FAILURES, (task.partition, partition_failure("read", str(e))))
 
-    def _read(self, task):
+    def _read(self, task, tracker):
+        position = tracker.current_restriction().start
+        row = task.first_row + sum(task.group_rows[:position])
+        parquet = None
+        while tracker.try_claim(position):
+            group = task.row_groups[position]
+            if parquet is None:
+                try:
+                    parquet = open_parquet(task.path)
+                except Exception as e:
+                    reason = " ".join(str(e).split())[:200]
+                    raise InputError(f"{task.path}: cannot open for reading: {reason}") from None
+            read = 0
+            for batch in self._batches(parquet, task.path, group):
+                n = batch.num_rows
+                table = pa.Table.from_batches([batch])
+                table = table.append_column(FILE_INDEX, pa.array(np.full(n, task.file_index, dtype=np.int32)))
+                table = table.append_column(ROW_INDEX, pa.array(np.arange(row, row + n, dtype=np.int64)))
+                row += n
+                read += n
+                self._rows_read.inc(n)
+                yield task.partition, conform(table, self._schema)
+            if read != task.group_rows[position]:
+                raise InputError(
+                    f"{task.path}: read {read} rows from row group {group}, footer says {task.group_rows[position]}"
+                )
+            position += 1
+
+    def _batches(self, parquet: pq.ParquetFile, path: str, group: int):
         try:
-            parquet = open_parquet(task.path)
-            batches = parquet.iter_batches(
-                batch_size=self._batch_size, row_groups=list(task.row_groups), columns=self._columns
-            )
+            batches = parquet.iter_batches(batch_size=self._batch_size, row_groups=[group], columns=self._columns)
         except Exception as e:
-            raise InputError(f"{task.path}: cannot open for reading: {' '.join(str(e).split())[:200]}") from None
-        row = task.first_row
-        read = 0
+            raise InputError(f"{path}: cannot open for reading: {' '.join(str(e).split())[:200]}") from None
         while True:
             try:
                 batch = next(batches, None)
             except Exception as e:  # a corrupt page or truncated file: name the file, not just Arrow's reason
                 reason = " ".join(str(e).split())[:200]
-                raise InputError(f"{task.path}: cannot read row groups {list(task.row_groups)}: {reason}") from None
+                raise InputError(f"{path}: cannot read row group {group}: {reason}") from None
             if batch is None:
-                break
-            n = batch.num_rows
-            table = pa.Table.from_batches([batch])
-            table = table.append_column(FILE_INDEX, pa.array(np.full(n, task.file_index, dtype=np.int32)))
-            table = table.append_column(ROW_INDEX, pa.array(np.arange(row, row + n, dtype=np.int64)))
-            row += n
-            read += n
-            self._rows_read.inc(n)
-            yield task.partition, conform(table, self._schema)
-        if read != task.num_rows:
-            raise InputError(
-                f"{task.path}: read {read} rows from row groups {task.row_groups}, footer says {task.num_rows}"
-            )
+                return
+            yield batch
 
 
 def partition_path(root: str, partition: str) -> str:
