@@ -45,6 +45,9 @@ class ScoreConfig:
     # Row groups are grouped into read tasks of about this many rows: the unit of parallelism. Small enough that
     # --direct_num_workers=2 gets a task per worker from a 200k-row file of 100k-row groups.
     rows_per_read_task: int = 100_000
+    # The customer table is broadcast to every worker while its size, estimated from the Parquet footers at
+    # start-up, is at most this many MiB; above it the join becomes a keyed shuffle join (0: always shuffle).
+    broadcast_limit_mb: int = 512
     allow_empty: bool = False
     skip_existing: bool = False
     # A partition with more than this fraction of its rows rejected is not published (the run exits 1 naming it).
@@ -144,6 +147,8 @@ def build_config(data: dict, source: str = "config") -> ScoreConfig:
             raise ConfigError(f"{source}: setting {key!r} must be at least 1, got {getattr(config, key)}")
     if config.runtime not in RUNTIMES:
         raise ConfigError(f"{source}: setting 'runtime' must be one of {', '.join(RUNTIMES)}, got {config.runtime!r}")
+    if config.broadcast_limit_mb < 0:
+        raise ConfigError(f"{source}: setting 'broadcast_limit_mb' must be 0 or more, got {config.broadcast_limit_mb}")
     if config.psi_threshold <= 0:
         raise ConfigError(f"{source}: setting 'psi_threshold' must be positive")
     if not 0.0 <= config.max_reject_fraction <= 1.0:

@@ -120,3 +120,13 @@ def run_handler(handler, elements):
     route = RouteScores()
     route.setup()
     return [output for result in handler.run_inference(elements, model) for output in route.process(result)]
+
+
+def colliding_ids() -> tuple[str, str]:
+    """Two different string customer ids with the same 64-bit key (transforms.join.hash_strings): 2^11 8-byte words
+    in Thue-Morse order and their complement have the same polynomial hash mod 2^64 for every odd multiplier."""
+    bits = [0]
+    while len(bits) < 2048:
+        bits += [1 - x for x in bits]
+    a = "".join("aaaaaaaa" if x == 0 else "bbbbbbbb" for x in bits)
+    return a, a.translate(str.maketrans("ab", "ba"))

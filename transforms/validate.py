@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from transforms.join import HAS_CUSTOMER
+from transforms.join import BLOCK_BITS, HAS_CUSTOMER, buckets_of, id_keys, row_blocks, row_keys, split_by
 from transforms.schema import DETAIL, FILE_INDEX, REASON, ROW_INDEX, Columns, RunSchema, conform
 
 # Checked in this order; a row failing several checks gets the first reason only, so it is rejected once.
@@ -40,6 +40,9 @@ REASONS = (
     INVALID_SCORE,
 )
 
+# A partition with more review rows than this looks for duplicate ids in several hash buckets.
+DUPLICATE_BUCKET_ROWS = 4_000_000
+
 _DETAILS = {
     NULL_REVIEW_ID: "review_id is null",
     DUPLICATE_REVIEW_ID: "review_id already seen in this partition; the first by (file, row) is scored",
@@ -53,13 +56,6 @@ _DETAILS = {
 }
 
 
-def row_keys(file_index, row_index) -> np.ndarray:
-    """One int64 per row naming its file and row, for set lookups (2^40 rows per file is plenty)."""
-    files = np.asarray(file_index, dtype=np.int64)
-    rows = np.asarray(row_index, dtype=np.int64)
-    return (files << 40) | rows
-
-
 def _column(table: pa.Table, name: str) -> pa.Array:
     return table[name].combine_chunks()
 
@@ -69,15 +65,79 @@ def duplicate_row_keys(tables: Iterable[pa.Table], columns: Columns) -> np.ndarr
     tables = [t for t in tables if t.num_rows]
     if not tables:
         return np.zeros(0, dtype=np.int64)
-    table = pa.concat_tables(tables)
-    table = table.filter(pc.is_valid(table[columns.review_id]))
+    table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+    if table[columns.review_id].null_count:
+        table = table.filter(pc.is_valid(table[columns.review_id]))
     if table.num_rows < 2:
         return np.zeros(0, dtype=np.int64)
-    table = table.sort_by([(columns.review_id, "ascending"), (FILE_INDEX, "ascending"), (ROW_INDEX, "ascending")])
     ids = _column(table, columns.review_id)
-    repeat = np.concatenate([[False], pc.equal(ids[1:], ids[:-1]).to_numpy(zero_copy_only=False)])
+    # Exact integer codes for string ids: one hash table per call (per partition and bucket), not per batch.
+    codes = ids.to_numpy() if pa.types.is_integer(ids.type) else pc.dictionary_encode(ids).indices.to_numpy()
+    order = np.argsort(codes, kind="stable")
+    sorted_codes = codes[order]
+    first = np.r_[True, sorted_codes[1:] != sorted_codes[:-1]]
+    if first.all():
+        return np.zeros(0, dtype=np.int64)
+    keys = row_keys(_column(table, FILE_INDEX).to_numpy(), _column(table, ROW_INDEX).to_numpy())[order]
+    starts = np.flatnonzero(first)
+    kept = np.minimum.reduceat(keys, starts)  # the first occurrence by (file, row) of each id is scored
+    return np.sort(keys[keys != np.repeat(kept, np.diff(np.r_[starts, len(keys)]))])
+
+
+def _bucket_review_ids(element, columns: Columns, buckets: dict[str, int]):
+    partition, ids = element
+    n = buckets.get(partition, 1)
+    if n == 1:
+        yield (partition, 0), ids
+        return
+    valid = ids.filter(pc.is_valid(ids[columns.review_id])) if ids[columns.review_id].null_count else ids
+    for bucket, part in split_by(valid, buckets_of(id_keys(valid[columns.review_id])[0], n)):
+        yield (partition, bucket), part
+
+
+def _duplicates_by_block(element, columns: Columns):
+    _, tables = element
+    keys = duplicate_row_keys(tables, columns)
+    if not len(keys):
+        return
+    blocks = keys >> BLOCK_BITS
+    starts = np.flatnonzero(np.r_[True, blocks[1:] != blocks[:-1]])
+    for s, e in zip(starts, np.r_[starts[1:], len(keys)], strict=True):
+        yield int(blocks[s]), keys[s:e]
+
+
+class FindDuplicateReviews(beam.PTransform):
+    """(partition, id table) pairs → (block, sorted row keys of duplicate reviews), for batch_duplicates.
+
+    Ids are grouped by partition and, for a partition of more than DUPLICATE_BUCKET_ROWS rows, by a hash of the id,
+    so no worker needs a whole large day; the result is keyed by block so that each Validate worker fetches only the
+    keys of the rows it checks, not every duplicate of the run.
+    """
+
+    def __init__(self, columns: Columns, rows_by_partition: dict[str, int]):
+        super().__init__()
+        self._columns = columns
+        self._buckets = {p: max(1, -(-rows // DUPLICATE_BUCKET_ROWS)) for p, rows in rows_by_partition.items()}
+
+    def expand(self, ids):
+        return (
+            ids
+            | "BucketIds" >> beam.FlatMap(_bucket_review_ids, self._columns, self._buckets)
+            | "GroupIds" >> beam.GroupByKey()
+            | "DuplicatesByBlock" >> beam.FlatMap(_duplicates_by_block, self._columns)
+        )
+
+
+def batch_duplicates(table: pa.Table, duplicates) -> np.ndarray | None:
+    """The sorted duplicate row keys of the blocks a batch's rows fall in, from FindDuplicateReviews' output as a
+    multimap side input; None when there are none."""
+    if not table.num_rows:
+        return None
     keys = row_keys(_column(table, FILE_INDEX).to_numpy(), _column(table, ROW_INDEX).to_numpy())
-    return np.sort(keys[repeat])
+    arrays = [a for block in row_blocks(keys) for a in duplicates[int(block)]]
+    if not arrays:
+        return None
+    return arrays[0] if len(arrays) == 1 else np.sort(np.concatenate(arrays))
 
 
 def _as_binary(text: pa.Array) -> pa.Array:
@@ -128,7 +188,8 @@ def check_rows(joined: pa.Table, schema: RunSchema, duplicate_keys: np.ndarray |
     checks.append((NULL_REVIEW_ID, _column(joined, c.review_id).is_null().to_numpy(zero_copy_only=False)))
     if duplicate_keys is not None and len(duplicate_keys):
         keys = row_keys(_column(joined, FILE_INDEX).to_numpy(), _column(joined, ROW_INDEX).to_numpy())
-        checks.append((DUPLICATE_REVIEW_ID, np.isin(keys, duplicate_keys)))
+        at = np.searchsorted(duplicate_keys, keys).clip(0, len(duplicate_keys) - 1)  # the keys are sorted
+        checks.append((DUPLICATE_REVIEW_ID, duplicate_keys[at] == keys))
     checks.append((NULL_CUSTOMER_ID, _column(joined, c.customer_id).is_null().to_numpy(zero_copy_only=False)))
     checks.append((MISSING_CUSTOMER, ~_column(joined, HAS_CUSTOMER).to_numpy(zero_copy_only=False)))
     checks.append((NULL_TEXT, text.is_null().to_numpy(zero_copy_only=False)))
@@ -184,7 +245,7 @@ class ValidateRows(beam.DoFn):
 
     def process(self, element, duplicates):
         partition, table = element
-        valid, rejects = check_rows(table, self._schema, duplicates.get(partition))
+        valid, rejects = check_rows(table, self._schema, batch_duplicates(table, duplicates))
         if valid.num_rows:
             yield partition, valid
         if rejects.num_rows:
