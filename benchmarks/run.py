@@ -62,8 +62,8 @@ def ensure_model() -> str:
     return MODEL_DIR
 
 
-def _env() -> dict:
-    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
+def _env(root: str = ROOT) -> dict:
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": root}
 
 
 def _children() -> dict[int, list[int]]:
@@ -93,13 +93,14 @@ def _tree_rss(root: int) -> int:
     return total
 
 
-def measure(name: str, command: list[str], log_path: str) -> dict:
-    """Runs one contender; wall time, the peak of its process tree's summed RSS (sampled every 50 ms) and the
-    largest single process's ru_maxrss (wait4), plus whatever it reported on its result line."""
+def measure(name: str, command: list[str], log_path: str, cwd: str = ROOT) -> dict:
+    """Runs one contender (from cwd, which is also its PYTHONPATH: another checkout runs its own code); wall time,
+    the peak of its process tree's summed RSS (sampled every 50 ms) and the largest single process's ru_maxrss
+    (wait4), plus whatever it reported on its result line."""
     print(f"  {name}: {' '.join(command[2:])}", flush=True)
     with open(log_path, "w") as log:
         started = time.perf_counter()
-        proc = subprocess.Popen(command, cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(command, cwd=cwd, env=_env(cwd), stdout=log, stderr=subprocess.STDOUT)
         peak, done = [0], threading.Event()
 
         def sample():
