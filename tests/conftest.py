@@ -1,6 +1,10 @@
 """Shared fixtures: small real sample data and a real (briefly) trained model bundle, made once per session."""
 
 import os
+import socket
+import subprocess
+import sys
+import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -130,3 +134,79 @@ def colliding_ids() -> tuple[str, str]:
         bits += [1 - x for x in bits]
     a = "".join("aaaaaaaa" if x == 0 else "bbbbbbbb" for x in bits)
     return a, a.translate(str.maketrans("ab", "ba"))
+
+
+# A loopback S3 server (moto) for the object-store tests: credentials it accepts, and the Beam flags that reach it.
+S3_ACCESS_KEY, S3_SECRET_KEY, S3_REGION = "testing", "testing", "us-east-1"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def s3_client(endpoint: str):
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=S3_ACCESS_KEY,
+        aws_secret_access_key=S3_SECRET_KEY,
+        region_name=S3_REGION,
+    )
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint(tmp_path_factory):
+    """A moto S3 server in a subprocess on 127.0.0.1 only, answering before the tests start; stopped after."""
+    pytest.importorskip("boto3")  # apache-beam[aws]: Beam's S3 filesystem talks to S3 through boto3
+    pytest.importorskip("moto.server")  # moto[server]: the S3 protocol served on loopback
+    from apache_beam.io.filesystems import FileSystems
+
+    port = _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    log_path = tmp_path_factory.mktemp("moto") / "server.log"
+    previous_options = FileSystems._pipeline_options
+    with pytest.MonkeyPatch.context() as mp, open(log_path, "wb") as log:
+        # Loopback traffic must never go through a proxy a developer's shell may have set.
+        mp.setenv("NO_PROXY", ",".join(filter(None, [os.environ.get("NO_PROXY"), "127.0.0.1"])))
+        mp.setenv("no_proxy", ",".join(filter(None, [os.environ.get("no_proxy"), "127.0.0.1"])))
+        server = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            client = s3_client(endpoint)
+            deadline = time.time() + 30
+            while True:
+                if server.poll() is not None:
+                    pytest.fail(f"moto server exited with {server.returncode}: {log_path.read_text()[-2000:]}")
+                try:
+                    client.list_buckets()
+                    break
+                except Exception:
+                    if time.time() > deadline:
+                        pytest.fail(f"moto server did not answer on {endpoint} within 30s")
+                    time.sleep(0.2)
+            yield endpoint
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+            FileSystems.set_options(previous_options)  # the launcher sets them process-wide
+
+
+@pytest.fixture(scope="module")
+def s3_flags(s3_endpoint):
+    return [
+        f"--s3_endpoint_url={s3_endpoint}",
+        f"--s3_access_key_id={S3_ACCESS_KEY}",
+        f"--s3_secret_access_key={S3_SECRET_KEY}",
+        f"--s3_region_name={S3_REGION}",
+    ]

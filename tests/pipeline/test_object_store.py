@@ -4,11 +4,6 @@ import contextlib
 import io
 import json
 import multiprocessing
-import os
-import socket
-import subprocess
-import sys
-import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -21,82 +16,16 @@ from pipeline.config import build_config
 from pipeline.launcher import execute
 from pipeline.publish import STEPS, check_partition, publish_partition, read_manifest
 from tests.conftest import SAMPLE_DATE, race_for_lease
+from tests.conftest import s3_client as _client
 
 boto3 = pytest.importorskip("boto3")  # apache-beam[aws]: Beam's S3 filesystem talks to S3 through boto3
 pytest.importorskip("moto.server")  # moto[server]: the S3 protocol served on loopback
 
 BUCKET = "sentiment-e2e"
-ACCESS_KEY, SECRET_KEY, REGION = "testing", "testing", "us-east-1"
 PARTITION = f"out/dt={SAMPLE_DATE}/"
 STAGING = "out.staging/"
 KILLED_RUN_LEFTOVER = f"{STAGING}20260101T000000Z-deadbeef/dt={SAMPLE_DATE}/scores-orphan.parquet"
 STALE_SHARD = f"{PARTITION}scores-stale-from-elsewhere.parquet"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _client(endpoint: str):
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id=ACCESS_KEY,
-        aws_secret_access_key=SECRET_KEY,
-        region_name=REGION,
-    )
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint(tmp_path_factory):
-    """A moto S3 server in a subprocess on 127.0.0.1 only, answering before the tests start; stopped after."""
-    port = _free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    log_path = tmp_path_factory.mktemp("moto") / "server.log"
-    previous_options = FileSystems._pipeline_options
-    with pytest.MonkeyPatch.context() as mp, open(log_path, "wb") as log:
-        # Loopback traffic must never go through a proxy a developer's shell may have set.
-        mp.setenv("NO_PROXY", ",".join(filter(None, [os.environ.get("NO_PROXY"), "127.0.0.1"])))
-        mp.setenv("no_proxy", ",".join(filter(None, [os.environ.get("no_proxy"), "127.0.0.1"])))
-        server = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            client = _client(endpoint)
-            deadline = time.time() + 30
-            while True:
-                if server.poll() is not None:
-                    pytest.fail(f"moto server exited with {server.returncode}: {log_path.read_text()[-2000:]}")
-                try:
-                    client.list_buckets()
-                    break
-                except Exception:
-                    if time.time() > deadline:
-                        pytest.fail(f"moto server did not answer on {endpoint} within 30s")
-                    time.sleep(0.2)
-            yield endpoint
-        finally:
-            server.terminate()
-            try:
-                server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
-            FileSystems.set_options(previous_options)  # the launcher sets them process-wide
-
-
-@pytest.fixture(scope="module")
-def s3_flags(s3_endpoint):
-    return [
-        f"--s3_endpoint_url={s3_endpoint}",
-        f"--s3_access_key_id={ACCESS_KEY}",
-        f"--s3_secret_access_key={SECRET_KEY}",
-        f"--s3_region_name={REGION}",
-    ]
 
 
 @pytest.fixture(scope="module")
