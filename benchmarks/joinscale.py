@@ -5,8 +5,8 @@
 Every case runs the pipeline CLI as a subprocess on the same 1M reviews (one day), measured like `make bench`
 (wall time, peak RSS of the process tree); with --baseline DIR each case also runs from DIR (a checkout of the code
 before the change, with its own transforms/_tokens*.so), round-robin in the same invocation, so the ratios compare
-runs under the same machine load. The `files-1000` case plans 1,000 small review files on a loopback S3 server
-(moto), footer reads one at a time against all at once.
+runs under the same machine load. The `files-1000` case lists and reads the footers of 1,000 small review files on a
+loopback S3 server (moto), from each tree (`--files N` for another count).
 
 Data is generated once, vectorized, under benchmarks/data/joinscale/ (git-ignored):
 - base: `write_sample_data(reviews=1M, customers=333,333)`; the reviews' customer ids (and their 0.5 % of
@@ -18,10 +18,13 @@ Data is generated once, vectorized, under benchmarks/data/joinscale/ (git-ignore
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import datetime as dt
 import json
 import os
 import shutil
+import socket
+import subprocess
 import sys
 import time
 
@@ -32,7 +35,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from benchmarks.common import DATA, DATE, ROOT, WORK
-from benchmarks.run import ensure_model, machine, measure
+from benchmarks.run import ensure_data, ensure_model, machine, measure
 
 HERE = os.path.join(DATA, "joinscale")
 REVIEWS = 1_000_000
@@ -44,15 +47,19 @@ EXTRA_ID_BASE = 10**12
 README = os.path.join(os.path.dirname(__file__), "README.md")
 BEGIN, END = "<!-- joinscale:begin -->", "<!-- joinscale:end -->"
 
-# name: (customers, id kind, reviews, settings for this tree's config; the baseline runs with configs/local.yaml)
+# name: (customers, id kind, reviews, settings for this tree's config, also run the baseline). The baseline runs
+# with its own configs/local.yaml; it does not run the 20M case (ToList of 20M customer rows: ~10 GB by the issue's
+# 5M measurement).
 CASES = {
-    "int-333k": (BASE_CUSTOMERS, "int", "single", {}),
-    "string-333k": (BASE_CUSTOMERS, "string", "single", {}),
-    "int-5M": (5_000_000, "int", "single", {}),
-    "string-5M": (5_000_000, "string", "single", {}),
-    "int-20M-shuffle": (20_000_000, "int", "single", {"broadcast_limit_mb": 0}),
-    "int-333k-twice": (BASE_CUSTOMERS, "int", "twice", {}),
+    "int-333k": (BASE_CUSTOMERS, "int", "single", {}, True),
+    "string-333k": (BASE_CUSTOMERS, "string", "single", {}, True),
+    "int-5M": (5_000_000, "int", "single", {}, True),
+    "string-5M": (5_000_000, "string", "single", {}, True),
+    "int-20M-shuffle": (20_000_000, "int", "single", {"broadcast_limit_mb": 0}, False),
+    "int-333k-twice": (BASE_CUSTOMERS, "int", "twice", {}, True),
+    "sample-2M": (None, "int", "sample-2M", {}, True),  # benchmarks.run's 2M-review data: the README's in-memory case
 }
+FILES_CASE = "files-1000"
 
 
 def _string_ids(ids: pa.Array) -> pa.Array:
@@ -164,6 +171,14 @@ def _config(work: str, name: str, settings: dict) -> str:
     return path
 
 
+def _inputs(name: str) -> list[str]:
+    count, kind, layout, _, _ = CASES[name]
+    if layout == "sample-2M":
+        root = ensure_data(2_000_000)
+        return ["--customers", os.path.join(root, "customers"), "--reviews", os.path.join(root, "reviews")]
+    return ["--customers", customers_dir(count, kind), "--reviews", reviews_dir(kind, layout)]
+
+
 def run_cases(names: list[str], repeat: int, baseline: str | None) -> dict:
     model = ensure_model()
     work = os.path.join(WORK, "joinscale")
@@ -172,9 +187,11 @@ def run_cases(names: list[str], repeat: int, baseline: str | None) -> dict:
     trees = {"this": ROOT, **({"baseline": os.path.abspath(baseline)} if baseline else {})}
     commands = {}
     for name in names:
-        count, kind, layout, settings = CASES[name]
-        inputs = ["--customers", customers_dir(count, kind), "--reviews", reviews_dir(kind, layout)]
+        settings, with_baseline = CASES[name][3], CASES[name][4]
+        inputs = _inputs(name)
         for tree, root in trees.items():
+            if tree == "baseline" and not with_baseline:
+                continue
             config = _config(work, name, settings) if tree == "this" else os.path.join(root, "configs", "local.yaml")
             output = os.path.join(work, f"{name}-{tree}")
             cli = [sys.executable, "-m", "pipeline", "score", "--config", config, "--date", DATE, *inputs]
@@ -202,25 +219,217 @@ def _outcome(output: str) -> dict:
     return {"rows": summary["rows"], "rejected_by_reason": summary["rejected_by_reason"], **summary["customers"]}
 
 
+_PLAN_SNIPPET = """
+import json, sys, time
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+from pipeline.config import build_config
+from pipeline.plan import _inspect_reviews
+from transforms.io import resolve_files
+flags, settings = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+FileSystems.set_options(PipelineOptions(flags))
+config = build_config(settings)
+started = time.perf_counter()
+paths = resolve_files(settings["reviews"])
+files = _inspect_reviews({settings["date"]: paths}, config, {})
+print(json.dumps({"plan_s": time.perf_counter() - started, "files": len(files)}))
+"""
+
+
+def plan_files(count: int, repeat: int, baseline: str | None) -> dict:
+    """Lists and reads the footers of `count` review files of 1,000 rows on a moto S3 server on loopback, from each
+    tree in a subprocess of its own (the baseline once: it takes minutes)."""
+    import boto3
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    try:
+        client = boto3.client(
+            "s3", endpoint_url=endpoint, aws_access_key_id="k", aws_secret_access_key="s", region_name="us-east-1"
+        )
+        for _ in range(150):
+            try:
+                client.list_buckets()
+                break
+            except Exception:  # not answering yet
+                time.sleep(0.2)
+        client.create_bucket(Bucket="bench-files")
+        reviews = pq.read_table(os.path.join(reviews_dir("int", "single"), f"dt={DATE}", "part-00000.parquet"))
+        bodies = []
+        for i in range(count):
+            sink = pa.BufferOutputStream()
+            pq.write_table(reviews.slice((i * 1000) % (reviews.num_rows - 1000), 1000), sink)
+            bodies.append((f"reviews/dt={DATE}/part-{i:05d}.parquet", sink.getvalue().to_pybytes()))
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda kv: client.put_object(Bucket="bench-files", Key=kv[0], Body=kv[1]), bodies))
+        flags = [f"--s3_endpoint_url={endpoint}", "--s3_access_key_id=k", "--s3_secret_access_key=s"]
+        flags.append("--s3_region_name=us-east-1")
+        settings = {"customers": "unused", "reviews": f"s3://bench-files/reviews/dt={DATE}", "date": DATE}
+        settings.update(model_dir="unused", output="unused")
+        trees = {"this": ROOT, **({"baseline": os.path.abspath(baseline)} if baseline else {})}
+        seconds: dict = {tree: [] for tree in trees}
+        for repetition in range(repeat):
+            for tree, root in trees.items():
+                if tree == "baseline" and repetition:
+                    continue
+                command = [sys.executable, "-c", _PLAN_SNIPPET, json.dumps(flags), json.dumps(settings)]
+                done = subprocess.run(
+                    command, cwd=root, env={**env, "PYTHONPATH": root}, capture_output=True, text=True
+                )
+                if done.returncode:
+                    raise RuntimeError(f"planning from {root} failed: {done.stderr[-2000:]}")
+                result = json.loads(done.stdout.strip().splitlines()[-1])
+                assert result["files"] == count, result
+                seconds[tree].append(round(result["plan_s"], 2))
+                print(f"  {FILES_CASE} [{tree}]: {seconds[tree][-1]} s", flush=True)
+        return {"files": count, "rows_per_file": 1000, "plan_s": seconds}
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def _best(runs: list[dict]) -> dict:
+    """The fastest run's figures, every run's rows/s and load, and the highest peak RSS of any run."""
+    timed = [r for r in runs if "rows_per_s" in r]
+    if len(timed) < len(runs):
+        return next(r for r in runs if "rows_per_s" not in r)
+    best = dict(max(timed, key=lambda r: r["rows_per_s"]))
+    best["repetitions"] = [(r["rows_per_s"], r["load"]) for r in runs]
+    best["peak_rss_tree_gb"] = max(r["peak_rss_tree_gb"] for r in runs)
+    return best
+
+
+def table(results: dict, files: dict | None) -> str:
+    lines = [
+        "| case | tree | wall s | CPU s | rows/s | x baseline | peak RSS GB | scored / rejected | customers unique / "
+        "duplicate / null | runs (rows/s @ load) |",
+        "|---|---|---:|---:|---:|---:|---:|---|---|---|",
+    ]
+    for key, r in results.items():
+        name, tree = key.split(" [")
+        tree = tree.rstrip("]")
+        if "rows_per_s" not in r:
+            lines.append(f"| {name} | {tree} | {r['wall_s']} | | failed | | | {r.get('error', '')} | | |")
+            continue
+        base = results.get(f"{name} [baseline]", {})
+        ratio = f"{r['rows_per_s'] / base['rows_per_s']:.2f}" if tree == "this" and "rows_per_s" in base else ""
+        o = r["outcome"]
+        facts = f"{o['customers_unique']:,} / {o['duplicate_customer_ids']:,} / {o['null_customer_ids']:,}"
+        reps = ", ".join(f"{v:,} @ {load}" for v, load in r["repetitions"])
+        lines.append(
+            f"| {name} | {tree} | {r['wall_s']} | {r['cpu_s']} | {r['rows_per_s']:,} | {ratio} | "
+            f"{r['peak_rss_tree_gb']} | {o['rows']['scored']:,} / {o['rows']['rejected']:,} | {facts} | {reps} |"
+        )
+    if files:
+        lines += [
+            "",
+            f"Planning {files['files']:,} review files of {files['rows_per_file']:,} rows on the loopback S3 "
+            "server (`plan_run`: list, bundle check, every footer; best of the runs):",
+            "",
+        ]
+        for tree, seconds in files["plan_s"].items():
+            lines.append(f"- {tree}: {min(seconds):.1f} s (runs: {', '.join(f'{s:.1f}' for s in seconds)})")
+    return "\n".join(lines)
+
+
+def targets(results: dict) -> list[str]:
+    """The issue's targets, from this tree's runs."""
+    out = []
+
+    def get(name):
+        return results.get(f"{name} [this]", {})
+
+    small, large, shuffle = get("int-333k"), get("string-5M"), get("int-20M-shuffle")
+    if "rows_per_s" in small and "rows_per_s" in large:
+        x = large["rows_per_s"] / small["rows_per_s"]
+        out.append(
+            f"- {'MET' if x >= 0.75 else 'NOT MET'}: 5M string ids at {x:.2f} x the rows/s of 333k int ids "
+            "(target >= 0.75)"
+        )
+        rss = large["peak_rss_tree_gb"]
+        out.append(f"- {'MET' if rss <= 2.0 else 'NOT MET'}: 5M string ids peak RSS {rss:.2f} GB (target <= 2.0)")
+        same = large["outcome"]["rows"] == small["outcome"]["rows"]
+        same &= large["outcome"]["rejected_by_reason"] == small["outcome"]["rejected_by_reason"]
+        out.append(
+            f"- {'MET' if same else 'NOT MET'}: nothing lost: 5M string ids score and reject exactly what "
+            "333k int ids do"
+        )
+    if shuffle:
+        ok = "rows_per_s" in shuffle and shuffle["peak_rss_tree_gb"] <= 2.5
+        out.append(
+            f"- {'MET' if ok else 'NOT MET'}: 20M int ids through the shuffle join: "
+            f"{'completed' if 'rows_per_s' in shuffle else 'failed'}, peak RSS "
+            f"{shuffle['peak_rss_tree_gb']:.2f} GB (target <= 2.5)"
+        )
+    this, base = get("sample-2M"), results.get("sample-2M [baseline]", {})
+    if "rows_per_s" in this and "rows_per_s" in base:
+        x = this["rows_per_s"] / base["rows_per_s"]
+        out.append(
+            f"- info: 2M reviews in memory (the README's case): {x:.2f} x the baseline's rows/s, peak RSS "
+            f"{this['peak_rss_tree_gb']:.2f} vs {base['peak_rss_tree_gb']:.2f} GB"
+        )
+    return out
+
+
+def write_readme(text: str) -> None:
+    with open(README, encoding="utf-8") as f:
+        readme = f.read()
+    block = f"{BEGIN}\n{text}\n{END}"
+    if BEGIN in readme and END in readme:
+        head, rest = readme.split(BEGIN, 1)
+        readme = head + block + rest.split(END, 1)[1]
+    else:
+        readme = readme.rstrip("\n") + "\n\n" + block + "\n"
+    with open(README, "w", encoding="utf-8") as f:
+        f.write(readme)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", default="int-333k,string-5M", help=f"comma-separated subset of {','.join(CASES)}")
+    parser.add_argument(
+        "--cases",
+        default="int-333k,string-5M,int-20M-shuffle,int-333k-twice,sample-2M",
+        help=f"comma-separated subset of {','.join([*CASES, FILES_CASE])}",
+    )
     parser.add_argument("--repeat", type=int, default=1, help="runs of every case, round-robin")
     parser.add_argument("--baseline", help="a checkout of the code to compare with, run the same way")
+    parser.add_argument("--files", type=int, default=1000, help=f"review files in the {FILES_CASE} case")
     parser.add_argument("--generate-only", action="store_true", help="write the cases' data and stop")
+    parser.add_argument("--readme", action="store_true", help="write the results into benchmarks/README.md")
     args = parser.parse_args(argv)
     names = [c for c in args.cases.split(",") if c]
-    unknown = set(names) - set(CASES)
+    unknown = set(names) - set(CASES) - {FILES_CASE}
     if unknown:
         parser.error(f"unknown cases {sorted(unknown)}")
+    cases = [n for n in names if n != FILES_CASE]
     if args.generate_only:
-        for name in names:
-            count, kind, layout, _ = CASES[name]
-            customers_dir(count, kind), reviews_dir(kind, layout)
+        for name in cases:
+            _inputs(name)
         return
     started = dt.datetime.now().isoformat(timespec="seconds")
-    runs = run_cases(names, args.repeat, args.baseline)
-    print(json.dumps({"started": started, "machine": machine(), "runs": runs}, indent=1))
+    runs = run_cases(cases, args.repeat, args.baseline) if cases else {}
+    results = {key: _best(rs) for key, rs in runs.items()}
+    files = plan_files(args.files, args.repeat, args.baseline) if FILES_CASE in names else None
+    m = machine()
+    header = (
+        f"Run {started}: {m['nproc']} cores ({m['cpu']}), {m['memory_gib']} GiB, Beam {m['apache-beam']}, "
+        f"pyarrow {m['pyarrow']}, numpy {m['numpy']}; {args.repeat} run(s) of every case and tree round-robin, the "
+        "fastest counts (peak RSS: the highest of any run); load = 1-minute load average when the run started."
+    )
+    text = "\n".join([header, "", table(results, files), "", "Targets (issue), from this run:", "", *targets(results)])
+    print(json.dumps({"started": started, "machine": m, "runs": runs, "files": files}, indent=1))
+    print("\n" + text)
+    if args.readme:
+        write_readme(text)
 
 
 if __name__ == "__main__":
