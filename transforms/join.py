@@ -184,10 +184,8 @@ def filter_needed(part: pa.Table, needed: np.ndarray, columns: Columns) -> tuple
         wanted = needed[at] == keys
     else:
         wanted = np.zeros(len(keys), dtype=bool)
-    others = part.filter(pa.array(~wanted)).select([c for c in (KEY, CHECK, ROW_KEY) if c in part.column_names])
-    if CHECK not in part.column_names:
-        others = others.select([KEY])
-    return part.filter(pa.array(wanted)), others
+    kept = [KEY, CHECK, ROW_KEY] if CHECK in part.column_names else [KEY]
+    return part.filter(pa.array(wanted)), part.select(kept).filter(pa.array(~wanted))
 
 
 def _by_kind(parts: Iterable[pa.Table], columns: Columns) -> tuple[list[pa.Table], list[pa.Table]]:

@@ -86,6 +86,7 @@ def duplicate_row_keys(tables: Iterable[pa.Table], columns: Columns) -> np.ndarr
 
 def _bucket_review_ids(element, columns: Columns, buckets: dict[str, int]):
     partition, ids = element
+    ids = ids.select([columns.review_id, FILE_INDEX, ROW_INDEX])  # the id pass may carry customer ids too
     n = buckets.get(partition, 1)
     if n == 1:
         yield (partition, 0), ids
