@@ -46,8 +46,23 @@ class BundleError(ValueError):
     """The model bundle is missing, corrupt or does not fit the scoring code; the message names what."""
 
 
+class _BundleFacts:
+    """What both a loaded bundle and its preprocessing artifacts tell from their metadata and scaler."""
+
+    metadata: dict
+    scaler: dict
+
+    @property
+    def model_version(self) -> str:
+        return self.metadata["model_version"]
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return tuple(self.scaler["feature_names"])
+
+
 @dataclass(frozen=True)
-class ModelBundle:
+class ModelBundle(_BundleFacts):
     """A loaded, validated model bundle."""
 
     path: str
@@ -57,14 +72,6 @@ class ModelBundle:
     scaler: dict
     metadata: dict = field(default_factory=dict)
     local_dir: str = ""
-
-    @property
-    def model_version(self) -> str:
-        return self.metadata["model_version"]
-
-    @property
-    def feature_names(self) -> tuple[str, ...]:
-        return tuple(self.scaler["feature_names"])
 
     @property
     def sequence_length(self) -> int:
@@ -369,7 +376,7 @@ def load_bundle(path: str) -> ModelBundle:
 
 
 @dataclass(frozen=True)
-class Preprocessing:
+class Preprocessing(_BundleFacts):
     """The bundle's featurization artifacts, without the Keras model (cheap to load, no TensorFlow)."""
 
     vocabulary: tuple[str, ...]
@@ -377,14 +384,6 @@ class Preprocessing:
     scaler: dict
     metadata: dict
     local_dir: str = ""
-
-    @property
-    def model_version(self) -> str:
-        return self.metadata["model_version"]
-
-    @property
-    def feature_names(self) -> tuple[str, ...]:
-        return tuple(self.scaler["feature_names"])
 
 
 def load_preprocessing(path: str) -> Preprocessing:
