@@ -39,17 +39,8 @@ class Featurizer:
         return numeric, tokens, words, oov
 
 
-def _matrix_column(matrix: np.ndarray) -> pa.FixedSizeListArray:
-    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])
-
-
-def _matrix(table: pa.Table, name: str, dtype) -> np.ndarray:
-    column = table[name].combine_chunks()
-    width = column.type.list_size
-    return column.values.to_numpy(zero_copy_only=False).astype(dtype, copy=False).reshape(-1, width)
-
-
-def _matrix_column(matrix: np.ndarray) -> pa.FixedSizeListArray:
+def matrix_column(matrix: np.ndarray) -> pa.FixedSizeListArray:
+    """An (n, width) numpy matrix as a fixed-size-list column (the inverse of matrix)."""
     return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])
 
 
@@ -137,7 +128,7 @@ class FeaturizeTables(beam.DoFn):
         def call(start, stop):
             part = table.slice(start, stop - start)
             numeric, tokens, words, oov = self._featurizer.featurize(part, self._schema.columns.review_text)
-            part = part.append_column(NUMERIC, _matrix_column(numeric)).append_column(TOKENS, _matrix_column(tokens))
+            part = part.append_column(NUMERIC, matrix_column(numeric)).append_column(TOKENS, matrix_column(tokens))
             return part, words, oov
 
         found = isolate_failures(call, table.num_rows)

@@ -23,7 +23,7 @@ from pipeline.launcher import execute
 from pipeline.publish import check_partition
 from pipeline.sample_data import write_sample_data
 from tests.conftest import corrupt_first_page_header, run_handler
-from transforms.featurize import NUMERIC, TOKENS, Featurizer
+from transforms.featurize import NUMERIC, TOKENS, Featurizer, matrix_column
 from transforms.inference import ReviewModelHandler, ScoreReviews
 from transforms.isolation import score_with_isolation
 from transforms.schema import RunSchema
@@ -354,10 +354,6 @@ def test_inference_failure_is_isolated_to_its_rows(bundle, model_inputs):
     assert np.all((scores[~failed] >= 0) & (scores[~failed] <= 1))
 
 
-def _matrix_column(matrix: np.ndarray) -> pa.FixedSizeListArray:
-    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])
-
-
 @pytest.fixture(scope="module")
 def nan_on_inf_bundle_dir(bundle, tmp_path_factory):
     """The trained bundle with weights set so that an infinite first feature gives a NaN score, by construction.
@@ -401,8 +397,8 @@ def test_score_reviews_rejects_failing_rows_with_reasons(nan_on_inf_bundle_dir, 
             "review_text": ["text"] * n,
             "age": pa.array([30.0] * n),
             "purchase_history": pa.array([10.0] * n),
-            NUMERIC: _matrix_column(numeric),
-            TOKENS: _matrix_column(tokens),
+            NUMERIC: matrix_column(numeric),
+            TOKENS: matrix_column(tokens),
         }
     )
     handler = ReviewModelHandler(

@@ -393,7 +393,7 @@ def test_a_model_that_fails_on_every_row_fails_its_partition_fast(tmp_path, bund
     """Token ids beyond the embedding make every model call fail (a real failure of the real model on CPU, on
     either runtime: TensorFlow's InvalidArgumentError, LiteRT's out-of-bounds GATHER)."""
     from tests.conftest import run_handler
-    from transforms.featurize import NUMERIC, TOKENS
+    from transforms.featurize import NUMERIC, TOKENS, matrix_column
     from transforms.inference import ReviewModelHandler
     from transforms.isolation import PROBES
     from transforms.schema import FAILURES, RunSchema
@@ -405,8 +405,8 @@ def test_a_model_that_fails_on_every_row_fails_its_partition_fast(tmp_path, bund
         {
             "review_id": pa.array(range(n), pa.int64()),
             "customer_id": pa.array([1] * n, pa.int64()),
-            NUMERIC: pa.FixedSizeListArray.from_arrays(pa.array(numeric.reshape(-1)), numeric.shape[1]),
-            TOKENS: pa.FixedSizeListArray.from_arrays(pa.array(tokens.reshape(-1)), tokens.shape[1]),
+            NUMERIC: matrix_column(numeric),
+            TOKENS: matrix_column(tokens),
         }
     )
     handler = ReviewModelHandler(str(bundle_dir), RunSchema(), runtime, batch_size=64, jit_compile=False, threads=1)
