@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -66,7 +67,7 @@ def portable_services(tmp_path):
     try:
         _wait_for_port(job_port, processes[0])
         _wait_for_port(pool_port, processes[1])
-        yield job_port, pool_port
+        yield job_port, pool_port, processes[1]
     finally:
         for p in processes:
             p.terminate()
@@ -90,7 +91,7 @@ def _rejects(directory):
 
 
 def test_portable_runner_matches_direct_runner(sample_dir, bundle_dir, tmp_path, portable_services):
-    job_port, pool_port = portable_services
+    job_port, pool_port, _ = portable_services
 
     def config(output):
         return sample_config(sample_dir, bundle_dir, output)
@@ -127,19 +128,25 @@ def test_portable_runner_without_a_job_service_fails_cleanly(sample_dir, bundle_
 def test_no_wait_returns_before_a_portable_job_ends_and_the_job_publishes_by_itself(
     sample_dir, bundle_dir, tmp_path, portable_services
 ):
-    job_port, pool_port = portable_services
+    job_port, pool_port, pool = portable_services
     output = tmp_path / "out"
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    pool = [f"--job_endpoint=localhost:{job_port}", "--environment_type=EXTERNAL"]
-    flags = ["--no-wait", "--runner=PortableRunner", *pool, f"--environment_config=localhost:{pool_port}"]
+    endpoints = [f"--job_endpoint=localhost:{job_port}", "--environment_type=EXTERNAL"]
+    flags = ["--no-wait", "--runner=PortableRunner", *endpoints, f"--environment_config=localhost:{pool_port}"]
     command = [sys.executable, "-m", "pipeline", *score_args(sample_dir, bundle_dir, output, *flags)]
-    submitted = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    verify = [sys.executable, "-m", "pipeline", "verify", "--output", str(output), "--date", SAMPLE_DATE]
+    # The worker pool is paused while the launcher submits, so the job cannot have run when the launcher returns,
+    # however fast this machine is: what is tested is that the launcher does not wait, not a race between the two.
+    pool.send_signal(signal.SIGSTOP)
+    try:
+        submitted = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+        first = subprocess.run(verify, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    finally:
+        pool.send_signal(signal.SIGCONT)
     assert submitted.returncode == 0, submitted.stderr[-3000:]
     assert submitted.stdout.startswith("submitted: run ") and f"dt={SAMPLE_DATE}" in submitted.stdout
     assert "job " in submitted.stdout and "(the runner gave no job id)" not in submitted.stdout
 
-    verify = [sys.executable, "-m", "pipeline", "verify", "--output", str(output), "--date", SAMPLE_DATE]
-    first = subprocess.run(verify, capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert first.returncode == 1, first.stdout  # the launcher returned before the job published
     deadline = time.time() + 300
     while True:
