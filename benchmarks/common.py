@@ -30,3 +30,18 @@ def customer_files(root: str) -> list[str]:
 def report(**result) -> None:
     """The one line the harness parses from a contender's stdout."""
     print(RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+def write_readme(text: str, begin: str, end: str) -> None:
+    """Replaces the block between the begin and end markers of benchmarks/README.md with text (or appends it)."""
+    readme_path = os.path.join(os.path.dirname(__file__), "README.md")
+    with open(readme_path, encoding="utf-8") as f:
+        readme = f.read()
+    block = f"{begin}\n{text}\n{end}"
+    if begin in readme and end in readme:
+        head, rest = readme.split(begin, 1)
+        readme = head + block + rest.split(end, 1)[1]
+    else:
+        readme = readme.rstrip("\n") + "\n\n" + block + "\n"
+    with open(readme_path, "w", encoding="utf-8") as f:
+        f.write(readme)

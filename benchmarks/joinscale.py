@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
-from benchmarks.common import DATA, DATE, ROOT, WORK
+from benchmarks.common import DATA, DATE, ROOT, WORK, write_readme
 from benchmarks.run import ensure_data, ensure_model, machine, measure
 
 HERE = os.path.join(DATA, "joinscale")
@@ -44,7 +44,6 @@ ROWS_PER_FILE = 1_000_000
 ROW_GROUP = 100_000
 # Synthetic customers' ids start far above anything the base data uses (its missing customers included).
 EXTRA_ID_BASE = 10**12
-README = os.path.join(os.path.dirname(__file__), "README.md")
 BEGIN, END = "<!-- joinscale:begin -->", "<!-- joinscale:end -->"
 
 # name: (customers, id kind, reviews, settings for both trees' configs, settings for this tree only, also run the
@@ -385,19 +384,6 @@ def targets(results: dict) -> list[str]:
     return out
 
 
-def write_readme(text: str) -> None:
-    with open(README, encoding="utf-8") as f:
-        readme = f.read()
-    block = f"{BEGIN}\n{text}\n{END}"
-    if BEGIN in readme and END in readme:
-        head, rest = readme.split(BEGIN, 1)
-        readme = head + block + rest.split(END, 1)[1]
-    else:
-        readme = readme.rstrip("\n") + "\n\n" + block + "\n"
-    with open(README, "w", encoding="utf-8") as f:
-        f.write(readme)
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -434,7 +420,7 @@ def main(argv=None) -> None:
     print(json.dumps({"started": started, "machine": m, "runs": runs, "files": files}, indent=1))
     print("\n" + text)
     if args.readme:
-        write_readme(text)
+        write_readme(text, BEGIN, END)
 
 
 if __name__ == "__main__":

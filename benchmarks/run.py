@@ -20,7 +20,7 @@ import threading
 import time
 from importlib import metadata
 
-from benchmarks.common import DATA, DATE, MODEL_DIR, RESULT_PREFIX, ROOT, WORK, data_dir
+from benchmarks.common import DATA, DATE, MODEL_DIR, RESULT_PREFIX, ROOT, WORK, data_dir, write_readme
 
 CONTENDERS = ("model_only", "pipeline_in_memory", "pipeline_multi_processing", "per_row_beam", "pandas_keras")
 LABELS = {
@@ -287,19 +287,6 @@ def table(run: dict) -> str:
     return "\n".join(out)
 
 
-def write_readme(text: str) -> None:
-    with open(README, encoding="utf-8") as f:
-        readme = f.read()
-    block = f"{BEGIN}\n{text}\n{END}"
-    if BEGIN in readme and END in readme:
-        head, rest = readme.split(BEGIN, 1)
-        readme = head + block + rest.split(END, 1)[1]
-    else:
-        readme = readme.rstrip("\n") + "\n\n" + block + "\n"
-    with open(README, "w", encoding="utf-8") as f:
-        f.write(readme)
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="200000,2000000", help="comma-separated review counts")
@@ -329,7 +316,7 @@ def main(argv=None) -> None:
     text = table(run)
     print("\n" + text)
     if not args.no_readme:
-        write_readme(text)
+        write_readme(text, BEGIN, END)
     print(f"\nwrote {RESULTS}" + ("" if args.no_readme else f" and {README}"))
 
 
