@@ -69,6 +69,12 @@ def test_defaults_without_a_file_are_the_documented_schema():
         ({"psi_threshold": -1}, "setting 'psi_threshold' must be positive"),
         ({"output": ""}, "setting 'output' must not be empty"),
         ({"beam": ["runner"]}, "setting 'beam' must be a mapping"),
+        ({"max_reject_fraction": 1.5}, "setting 'max_reject_fraction' must be between 0 and 1, got 1.5"),
+        ({"max_reject_fraction": "10%"}, "setting 'max_reject_fraction' must be float"),
+        ({"lease_expiry_hours": 0}, "setting 'lease_expiry_hours' must be positive"),
+        ({"backfill_chunk_days": 0}, "setting 'backfill_chunk_days' must be at least 1"),
+        ({"runtime": "onnx"}, "setting 'runtime' must be one of litert, tensorflow, got 'onnx'"),
+        ({"broadcast_limit_mb": -1}, "setting 'broadcast_limit_mb' must be 0 or more, got -1"),
     ],
 )
 def test_invalid_settings_are_named(data, message):
@@ -111,3 +117,23 @@ def test_direct_runner_runs_as_fn_api_runner_offline_and_others_pass_by_name():
     assert isinstance(make_runner(pipeline_options(build_config({}), [])), FnApiRunner)
     remote = build_config({"beam": {"runner": "DataflowRunner"}})
     assert make_runner(pipeline_options(remote, [])) == "DataflowRunner"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--date", "2026-11-28", "--start", "2026-11-27", "--end", "2026-11-28"], "--date or --start/--end, not both"),
+        (["--start", "2026-11-27"], "verify needs both --start and --end"),
+        (["--date", "2026-13-01"], "setting '--date' must be a date YYYY-MM-DD"),
+        (["--start", "2026-11-28", "--end", "2026-11-27"], "--end 2026-11-27 is before --start 2026-11-28"),
+    ],
+)
+def test_verify_usage_errors_exit_2_naming_the_flag(tmp_path, capsys, args, message):
+    from pipeline.cli import main
+
+    try:
+        code = main(["verify", "--output", str(tmp_path), *args])
+    except SystemExit as stop:  # argparse's usage errors exit; config errors return
+        code = stop.code
+    assert code == 2
+    assert message in capsys.readouterr().err
