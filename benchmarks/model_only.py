@@ -1,9 +1,14 @@
-"""Contender (a), the model-only limit: the bundle's model on pre-built arrays, Keras predict and a compiled call."""
+"""Contender (a), the model-only limit: the bundle's model on pre-built arrays, on every runtime the product has.
+
+Variants: Keras `model.predict(batch_size=4096)`; the product's runtimes (`model.runtime`) with fixed 4096-row calls
+from one thread and from two threads (the pipeline's setting): `tensorflow` (XLA-compiled call) and `litert`
+(one XNNPACK interpreter per thread). The best variant is the model-only limit. Warm-up (tracing, compilation,
+interpreter allocation) is not timed: the pipeline pays it once per worker, not per row.
+"""
 
 from __future__ import annotations
 
 import argparse
-import threading
 import time
 
 import numpy as np
@@ -11,8 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from benchmarks.common import MODEL_DIR, customer_files, report, review_files
-from model.bundle import load_bundle
-from transforms.inference import Featurizer, ModelScorer
+from model.bundle import load_bundle, open_runtime
+from transforms.featurize import Featurizer
 from transforms.join import build_customer_table, join_customers
 from transforms.schema import FILE_INDEX, ROW_INDEX, RunSchema
 from transforms.validate import check_rows
@@ -37,56 +42,38 @@ def model_inputs(root: str, bundle, max_rows: int) -> tuple[np.ndarray, np.ndarr
     return numeric, tokens
 
 
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", required=True)
     parser.add_argument("--model-dir", default=MODEL_DIR)
     parser.add_argument("--max-rows", type=int, default=262_144)
     parser.add_argument("--batch-size", type=int, default=4096)
+    parser.add_argument("--variants", default="keras_predict,tensorflow_1,tensorflow_2,litert_1,litert_2")
     args = parser.parse_args(argv)
 
     bundle = load_bundle(args.model_dir)
     numeric, tokens = model_inputs(args.data, bundle, args.max_rows)
     n, batch = len(numeric), args.batch_size
-    model = bundle.model
-    scorer = ModelScorer(model, batch_size=batch, jit_compile=True)
 
     def keras_predict():
-        model.predict([numeric, tokens], batch_size=batch, verbose=0)
+        bundle.model.predict([numeric, tokens], batch_size=batch, verbose=0)
 
-    def compiled():
-        scorer.predict(numeric, tokens)
-
-    def compiled_two_threads():
-        # Two concurrent compiled calls on alternate batches: TF releases the GIL, so both cores stay busy.
-        starts = list(range(0, n, batch))
-
-        def run(part):
-            for s in part:
-                scorer.predict(numeric[s : s + batch], tokens[s : s + batch])
-
-        threads = [threading.Thread(target=run, args=(starts[k::2],)) for k in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-
-    # Warm-up (tracing, XLA compilation) is not timed: the pipeline pays it once per worker, not per row.
-    model.predict([numeric[:batch], tokens[:batch]], batch_size=batch, verbose=0)
-    scorer.predict(numeric[:batch], tokens[:batch])
     variants = {}
-    for name, fn in (
-        ("keras_predict", keras_predict),
-        ("compiled", compiled),
-        ("compiled_2_threads", compiled_two_threads),
-    ):
-        seconds = _timed(fn)
+    for name in args.variants.split(","):
+        if name == "keras_predict":
+            fn = keras_predict
+            bundle.model.predict([numeric[:batch], tokens[:batch]], batch_size=batch, verbose=0)
+        else:
+            runtime, threads = name.rsplit("_", 1)
+            model = open_runtime(bundle, runtime, batch_size=batch, threads=int(threads))  # parity-checked
+            model.predict(numeric[: batch * int(threads)], tokens[: batch * int(threads)])  # warm every thread
+
+            def fn(model=model):
+                model.predict(numeric, tokens)
+
+        start = time.perf_counter()
+        fn()
+        seconds = time.perf_counter() - start
         variants[name] = {"seconds": round(seconds, 3), "rows_per_s": round(n / seconds)}
         print(f"{name}: {n} rows in {seconds:.2f}s = {n / seconds:.0f} rows/s", flush=True)
     best = max(variants, key=lambda k: variants[k]["rows_per_s"])
