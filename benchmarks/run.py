@@ -292,7 +292,8 @@ def table(run: dict) -> str:
         f"numpy {m['numpy']}, pandas {m['pandas']}. Every contender ran {run.get('repeat', 1)} time(s), round-robin; "
         "the fastest run counts (peak RSS: the highest of any run).",
         "",
-        "| case (reviews a day) | contender | wall s | CPU s | rows/s | x model limit | peak RSS GB (tree) | max process RSS GB "
+        "| case (reviews a day) | contender | wall s | CPU s | rows/s | x model limit | peak RSS GB (tree) "
+        "| max process RSS GB "
         "| notes |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---|",
     ]

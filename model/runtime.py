@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import queue
 from concurrent.futures import ThreadPoolExecutor
 
@@ -9,7 +10,25 @@ import numpy as np
 
 LITERT = "litert"
 TENSORFLOW = "tensorflow"
+AUTO = "auto"
 RUNTIMES = (LITERT, TENSORFLOW)
+# `runtime: auto` scores a pipeline planned with at least this many review rows on tensorflow, a smaller one on
+# litert. Measured on 2 cores (benchmarks/README.md, "The default runtime"): litert starts in 2.0 s and 0.38 GB on
+# the sample night against 3.8 s and 0.88 GB (no TensorFlow import, no Keras load, no XLA compilation), while an
+# XLA call costs 10 CPU-us a row against litert's 15, which wins from about 1M rows (a 10M-row backfill: 94 s vs 124 s).
+AUTO_TENSORFLOW_ROWS = 1_000_000
+
+
+def choose_runtime(setting: str, rows: int) -> str:
+    """The runtime a pipeline of `rows` review rows scores on: the setting, or for `auto` the faster one measured
+    at that size (tensorflow only where TensorFlow is installed)."""
+    if setting != AUTO:
+        return setting
+    if rows >= AUTO_TENSORFLOW_ROWS and importlib.util.find_spec("tensorflow") is not None:
+        return TENSORFLOW
+    return LITERT
+
+
 # The scores of a runtime may differ from the Keras model's by at most this (checked at save, at load and in tests).
 PARITY_TOLERANCE = 1e-5
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from model.runtime import RUNTIMES
+from model.runtime import AUTO, RUNTIMES
 from transforms.schema import Columns
 
 DEFAULT_CONFIG = "configs/local.yaml"
@@ -34,9 +34,11 @@ class ScoreConfig:
     read_batch_size: int = 16384
     # Rows per model call; the compiled model is traced for powers of two up to this.
     inference_batch_size: int = 4096
-    # The model runtime: litert (the bundle's LiteRT conversion, no TensorFlow in the scoring process) or tensorflow
-    # (the Keras model as an XLA-compiled tf.function). litert calls have the bundle's batch size (4096).
-    runtime: str = "litert"
+    # The model runtime: litert (the bundle's LiteRT conversion, no TensorFlow in the scoring process), tensorflow
+    # (the Keras model as an XLA-compiled tf.function), or auto: litert for a pipeline of fewer review rows than
+    # model.runtime.AUTO_TENSORFLOW_ROWS (it starts fast and small), tensorflow from there (fewer CPU-s a row).
+    # litert calls have the bundle's batch size (4096).
+    runtime: str = AUTO
     # XLA-compile the model call (same scores within 1e-5, several times the throughput on CPU).
     jit_compile: bool = True
     # Background threads per worker for featurizing, and as many again for model calls: they work on earlier tables
@@ -145,8 +147,9 @@ def build_config(data: dict, source: str = "config") -> ScoreConfig:
     ):
         if getattr(config, key) < 1:
             raise ConfigError(f"{source}: setting {key!r} must be at least 1, got {getattr(config, key)}")
-    if config.runtime not in RUNTIMES:
-        raise ConfigError(f"{source}: setting 'runtime' must be one of {', '.join(RUNTIMES)}, got {config.runtime!r}")
+    if config.runtime not in (AUTO, *RUNTIMES):
+        known = ", ".join((AUTO, *RUNTIMES))
+        raise ConfigError(f"{source}: setting 'runtime' must be one of {known}, got {config.runtime!r}")
     if config.broadcast_limit_mb < 0:
         raise ConfigError(f"{source}: setting 'broadcast_limit_mb' must be 0 or more, got {config.broadcast_limit_mb}")
     if config.psi_threshold <= 0:

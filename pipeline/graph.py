@@ -7,6 +7,7 @@ import logging
 import apache_beam as beam
 import pyarrow as pa
 
+from model.runtime import choose_runtime
 from pipeline.commit import CommitPartition, WriteRunSummary
 from pipeline.config import ScoreConfig
 from pipeline.plan import RunPlan
@@ -97,9 +98,12 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig, plan: RunPlan) 
     ).with_outputs(ValidateRows.REJECTS, main="valid")
     # One bundle per worker process for featurizing and scoring, pinned to the version the launcher planned with.
     bundle = PinnedBundle(plan.model_dir, plan.model_version)
+    rows = sum(plan.rows_by_partition.values())
+    runtime = choose_runtime(config.runtime, rows)
+    _LOG.info("model runtime %s (setting %r, %d review rows)", runtime, config.runtime, rows)
     featurized = validated.valid | "Featurize" >> Featurize(bundle, schema, config.background_threads)
     handler = ReviewModelHandler(
-        bundle, schema, config.runtime, config.inference_batch_size, config.jit_compile, config.background_threads
+        bundle, schema, runtime, config.inference_batch_size, config.jit_compile, config.background_threads
     )
     inferred = featurized.rows | "Infer" >> ScoreReviews(handler)
     rejects = (

@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 
 from model.bundle import LITERT_FILE, PARITY_FILE, BundleError, check_bundle, load_preprocessing, open_runtime
-from model.runtime import PARITY_TOLERANCE, RUNTIMES, max_difference, parity_inputs
+from model.runtime import (
+    AUTO,
+    AUTO_TENSORFLOW_ROWS,
+    PARITY_TOLERANCE,
+    RUNTIMES,
+    choose_runtime,
+    max_difference,
+    parity_inputs,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -136,3 +144,19 @@ def test_a_format_1_bundle_changed_after_training_is_not_upgraded(bundle_dir, tm
     done = _cli("upgrade-bundle", "--model-dir", str(tmp_path / "v1"), "--output", str(tmp_path / "v2"))
     assert done.returncode == 1
     assert "does not match the bundle's content" in done.stderr and not (tmp_path / "v2").exists()
+
+
+def test_auto_scores_small_runs_on_litert_and_large_ones_on_tensorflow():
+    assert choose_runtime(AUTO, 1000) == "litert"
+    assert choose_runtime(AUTO, AUTO_TENSORFLOW_ROWS - 1) == "litert"
+    assert choose_runtime(AUTO, AUTO_TENSORFLOW_ROWS) == "tensorflow"
+    assert choose_runtime("litert", 10 * AUTO_TENSORFLOW_ROWS) == "litert"  # a set runtime is kept at any size
+    assert choose_runtime("tensorflow", 1) == "tensorflow"
+
+
+def test_auto_stays_on_litert_where_tensorflow_is_not_installed(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorflow" else real(name, *a))
+    assert choose_runtime(AUTO, 10 * AUTO_TENSORFLOW_ROWS) == "litert"

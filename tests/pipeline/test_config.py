@@ -73,7 +73,7 @@ def test_defaults_without_a_file_are_the_documented_schema():
         ({"max_reject_fraction": "10%"}, "setting 'max_reject_fraction' must be float"),
         ({"lease_expiry_hours": 0}, "setting 'lease_expiry_hours' must be positive"),
         ({"backfill_chunk_days": 0}, "setting 'backfill_chunk_days' must be at least 1"),
-        ({"runtime": "onnx"}, "setting 'runtime' must be one of litert, tensorflow, got 'onnx'"),
+        ({"runtime": "onnx"}, "setting 'runtime' must be one of auto, litert, tensorflow, got 'onnx'"),
         ({"broadcast_limit_mb": -1}, "setting 'broadcast_limit_mb' must be 0 or more, got -1"),
     ],
 )
