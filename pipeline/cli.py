@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import logging
 import os
@@ -13,6 +14,22 @@ from pipeline.config import ConfigError, validate_date
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LEASE_HELD = 0, 1, 2, 3
 _LOG = logging.getLogger("sentiment-score")
+
+
+# glibc gives threads that allocate at the same time malloc arenas of their own, up to 8 per core, and the memory
+# Arrow, numpy and the model runtime's threads free stays spread over them. Two per process, for this process and
+# the worker processes a local runner starts (they inherit the environment; the runtime image sets the same):
+# measured at 1M reviews, multi_processing x2 1.76 -> 1.55 GB in all, in-memory 1.25 -> 1.20 GB, same speed.
+MALLOC_ARENAS = "2"
+_M_ARENA_MAX = -8  # mallopt's parameter number in glibc's malloc.h
+
+
+def limit_malloc_arenas() -> None:
+    os.environ.setdefault("MALLOC_ARENA_MAX", MALLOC_ARENAS)
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, int(os.environ["MALLOC_ARENA_MAX"]))
+    except (OSError, AttributeError, ValueError):  # not glibc, or a value glibc would not take either
+        pass
 
 
 class _Parser(argparse.ArgumentParser):
@@ -172,6 +189,7 @@ def _verify_dates(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, beam_flags = parser.parse_known_args(argv)
+    limit_malloc_arenas()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -1,11 +1,15 @@
 """The typed config: YAML files, overrides, validation that names the setting, and Beam option pass-through."""
 
+import os
 from pathlib import Path
 
+import apache_beam as beam
 import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
+from pipeline.cli import MALLOC_ARENAS, limit_malloc_arenas
 from pipeline.config import ConfigError, build_config, load_config
+from pipeline.graph import threads_per_process
 from pipeline.launcher import make_runner, pipeline_options
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
@@ -137,3 +141,24 @@ def test_verify_usage_errors_exit_2_naming_the_flag(tmp_path, capsys, args, mess
         code = stop.code
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def test_several_local_worker_processes_share_the_cores_instead_of_each_taking_background_threads():
+    config = build_config({"background_threads": 2})
+    cores = os.cpu_count() or 1
+
+    def threads(flags):
+        return threads_per_process(beam.Pipeline(options=pipeline_options(config, flags)), config.background_threads)
+
+    assert threads(["--direct_num_workers=2", "--direct_running_mode=multi_processing"]) == max(1, min(2, cores // 2))
+    assert threads(["--direct_num_workers=2", "--direct_running_mode=in_memory"]) == 2  # one process: all its own
+    assert threads([]) == 2
+
+
+def test_the_command_line_limits_malloc_arenas_for_itself_and_its_workers_unless_the_environment_says(monkeypatch):
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    limit_malloc_arenas()
+    assert os.environ["MALLOC_ARENA_MAX"] == MALLOC_ARENAS
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")  # an operator's own setting is kept
+    limit_malloc_arenas()
+    assert os.environ["MALLOC_ARENA_MAX"] == "4"
