@@ -33,18 +33,25 @@ class ScoredTable(NamedTuple):
 
 class LoadedModel:
     """What RunInference holds per worker: the bundle's version and its runtime (a model.runtime.ModelRuntime).
-    A plain class: RunInference keeps it in shared.Shared, which needs weak references."""
+    A plain class: RunInference keeps it in shared.Shared, which needs weak references. Used through methods only,
+    so that a proxy of it (share_model_across_processes) works the same."""
 
     def __init__(self, model_version: str, runtime):
         self.model_version = model_version
         self.runtime = runtime
+
+    def version(self) -> str:
+        return self.model_version
+
+    def predict(self, numeric: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        return self.runtime.predict(numeric, tokens)
 
 
 def score_table(model: LoadedModel, partition: str, table: pa.Table, schema: RunSchema, max_failed_calls: int):
     """Scores a featurized table; rows the model fails on (bisection, see isolate_failures) or whose score is NaN
     or outside [0, 1] become rejects with a reason; a failure on every probe row is a partition failure."""
     numeric, tokens = matrix(table, NUMERIC, np.float32), matrix(table, TOKENS, np.int32)
-    scores, failed, error, systemic = score_with_isolation(model.runtime.predict, numeric, tokens, max_failed_calls)
+    scores, failed, error, systemic = score_with_isolation(model.predict, numeric, tokens, max_failed_calls)
     if systemic:
         message = f"the model failed on every call for a {table.num_rows}-row table: {error}"
         return ScoredTable(partition, None, None, partition_failure("infer", message))
@@ -56,7 +63,7 @@ def score_table(model: LoadedModel, partition: str, table: pa.Table, schema: Run
             c.review_id: table[c.review_id],
             c.customer_id: table[c.customer_id],
             SCORE: pa.array(scores, pa.float32()),
-            MODEL_VERSION: pa.repeat(pa.scalar(model.model_version, pa.string()), len(scores)),
+            MODEL_VERSION: pa.repeat(pa.scalar(model.version(), pa.string()), len(scores)),
         }
     )
     if ok.all():

@@ -3,13 +3,12 @@
 import os
 from pathlib import Path
 
-import apache_beam as beam
 import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from pipeline.cli import MALLOC_ARENAS, limit_malloc_arenas
 from pipeline.config import ConfigError, build_config, load_config
-from pipeline.graph import threads_per_process
+from pipeline.graph import several_processes_per_machine, threads_per_process
 from pipeline.launcher import make_runner, pipeline_options
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
@@ -148,7 +147,7 @@ def test_several_local_worker_processes_share_the_cores_instead_of_each_taking_b
     cores = os.cpu_count() or 1
 
     def threads(flags):
-        return threads_per_process(beam.Pipeline(options=pipeline_options(config, flags)), config.background_threads)
+        return threads_per_process(pipeline_options(config, flags), config.background_threads)
 
     assert threads(["--direct_num_workers=2", "--direct_running_mode=multi_processing"]) == max(1, min(2, cores // 2))
     assert threads(["--direct_num_workers=2", "--direct_running_mode=in_memory"]) == 2  # one process: all its own
@@ -162,3 +161,14 @@ def test_the_command_line_limits_malloc_arenas_for_itself_and_its_workers_unless
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")  # an operator's own setting is kept
     limit_malloc_arenas()
     assert os.environ["MALLOC_ARENA_MAX"] == "4"
+
+
+def test_several_processes_per_machine_is_multi_processing_or_a_remote_runner():
+    def several(beam_options, flags=()):
+        config = build_config({"beam": beam_options})
+        return several_processes_per_machine(pipeline_options(config, list(flags)))
+
+    assert several({"runner": "FnApiRunner"}, ["--direct_num_workers=2", "--direct_running_mode=multi_processing"])
+    assert several({"runner": "DataflowRunner"})
+    assert not several({"runner": "FnApiRunner"})
+    assert not several({"runner": "DirectRunner"}, ["--direct_num_workers=2", "--direct_running_mode=in_memory"])

@@ -152,6 +152,21 @@ def test_multi_processing_gives_the_same_scores(sample_dir, bundle_dir, nightly,
     assert multi.equals(single)
 
 
+def test_multi_processing_on_tensorflow_shares_one_model_and_gives_the_same_scores(
+    sample_dir, bundle_dir, nightly, tmp_path
+):
+    # The tensorflow runtime is shared across worker processes (RunInference's share_model_across_processes): the
+    # workers call it through a proxy, so this is the path where the model lives in another process.
+    config = sample_config(sample_dir, bundle_dir, tmp_path / "mp", date=SAMPLE_DATE, runtime="tensorflow")
+    code = execute(config, [SAMPLE_DATE], ["--direct_num_workers=2", "--direct_running_mode=multi_processing"])
+    assert code == 0
+    single = _read_dir(nightly, "scores").sort_by("review_id")  # litert, in one process
+    multi = _read_dir(tmp_path / "mp" / f"dt={SAMPLE_DATE}", "scores").sort_by("review_id")
+    assert multi["review_id"].equals(single["review_id"]) and multi["model_version"].equals(single["model_version"])
+    difference = np.abs(multi["sentiment_score"].to_numpy() - single["sentiment_score"].to_numpy())
+    assert difference.max() <= PARITY_TOLERANCE["tensorflow"] + PARITY_TOLERANCE["litert"]  # each within its own
+
+
 def test_rerun_replaces_the_partition_completely(sample_dir, bundle_dir, tmp_path):
     config = sample_config(sample_dir, bundle_dir, tmp_path / "out", date=SAMPLE_DATE, read_batch_size=64)
     assert execute(config, [SAMPLE_DATE], []) == 0
