@@ -52,10 +52,10 @@ test: lint
 
 # Throughput and memory against baselines, by hand (never in make test); see benchmarks/README.md.
 bench: $(TEST_INSTALLED)
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks.run --sizes 200000,2000000 --repeat 3
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks.run --sizes 1000000 --backfill 5x2000000 --repeat 3
 
 bench-quick: $(TEST_INSTALLED)
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks.run --sizes 20000
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks.run --sizes 20000 --backfill 2x10000 --no-readme
 
 clean:
 	rm -rf $(VENV) .venv-airflow .venv-airflow.lock data output *.egg-info .pytest_cache .ruff_cache
