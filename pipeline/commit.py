@@ -288,3 +288,70 @@ class WriteRunSummary(beam.DoFn):
         )
         remove_staging(self._staging_root)
         yield record
+
+
+def _vocabulary_record(element):
+    partition, counts = element
+    return partition, {"kind": "vocabulary", "words": int(counts[0]), "oov": int(counts[1])}
+
+
+def _sum_pairs(pairs):
+    words = oov = 0
+    for w, o in pairs:
+        words += w
+        oov += o
+    return words, oov
+
+
+class CommitPartitions(beam.PTransform):
+    """{"scores", "rejects": shard records; "stats": (partition, (words, oov)); "failures": (partition, failure)}
+    → {"results": one result per partition, published or refused (CommitPartition); "run_summary": the run's
+    record (WriteRunSummary)}. Every planned partition gets a result, even one without a single row."""
+
+    def __init__(self, plan, config, customers):
+        super().__init__()
+        self._plan = plan
+        self._config = config
+        self._customers = customers  # the customer table's facts, for the summary
+
+    def expand(self, inputs: dict):
+        plan, config = self._plan, self._config
+        vocabulary = (
+            inputs["stats"]
+            | "SumVocabularyStats" >> beam.CombinePerKey(_sum_pairs)
+            | "VocabularyRecords" >> beam.Map(_vocabulary_record)
+        )
+        partitions = inputs["scores"].pipeline | "Partitions" >> beam.Create(
+            [(p, {"kind": "partition"}) for p in plan.partitions]
+        )
+        run_info = {
+            "run_id": plan.run_id,
+            "started_at": plan.started_at,
+            "model_version": plan.model_version,
+            "model_dir": plan.model_dir,
+            "review_files": plan.files_by_partition,
+            "customer_files": [f.path for f in plan.customer_files],
+        }
+        schemas = {"scores": plan.schema.scores_schema(), "rejects": plan.schema.rejects_schema()}
+        commit = CommitPartition(
+            plan.output,
+            plan.staging_root,
+            run_info,
+            plan.rows_by_partition,
+            schemas,
+            config.psi_threshold,
+            config.max_reject_fraction,
+        )
+        customers = self._customers | "CustomerSummary" >> beam.Map(lambda t: t.summary())
+        results = (
+            (inputs["scores"], inputs["rejects"], vocabulary, inputs["failures"], partitions)
+            | "CollectPartitionRecords" >> beam.Flatten()
+            | "GroupByPartition" >> beam.GroupByKey()
+            | "Commit" >> beam.ParDo(commit, customers_summary=beam.pvalue.AsSingleton(customers))
+        )
+        run_summary = (
+            results
+            | "GatherResults" >> beam.combiners.ToList()
+            | "WriteRunSummary" >> beam.ParDo(WriteRunSummary(plan.staging_root, plan.run_id, plan.partitions))
+        )
+        return {"results": results, "run_summary": run_summary}

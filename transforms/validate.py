@@ -251,3 +251,19 @@ class ValidateRows(beam.DoFn):
             yield partition, valid
         if rejects.num_rows:
             yield beam.pvalue.TaggedOutput(self.REJECTS, (partition, rejects))
+
+
+class Validate(beam.PTransform):
+    """(partition, joined table) → {"valid": (partition, valid rows), "rejects": (partition, rejects with reasons)};
+    a review id seen more than once (the duplicates side input, from FindDuplicateReviews) is rejected too."""
+
+    def __init__(self, schema: RunSchema, duplicates):
+        super().__init__()
+        self._schema = schema
+        self._duplicates = duplicates
+
+    def expand(self, tables):
+        results = tables | "ValidateRows" >> beam.ParDo(
+            ValidateRows(self._schema), duplicates=beam.pvalue.AsMultiMap(self._duplicates)
+        ).with_outputs(ValidateRows.REJECTS, main="valid")
+        return {"valid": results.valid, "rejects": results[ValidateRows.REJECTS]}
