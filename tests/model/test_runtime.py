@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -41,6 +42,18 @@ def test_each_runtime_matches_keras_within_tolerance_with_padding(bundle_dir, pr
         scores = model.predict(numeric[:n], tokens[:n])
         assert scores.shape == (n,) and scores.dtype == np.float32
         assert max_difference(scores, keras_scores[:n]) <= PARITY_TOLERANCE
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_each_runtime_scores_right_when_several_threads_call_at_once(bundle_dir, probe, keras_scores, runtime):
+    # Beam runs bundles on several threads of a worker process, all calling the process's one runtime.
+    model = open_runtime(check_bundle(str(bundle_dir)), runtime, threads=2)
+    numeric, tokens = probe
+    parts = [(s, min(s + 500, len(numeric))) for s in range(0, len(numeric), 500)] * 3
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda p: model.predict(numeric[p[0] : p[1]], tokens[p[0] : p[1]]), parts))
+    for (start, stop), scores in zip(parts, results):
+        assert max_difference(scores, keras_scores[start:stop]) <= PARITY_TOLERANCE
 
 
 def test_a_mismatch_would_be_caught(bundle_dir, probe, keras_scores):
