@@ -37,11 +37,19 @@ def threads_per_process(options: PipelineOptions, configured: int) -> int:
     return max(1, min(configured, (os.cpu_count() or 1) // workers))
 
 
+def is_local(options: PipelineOptions) -> bool:
+    """Whether the pipeline runs on this machine (DirectRunner, which this job runs as FnApiRunner)."""
+    return (options.view_as(StandardOptions).runner or "DirectRunner") in (
+        "DirectRunner",
+        "SwitchingDirectRunner",
+        "FnApiRunner",
+    )
+
+
 def several_processes_per_machine(options: PipelineOptions) -> bool:
     """Whether workers run as several SDK processes per machine: DirectRunner's multi_processing, and the remote
     runners (Dataflow starts one per vCPU; a worker pool one per task slot). In-process runs are one process."""
-    runner = options.view_as(StandardOptions).runner or "DirectRunner"
-    if runner not in ("DirectRunner", "SwitchingDirectRunner", "FnApiRunner"):
+    if not is_local(options):
         return True
     direct = options.view_as(DirectOptions)
     return direct.direct_running_mode == "multi_processing" and direct.direct_num_workers != 1
@@ -55,7 +63,9 @@ def model_handler(
     multi_processing x2 at 1M reviews, 2.40 -> 1.94 GB in all at the same speed. litert is not shared: it saves
     0.08 GB and costs 0.69 x the speed (every call's arrays cross processes)."""
     rows = sum(plan.rows_by_partition.values())
-    runtime = choose_runtime(config.runtime, rows)
+    runtime = choose_runtime(
+        config.runtime, rows, local_processes=is_local(options) and several_processes_per_machine(options)
+    )
     share = runtime == TENSORFLOW and several_processes_per_machine(options)
     _LOG.info("model runtime %s (setting %r, %d review rows)%s", runtime, config.runtime, rows, share * ", shared")
     return ReviewModelHandler(

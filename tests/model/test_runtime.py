@@ -173,3 +173,10 @@ def test_auto_stays_on_litert_where_tensorflow_is_not_installed(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorflow" else real(name, *a))
     assert choose_runtime(AUTO, 10 * AUTO_TENSORFLOW_ROWS) == "litert"
+
+
+def test_auto_stays_on_litert_when_local_worker_processes_share_the_cores():
+    # multi_processing on one machine: litert is faster and smaller there (benchmarks/README.md), even for big runs.
+    assert choose_runtime(AUTO, 10 * AUTO_TENSORFLOW_ROWS, local_processes=True) == "litert"
+    assert choose_runtime(AUTO, 10 * AUTO_TENSORFLOW_ROWS, local_processes=False) == "tensorflow"
+    assert choose_runtime("tensorflow", 10 * AUTO_TENSORFLOW_ROWS, local_processes=True) == "tensorflow"
