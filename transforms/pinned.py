@@ -7,7 +7,7 @@ import threading
 from apache_beam.utils import shared
 
 from model.bundle import BundleError, check_bundle, load_bundle, open_runtime
-from model.runtime import LITERT, TENSORFLOW
+from model.runtime import LITERT, TENSORFLOW, limit_tensorflow_threads
 
 
 class LoadedBundle:
@@ -28,6 +28,7 @@ class LoadedBundle:
             key = (name, batch_size, jit_compile, threads)
             if key not in self._runtimes:
                 if name == TENSORFLOW and not hasattr(self.bundle, "model"):
+                    limit_tensorflow_threads()
                     self.bundle = load_bundle(self.bundle.local_dir)
                 self._runtimes[key] = open_runtime(self.bundle, name, batch_size, jit_compile, threads)
             return self._runtimes[key]

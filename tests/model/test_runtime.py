@@ -180,3 +180,18 @@ def test_auto_stays_on_litert_when_local_worker_processes_share_the_cores():
     assert choose_runtime(AUTO, 10 * AUTO_TENSORFLOW_ROWS, local_processes=True) == "litert"
     assert choose_runtime(AUTO, 10 * AUTO_TENSORFLOW_ROWS, local_processes=False) == "tensorflow"
     assert choose_runtime("tensorflow", 10 * AUTO_TENSORFLOW_ROWS, local_processes=True) == "tensorflow"
+
+
+def test_scoring_limits_tensorflow_to_one_thread_per_call_only_before_tensorflow_starts():
+    def run(script):
+        env = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        head = "import tensorflow as tf; from model.runtime import limit_tensorflow_threads as limit; "
+        out = subprocess.run([sys.executable, "-c", head + script], capture_output=True, text=True, env=env, check=True)
+        return out.stdout.split()
+
+    assert run("print(limit(), tf.config.threading.get_intra_op_parallelism_threads())") == ["True", "1"]
+    # A process that already ran TensorFlow (say, training) keeps its threads: the limit is refused, not an error.
+    assert run("tf.constant(1.0) + 1; print(limit(), tf.config.threading.get_intra_op_parallelism_threads())") == [
+        "False",
+        "0",
+    ]
