@@ -27,6 +27,18 @@ def customer_files(root: str) -> list[str]:
     return sorted(glob.glob(os.path.join(root, "customers", "*.parquet")))
 
 
+def bundle_artifacts(model_dir: str) -> tuple[list[str], dict, str]:
+    """(vocabulary, scaler, model_version) read straight from a bundle's files, as a script outside the product
+    would: the baselines use no product code to featurize."""
+    with open(os.path.join(model_dir, "vocabulary.txt"), encoding="utf-8") as f:
+        vocabulary = f.read().splitlines()
+    with open(os.path.join(model_dir, "scaler.json"), encoding="utf-8") as f:
+        scaler = json.load(f)
+    with open(os.path.join(model_dir, "metadata.json"), encoding="utf-8") as f:
+        version = json.load(f).get("model_version", "unknown")
+    return vocabulary, scaler, version
+
+
 def report(**result) -> None:
     """The one line the harness parses from a contender's stdout."""
     print(RESULT_PREFIX + json.dumps(result), flush=True)

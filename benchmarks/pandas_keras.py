@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
@@ -11,7 +10,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from benchmarks.common import DATE, MODEL_DIR, report
+from benchmarks.common import DATE, MODEL_DIR, bundle_artifacts, report
 
 
 def main(argv=None) -> None:
@@ -23,12 +22,7 @@ def main(argv=None) -> None:
 
     start = time.perf_counter()
     model = keras.saving.load_model(os.path.join(args.model_dir, "model.keras"), safe_mode=True, compile=False)
-    with open(os.path.join(args.model_dir, "vocabulary.txt"), encoding="utf-8") as f:
-        vocabulary = f.read().splitlines()
-    with open(os.path.join(args.model_dir, "scaler.json"), encoding="utf-8") as f:
-        scaler = json.load(f)
-    with open(os.path.join(args.model_dir, "metadata.json"), encoding="utf-8") as f:
-        version = json.load(f).get("model_version", "unknown")
+    vocabulary, scaler, version = bundle_artifacts(args.model_dir)
 
     reviews = pd.read_parquet(
         os.path.join(args.data, "reviews", f"dt={DATE}"), columns=["review_id", "customer_id", "review_text"]

@@ -4,7 +4,6 @@ Beam's stock RunInference, written with WriteToParquet; the textbook way to writ
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -17,7 +16,7 @@ from apache_beam.io.parquetio import ReadFromParquet, WriteToParquet
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from benchmarks.common import DATE, MODEL_DIR, report
+from benchmarks.common import DATE, MODEL_DIR, bundle_artifacts, report
 
 LENGTH = 50
 # Unicode punctuation and symbols, removed as the product's tokenizer does.
@@ -79,12 +78,8 @@ def main(argv=None) -> None:
     parser.add_argument("--output", required=True)
     args = parser.parse_args(argv)
 
-    with open(os.path.join(args.model_dir, "vocabulary.txt"), encoding="utf-8") as f:
-        vocabulary = {w: i + 2 for i, w in enumerate(f.read().splitlines())}
-    with open(os.path.join(args.model_dir, "scaler.json"), encoding="utf-8") as f:
-        scaler = json.load(f)
-    with open(os.path.join(args.model_dir, "metadata.json"), encoding="utf-8") as f:
-        version = json.load(f).get("model_version", "unknown")
+    words, scaler, version = bundle_artifacts(args.model_dir)
+    vocabulary = {w: i + 2 for i, w in enumerate(words)}
     mean, std = np.asarray(scaler["mean"]), np.asarray(scaler["std"])
     schema = pa.schema(
         [

@@ -13,7 +13,6 @@ build for this job without the product's own code, on the same FnApiRunner in th
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
@@ -27,7 +26,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from benchmarks.common import DATE, MODEL_DIR, report
+from benchmarks.common import DATE, MODEL_DIR, bundle_artifacts, report
 
 LENGTH = 50
 CHUNK = 4096
@@ -148,12 +147,7 @@ def main(argv=None) -> None:
     parser.add_argument("--output", required=True)
     args = parser.parse_args(argv)
 
-    with open(os.path.join(args.model_dir, "vocabulary.txt"), encoding="utf-8") as f:
-        vocabulary = f.read().splitlines()
-    with open(os.path.join(args.model_dir, "scaler.json"), encoding="utf-8") as f:
-        scaler = json.load(f)
-    with open(os.path.join(args.model_dir, "metadata.json"), encoding="utf-8") as f:
-        version = json.load(f).get("model_version", "unknown")
+    vocabulary, scaler, version = bundle_artifacts(args.model_dir)
 
     p = beam.Pipeline(runner=FnApiRunner())
     customers = (
