@@ -107,36 +107,44 @@ def _tree_rss(root: int) -> int:
     return total
 
 
+def run_sampled(command: list[str], cwd: str, env: dict, stdout) -> tuple[float, int, object, int]:
+    """Runs command to the end with stdout and stderr to the file `stdout`: (wall seconds, exit code, its wait4
+    rusage (its CPU includes the children it waited for), the peak of its process tree's summed RSS in bytes,
+    sampled every 50 ms)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=stdout, stderr=subprocess.STDOUT)
+    peak, done = [0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _tree_rss(proc.pid))
+            done.wait(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - started
+    done.set()
+    sampler.join()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return wall, proc.returncode, usage, peak[0]
+
+
 def measure(name: str, command: list[str], log_path: str, cwd: str = ROOT) -> dict:
     """Runs one contender (from cwd, which is also its PYTHONPATH: another checkout runs its own code); wall time,
     the peak of its process tree's summed RSS (sampled every 50 ms) and the largest single process's ru_maxrss
     (wait4), plus whatever it reported on its result line."""
     print(f"  {name}: {' '.join(command[2:])}", flush=True)
     with open(log_path, "w") as log:
-        started = time.perf_counter()
-        proc = subprocess.Popen(command, cwd=cwd, env=_env(cwd), stdout=log, stderr=subprocess.STDOUT)
-        peak, done = [0], threading.Event()
-
-        def sample():
-            while not done.is_set():
-                peak[0] = max(peak[0], _tree_rss(proc.pid))
-                done.wait(0.05)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - started
-        done.set()
-        sampler.join()
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        wall, returncode, usage, peak = run_sampled(command, cwd, _env(cwd), log)
     with open(log_path) as f:
         output = f.read()
-    result = {"wall_s": round(wall, 2), "peak_rss_tree_gb": round(peak[0] / GIB, 3)}
+    result = {"wall_s": round(wall, 2), "peak_rss_tree_gb": round(peak / GIB, 3)}
     result["max_process_rss_gb"] = round(usage.ru_maxrss * 1024 / GIB, 3)
     result["cpu_s"] = round(usage.ru_utime + usage.ru_stime, 1)  # with the descendants it waited for
-    if proc.returncode != 0:
+    if returncode != 0:
         print(output[-3000:], file=sys.stderr)
-        return {**result, "error": f"exit code {proc.returncode}, log {log_path}"}
+        return {**result, "error": f"exit code {returncode}, log {log_path}"}
     for line in output.splitlines():
         if line.startswith(RESULT_PREFIX):
             result.update(json.loads(line[len(RESULT_PREFIX) :]))

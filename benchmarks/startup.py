@@ -18,10 +18,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 
-from benchmarks.run import _tree_rss
+from benchmarks.run import run_sampled
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATE = "2026-11-28"
@@ -49,25 +47,12 @@ def _config_with(runtime: str | None, directory: str) -> str:
 
 def run_measured(command: list[str], env: dict, cwd: str) -> dict:
     """Wall time, CPU seconds (the process and the children it waited for, wait4) and peak RSS of the process tree."""
-    started = time.perf_counter()
-    proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    peak, done = [0], threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], _tree_rss(proc.pid))
-            done.wait(0.05)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    output = proc.stdout.read().decode("utf-8", "replace")
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - started
-    done.set()
-    sampler.join()
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    with tempfile.TemporaryFile() as out:
+        wall, returncode, usage, peak = run_sampled(command, cwd, env, out)
+        out.seek(0)
+        output = out.read().decode("utf-8", "replace")
     cpu = usage.ru_utime + usage.ru_stime
-    return {"wall": wall, "cpu": cpu, "peak_rss": peak[0], "returncode": proc.returncode, "stderr": output}
+    return {"wall": wall, "cpu": cpu, "peak_rss": peak, "returncode": returncode, "stderr": output}
 
 
 def _uptime() -> str:
