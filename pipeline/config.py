@@ -16,6 +16,10 @@ from transforms.schema import Columns
 DEFAULT_CONFIG = "configs/local.yaml"
 
 
+# Runner names that run the pipeline on this machine: DirectRunner (run as Beam's FnApiRunner) and FnApiRunner itself.
+LOCAL_RUNNERS = ("DirectRunner", "SwitchingDirectRunner", "FnApiRunner")
+
+
 class ConfigError(ValueError):
     """An invalid configuration; the message names the file and the setting."""
 

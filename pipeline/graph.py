@@ -11,7 +11,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 
 from model.runtime import TENSORFLOW, choose_runtime
 from pipeline.commit import CommitPartitions
-from pipeline.config import ScoreConfig
+from pipeline.config import LOCAL_RUNNERS, ScoreConfig
 from pipeline.plan import RunPlan
 from transforms.featurize import Featurize
 from transforms.inference import ReviewModelHandler, ScoreReviews
@@ -39,11 +39,7 @@ def threads_per_process(options: PipelineOptions, configured: int) -> int:
 
 def is_local(options: PipelineOptions) -> bool:
     """Whether the pipeline runs on this machine (DirectRunner, which this job runs as FnApiRunner)."""
-    return (options.view_as(StandardOptions).runner or "DirectRunner") in (
-        "DirectRunner",
-        "SwitchingDirectRunner",
-        "FnApiRunner",
-    )
+    return (options.view_as(StandardOptions).runner or "DirectRunner") in LOCAL_RUNNERS
 
 
 def several_processes_per_machine(options: PipelineOptions) -> bool:

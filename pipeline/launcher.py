@@ -22,7 +22,7 @@ from apache_beam.runners.runner import PipelineState
 from model.bundle import BundleError
 from pipeline import lease
 from pipeline.commit import control_root, remove_staging, run_summary_path
-from pipeline.config import ConfigError, ScoreConfig, load_config
+from pipeline.config import LOCAL_RUNNERS, ConfigError, ScoreConfig, load_config
 from pipeline.graph import build_pipeline
 from pipeline.plan import OutputError, RunPlan, days_between, plan_run
 from pipeline.publish import SUMMARY_FILE, check_partition, write_atomically
@@ -57,7 +57,7 @@ def make_runner(options: PipelineOptions):
     """The runner to use: DirectRunner means Beam's FnApiRunner, which DirectRunner itself falls back to for a
     batch pipeline after trying Prism (a binary it would download); naming it directly keeps runs offline."""
     name = options.view_as(StandardOptions).runner or "DirectRunner"
-    if name in ("DirectRunner", "SwitchingDirectRunner"):
+    if name in LOCAL_RUNNERS:
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
         return FnApiRunner()
