@@ -128,9 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     backfill.add_argument(
         "--skip-existing",
         dest="skip_existing",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=None,
-        help="skip days whose partition already has _SUCCESS",
+        help="skip days already published, complete and scored by this run's model version (--no-skip-existing "
+        "scores every day even where the config says skip_existing: true)",
     )
 
     verify = sub.add_parser(
@@ -254,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         lease_and_wait = {"take_over_lease": args.take_over_lease, "wait": not args.no_wait}
         if args.command == "score":
             if args.date is not None:
-                validate_date(args.date, "--date")
+                args.date = validate_date(args.date, "--date")
             return run_score(args.config, _overrides(args), beam_flags, **lease_and_wait)
         start, end = validate_date(args.start, "--start"), validate_date(args.end, "--end")
         return run_backfill(args.config, _overrides(args), beam_flags, start, end, **lease_and_wait)

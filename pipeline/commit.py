@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import shutil
 import time
 
 import apache_beam as beam
@@ -15,9 +14,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline import lease, report
-from pipeline.publish import SUCCESS_FILE, SUMMARY_FILE, publish_partition, write_atomically
-from transforms.io import partition_path
+from pipeline import lease, report, storage
+from pipeline.publish import SUCCESS_FILE, SUMMARY_FILE, footer_rows, publish_partition, published_summary
+from transforms.io import partition_path, staging_dir
 from transforms.schema import REASON, SCORE
 
 _LOG = logging.getLogger(__name__)
@@ -30,11 +29,6 @@ def _read_column(path: str, column: str) -> pa.Array:
     return table[column].combine_chunks()
 
 
-def _footer_rows(path: str) -> int:
-    with FileSystems.open(path) as f:
-        return pq.ParquetFile(f).metadata.num_rows
-
-
 def score_statistics(scores: np.ndarray) -> dict:
     if len(scores) == 0:
         return {}
@@ -44,37 +38,20 @@ def score_statistics(scores: np.ndarray) -> dict:
     return stats
 
 
-def _write_bytes(path: str, data: bytes) -> None:
-    with FileSystems.create(path) as f:
-        f.write(data)
-
-
 def _previous_summary(output: str, partition: str) -> dict | None:
     """The summary of the latest complete partition before this one (or of the last run, unpartitioned)."""
-    if partition:
-        pattern = FileSystems.join(output, "dt=*", SUCCESS_FILE)
-        try:
-            matches = [m.path for r in FileSystems.match([pattern]) for m in r.metadata_list]
-        except Exception:
-            return None
-        earlier = sorted(p for p in matches if p.split("dt=")[-1].split("/")[0] < partition)
-        if not earlier:
-            return None
-        path = FileSystems.join(earlier[-1].rsplit("/", 1)[0], SUMMARY_FILE)
-    else:
-        path = FileSystems.join(output, SUMMARY_FILE)
-    try:
-        with FileSystems.open(path) as f:
-            return json.loads(f.read().decode("utf-8"))
-    except Exception:
-        return None
+    if not partition:
+        return published_summary(output)
+    markers = storage.list_paths(storage.join(output, "dt=*", SUCCESS_FILE))
+    earlier = sorted(p.rsplit("/", 1)[0] for p in markers if p.split("dt=")[-1].split("/")[0] < partition)
+    return published_summary(earlier[-1]) if earlier else None
 
 
 def _empty_shard(staging_dir: str, kind: str, schema: pa.Schema, run_id: str) -> str:
     path = FileSystems.join(staging_dir, f"{kind}-{run_id}-empty.parquet")
     sink = io.BytesIO()
     pq.write_table(schema.empty_table(), sink)
-    _write_bytes(path, sink.getvalue())
+    storage.write_atomically(path, sink.getvalue())
     return path
 
 
@@ -130,11 +107,18 @@ class CommitPartition(beam.DoFn):
     def process(self, element, customers_summary):
         partition, records = element
         records = list(records)
+        control, run_id = control_root(self._staging_root), self._run_info["run_id"]
+        generation = self._run_info.get("leases", {}).get(partition)
+        try:  # the pipeline renews its own leases before committing, also when nobody waits on it (--no-wait)
+            lease.renew(control, partition, run_id, self._run_info["lease_expiry_seconds"], generation)
+        except (lease.LeaseHeld, lease.LeaseError) as e:
+            yield self._refuse(partition, [r for r in records if r["kind"] in ("scores", "rejects")], str(e), {})
+            return
         shards = [r for r in records if r["kind"] in ("scores", "rejects")]
         failures = [r for r in records if r["kind"] == "failure"]
         words = sum(r["words"] for r in records if r["kind"] == "vocabulary")
         oov = sum(r["oov"] for r in records if r["kind"] == "vocabulary")
-        staging_dir = partition_path(self._staging_root, partition)
+        staged = staging_dir(self._staging_root, partition)
         final_dir = partition_path(self._output, partition)
         read = self._expected[partition]
         label = final_dir
@@ -149,7 +133,7 @@ class CommitPartition(beam.DoFn):
             yield self._refuse(partition, shards, f"{first['stage']} failed: {first['message']}{more}", rows)
             return
         for shard in shards:
-            on_disk = _footer_rows(shard["path"])
+            on_disk = footer_rows(shard["path"])
             if on_disk != shard["rows"]:
                 message = f"{shard['path']}: holds {on_disk} rows, its writer wrote {shard['rows']}"
                 yield self._refuse(partition, shards, message, rows)
@@ -179,7 +163,7 @@ class CommitPartition(beam.DoFn):
         for kind in ("scores", "rejects"):
             if not any(s["kind"] == kind for s in shards):
                 shards.append(
-                    {"kind": kind, "rows": 0, "path": _empty_shard(staging_dir, kind, self._schemas[kind], run_id)}
+                    {"kind": kind, "rows": 0, "path": _empty_shard(staged, kind, self._schemas[kind], run_id)}
                 )
         score_files = sorted(s["path"] for s in shards if s["kind"] == "scores")
         scores = np.concatenate([_read_column(p, SCORE).to_numpy(zero_copy_only=False) for p in score_files])
@@ -221,8 +205,17 @@ class CommitPartition(beam.DoFn):
             "rows": rows,
             "rejected_by_reason": dict(sorted(reasons.items())),
         }
-        publish_partition(shards, final_dir, manifest, reports)
-        lease.release(control_root(self._staging_root), partition, run_id)
+        try:
+            publish_partition(
+                shards, final_dir, manifest, reports, fence=lambda: lease.fence(control, partition, run_id, generation)
+            )
+        except lease.LeaseHeld as e:  # the fence: another run took the partition over while this one ran
+            yield self._refuse(partition, shards, str(e), rows)
+            return
+        except OSError as e:  # a full disk, an unwritable file: the previous partition stays as it was
+            yield self._refuse(partition, shards, f"publishing failed: {e}", rows)
+            return
+        lease.release(control, partition, run_id)
         _LOG.info("published %s: %d scored, %d rejected", label, counts["scores"], counts["rejects"])
         yield {
             "partition": partition,
@@ -242,13 +235,8 @@ def control_root(staging_root: str) -> str:
 def remove_staging(staging_root: str) -> None:
     """Removes a run's staging folder (what is left after publishing: shards of retried bundles, refused
     partitions); best effort, since the next run's cleanup of dead staging catches anything left."""
-    if "://" not in staging_root:
-        shutil.rmtree(staging_root, ignore_errors=True)
-        return
     try:
-        leftovers = [m.path for r in FileSystems.match([FileSystems.join(staging_root, "**")]) for m in r.metadata_list]
-        if leftovers:
-            FileSystems.delete(leftovers)
+        storage.delete_tree(staging_root)
     except Exception as e:
         _LOG.warning("could not remove staging %s: %s", staging_root, e)
 
@@ -282,10 +270,10 @@ class WriteRunSummary(beam.DoFn):
             "failed_partitions": failed,
             "partitions": partitions,
         }
-        write_atomically(
-            run_summary_path(control_root(self._staging_root), self._run_id),
-            json.dumps(record, indent=2, sort_keys=True).encode("utf-8"),
-        )
+        try:
+            storage.write_json(run_summary_path(control_root(self._staging_root), self._run_id), record)
+        except OSError as e:  # the launcher, when it waits, reports the run failed without it
+            _LOG.error("cannot write the run summary: %s", e)
         remove_staging(self._staging_root)
         yield record
 
@@ -325,6 +313,8 @@ class CommitPartitions(beam.PTransform):
             [(p, {"kind": "partition"}) for p in plan.partitions]
         )
         run_info = {
+            "leases": plan.leases,
+            "lease_expiry_seconds": plan.lease_expiry_seconds,
             "run_id": plan.run_id,
             "started_at": plan.started_at,
             "model_version": plan.model_version,

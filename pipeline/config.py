@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,11 +124,18 @@ def _build_columns(source: str, value: Any) -> Columns:
     return Columns(**data)
 
 
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
 def validate_date(value: str, setting: str = "date") -> str:
+    """value when it is a real date spelled exactly YYYY-MM-DD. Python's fromisoformat also takes 20261126 and
+    2026-W48-4, which would read and write a second spelling of one partition (dt=20261126 beside dt=2026-11-26)."""
     try:
-        return dt.date.fromisoformat(value).isoformat()
-    except (TypeError, ValueError):
-        raise ConfigError(f"setting {setting!r} must be a date YYYY-MM-DD, got {value!r}") from None
+        if isinstance(value, str) and _DATE.fullmatch(value):
+            return dt.date.fromisoformat(value).isoformat()
+    except ValueError:
+        pass
+    raise ConfigError(f"setting {setting!r} must be a date YYYY-MM-DD, got {value!r}") from None
 
 
 def build_config(data: dict, source: str = "config") -> ScoreConfig:

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import os
 import re
-import shutil
 import sys
 import threading
 import time
@@ -25,8 +23,9 @@ from pipeline.commit import control_root, remove_staging, run_summary_path
 from pipeline.config import LOCAL_RUNNERS, ConfigError, ScoreConfig, load_config
 from pipeline.graph import build_pipeline
 from pipeline.plan import OutputError, RunPlan, days_between, plan_run
-from pipeline.publish import SUMMARY_FILE, check_partition, write_atomically
-from transforms.io import partition_path
+from pipeline.publish import check_partition, published_summary
+from pipeline.storage import basename, delete_tree, is_remote, join, list_paths, read_json, write_json
+from transforms.io import partition_path, staging_dir
 from transforms.schema import InputError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LEASE_HELD = 0, 1, 2, 3
@@ -69,53 +68,32 @@ def _fatal(message: str) -> int:
     return EXIT_FAILED
 
 
-def _list(pattern: str) -> list[str]:
-    try:
-        return [m.path for r in FileSystems.match([pattern]) for m in r.metadata_list]
-    except Exception:  # listing is best effort here: a failed cleanup must not fail a run
-        return []
-
-
-def _delete(paths: list[str]) -> None:
-    if paths:
-        try:
-            FileSystems.delete(paths)
-        except Exception as e:
-            _LOG.warning("could not remove %d staging object(s): %s", len(paths), e)
-
-
 def _clean_dead_staging(plan: RunPlan, partitions: list[str]) -> None:
-    """Removes other runs' staging for partitions this run now holds the lease of: no live run can be writing it.
+    """Removes other runs' staging of the partitions this run holds the lease of: no live run can be writing it.
 
-    A run that holds no lease on a partition never touches its staging, so a live run's staging is never deleted.
+    Each run stages a partition in its own folder (transforms.io.staging_dir), so the cleanup names exactly those
+    folders, on every filesystem; a partition whose lease this run does not hold is never touched, so a live run's
+    staging is never deleted.
     """
     control = control_root(plan.staging_root)
-    current = plan.staging_root.rstrip("/")
-    if "://" in control:
-        for partition in partitions:
-            pattern = FileSystems.join(partition_path(FileSystems.join(control, "*"), partition), "**")
-            found = _list(pattern)
-            runs = [p for p in found if not p[len(control) :].lstrip("/").startswith("_")]  # not leases or records
-            _delete([p for p in runs if not p.startswith(current + "/")])
-        return
-    if not os.path.isdir(control):
-        return
-    for name in os.listdir(control):
-        run_dir = os.path.join(control, name)
-        if run_dir == current or name.startswith("_") or not os.path.isdir(run_dir):
-            continue
-        for partition in partitions:
-            if partition:
-                shutil.rmtree(partition_path(run_dir, partition), ignore_errors=True)
-            else:  # an unpartitioned run stages its shards directly in its run folder
-                for leftover in os.listdir(run_dir):
-                    path = os.path.join(run_dir, leftover)
-                    if os.path.isfile(path):
-                        os.remove(path)
-        try:
-            os.rmdir(run_dir)  # only once a dead run's staging is empty
-        except OSError:
-            pass
+    current = basename(plan.staging_root)
+    for partition in partitions:
+        folder = basename(staging_dir(control, partition))
+        runs = set()
+        for path in list_paths(join(staging_dir(join(control, "*"), partition), "**")):
+            parts = path[len(control) :].lstrip("/").split("/")
+            if len(parts) > 2 and parts[1] == folder and parts[0] != current and not parts[0].startswith("_"):
+                runs.add(parts[0])
+        for run in sorted(runs):
+            try:
+                delete_tree(staging_dir(join(control, run), partition))
+            except Exception as e:  # tidiness: the next run that holds the lease tries again
+                _LOG.warning("could not remove run %s's staging of %s: %s", run, partition or "the output", e)
+            if not is_remote(control):
+                try:
+                    os.rmdir(join(control, run))  # only once a dead run's staging is empty
+                except OSError:
+                    pass
 
 
 def _release(plan: RunPlan, partitions: list[str]) -> None:
@@ -155,12 +133,36 @@ def _report_progress(result, stop: threading.Event, total: int, started: float, 
         )
 
 
-def _read_run_summary(plan: RunPlan) -> dict | None:
+def _cancel(result, stopped: BaseException) -> None:
+    """Cancels the job a stopped launcher was waiting on, so the launcher's cleanup (leases given back, staging
+    removed) cannot race a job that goes on to publish. A released lease fences the job out as well: its commit
+    step finds the lease no longer held and publishes nothing. When the cancel fails, the job may still run, so the
+    leases and staging are left to it (marked on the exception for execute's cleanup)."""
     try:
-        with FileSystems.open(run_summary_path(control_root(plan.staging_root), plan.run_id)) as f:
-            return json.loads(f.read().decode("utf-8"))
-    except Exception:
-        return None
+        result.cancel()
+        _LOG.warning("cancelled the job after %s", type(stopped).__name__)
+    except Exception as e:
+        stopped.job_left_running = f"could not cancel the job ({type(e).__name__}: {e})"
+
+
+def _renew(plan: RunPlan, partitions: list[str]) -> None:
+    control = control_root(plan.staging_root)
+    for partition in partitions:
+        lease.renew(control, partition, plan.run_id, plan.lease_expiry_seconds, plan.leases.get(partition))
+
+
+def _keep_leases(plan: RunPlan, stop: threading.Event) -> None:
+    """Renews the running chunk's leases every quarter of their expiry while the launcher waits, so a healthy run
+    never lapses however long it takes (the pipeline renews each partition itself before its commit too)."""
+    while not stop.wait(plan.lease_expiry_seconds / 4):
+        try:
+            _renew(plan, plan.partitions)
+        except (lease.LeaseHeld, lease.LeaseError) as e:  # the commit's fence refuses what was lost
+            _LOG.warning("could not renew a lease: %s", e)
+
+
+def _read_run_summary(plan: RunPlan) -> dict | None:
+    return read_json(run_summary_path(control_root(plan.staging_root), plan.run_id))
 
 
 def _chunks(partitions: list[str], size: int) -> list[list[str]]:
@@ -182,9 +184,14 @@ def _run_pipeline(
             return [], job_id or "(the runner gave no job id)"
         stop = threading.Event()
         progress = threading.Thread(target=_report_progress, args=(result, stop, total, started), daemon=True)
+        renewal = threading.Thread(target=_keep_leases, args=(plan, stop), daemon=True)
         progress.start()
+        renewal.start()
         try:
             state = result.wait_until_finish()
+        except BaseException as stopped:  # SIGTERM or Ctrl-C while a runner runs the job
+            _cancel(result, stopped)
+            raise
         finally:
             stop.set()
         if state not in (None, PipelineState.DONE):
@@ -195,10 +202,18 @@ def _run_pipeline(
         why = f"run {plan.run_id} failed: {_cause(e)}"
         return [{"partition": p, "status": "failed", "message": why, "rows": {}} for p in plan.partitions], None
     summary = _read_run_summary(plan)
-    if summary is None or summary.get("run_id") != plan.run_id:
-        why = f"run {plan.run_id} ended without its run summary"
-        return [{"partition": p, "status": "failed", "message": why, "rows": {}} for p in plan.partitions], None
+    if summary is None or summary.get("run_id") != plan.run_id:  # the pipeline could not write it: ask the outputs
+        return [_outcome_from_manifest(plan, p) for p in plan.partitions], None
     return summary["partitions"], None
+
+
+def _outcome_from_manifest(plan: RunPlan, partition: str) -> dict:
+    """A partition's outcome when the run summary is missing: published if its manifest names this run."""
+    check = check_partition(partition_path(plan.output, partition), count_rows=False)
+    if check.complete and check.manifest["run_id"] == plan.run_id:
+        return {"partition": partition, "status": "published", "message": "published", "rows": check.manifest["rows"]}
+    why = f"run {plan.run_id} ended without its run summary and did not publish this partition"
+    return {"partition": partition, "status": "failed", "message": why, "rows": {}}
 
 
 def _print_result(plan: RunPlan, result: dict) -> None:
@@ -207,21 +222,13 @@ def _print_result(plan: RunPlan, result: dict) -> None:
         if len(plan.partitions) > 1:  # a single partition's failure is the run's final line
             print(f"sentiment-score: error: {name}: not published: {result['message']}", file=sys.stderr)
         return
-    published = _read_json(FileSystems.join(name, SUMMARY_FILE)) or {}
+    published = published_summary(name) or {}
     rows = result["rows"]
     flag = " DRIFT" if published.get("drift", {}).get("drift_flagged") else ""
     print(
         f"{name}: read {rows['read']}, scored {rows['scored']}, rejected {rows['rejected']} "
         f"{published.get('rejected_by_reason', {})}{flag}"
     )
-
-
-def _read_json(path: str) -> dict | None:
-    try:
-        with FileSystems.open(path) as f:
-            return json.loads(f.read().decode("utf-8"))
-    except Exception:
-        return None
 
 
 def execute(
@@ -249,30 +256,45 @@ def execute(
         return _fatal(str(e))
     for day, why in plan.skipped.items():
         _LOG.warning("skipping dt=%s: %s", day, why)
+    for day, why in plan.failed.items():
+        _LOG.error("not scoring dt=%s: %s", day, why)
     if not plan.partitions:
+        remove_staging(plan.staging_root)  # the start-up probe made it
+        if plan.failed:
+            return _report(plan, [], time.time())
         print(f"nothing to score: every day was skipped ({len(plan.skipped)})")
         return EXIT_OK
 
     control = control_root(plan.staging_root)
-    expiry = config.lease_expiry_hours * 3600
     taken: list[str] = []
+    generations: dict[str, int] = {}
     try:
         for partition in plan.partitions:
-            lease.acquire(control, partition, plan.run_id, plan.started_at, expiry, take_over_lease)
+            held = lease.acquire(
+                control, partition, plan.run_id, plan.started_at, plan.lease_expiry_seconds, take_over_lease
+            )
+            generations[partition] = held.generation
             taken.append(partition)
     except lease.LeaseHeld as e:
         _release(plan, taken)
+        remove_staging(plan.staging_root)
         print(f"sentiment-score: error: {e}", file=sys.stderr)
         return EXIT_LEASE_HELD
     except lease.LeaseError as e:
         _release(plan, taken)
+        remove_staging(plan.staging_root)
         return _fatal(str(e))
     except BaseException:  # SIGTERM or Ctrl-C while taking them
         _release(plan, taken)
         raise
+    plan = dataclasses.replace(plan, leases=generations)
     try:
         return _launch(config, plan, options, test_pipeline, backfill, wait)
-    except BaseException:  # SIGTERM (a scheduler's timeout) or Ctrl-C: give the partitions back before exiting
+    except BaseException as stopped:  # SIGTERM (a scheduler's timeout) or Ctrl-C: give the partitions back
+        left = getattr(stopped, "job_left_running", None)
+        if left:  # the job may still publish: its leases and staging are its own
+            print(f"sentiment-score: error: {left}; its leases and staging are left to it", file=sys.stderr)
+            raise
         _release(plan, plan.partitions)
         remove_staging(plan.staging_root)
         raise
@@ -308,15 +330,12 @@ def _run_chunks(
     config: ScoreConfig, plan: RunPlan, options: PipelineOptions, test_pipeline, backfill: bool, started: float
 ) -> int:
     """Runs the plan's partitions chunk by chunk (one chunk unless backfilling), then reports and returns the code."""
-    control = control_root(plan.staging_root)
-    expiry = config.lease_expiry_hours * 3600
     size = config.backfill_chunk_days if backfill else max(len(plan.partitions), 1)
     results: list[dict] = []
     for i, chunk in enumerate(_chunks(plan.partitions, size)):
         if i:
             try:
-                for partition in chunk:
-                    lease.renew(control, partition, plan.run_id, expiry)
+                _renew(plan, chunk)
             except (lease.LeaseHeld, lease.LeaseError) as e:
                 results += [{"partition": p, "status": "failed", "message": str(e), "rows": {}} for p in chunk]
                 continue
@@ -332,12 +351,23 @@ def _run_chunks(
         for result in chunk_results:
             _print_result(plan, result)
         results += chunk_results
-    wall = time.time() - started
     remove_staging(plan.staging_root)
+    return _report(plan, results, started)
 
+
+def _report(plan: RunPlan, results: list[dict], started: float) -> int:
+    """Prints the run's outcome and writes its run summary; returns the exit code. Partitions refused at start-up
+    are reported with those that failed while the pipeline ran."""
+    control = control_root(plan.staging_root)
+    wall = time.time() - started
+    refused = [
+        {"partition": p, "status": "failed", "message": f"refused at start-up: {why}", "rows": {}}
+        for p, why in plan.failed.items()
+    ]
+    results = sorted(results + refused, key=lambda r: r["partition"])
     published = [r for r in results if r["status"] == "published"]
     failed = [r for r in results if r["status"] != "published"]
-    if len(results) > 1 or failed:
+    if len(results) > 1 or failed or _read_run_summary(plan) is None:
         record = {
             "run_id": plan.run_id,
             "status": "failed" if failed else "ok",
@@ -345,7 +375,11 @@ def _run_chunks(
             "skipped_partitions": plan.skipped,
             "partitions": results,
         }
-        write_atomically(run_summary_path(control, plan.run_id), json.dumps(record, indent=2).encode("utf-8"))
+        try:
+            write_json(run_summary_path(control, plan.run_id), record)
+        except OSError as e:  # the partitions' outcomes stand (and were printed); the record of them is missing
+            print(f"sentiment-score: error: cannot write the run summary: {e}", file=sys.stderr)
+            return EXIT_FAILED
     scored = sum(r["rows"]["scored"] for r in published)
     rejected = sum(r["rows"]["rejected"] for r in published)
     read = sum(r["rows"]["read"] for r in published)
@@ -355,7 +389,12 @@ def _run_chunks(
         print(f"sentiment-score: error: {name}: not published: {failed[0]['message']}", file=sys.stderr)
         return EXIT_FAILED
     if failed:
-        names = ", ".join(partition_path(plan.output, r["partition"]) for r in failed)
+        for r in refused:
+            print(
+                f"sentiment-score: error: {partition_path(plan.output, r['partition'])}: {r['message']}",
+                file=sys.stderr,
+            )
+        names = "; ".join(f"{partition_path(plan.output, r['partition'])} ({_short(r['message'])})" for r in failed)
         print(
             f"sentiment-score: error: {len(failed)} of {len(results)} partition(s) not published: {names}; "
             f"{len(published)} published; run summary {run_summary_path(control, plan.run_id)}",
@@ -367,6 +406,10 @@ def _run_chunks(
         f"model {plan.model_version}, output {plan.output}"
     )
     return EXIT_OK
+
+
+def _short(message: str, limit: int = 400) -> str:
+    return message if len(message) <= limit else message[: limit - 3] + "..."
 
 
 def run_score(

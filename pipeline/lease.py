@@ -5,6 +5,11 @@ store's create-if-absent primitive (local: O_EXCL; S3: `If-None-Match: *`; GCS: 
 generation is the current lease. A run takes a free partition (no lease, or the current one released or expired, or
 `take_over`) by creating the next generation: when two runs race for it only one create succeeds. Nothing is ever
 overwritten except by its own holder (to renew or release it).
+
+Expiry is judged by the store's clock: a lease lapses `expiry_seconds` after its object was last written (taken or
+renewed), by the object's modification time against the time the store gives a probe object written now, never by
+comparing two hosts' clocks. The generation is a fencing token: a run checks it still holds the newest generation
+immediately before it publishes (`fence`), so a run whose lease lapsed and was taken over publishes nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import json
 import os
 import socket
 import time
+import uuid
 from dataclasses import dataclass
 
 from apache_beam.io.filesystems import FileSystems
@@ -25,6 +31,11 @@ class LeaseHeld(RuntimeError):
     """Another live run holds the lease of a partition; the message names the run and when it started."""
 
 
+class LeaseLost(LeaseHeld):
+    """The run no longer holds the newest generation of a partition's lease (it lapsed and another run took it, or
+    it was taken over): the partition is not published by this run."""
+
+
 class LeaseError(RuntimeError):
     """The lease store cannot be used (unsupported scheme, unreadable lease); the message names the path."""
 
@@ -34,8 +45,24 @@ def lease_dir(control_root: str, partition: str) -> str:
     return FileSystems.join(control_root, LEASES_DIR, f"dt={partition}" if partition else "_output")
 
 
-def _now() -> float:
-    return time.time()
+def store_now(directory: str) -> float:
+    """The store's clock: the modification time the store gives a probe object written now (on local disk the
+    filesystem's, on S3 or GCS the service's), so expiry never compares this host's clock with another's."""
+    probe = FileSystems.join(directory, f".clock-{uuid.uuid4().hex}")
+    try:
+        with FileSystems.create(probe) as f:
+            f.write(b"clock")  # not empty: Beam's S3 upload of an empty object is a malformed multipart upload
+        stamped = [m.last_updated_in_seconds for r in FileSystems.match([probe]) for m in r.metadata_list]
+    except Exception as e:
+        raise LeaseError(f"{directory}: cannot read the store's clock ({type(e).__name__}: {e})") from None
+    finally:
+        try:
+            FileSystems.delete([probe])
+        except Exception:  # the probe is tiny, hidden, and never read: tidiness only
+            pass
+    if not stamped:
+        raise LeaseError(f"{directory}: the store gave no modification time for {probe}")
+    return float(stamped[0])
 
 
 def _stamp(seconds: float) -> str:
@@ -115,11 +142,17 @@ class Lease:
     generation: int
     run_id: str
     started_at: float
-    expires_at: float
+    expiry_seconds: float
+    modified_at: float  # the store's modification time of the lease object: when it was taken or last renewed
     released: bool
     holder: str
 
+    @property
+    def expires_at(self) -> float:
+        return self.modified_at + self.expiry_seconds
+
     def live(self, now: float) -> bool:
+        """Whether the lease still holds at `now`, a time on the store's clock (store_now)."""
         return not self.released and now < self.expires_at
 
     def describe(self) -> str:
@@ -132,12 +165,17 @@ def _read(path: str, generation: int) -> Lease:
     try:
         with FileSystems.open(path) as f:
             data = json.loads(f.read().decode("utf-8"))
+        modified = [m.last_updated_in_seconds for r in FileSystems.match([path]) for m in r.metadata_list]
+        started = float(data["started_at"])
+        # Leases written before expiry_seconds was recorded carry only an absolute expires_at.
+        expiry = float(data.get("expiry_seconds", float(data.get("expires_at", started)) - started))
         return Lease(
             path,
             generation,
             data["run_id"],
-            float(data["started_at"]),
-            float(data["expires_at"]),
+            started,
+            expiry,
+            float(modified[0]) if modified else started,
             bool(data.get("released", False)),
             data.get("holder", "?"),
         )
@@ -169,14 +207,13 @@ def current(control_root: str, partition: str) -> Lease | None:
     return _read(path, generation)
 
 
-def _payload(run_id: str, started_at: float, expires_at: float, released: bool = False) -> bytes:
+def _payload(run_id: str, started_at: float, expiry_seconds: float, released: bool = False) -> bytes:
     holder = f"{socket.gethostname()} pid {os.getpid()}"
     record = {
         "run_id": run_id,
         "started_at": started_at,
         "started": _stamp(started_at),
-        "expires_at": expires_at,
-        "expires": _stamp(expires_at),
+        "expiry_seconds": expiry_seconds,
         "released": released,
         "holder": holder,
     }
@@ -184,25 +221,33 @@ def _payload(run_id: str, started_at: float, expires_at: float, released: bool =
 
 
 def acquire(
-    control_root: str, partition: str, run_id: str, started_at: float, expiry_seconds: float, take_over: bool = False
+    control_root: str,
+    partition: str,
+    run_id: str,
+    started_at: float,
+    expiry_seconds: float,
+    take_over: bool = False,
+    now: float | None = None,
 ) -> Lease:
-    """Takes a partition's lease for run_id; raises LeaseHeld naming the live holder when another run has it."""
+    """Takes a partition's lease for run_id; raises LeaseHeld naming the live holder when another run has it.
+
+    now: the store's time (store_now) unless given; tests give it to see a lease lapse without waiting.
+    """
     directory = lease_dir(control_root, partition)
-    name = f"dt={partition}" if partition else "the output"
+    name = partition_name(partition)
     for _ in range(3):
         generations = _generations(directory)
         newest = _read(generations[-1][1], generations[-1][0]) if generations else None
-        now = _now()
         if newest is not None and newest.run_id == run_id and not newest.released:
             return newest
-        if newest is not None and newest.live(now) and not take_over:
+        if newest is not None and not take_over and newest.live(store_now(directory) if now is None else now):
             raise LeaseHeld(
                 f"{name} is being written by {newest.describe()}; lease {newest.path} "
                 f"(wait for it, or pass --take-over-lease if that run is dead)"
             )
         generation = newest.generation + 1 if newest is not None else 0
         path = FileSystems.join(directory, f"{_PREFIX}{generation:08d}{_SUFFIX}")
-        if create_if_absent(path, _payload(run_id, started_at, now + expiry_seconds)):
+        if create_if_absent(path, _payload(run_id, started_at, expiry_seconds)):
             stale = [p for g, p in generations if g < generation]
             if stale:
                 try:
@@ -215,13 +260,30 @@ def acquire(
     raise LeaseHeld(f"{name} is being written by {newest.describe() if newest else 'another run'}")
 
 
-def renew(control_root: str, partition: str, run_id: str, expiry_seconds: float) -> Lease:
-    """Extends the lease run_id holds (long backfills renew before each chunk); raises LeaseHeld if it was lost."""
+def fence(control_root: str, partition: str, run_id: str, generation: int | None) -> Lease:
+    """The lease when run_id still holds `generation` and it is the newest; raises LeaseLost otherwise. Called
+    immediately before a partition is published: the generation is the run's fencing token."""
     newest = current(control_root, partition)
-    if newest is None or newest.run_id != run_id or newest.released:
+    lost = generation is not None and newest is not None and newest.generation != generation
+    if newest is None or lost or newest.run_id != run_id or newest.released:
         holder = newest.describe() if newest is not None else "nobody"
-        raise LeaseHeld(f"run {run_id} lost the lease of {lease_dir(control_root, partition)}: now {holder}")
-    _overwrite(newest.path, _payload(run_id, newest.started_at, _now() + expiry_seconds))
+        raise LeaseLost(
+            f"run {run_id} no longer holds the lease of {partition_name(partition)} (its generation {generation}; "
+            f"now {holder}): not published by this run"
+        )
+    return newest
+
+
+def renew(
+    control_root: str, partition: str, run_id: str, expiry_seconds: float, generation: int | None = None
+) -> Lease:
+    """Extends the lease run_id holds (while a run lives, and before each commit); raises LeaseLost if it was lost.
+    With a generation, only that generation counts as held (the fencing token the run was given)."""
+    newest = current(control_root, partition)
+    if newest is None or newest.run_id != run_id or newest.released or generation not in (None, newest.generation):
+        holder = newest.describe() if newest is not None else "nobody"
+        raise LeaseLost(f"run {run_id} lost the lease of {lease_dir(control_root, partition)}: now {holder}")
+    _overwrite(newest.path, _payload(run_id, newest.started_at, expiry_seconds))
     return _read(newest.path, newest.generation)
 
 
@@ -233,5 +295,9 @@ def release(control_root: str, partition: str, run_id: str) -> bool:
         return False
     if newest is None or newest.run_id != run_id or newest.released:
         return False
-    _overwrite(newest.path, _payload(run_id, newest.started_at, newest.expires_at, released=True))
+    _overwrite(newest.path, _payload(run_id, newest.started_at, newest.expiry_seconds, released=True))
     return True
+
+
+def partition_name(partition: str) -> str:
+    return f"dt={partition}" if partition else "the output"

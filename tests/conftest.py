@@ -44,6 +44,45 @@ def bundle(bundle_dir):
     return load_bundle(str(bundle_dir))
 
 
+def shard_paths(partition, kind: str) -> list[str]:
+    """A published partition's shards of one kind: scores at the top of the folder, rejects under _rejects/."""
+    import glob as _glob
+
+    folder = str(partition) if kind == "scores" else os.path.join(str(partition), "_rejects")
+    return sorted(_glob.glob(os.path.join(folder, f"{kind}-*.parquet")))
+
+
+def partition_summary(partition) -> dict:
+    """The summary.json a published partition's manifest lists (under _report/RUN/)."""
+    from pipeline.publish import published_summary
+
+    summary = published_summary(str(partition))
+    assert summary is not None, f"{partition}: no published summary"
+    return summary
+
+
+def partition_report(partition, name: str = "report.md") -> str:
+    """A report file of a published partition, as text (report.md lives beside summary.json under _report/RUN/)."""
+    import json as _json
+
+    with open(os.path.join(str(partition), "_SUCCESS"), encoding="utf-8") as f:
+        run_id = _json.load(f)["run_id"]
+    with open(os.path.join(str(partition), "_report", run_id, name), encoding="utf-8") as f:
+        return f.read()
+
+
+def retrained_bundle(bundle, directory) -> str:
+    """The same bundle with slightly different weights: another content version, same vocabulary and shapes."""
+    import keras
+    import numpy as np
+
+    from model.bundle import save_bundle
+
+    model = keras.models.clone_model(bundle.model)
+    model.set_weights([w + np.float32(1e-3) for w in bundle.model.get_weights()])
+    return save_bundle(str(directory), model, bundle.vocabulary, bundle.tokenizer, bundle.scaler).model_version
+
+
 def sample_config(sample_dir, bundle_dir, output, **extra):
     """A run config over the sample data and bundle, on FnApiRunner (no Prism download), with overrides."""
     from pipeline.config import build_config

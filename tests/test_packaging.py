@@ -19,7 +19,7 @@ from packaging.utils import canonicalize_name
 
 import transforms.text as text_module
 from pipeline.launcher import execute
-from tests.conftest import SAMPLE_DATE, sample_config, score_args
+from tests.conftest import SAMPLE_DATE, sample_config, score_args, shard_paths
 from transforms.text import Tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,7 +61,7 @@ def clean_venv(path: Path) -> Path:
 def read_outputs(partition: Path) -> dict[str, pa.Table]:
     outputs = {}
     for kind in ("scores", "rejects"):
-        files = sorted(partition.glob(f"{kind}-*.parquet"))
+        files = [Path(p) for p in shard_paths(partition, kind)]
         outputs[kind] = pa.concat_tables([pq.read_table(f) for f in files]).sort_by("review_id")
     return outputs
 

@@ -57,13 +57,35 @@ class ReadTask:
     group_rows: tuple[int, ...] = ()  # rows of each of row_groups, from the footer
 
 
-def _visible(path: str) -> bool:
-    name = path.rstrip("/").rsplit("/", 1)[-1]
-    return not name.startswith(("_", "."))
+# Names below an input root that are never data, as Hive, Spark and pyarrow.dataset skip them: any path component
+# starting with "_" or "." (Hadoop/Spark `_temporary/` attempts, `.staging/`, `_SUCCESS`, `_committed_*`,
+# `_started_*`, `.crc` checksums) and checksum files by suffix.
+_HIDDEN_PREFIXES = ("_", ".")
+_NON_DATA_SUFFIXES = (".crc",)
+
+
+def _listing_root(pattern: str) -> str:
+    """The folder below which a pattern's matches are judged: the folder itself, a glob's fixed leading folders, or
+    a named file's folder (a file named explicitly is judged by its own name only)."""
+    if _GLOB_CHARS & set(pattern):
+        fixed = pattern[: min(pattern.index(c) for c in _GLOB_CHARS if c in pattern)]
+        return fixed.rsplit("/", 1)[0] if "/" in fixed else ""
+    if pattern.endswith(".parquet"):
+        return pattern.rsplit("/", 1)[0] if "/" in pattern else ""
+    return pattern.rstrip("/")
+
+
+def is_data_path(path: str, root: str) -> bool:
+    """Whether a listed file is input data: no "_"/"." component below root, not a checksum."""
+    if path.endswith(_NON_DATA_SUFFIXES):
+        return False
+    below = path[len(root) :] if root and path.startswith(root) else path.rsplit("/", 1)[-1]
+    return not any(part.startswith(_HIDDEN_PREFIXES) for part in below.split("/") if part)
 
 
 def resolve_files(pattern: str) -> list[str]:
-    """The files a path names: a file, every *.parquet below a folder, or a glob's matches; sorted."""
+    """The data files a path names: a file, every *.parquet below a folder, or a glob's matches; sorted. Writers'
+    leftovers below the root (see is_data_path) are skipped: a stale `_temporary/` copy is never read."""
     if _GLOB_CHARS & set(pattern) or pattern.endswith(".parquet"):
         patterns = [pattern]
     else:
@@ -72,8 +94,9 @@ def resolve_files(pattern: str) -> list[str]:
         results = FileSystems.match(patterns)
     except Exception as e:  # Beam raises BeamIOError with per-pattern causes.
         raise InputError(f"{pattern}: cannot list files: {e}") from None
+    root = _listing_root(pattern)
     paths = {m.path for r in results for m in r.metadata_list}
-    return sorted(p for p in paths if _visible(p))
+    return sorted(p for p in paths if is_data_path(p, root))
 
 
 _S3_CLIENTS: dict[int, tuple] = {}
@@ -151,21 +174,35 @@ def inspect_file(path: str, index: int, partition: str = "") -> tuple[InputFile,
     """A file's footer: its rows, row groups and Arrow schema."""
     footer = _s3_footer(path) if path.startswith("s3://") else None
     parquet = pq.ParquetFile(pa.BufferReader(footer)) if footer is not None else open_parquet(path)
-    meta = parquet.metadata
-    groups = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
-    return InputFile(path, index, meta.num_rows, groups, partition), parquet.schema_arrow
+    try:
+        meta = parquet.metadata
+        groups = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
+        schema = parquet.schema_arrow
+    except Exception as e:  # a footer that parses but describes something Arrow cannot read
+        raise InputError(f"{path}: not a readable Parquet file ({' '.join(str(e).split())[:200]})") from None
+    return InputFile(path, index, meta.num_rows, groups, partition), schema
 
 
 def inspect_files(
-    files: Sequence[tuple[str, int, str]], threads: int = FOOTER_THREADS
-) -> list[tuple[InputFile, pa.Schema]]:
+    files: Sequence[tuple[str, int, str]], threads: int = FOOTER_THREADS, return_errors: bool = False
+) -> list[tuple[InputFile, pa.Schema] | InputError]:
     """inspect_file for each (path, index, partition), up to `threads` footers read at once (an object store
-    answers each in tens of milliseconds, mostly waiting); results in the given order, and the first file in that
-    order that fails raises, whatever order the reads finished in."""
+    answers each in tens of milliseconds, mostly waiting); results in the given order. The first file in that order
+    that fails raises, whatever order the reads finished in; with return_errors its InputError takes its place in
+    the results instead, so the caller can fail only the partition that file belongs to."""
+
+    def one(f):
+        try:
+            return inspect_file(*f)
+        except InputError as e:
+            if return_errors:
+                return e
+            raise
+
     if threads <= 1 or len(files) <= 1:
-        return [inspect_file(*f) for f in files]
+        return [one(f) for f in files]
     with concurrent.futures.ThreadPoolExecutor(max_workers=min(threads, len(files))) as pool:
-        futures = [pool.submit(inspect_file, *f) for f in files]
+        futures = [pool.submit(one, f) for f in files]
         try:
             return [future.result() for future in futures]
         finally:
@@ -259,7 +296,11 @@ class ReadParquetBatches(beam.DoFn):
                 row += n
                 read += n
                 self._rows_read.inc(n)
-                yield task.partition, conform(table, self._schema)
+                try:
+                    table = conform(table, self._schema)
+                except InputError as e:
+                    raise InputError(f"{task.path}: {e}") from None
+                yield task.partition, table
             if read != task.group_rows[position]:
                 raise InputError(
                     f"{task.path}: read {read} rows from row group {group}, footer says {task.group_rows[position]}"
@@ -310,6 +351,16 @@ def partition_path(root: str, partition: str) -> str:
     return FileSystems.join(root, f"dt={partition}") if partition else root
 
 
+# The folder of a run's staging that holds the shards of an unpartitioned output: a named folder like a day's, so
+# every partition's staging is one folder that a cleanup can name without touching another partition's.
+UNPARTITIONED = "_output"
+
+
+def staging_dir(staging_root: str, partition: str) -> str:
+    """Where a run stages one partition's shards: RUN/dt=D, or RUN/_output for an unpartitioned output."""
+    return FileSystems.join(staging_root, f"dt={partition}" if partition else UNPARTITIONED)
+
+
 class WriteParquetShards(beam.DoFn):
     """Writes (partition, table) pairs into one Parquet shard per partition per bundle under a staging root.
 
@@ -340,7 +391,7 @@ class WriteParquetShards(beam.DoFn):
             return
         table = conform(table, self._schema)
         if partition not in self._open:
-            directory = partition_path(self._root, partition)
+            directory = staging_dir(self._root, partition)
             # Run-unique names: published shards of different runs can sit side by side until the new _SUCCESS.
             path = FileSystems.join(directory, f"{self._prefix}{uuid.uuid4().hex[:16]}.parquet")
             handle = FileSystems.create(path)

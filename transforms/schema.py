@@ -131,12 +131,17 @@ class RunSchema:
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """Selects and casts the schema's columns, in its order; missing ones become nulls."""
+    """Selects and casts the schema's columns, in its order; missing ones become nulls. A value the cast cannot
+    hold (a uint64 id above int64's range) is an InputError naming the column."""
     arrays = []
     for f in schema:
         if f.name in table.column_names:
             column = table[f.name]
-            arrays.append(column if column.type == f.type else column.cast(f.type))
+            try:
+                arrays.append(column if column.type == f.type else column.cast(f.type))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+                reason = " ".join(str(e).split())[:200]
+                raise InputError(f"column {f.name!r} ({column.type}) does not fit {f.type}: {reason}") from None
         else:
             arrays.append(pa.nulls(table.num_rows, f.type))
     return pa.Table.from_arrays(arrays, schema=schema)

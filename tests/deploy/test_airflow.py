@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import load_config
+from tests.conftest import partition_summary
 
 REPO = Path(__file__).resolve().parents[2]
 DAG_DIR = REPO / "deploy" / "airflow"
@@ -211,7 +212,7 @@ def test_the_run_due_after_a_day_publishes_exactly_that_day(
     assert f"OK {output}/dt={day}: complete" in result.stdout  # verify's own line, logged by the sensor
     published = output / f"dt={day}"
     assert (published / "_SUCCESS").exists()
-    summary = json.loads((published / "summary.json").read_text())
+    summary = partition_summary(published)
     day_files = sorted((sample_days / "reviews" / f"dt={day}").glob("*.parquet"))
     assert summary["rows"]["read"] == sum(pq.ParquetFile(f).metadata.num_rows for f in day_files) > 0
     assert summary["input_files"]["reviews"] == [str(f) for f in day_files]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import glob
-import json
 import operator
 import os
 import shutil
@@ -22,7 +21,7 @@ from model.bundle import BundleError, load_bundle
 from model.runtime import TensorflowRuntime as ModelScorer
 from pipeline.config import ConfigError, build_config
 from pipeline.launcher import execute
-from tests.conftest import corrupt_first_page_header
+from tests.conftest import corrupt_first_page_header, partition_summary
 from transforms.featurize import Featurizer
 from transforms.isolation import score_with_isolation
 from transforms.join import build_customer_table, join_customers
@@ -100,8 +99,7 @@ def read_parquet_files(pattern: str) -> pa.Table:
 
 
 def read_summary(partition: str) -> dict:
-    with open(os.path.join(partition, "summary.json"), encoding="utf-8") as f:
-        return json.load(f)
+    return partition_summary(partition)
 
 
 def predict(bundle, rows: list[tuple[float, float, str]]) -> np.ndarray:
@@ -223,7 +221,7 @@ def dirty_run(tmp_path_factory, bundle_dir):
     return {
         "partition": partition,
         "scores": read_parquet_files(f"{partition}/scores-*.parquet"),
-        "rejects": read_parquet_files(f"{partition}/rejects-*.parquet"),
+        "rejects": read_parquet_files(f"{partition}/_rejects/rejects-*.parquet"),
         "summary": read_summary(partition),
     }
 
@@ -314,7 +312,7 @@ def test_invalid_utf8_in_a_binary_text_column_is_rejected(tmp_path, bundle_dir, 
     ]
     write_parquet(tmp_path / "reviews" / f"dt={DATE}" / "a.parquet", rows, schema)
     partition = run_written(capsys, tmp_path, bundle_dir)
-    rejects = {r["review_id"]: r for r in read_parquet_files(f"{partition}/rejects-*.parquet").to_pylist()}
+    rejects = {r["review_id"]: r for r in read_parquet_files(f"{partition}/_rejects/rejects-*.parquet").to_pylist()}
     assert {k: r["reason"] for k, r in rejects.items()} == {2: "invalid_utf8", 4: "null_text", 5: "empty_text"}
     assert rejects[2]["review_text"] == b"bad bytes \xff\xfe here"  # the raw bytes, kept for inspection
     scores = read_parquet_files(f"{partition}/scores-*.parquet")
@@ -331,7 +329,7 @@ def test_feature_that_overflows_the_models_float32_input_is_non_finite(tmp_path,
         REVIEW_SCHEMA,
     )
     partition = run_written(capsys, tmp_path, bundle_dir)
-    rejects = read_parquet_files(f"{partition}/rejects-*.parquet").to_pylist()
+    rejects = read_parquet_files(f"{partition}/_rejects/rejects-*.parquet").to_pylist()
     assert [(r["review_id"], r["reason"]) for r in rejects] == [(1, "non_finite_feature")]
 
 
@@ -453,7 +451,7 @@ def test_review_glob_that_matches_nothing_with_allow_empty(tmp_path, capsys, bun
     summary = read_summary(partition)
     assert summary["rows"] == {"read": 0, "scored": 0, "rejected": 0}
     scores = read_parquet_files(f"{partition}/scores-*.parquet")
-    rejects = read_parquet_files(f"{partition}/rejects-*.parquet")
+    rejects = read_parquet_files(f"{partition}/_rejects/rejects-*.parquet")
     assert scores.num_rows == 0 and rejects.num_rows == 0
     assert scores.schema.names == ["review_id", "customer_id", "sentiment_score", "model_version"]
     assert {"review_id", "reason", "detail"} <= set(rejects.schema.names)

@@ -1,6 +1,5 @@
 """The whole scoring pipeline on real Parquet, a real trained bundle and Beam's FnApiRunner."""
 
-import glob
 import json
 import os
 import subprocess
@@ -19,7 +18,7 @@ from pipeline.graph import build_pipeline
 from pipeline.launcher import execute
 from pipeline.plan import plan_run
 from pipeline.train import load_training_rows
-from tests.conftest import SAMPLE_DATE, sample_config, score_args
+from tests.conftest import SAMPLE_DATE, partition_report, partition_summary, sample_config, score_args, shard_paths
 from transforms.featurize import Featurizer
 from transforms.schema import Columns
 from transforms.validate import REASONS
@@ -61,7 +60,7 @@ class ScoresClose:
 
 
 def _read_dir(directory, kind):
-    files = sorted(glob.glob(os.path.join(directory, f"{kind}-*.parquet")))
+    files = shard_paths(directory, kind)
     return pa.concat_tables([pq.read_table(f) for f in files]) if files else None
 
 
@@ -97,9 +96,11 @@ def test_parity_matcher_fails_on_a_wrong_score(sample_dir, bundle):
 
 def test_partition_layout_and_invariant(nightly):
     names = sorted(os.listdir(nightly))
-    assert "_SUCCESS" in names and "summary.json" in names and "report.md" in names
-    assert any(n.startswith("scores-") for n in names) and any(n.startswith("rejects-") for n in names)
-    summary = json.loads((nightly / "summary.json").read_text())
+    # What a Hive-convention reader of the folder sees: score shards; rejects and reports under "_" names.
+    assert {n for n in names if not n.startswith("scores-")} == {"_SUCCESS", "_rejects", "_report"}
+    assert shard_paths(nightly, "scores") and shard_paths(nightly, "rejects")
+    assert "Score histogram" in partition_report(nightly)
+    summary = partition_summary(nightly)
     scores, rejects = _read_dir(nightly, "scores"), _read_dir(nightly, "rejects")
     rows = summary["rows"]
     assert rows["scored"] == scores.num_rows and rows["rejected"] == rejects.num_rows
@@ -131,7 +132,7 @@ def test_sample_dirty_rows_are_rejected_with_reasons(nightly):
 
 
 def test_summary_reports_quantiles_histogram_and_run_facts(nightly, bundle):
-    summary = json.loads((nightly / "summary.json").read_text())
+    summary = partition_summary(nightly)
     assert summary["model_version"] == bundle.model_version and summary["date"] == SAMPLE_DATE
     q = summary["score_quantiles"]
     assert q["min"] <= q["p05"] <= q["p50"] <= q["p95"] <= q["max"]
@@ -177,8 +178,9 @@ def test_rerun_replaces_the_partition_completely(sample_dir, bundle_dir, tmp_pat
     assert execute(config, [SAMPLE_DATE], []) == 0
     second = set(os.listdir(partition))
     assert "scores-stale-from-elsewhere.parquet" not in second
-    assert not (first & second) - {"_SUCCESS", "summary.json", "report.md", "score_histogram.png"}
-    summary = json.loads((partition / "summary.json").read_text())
+    assert not (first & second) - {"_SUCCESS", "_rejects", "_report"}
+    assert len(os.listdir(partition / "_report")) == 1  # the previous run's reports went with its shards
+    summary = partition_summary(partition)
     assert _read_dir(partition, "scores").num_rows == summary["rows"]["scored"]
     # Staging is removed once the partition is published; beside the output stay the lease and run records.
     assert sorted(os.listdir(tmp_path / "out.staging")) == ["_leases", "_runs"]
@@ -188,12 +190,12 @@ def test_backfill_writes_each_day_with_its_own_summary_and_compares_to_the_previ
     config = sample_config(sample_dir, bundle_dir, tmp_path / "out")
     assert execute(config, ["2026-11-26", "2026-11-27", SAMPLE_DATE], [], backfill=True) == 0
     assert not (tmp_path / "out" / "dt=2026-11-26").exists()  # no input that day: skipped, not failed
-    first = json.loads((tmp_path / "out" / "dt=2026-11-27" / "summary.json").read_text())
-    second = json.loads((tmp_path / "out" / f"dt={SAMPLE_DATE}" / "summary.json").read_text())
+    first = partition_summary(tmp_path / "out" / "dt=2026-11-27")
+    second = partition_summary(tmp_path / "out" / f"dt={SAMPLE_DATE}")
     assert first["run_id"] == second["run_id"]  # one pipeline
     assert first["rows"]["read"] == second["rows"]["read"] == 300
     assert second["drift"]["previous_date"] == "2026-11-27" and second["drift"]["psi"] is not None
-    assert "Drift against previous partition" in (tmp_path / "out" / f"dt={SAMPLE_DATE}" / "report.md").read_text()
+    assert "Drift against previous partition" in partition_report(tmp_path / "out" / f"dt={SAMPLE_DATE}")
 
 
 def test_backfill_skip_existing_leaves_complete_days_alone(sample_dir, bundle_dir, tmp_path):

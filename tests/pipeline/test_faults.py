@@ -22,14 +22,14 @@ from pipeline.config import build_config
 from pipeline.launcher import execute
 from pipeline.publish import check_partition
 from pipeline.sample_data import write_sample_data
-from tests.conftest import corrupt_first_page_header, run_handler
+from tests.conftest import corrupt_first_page_header, partition_summary, run_handler, shard_paths
 from transforms.featurize import NUMERIC, TOKENS, Featurizer, matrix_column
 from transforms.inference import ReviewModelHandler, ScoreReviews
 from transforms.isolation import score_with_isolation
 from transforms.schema import RunSchema
 
 DATE = "2026-11-28"
-PARTITION_FILES = {"summary.json", "report.md", "score_histogram.png", "_SUCCESS"}
+PARTITION_FILES = {"_SUCCESS", "_rejects", "_report"}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -60,17 +60,18 @@ def rows_in(pattern: str) -> int:
 
 
 def read_summary(partition: str) -> dict:
-    with open(os.path.join(partition, "summary.json"), encoding="utf-8") as f:
-        return json.load(f)
+    return partition_summary(partition)
 
 
 def snapshot(directory: str) -> dict[str, str]:
-    """Every file in a directory and the hash of its bytes."""
+    """Every file below a directory and the hash of its bytes."""
     result = {}
-    for name in sorted(os.listdir(directory)):
-        with open(os.path.join(directory, name), "rb") as f:
-            result[name] = hashlib.sha256(f.read()).hexdigest()
-    return result
+    for root, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                result[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
+    return dict(sorted(result.items()))
 
 
 def input_review_ids(paths: dict) -> list[int]:
@@ -86,15 +87,18 @@ def assert_complete(partition: str, read: int) -> dict:
     assert rows["read"] == read
     assert rows["scored"] + rows["rejected"] == read
     assert rows_in(f"{partition}/scores-*.parquet") == rows["scored"]
-    assert rows_in(f"{partition}/rejects-*.parquet") == rows["rejected"]
+    assert rows_in(f"{partition}/_rejects/rejects-*.parquet") == rows["rejected"]
     names = set(os.listdir(partition))
     shards = {n for n in names if n.endswith(".parquet")}
-    assert names - shards == PARTITION_FILES
-    assert all(n.startswith(("scores-", "rejects-")) for n in shards)
+    assert names - shards == PARTITION_FILES  # a Hive reader of the folder sees score shards only
+    assert all(n.startswith("scores-") for n in shards)
+    assert all(n.startswith("rejects-") for n in os.listdir(os.path.join(partition, "_rejects")))
     with open(os.path.join(partition, "_SUCCESS"), encoding="utf-8") as f:
         manifest = json.load(f)
     assert manifest["run_id"] == summary["run_id"] and manifest["rows"] == rows
-    assert {entry["name"] for entry in manifest["files"]} == shards  # the manifest lists exactly the shards there
+    listed = {entry["name"] for entry in manifest["files"] if entry["kind"] != "report"}
+    rejects = {f"_rejects/{n}" for n in os.listdir(os.path.join(partition, "_rejects"))}
+    assert listed == shards | rejects  # the manifest lists exactly the shards there
     check = check_partition(partition)
     assert check.complete, check.message
     return summary
@@ -103,7 +107,7 @@ def assert_complete(partition: str, read: int) -> dict:
 def output_ids(partition: str) -> list[int]:
     ids = []
     for kind in ("scores", "rejects"):
-        for path in glob.glob(f"{partition}/{kind}-*.parquet"):
+        for path in shard_paths(partition, kind):
             ids += pq.read_table(path, columns=["review_id"])["review_id"].to_pylist()
     return sorted(ids)
 
@@ -306,7 +310,7 @@ def test_two_runs_write_identical_scores(tmp_path, bundle_dir):
         assert code == 0
         partition = partition_of(output)
         scores = pa.concat_tables([pq.read_table(p) for p in glob.glob(f"{partition}/scores-*.parquet")])
-        rejects = pa.concat_tables([pq.read_table(p) for p in glob.glob(f"{partition}/rejects-*.parquet")])
+        rejects = pa.concat_tables([pq.read_table(p) for p in glob.glob(f"{partition}/_rejects/rejects-*.parquet")])
         tables.append((scores.sort_by("review_id"), rejects.sort_by("review_id")))
     (scores_1, rejects_1), (scores_2, rejects_2) = tables
     assert scores_1.num_rows > 500

@@ -1,8 +1,5 @@
 """The broadcast join and the shuffle join, forced on the same dirty data, write the same partition."""
 
-import glob
-import json
-import os
 import shutil
 
 import numpy as np
@@ -13,7 +10,7 @@ import pytest
 
 from pipeline.launcher import execute
 from pipeline.sample_data import CUSTOMER_ID_BASE
-from tests.conftest import SAMPLE_DATE, colliding_ids, sample_config
+from tests.conftest import SAMPLE_DATE, colliding_ids, partition_summary, sample_config, shard_paths
 
 # Customers: ids BASE..BASE+4 again in a file that sorts first (these rows win), BASE+5..BASE+9 again in one that
 # sorts last (these lose), and null ids in both. Reviews: a file of copies and problems that sorts first.
@@ -76,13 +73,11 @@ def _run(root, sample_dir, bundle_dir, inputs, broadcast_limit_mb) -> dict:
     partition = output / f"dt={SAMPLE_DATE}"
 
     def read(kind):
-        table = pa.concat_tables([pq.read_table(p) for p in sorted(glob.glob(f"{partition}/{kind}-*.parquet"))])
+        table = pa.concat_tables([pq.read_table(p) for p in shard_paths(partition, kind)])
         keys = [(c, "ascending") for c in ("review_id", "reason", "review_text") if c in table.column_names]
         return table.sort_by(keys)
 
-    with open(os.path.join(partition, "summary.json"), encoding="utf-8") as f:
-        summary = json.load(f)
-    return {"scores": read("scores"), "rejects": read("rejects"), "summary": summary}
+    return {"scores": read("scores"), "rejects": read("rejects"), "summary": partition_summary(partition)}
 
 
 @pytest.fixture(scope="module", params=["int-few", "int-many", "string-few", "string-many"])

@@ -104,7 +104,9 @@ def test_a_file_that_is_not_parquet_among_many_fails_planning_naming_the_first(b
 def test_many_small_files_are_scored_completely(bucket, s3_flags):
     output = f"s3://{BUCKET}/out"
     assert execute(_config(output, SCORED_DAY), [SCORED_DAY], s3_flags) == 0
-    summary = json.loads(bucket.get_object(Bucket=BUCKET, Key=f"out/dt={SCORED_DAY}/summary.json")["Body"].read())
+    manifest = json.loads(bucket.get_object(Bucket=BUCKET, Key=f"out/dt={SCORED_DAY}/_SUCCESS")["Body"].read())
+    key = f"out/dt={SCORED_DAY}/{manifest['summary']}"
+    summary = json.loads(bucket.get_object(Bucket=BUCKET, Key=key)["Body"].read())
     rows = summary["rows"]
     assert rows["read"] == SCORED_FILES * ROWS == rows["scored"] + rows["rejected"]
     assert len(summary["input_files"]["reviews"]) == SCORED_FILES

@@ -6,17 +6,16 @@ import json
 import shutil
 
 import apache_beam as beam
-import numpy as np
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from model.bundle import BundleError, resolve_model_dir, save_bundle
+from model.bundle import BundleError, resolve_model_dir
 from pipeline.config import build_config
 from pipeline.graph import build_pipeline
 from pipeline.launcher import execute
 from pipeline.plan import plan_run
-from tests.conftest import SAMPLE_DATE
+from tests.conftest import SAMPLE_DATE, retrained_bundle
 
 
 def _config(sample_dir, model_dir, output, **extra):
@@ -34,21 +33,12 @@ def _config(sample_dir, model_dir, output, **extra):
     )
 
 
-def _retrained(bundle, directory) -> str:
-    """The same bundle with slightly different weights: another content version, same vocabulary and shapes."""
-    import keras
-
-    model = keras.models.clone_model(bundle.model)
-    model.set_weights([w + np.float32(1e-3) for w in bundle.model.get_weights()])
-    return save_bundle(str(directory), model, bundle.vocabulary, bundle.tokenizer, bundle.scaler).model_version
-
-
 @pytest.fixture(scope="module")
 def models_root(bundle, bundle_dir, tmp_path_factory):
     """A models root with two immutable version folders and CURRENT naming v1."""
     root = tmp_path_factory.mktemp("models")
     shutil.copytree(bundle_dir, root / "v1")
-    _retrained(bundle, root / "v2")
+    retrained_bundle(bundle, root / "v2")
     (root / "CURRENT").write_text("v1\n")
     return root
 
@@ -78,7 +68,7 @@ def test_a_bundle_replaced_after_planning_fails_the_run_and_publishes_nothing(sa
     config = _config(sample_dir, model_dir, tmp_path / "out")
     plan = plan_run(config, [SAMPLE_DATE])
     assert plan.model_version == bundle.model_version
-    replaced = _retrained(bundle, model_dir)  # someone overwrites the bundle in place while the run starts
+    replaced = retrained_bundle(bundle, model_dir)  # someone overwrites the bundle in place while the run starts
     assert replaced != bundle.model_version
     with (
         pytest.raises(Exception, match="this run was planned with") as failure,

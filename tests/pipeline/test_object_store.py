@@ -14,7 +14,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipeline import lease
 from pipeline.config import build_config
 from pipeline.launcher import execute
-from pipeline.publish import STEPS, check_partition, publish_partition, read_manifest
+from pipeline.publish import STEPS, check_partition, publish_partition, published_summary, read_manifest
 from tests.conftest import SAMPLE_DATE, race_for_lease
 from tests.conftest import s3_client as _client
 
@@ -76,14 +76,15 @@ def _config(output: str, model_dir: str = f"s3://{BUCKET}/model", **extra):
 def _snapshot(client, code: int) -> dict:
     """What a run left in the bucket: the partition's objects, its tables and summary, and the staging prefix."""
     keys = _keys(client, PARTITION)
-    summary_key = f"{PARTITION}summary.json"
+    success = _get(client, f"{PARTITION}_SUCCESS").decode() if f"{PARTITION}_SUCCESS" in keys else None
+    summary_key = f"{PARTITION}{json.loads(success)['summary']}" if success else None
     return {
         "code": code,
         "keys": keys,
         "scores": _table(client, _shards(keys, "scores")) if _shards(keys, "scores") else None,
         "rejects": _table(client, _shards(keys, "rejects")) if _shards(keys, "rejects") else None,
         "summary": json.loads(_get(client, summary_key)) if summary_key in keys else None,
-        "success": _get(client, f"{PARTITION}_SUCCESS").decode() if f"{PARTITION}_SUCCESS" in keys else None,
+        "success": success,
         "staging": _staging_keys(client, STAGING),
         "leases": _keys(client, f"{STAGING}_leases/"),
     }
@@ -136,7 +137,7 @@ def test_s3_run_publishes_the_partition(first_run):
     assert _shards(first_run["keys"], "scores") and _shards(first_run["keys"], "rejects")
     manifest = json.loads(first_run["success"])
     assert manifest["run_id"] == first_run["summary"]["run_id"] and manifest["rows"] == first_run["summary"]["rows"]
-    listed = {f"{PARTITION}{entry['name']}" for entry in manifest["files"]}
+    listed = {f"{PARTITION}{entry['name']}" for entry in manifest["files"] if entry["kind"] != "report"}
     assert listed == set(_shards(first_run["keys"], "scores") + _shards(first_run["keys"], "rejects"))
     assert first_run["summary"]["output"] == f"s3://{BUCKET}/{PARTITION.rstrip('/')}"
     assert all(
@@ -263,13 +264,13 @@ def _publish_on_s3(client, partition: str, run: str, ids: list[list[int]], on_st
     facts = {"run_id": run, "model_version": "m", "partition": SAMPLE_DATE}
     facts["rows"] = {"read": read, "scored": read, "rejected": 0}
     shards = _stage_on_s3(client, f"faults.staging/{run}/", run, ids)
-    return publish_partition(shards, partition, facts, {"summary.json": b"{}"}, on_step)
+    return publish_partition(shards, partition, facts, {"summary.json": json.dumps({"run_id": run}).encode()}, on_step)
 
 
 def _manifest_ids_on_s3(client, partition: str) -> list[int]:
     manifest = read_manifest(partition)
     prefix = partition[len(f"s3://{BUCKET}/") :]
-    keys = [f"{prefix}/{e['name']}" for e in manifest["files"]]
+    keys = [f"{prefix}/{e['name']}" for e in manifest["files"] if e["kind"] == "scores"]
     return sorted(_table(client, keys)["review_id"].to_pylist())
 
 
@@ -285,6 +286,7 @@ def test_s3_a_crash_at_any_publish_step_leaves_the_old_or_the_new_partition(s3, 
         assert check.complete, f"after {step}: {check.message}"
         seen.append(read_manifest(partition)["run_id"])
         assert _manifest_ids_on_s3(s3, partition) in ([1, 2, 3, 4, 5], [1, 2, 3, 4, 5, 6])
+        assert published_summary(partition)["run_id"] == seen[-1]  # the reports of the manifest's run only
         if step == crash_after:
             raise _Crash(step)
 
@@ -317,3 +319,23 @@ def test_s3_two_processes_racing_for_a_lease_never_both_win(s3, s3_flags):
         won = [o for o in outcomes if o[0] == f"day-{i}" and o[2] == "won"]
         assert len(won) == 1, outcomes
         assert lease.current(control, f"day-{i}").run_id == won[0][1]
+
+
+@pytest.mark.slow
+def test_s3_run_without_date_leaves_a_live_dated_runs_staging_alone(s3, s3_flags):
+    """Issue 17 item 7: the cleanup of dead staging used to match every run's every object for the unpartitioned
+    output (`control/*/**`) and deleted a live dated run's shards; now it names one partition's folders only."""
+    import time
+
+    FileSystems.set_options(PipelineOptions(s3_flags))
+    control = f"s3://{BUCKET}/shared.staging"
+    lease.acquire(control, SAMPLE_DATE, "live-run", time.time(), 3600)  # a dated run in flight
+    live = f"shared.staging/live-run/dt={SAMPLE_DATE}/scores-live-run-0.parquet"
+    dead = "shared.staging/dead-run/_output/scores-dead-run-0.parquet"  # a killed unpartitioned run's leftover
+    for key in (live, dead):
+        s3.put_object(Bucket=BUCKET, Key=key, Body=b"staged")
+    config = _config(f"s3://{BUCKET}/shared", reviews=f"s3://{BUCKET}/in/reviews/dt={SAMPLE_DATE}", date=None)
+    assert execute(config, None, s3_flags) == 0
+    keys = _keys(s3, "shared.staging/")
+    assert live in keys  # the live run's staging is untouched
+    assert dead not in keys  # the twin: the dead run's staging of the partition this run held is gone

@@ -86,7 +86,7 @@ def _scores(directory):
 
 
 def _rejects(directory):
-    files = sorted(glob.glob(str(directory / "rejects-*.parquet")))
+    files = sorted(glob.glob(str(directory / "_rejects" / "rejects-*.parquet")))
     return pa.concat_tables([pq.read_table(f) for f in files]).sort_by("review_id")
 
 
@@ -162,3 +162,58 @@ def test_no_wait_returns_before_a_portable_job_ends_and_the_job_publishes_by_its
     # The job, not the launcher, released the lease once it published.
     leases = list((tmp_path / "out.staging" / "_leases" / f"dt={SAMPLE_DATE}").glob("lease-*.json"))
     assert len(leases) == 1 and json.loads(leases[0].read_text())["released"] is True
+
+
+def _jobs(job_port: int) -> list[tuple[str, str]]:
+    """(job id, state name) of every job the job service knows, asked over its Job API."""
+    import grpc
+    from apache_beam.portability.api import beam_job_api_pb2, beam_job_api_pb2_grpc
+
+    with grpc.insecure_channel(f"localhost:{job_port}") as channel:
+        infos = beam_job_api_pb2_grpc.JobServiceStub(channel).GetJobs(beam_job_api_pb2.GetJobsRequest()).job_info
+        return [(j.job_id, beam_job_api_pb2.JobState.Enum.Name(j.state)) for j in infos]
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_launcher_waiting_on_a_portable_job_cancels_it_and_nothing_is_published(
+    sample_dir, bundle_dir, tmp_path, portable_services
+):
+    """Issue 17 item 8. The pool is paused, so the job is submitted and cannot progress when the launcher gets
+    SIGTERM (no race with the job's speed). The launcher cancels the job, then gives its lease back. Beam's local
+    job service marks the job cancelled without stopping it, so when the pool resumes the job runs on: the released
+    lease fences it out (its commit refuses the partition), which the old launcher did not do (it published)."""
+    job_port, pool_port, pool = portable_services
+    output = tmp_path / "out"
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    flags = ["--runner=PortableRunner", f"--job_endpoint=localhost:{job_port}", "--environment_type=EXTERNAL"]
+    flags.append(f"--environment_config=localhost:{pool_port}")
+    command = [sys.executable, "-m", "pipeline", *score_args(sample_dir, bundle_dir, output, *flags)]
+    pool.send_signal(signal.SIGSTOP)
+    try:
+        launcher = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path
+        )
+        deadline = time.time() + 240
+        while not _jobs(job_port):  # submitted: the job service has it
+            assert launcher.poll() is None, launcher.communicate()[1][-3000:]
+            assert time.time() < deadline, "the launcher never submitted the job"
+            time.sleep(0.5)
+        launcher.send_signal(signal.SIGTERM)
+        _, err = launcher.communicate(timeout=120)
+    finally:
+        pool.send_signal(signal.SIGCONT)
+    assert launcher.returncode == 1, err[-3000:]
+    assert "nothing was published" in err
+    [(_, state)] = _jobs(job_port)
+    assert state == "CANCELLED"
+    lease_files = list((tmp_path / "out.staging" / "_leases" / f"dt={SAMPLE_DATE}").glob("lease-*.json"))
+    assert len(lease_files) == 1 and json.loads(lease_files[0].read_text())["released"] is True
+    # The job goes on in the local job service; it ends by writing its run summary (bounded wait, not a race: the
+    # assertions below hold whenever it ends, and the summary is its last step).
+    deadline = time.time() + 240
+    while not list((tmp_path / "out.staging" / "_runs").glob("*.json")) and time.time() < deadline:
+        time.sleep(1)
+    [summary] = list((tmp_path / "out.staging" / "_runs").glob("*.json"))
+    [partition] = json.loads(summary.read_text())["partitions"]
+    assert partition["status"] == "failed" and "lease" in partition["message"], partition
+    assert not (output / f"dt={SAMPLE_DATE}" / "_SUCCESS").exists()

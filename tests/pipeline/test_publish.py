@@ -21,7 +21,14 @@ import pytest
 from pipeline import lease
 from pipeline.config import build_config
 from pipeline.launcher import execute
-from pipeline.publish import STEPS, SUCCESS_FILE, check_partition, publish_partition, read_manifest
+from pipeline.publish import (
+    STEPS,
+    SUCCESS_FILE,
+    check_partition,
+    publish_partition,
+    published_summary,
+    read_manifest,
+)
 from pipeline.sample_data import write_sample_data
 from tests.conftest import corrupt_first_page_header, race_for_lease, run_bundle
 
@@ -84,6 +91,9 @@ def test_a_crash_at_any_publish_step_leaves_the_old_or_the_new_partition_never_n
         assert check.complete, f"after {step}: {check.message}"  # complete at every step, old or new
         seen.append(read_manifest(str(partition))["run_id"])
         assert _manifest_ids(partition) in ([1, 2, 3, 4, 5], [1, 2, 3, 4, 5, 6])  # never doubled, never partial
+        # The reports a reader finds are those of the manifest's run: a crash after the new reports and before the
+        # new manifest never shows the new summary beside the old manifest.
+        assert published_summary(str(partition))["run_id"] == seen[-1]
         if step == crash_after:
             raise _Crash(step)
 
@@ -96,9 +106,10 @@ def test_a_crash_at_any_publish_step_leaves_the_old_or_the_new_partition_never_n
     # The next run publishes and removes whatever no manifest lists.
     _publish(tmp_path, partition, "run-next", [[1, 2, 3, 4, 5, 6, 7]])
     assert _manifest_ids(partition) == [1, 2, 3, 4, 5, 6, 7]
-    data = sorted(n for n in os.listdir(partition) if n.endswith(".parquet"))
-    assert data == sorted(e["name"] for e in read_manifest(str(partition))["files"])
-    assert all("run-next" in n for n in data)
+    files = glob.glob(f"{partition}/**/*", recursive=True)
+    left = sorted(os.path.relpath(p, partition) for p in files if os.path.isfile(p) and not p.endswith(SUCCESS_FILE))
+    assert left == sorted(e["name"] for e in read_manifest(str(partition))["files"])  # shards and reports
+    assert all("run-next" in n for n in left)
 
 
 def test_a_retried_publish_after_a_crash_completes_without_moving_twice(tmp_path):
@@ -182,9 +193,11 @@ def test_a_held_lease_names_its_run_and_start_and_lapses_at_expiry(tmp_path):
     with pytest.raises(lease.LeaseHeld, match="lost the lease"):
         lease.renew(control, DATE, "run-a", 3600)
 
-    lease.acquire(control, "2026-03-02", "short", time.time(), 0.2)
-    time.sleep(0.3)
-    assert lease.acquire(control, "2026-03-02", "after-expiry", time.time(), 3600).run_id == "after-expiry"
+    # Expiry on the store's clock, driven by an injected store time instead of a sleep racing a short expiry.
+    short = lease.acquire(control, "2026-03-02", "short", time.time(), 60)
+    with pytest.raises(lease.LeaseHeld, match="run short"):
+        lease.acquire(control, "2026-03-02", "early", time.time(), 3600, now=short.expires_at - 1)
+    assert lease.acquire(control, "2026-03-02", "late", time.time(), 3600, now=short.expires_at + 1).run_id == "late"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -231,7 +244,11 @@ def test_three_reruns_without_date_leave_each_review_once_and_no_folder_inside_o
     for _ in range(3):
         assert execute(_config(paths, bundle_dir), None, []) == 0
     output = tmp_path / "out"
-    assert [p for p in output.iterdir() if p.is_dir()] == []  # nothing nested, so a recursive reader sees one run
+    # Nothing nested that a reader of the folder sees: only the "_"-named rejects and reports of the one run.
+    assert sorted(p.name for p in output.iterdir() if p.is_dir()) == ["_rejects", "_report"]
+    assert len(os.listdir(output / "_report")) == 1
+    scored = read_manifest(str(output))["rows"]["scored"]
+    assert ds.dataset(str(output), format="parquet").count_rows() == scored  # a folder reader: the scores, once
     table = _recursive_read(output)
     read = pq.read_table(reviews, columns=["review_id"])
     assert table.num_rows == read.num_rows  # scores + rejects: every review exactly once
@@ -326,7 +343,7 @@ def test_invalid_utf8_in_a_string_column_is_one_reject_and_the_rest_is_scored(tm
     paths = {"customers": f"{root}/customers", "reviews": f"{root}/reviews", "output": str(tmp_path / "out")}
     assert execute(_config(paths, bundle_dir, date=DATE, max_reject_fraction=0.5), [DATE], []) == 0
     partition = tmp_path / "out" / f"dt={DATE}"
-    rejects = pa.concat_tables([pq.read_table(p) for p in partition.glob("rejects-*.parquet")])
+    rejects = pa.concat_tables([pq.read_table(p) for p in partition.glob("_rejects/rejects-*.parquet")])
     scores = pa.concat_tables([pq.read_table(p) for p in partition.glob("scores-*.parquet")])
     assert rejects["review_id"].to_pylist() == [11] and rejects["reason"].to_pylist() == ["invalid_utf8"]
     assert rejects["review_text"].to_pylist() == ["broke in a day \\xff\\xfe really"]  # raw bytes, readable

@@ -1,0 +1,143 @@
+"""Filesystem primitives every output format and the lease share: paths, atomic writes, JSON, listing, deletes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+
+from apache_beam.io.filesystems import FileSystems
+
+# Marks a temporary file written beside its target (write_atomically); a publish removes any it finds.
+TEMP_MARK = ".tmp-"
+
+
+class StorageError(OSError):
+    """A write, move or delete failed (a full disk, an unwritable folder); the message names the path."""
+
+
+def _named(path: str, error: OSError) -> StorageError:
+    return StorageError(error.errno, f"{path}: {error.strerror or error}")
+
+
+def is_remote(path: str) -> bool:
+    """Whether path is on an object store (s3://, gs://) rather than local disk."""
+    return "://" in path
+
+
+def join(*parts: str) -> str:
+    return FileSystems.join(*parts)
+
+
+def basename(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1]
+
+
+def list_paths(pattern: str) -> list[str]:
+    """The files a pattern matches; empty when nothing does (some stores raise instead of matching nothing)."""
+    try:
+        return [m.path for r in FileSystems.match([pattern]) for m in r.metadata_list]
+    except Exception:
+        return []
+
+
+def sizes(pattern: str) -> dict[str, int]:
+    """{basename: bytes} of the files a pattern matches."""
+    try:
+        results = FileSystems.match([pattern])
+    except Exception:
+        return {}
+    return {basename(m.path): m.size_in_bytes for r in results for m in r.metadata_list}
+
+
+def exists(path: str) -> bool:
+    return FileSystems.exists(path)
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    """Writes a whole file that readers see either complete or not at all.
+
+    Local disk: a temporary file in the same folder, flushed to disk, then renamed over the target; on any failure
+    (a full disk, an unwritable folder) the temporary file is removed and the error raised. Object stores: one PUT,
+    which is atomic by itself.
+    """
+    if is_remote(path):
+        with FileSystems.create(path) as f:
+            f.write(data)
+        return
+    temp = f"{path}{TEMP_MARK}{uuid.uuid4().hex[:8]}"
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(temp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException as e:
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
+        if isinstance(e, OSError) and not isinstance(e, StorageError):
+            raise _named(path, e) from e
+        raise
+
+
+def write_json(path: str, record: dict) -> None:
+    write_atomically(path, json.dumps(record, indent=2, sort_keys=True).encode("utf-8"))
+
+
+def read_json(path: str) -> dict | None:
+    """The JSON object in a file, or None when it is missing or not readable JSON."""
+    try:
+        with FileSystems.open(path) as f:
+            return json.loads(f.read().decode("utf-8"))
+    except Exception:
+        return None
+
+
+def move(source: str, destination: str) -> None:
+    """Renames a file (an object store copies, then deletes); the destination's folder is made on local disk."""
+    try:
+        if not is_remote(source):
+            os.makedirs(os.path.dirname(os.path.abspath(destination)), exist_ok=True)
+            os.replace(source, destination)
+        else:
+            FileSystems.rename([source], [destination])
+    except OSError as e:
+        raise _named(destination, e) from e
+
+
+def delete(paths: list[str]) -> None:
+    if paths:
+        FileSystems.delete(paths)
+
+
+def delete_tree(folder: str) -> None:
+    """Deletes a folder and everything below it (on an object store: every object under its prefix)."""
+    if not is_remote(folder):
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    delete(list_paths(join(folder, "**")))
+
+
+def sync_to_disk(paths: list[str], folders: list[str]) -> None:
+    """Flushes files and then their folders' entries to the disk (local only: an object store's PUT is durable
+    when it returns), so a manifest written after this never lists a file that power loss could leave short."""
+    for path in paths:
+        if is_remote(path):
+            continue
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    for folder in folders:
+        if is_remote(folder) or not os.path.isdir(folder):
+            continue
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
