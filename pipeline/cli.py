@@ -10,7 +10,8 @@ import os
 import signal
 import sys
 
-from pipeline.config import ConfigError, validate_date
+from pipeline.config import ConfigError, load_config, validate_date
+from pipeline.outputs import FORMATS
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LEASE_HELD = 0, 1, 2, 3
 _LOG = logging.getLogger("sentiment-score")
@@ -45,6 +46,7 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reviews", help="review Parquet: a file, folder or glob; the dt=D root with --date")
     parser.add_argument("--model-dir", dest="model_dir", help="model bundle directory")
     parser.add_argument("--output", help="output root")
+    _output_format(parser)
     parser.add_argument(
         "--allow-empty",
         dest="allow_empty",
@@ -77,6 +79,16 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         default=None,
         help="call the model without XLA compilation",
+    )
+
+
+def _output_format(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--output-format",
+        dest="output_format",
+        choices=FORMATS,
+        help="parquet: dt= folders with a _SUCCESS manifest each; iceberg: tables in the config's catalog (default: "
+        "the config's output_format, else parquet)",
     )
 
 
@@ -137,7 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     verify = sub.add_parser(
         "verify", help="check published partitions against the manifests in their _SUCCESS", allow_abbrev=False
     )
-    verify.add_argument("--output", required=True, help="output root")
+    verify.add_argument("--output", help="output root (default: the config's output)")
+    verify.add_argument("--config", help="YAML config whose output, output_format and catalog to check")
+    _output_format(verify)
     verify.add_argument("--date", help="check OUTPUT/dt=DATE")
     verify.add_argument("--start", help="check every day from this date ...")
     verify.add_argument("--end", help="... to this one")
@@ -156,6 +170,7 @@ def _overrides(args: argparse.Namespace) -> dict:
         "skip_existing",
         "max_reject_fraction",
         "date",
+        "output_format",
     )
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
@@ -251,7 +266,11 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _terminate)
 
         if args.command == "verify":
-            return run_verify(args.output, _verify_dates(parser, args), beam_flags)
+            dates = _verify_dates(parser, args)
+            if args.output is None and args.config is None:
+                parser.error("verify needs --output or a --config that names the output")
+            config = load_config(args.config, {k: getattr(args, k) for k in ("output", "output_format")})
+            return run_verify(config.output, dates, beam_flags, config.output_format, config.catalog)
         lease_and_wait = {"take_over_lease": args.take_over_lease, "wait": not args.no_wait}
         if args.command == "score":
             if args.date is not None:

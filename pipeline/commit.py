@@ -15,8 +15,9 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline import lease, report, storage
-from pipeline.publish import SUCCESS_FILE, SUMMARY_FILE, footer_rows, publish_partition, published_summary
-from transforms.io import partition_path, staging_dir
+from pipeline.outputs import Publisher
+from pipeline.publish import SUMMARY_FILE, footer_rows
+from transforms.io import staging_dir
 from transforms.schema import REASON, SCORE
 
 _LOG = logging.getLogger(__name__)
@@ -38,15 +39,6 @@ def score_statistics(scores: np.ndarray) -> dict:
     return stats
 
 
-def _previous_summary(output: str, partition: str) -> dict | None:
-    """The summary of the latest complete partition before this one (or of the last run, unpartitioned)."""
-    if not partition:
-        return published_summary(output)
-    markers = storage.list_paths(storage.join(output, "dt=*", SUCCESS_FILE))
-    earlier = sorted(p.rsplit("/", 1)[0] for p in markers if p.split("dt=")[-1].split("/")[0] < partition)
-    return published_summary(earlier[-1]) if earlier else None
-
-
 def _empty_shard(staging_dir: str, kind: str, schema: pa.Schema, run_id: str) -> str:
     path = FileSystems.join(staging_dir, f"{kind}-{run_id}-empty.parquet")
     sink = io.BytesIO()
@@ -57,10 +49,10 @@ def _empty_shard(staging_dir: str, kind: str, schema: pa.Schema, run_id: str) ->
 
 def _discard(paths: list[str]) -> None:
     """Removes a refused partition's staged shards; best effort (the next run's cleanup catches what is left)."""
-    existing = [p for p in paths if FileSystems.exists(p)]
+    existing = [p for p in paths if storage.exists(p)]
     if existing:
         try:
-            FileSystems.delete(existing)
+            storage.delete(existing)
         except Exception as e:
             _LOG.warning("could not remove %d staged shard(s): %s", len(existing), e)
 
@@ -70,18 +62,27 @@ def top_reasons(reasons: dict[str, int], n: int = 3) -> str:
     return ", ".join(f"{reason} {count}" for reason, count in ranked) or "none"
 
 
-class CommitPartition(beam.DoFn):
-    """Publishes one partition once all its shards are written (see pipeline/publish.py), or refuses it.
+class Refused(Exception):
+    """A partition that is not published: the message says why; rows are what was counted before it was refused."""
 
-    A partition is refused, and not published, when a stage reported a failure for it (an unreadable file, a model
-    failing on every call), when its rows do not add up (scored + rejected != read), or when more than
-    max_reject_fraction of its rows were rejected. Other partitions of the run are published all the same. Yields
-    one result per partition: {"partition", "status": "published" | "failed", "message", "rows", "summary"}.
+    def __init__(self, message: str, rows: dict | None = None):
+        super().__init__(message)
+        self.rows = rows or {}
+
+
+class CommitPartition(beam.DoFn):
+    """Publishes one partition once all its shards are written (through the run's Publisher), or refuses it.
+
+    A partition is refused, and not published, when the run no longer holds its lease, when a stage reported a
+    failure for it (an unreadable file, a model failing on every call), when its rows do not add up (scored +
+    rejected != read), when more than max_reject_fraction of its rows were rejected, or when publishing fails. Other
+    partitions of the run are published all the same. Yields one result per partition: {"partition", "output",
+    "status": "published" | "failed", "message", "rows", "summary"}.
     """
 
     def __init__(
         self,
-        output: str,
+        publisher: Publisher,
         staging_root: str,
         run_info: dict,
         expected_rows: dict,
@@ -89,7 +90,7 @@ class CommitPartition(beam.DoFn):
         psi_threshold: float,
         max_reject_fraction: float = 0.1,
     ):
-        self._output = output
+        self._publisher = publisher
         self._staging_root = staging_root
         self._run_info = run_info
         self._expected = expected_rows
@@ -97,32 +98,46 @@ class CommitPartition(beam.DoFn):
         self._psi_threshold = psi_threshold
         self._max_reject_fraction = max_reject_fraction
 
-    def _refuse(self, partition: str, shards: list[dict], message: str, rows: dict) -> dict:
-        _discard([s["path"] for s in shards])
-        lease.release(control_root(self._staging_root), partition, self._run_info["run_id"])
-        name = partition_path(self._output, partition)
-        _LOG.error("not published: %s: %s", name, message)
-        return {"partition": partition, "output": name, "status": "failed", "message": message, "rows": rows}
-
     def process(self, element, customers_summary):
         partition, records = element
         records = list(records)
-        control, run_id = control_root(self._staging_root), self._run_info["run_id"]
-        generation = self._run_info.get("leases", {}).get(partition)
-        try:  # the pipeline renews its own leases before committing, also when nobody waits on it (--no-wait)
-            lease.renew(control, partition, run_id, self._run_info["lease_expiry_seconds"], generation)
-        except (lease.LeaseHeld, lease.LeaseError) as e:
-            yield self._refuse(partition, [r for r in records if r["kind"] in ("scores", "rejects")], str(e), {})
-            return
         shards = [r for r in records if r["kind"] in ("scores", "rejects")]
-        failures = [r for r in records if r["kind"] == "failure"]
-        words = sum(r["words"] for r in records if r["kind"] == "vocabulary")
-        oov = sum(r["oov"] for r in records if r["kind"] == "vocabulary")
-        staged = staging_dir(self._staging_root, partition)
-        final_dir = partition_path(self._output, partition)
-        read = self._expected[partition]
-        label = final_dir
+        try:
+            self._renew(partition)
+            rows, reasons = self._check(partition, shards, [r for r in records if r["kind"] == "failure"])
+            shards = shards + self._empty_shards(partition, shards)
+            summary, reports = self._summarise(partition, shards, rows, reasons, records, customers_summary)
+            self._publish(partition, shards, rows, reasons, reports)
+        except Refused as e:
+            _discard([s["path"] for s in shards])
+            lease.release(control_root(self._staging_root), partition, self._run_info["run_id"])
+            _LOG.error("not published: %s: %s", self._publisher.name(partition), e)
+            yield self._result(partition, "failed", str(e), e.rows)
+            return
+        lease.release(control_root(self._staging_root), partition, self._run_info["run_id"])
+        _LOG.info(
+            "published %s: %d scored, %d rejected", self._publisher.name(partition), rows["scored"], rows["rejected"]
+        )
+        yield {**self._result(partition, "published", "published", rows), "summary": summary}
 
+    def _result(self, partition: str, status: str, message: str, rows: dict) -> dict:
+        name = self._publisher.name(partition)
+        return {"partition": partition, "output": name, "status": status, "message": message, "rows": rows}
+
+    def _renew(self, partition: str) -> None:
+        """The pipeline renews its own lease before committing, also when nobody waits on it (--no-wait)."""
+        control, info = control_root(self._staging_root), self._run_info
+        try:
+            lease.renew(control, partition, info["run_id"], info["lease_expiry_seconds"], self._generation(partition))
+        except (lease.LeaseHeld, lease.LeaseError) as e:
+            raise Refused(str(e)) from None
+
+    def _generation(self, partition: str) -> int | None:
+        return self._run_info.get("leases", {}).get(partition)
+
+    def _check(self, partition: str, shards: list[dict], failures: list[dict]) -> tuple[dict, dict]:
+        """The rows read, scored and rejected, and the rejects by reason, once every check passed."""
+        read = self._expected[partition]
         counts = {"scores": 0, "rejects": 0}
         for shard in shards:
             counts[shard["kind"]] += shard["rows"]
@@ -130,101 +145,92 @@ class CommitPartition(beam.DoFn):
         if failures:
             first = failures[0]
             more = f" (and {len(failures) - 1} more failure(s))" if len(failures) > 1 else ""
-            yield self._refuse(partition, shards, f"{first['stage']} failed: {first['message']}{more}", rows)
-            return
+            raise Refused(f"{first['stage']} failed: {first['message']}{more}", rows)
         for shard in shards:
             on_disk = footer_rows(shard["path"])
             if on_disk != shard["rows"]:
-                message = f"{shard['path']}: holds {on_disk} rows, its writer wrote {shard['rows']}"
-                yield self._refuse(partition, shards, message, rows)
-                return
+                raise Refused(f"{shard['path']}: holds {on_disk} rows, its writer wrote {shard['rows']}", rows)
         if counts["scores"] + counts["rejects"] != read:
-            message = f"scored {counts['scores']} + rejected {counts['rejects']} != read {read}; rows were lost"
-            yield self._refuse(partition, shards, message, rows)
-            return
-
-        reject_files = sorted(s["path"] for s in shards if s["kind"] == "rejects")
+            raise Refused(
+                f"scored {counts['scores']} + rejected {counts['rejects']} != read {read}; rows were lost", rows
+            )
         reasons: dict[str, int] = {}
-        for path in reject_files:
+        for path in sorted(s["path"] for s in shards if s["kind"] == "rejects"):
             counted = pc.value_counts(_read_column(path, REASON))
             for value, count in zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist()):
                 reasons[value] = reasons.get(value, 0) + count
         fraction = counts["rejects"] / read if read else 0.0
         if fraction > self._max_reject_fraction:
-            message = (
+            raise Refused(
                 f"{fraction:.1%} of {read} rows rejected (top reasons: {top_reasons(reasons)}), above "
                 f"max_reject_fraction {self._max_reject_fraction:g} (setting max_reject_fraction / "
-                f"--max-reject-fraction)"
+                f"--max-reject-fraction)",
+                rows,
             )
-            yield self._refuse(partition, shards, message, rows)
-            return
+        return rows, dict(sorted(reasons.items()))
 
-        run_id = self._run_info["run_id"]
-        for kind in ("scores", "rejects"):
-            if not any(s["kind"] == kind for s in shards):
-                shards.append(
-                    {"kind": kind, "rows": 0, "path": _empty_shard(staged, kind, self._schemas[kind], run_id)}
-                )
+    def _empty_shards(self, partition: str, shards: list[dict]) -> list[dict]:
+        """An empty shard of each kind no writer wrote, so every published partition has both files."""
+        staged, run_id = staging_dir(self._staging_root, partition), self._run_info["run_id"]
+        return [
+            {"kind": kind, "rows": 0, "path": _empty_shard(staged, kind, self._schemas[kind], run_id)}
+            for kind in ("scores", "rejects")
+            if not any(s["kind"] == kind for s in shards)
+        ]
+
+    def _summarise(self, partition, shards, rows, reasons, records, customers_summary) -> tuple[dict, dict]:
+        """summary.json and the report files of the partition."""
+        info = self._run_info
+        words = sum(r["words"] for r in records if r["kind"] == "vocabulary")
+        oov = sum(r["oov"] for r in records if r["kind"] == "vocabulary")
         score_files = sorted(s["path"] for s in shards if s["kind"] == "scores")
         scores = np.concatenate([_read_column(p, SCORE).to_numpy(zero_copy_only=False) for p in score_files])
-
-        wall = time.time() - self._run_info["started_at"]
+        wall = time.time() - info["started_at"]
         summary = {
             "status": "ok",
             "date": partition or None,
-            "model_version": self._run_info["model_version"],
-            "model_dir": self._run_info.get("model_dir"),
-            "run_id": run_id,
-            "output": final_dir,
-            "input_files": {
-                "reviews": self._run_info["review_files"].get(partition, []),
-                "customers": self._run_info["customer_files"],
-            },
+            "model_version": info["model_version"],
+            "model_dir": info.get("model_dir"),
+            "run_id": info["run_id"],
+            "output": self._publisher.name(partition),
+            "input_files": {"reviews": info["review_files"].get(partition, []), "customers": info["customer_files"]},
             "rows": rows,
-            "rejected_by_reason": dict(sorted(reasons.items())),
-            "reject_fraction": round(fraction, 6),
+            "rejected_by_reason": reasons,
+            "reject_fraction": round(rows["rejected"] / rows["read"] if rows["read"] else 0.0, 6),
             "customers": customers_summary,
             "score_quantiles": score_statistics(scores),
             "score_histogram": report.score_histogram(scores),
             "oov_rate": (oov / words) if words else None,
             "words": words,
             "wall_time_seconds": round(wall, 3),
-            "rows_per_second": round(read / wall, 1) if wall > 0 else None,
+            "rows_per_second": round(rows["read"] / wall, 1) if wall > 0 else None,
         }
-        previous = _previous_summary(self._output, partition)
+        previous = self._publisher.previous_summary(partition)
         reports: dict[str, bytes] = {}
         drift = report.write_report(reports.__setitem__, summary, previous, self._psi_threshold)
         summary["drift"] = {**drift, "threshold": self._psi_threshold, "previous_date": (previous or {}).get("date")}
         reports[SUMMARY_FILE] = json.dumps(summary, indent=2, sort_keys=True).encode("utf-8")
+        return summary, reports
 
-        manifest = {
-            "run_id": run_id,
-            "model_version": self._run_info["model_version"],
-            "model_dir": self._run_info.get("model_dir"),
+    def _publish(self, partition, shards, rows, reasons, reports) -> None:
+        info = self._run_info
+        facts = {
+            "run_id": info["run_id"],
+            "model_version": info["model_version"],
+            "model_dir": info.get("model_dir"),
             "partition": partition or None,
             "rows": rows,
-            "rejected_by_reason": dict(sorted(reasons.items())),
+            "rejected_by_reason": reasons,
         }
+        control, generation = control_root(self._staging_root), self._generation(partition)
         try:
-            publish_partition(
-                shards, final_dir, manifest, reports, fence=lambda: lease.fence(control, partition, run_id, generation)
+            self._publisher.publish(
+                partition, shards, facts, reports, lambda: lease.fence(control, partition, info["run_id"], generation)
             )
         except lease.LeaseHeld as e:  # the fence: another run took the partition over while this one ran
-            yield self._refuse(partition, shards, str(e), rows)
-            return
+            raise Refused(str(e), rows) from None
         except OSError as e:  # a full disk, an unwritable file: the previous partition stays as it was
-            yield self._refuse(partition, shards, f"publishing failed: {e}", rows)
-            return
-        lease.release(control, partition, run_id)
-        _LOG.info("published %s: %d scored, %d rejected", label, counts["scores"], counts["rejects"])
-        yield {
-            "partition": partition,
-            "output": final_dir,
-            "status": "published",
-            "message": "published",
-            "rows": rows,
-            "summary": summary,
-        }
+            raise Refused(f"publishing failed: {e}", rows) from None
 
 
 def control_root(staging_root: str) -> str:
@@ -256,26 +262,33 @@ class WriteRunSummary(beam.DoFn):
 
     def process(self, results):
         by_partition = {r["partition"]: r for r in results}
-        partitions = []
-        for partition in self._expected:
-            result = by_partition.get(partition)
-            if result is None:  # a partition with no records at all cannot happen: the graph adds a marker for each
-                result = {"partition": partition, "status": "failed", "message": "no commit result", "rows": {}}
-            partitions.append({k: v for k, v in result.items() if k != "summary"})
-        failed = [p["partition"] or "(unpartitioned)" for p in partitions if p["status"] != "published"]
-        record = {
-            "run_id": self._run_id,
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "status": "failed" if failed else "ok",
-            "failed_partitions": failed,
-            "partitions": partitions,
-        }
+        missing = {"status": "failed", "message": "no commit result", "rows": {}}  # the graph adds a marker for each
+        results = [by_partition.get(p, {"partition": p, **missing}) for p in self._expected]
         try:
-            storage.write_json(run_summary_path(control_root(self._staging_root), self._run_id), record)
-        except OSError as e:  # the launcher, when it waits, reports the run failed without it
+            write_run_summary(control_root(self._staging_root), self._run_id, results)
+        except OSError as e:  # a launcher that waits reads the outcomes from the outputs and says it
             _LOG.error("cannot write the run summary: %s", e)
         remove_staging(self._staging_root)
-        yield record
+        yield results
+
+
+def write_run_summary(control: str, run_id: str, results: list[dict], skipped: dict | None = None) -> dict:
+    """OUTPUT.staging/_runs/RUN_ID.json: the run's outcome per partition (published, or why not), and the days it
+    skipped. Written by the pipeline (so --no-wait runs leave one) and again by a launcher that waited, with what
+    only it knows (partitions refused at start-up, skipped days, every backfill chunk). Raises OSError naming the
+    path when it cannot be written."""
+    partitions = [{k: v for k, v in r.items() if k != "summary"} for r in results]
+    failed = [p["partition"] or "(unpartitioned)" for p in partitions if p["status"] != "published"]
+    record = {
+        "run_id": run_id,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "status": "failed" if failed else "ok",
+        "failed_partitions": failed,
+        "skipped_partitions": skipped or {},
+        "partitions": partitions,
+    }
+    storage.write_json(run_summary_path(control, run_id), record)
+    return record
 
 
 def _vocabulary_record(element):
@@ -293,8 +306,9 @@ def _sum_pairs(pairs):
 
 class CommitPartitions(beam.PTransform):
     """{"scores", "rejects": shard records; "stats": (partition, (words, oov)); "failures": (partition, failure)}
-    → {"results": one result per partition, published or refused (CommitPartition); "run_summary": the run's
-    record (WriteRunSummary)}. Every planned partition gets a result, even one without a single row."""
+    → {"results": one result per partition, published or refused (CommitPartition); "run_summary": the list of
+    them once written to the run summary (WriteRunSummary)}. Every planned partition gets a result, even one without
+    a single row."""
 
     def __init__(self, plan, config, customers):
         super().__init__()
@@ -324,7 +338,7 @@ class CommitPartitions(beam.PTransform):
         }
         schemas = {"scores": plan.schema.scores_schema(), "rejects": plan.schema.rejects_schema()}
         commit = CommitPartition(
-            plan.output,
+            plan.publisher,
             plan.staging_root,
             run_info,
             plan.rows_by_partition,

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from model.runtime import AUTO, RUNTIMES
+from pipeline.outputs import FORMATS, ICEBERG
 from transforms.schema import Columns
 
 DEFAULT_CONFIG = "configs/local.yaml"
@@ -67,6 +68,12 @@ class ScoreConfig:
     backfill_chunk_days: int = 7
     # Population stability index above which the report flags drift against the previous partition.
     psi_threshold: float = 0.2
+    # What the scores are published as: parquet (Hive-style dt= folders with a _SUCCESS manifest each) or iceberg
+    # (tables in a pyiceberg catalog; see catalog).
+    output_format: str = "parquet"
+    # pyiceberg catalog properties for output_format iceberg, passed through (type sql/rest/glue/hive, uri,
+    # warehouse, s3.* ...); when absent, a SQLite SQL catalog at OUTPUT/catalog.db with its warehouse OUTPUT/warehouse.
+    catalog: dict[str, Any] | None = None
     # Options for Beam's PipelineOptions, e.g. runner, direct_num_workers, project, temp_location.
     beam: dict[str, Any] = field(default_factory=lambda: {"runner": "DirectRunner"})
 
@@ -162,6 +169,12 @@ def build_config(data: dict, source: str = "config") -> ScoreConfig:
     if config.runtime not in (AUTO, *RUNTIMES):
         known = ", ".join((AUTO, *RUNTIMES))
         raise ConfigError(f"{source}: setting 'runtime' must be one of {known}, got {config.runtime!r}")
+    if config.output_format not in FORMATS:
+        raise ConfigError(
+            f"{source}: setting 'output_format' must be one of {', '.join(FORMATS)}, got {config.output_format!r}"
+        )
+    if config.catalog is not None and config.output_format != ICEBERG:
+        raise ConfigError(f"{source}: setting 'catalog' is for output_format iceberg, not {config.output_format}")
     if config.broadcast_limit_mb < 0:
         raise ConfigError(f"{source}: setting 'broadcast_limit_mb' must be 0 or more, got {config.broadcast_limit_mb}")
     if config.psi_threshold <= 0:

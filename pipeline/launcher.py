@@ -19,13 +19,13 @@ from apache_beam.runners.runner import PipelineState
 
 from model.bundle import BundleError
 from pipeline import lease
-from pipeline.commit import control_root, remove_staging, run_summary_path
+from pipeline.commit import control_root, remove_staging, run_summary_path, write_run_summary
 from pipeline.config import LOCAL_RUNNERS, ConfigError, ScoreConfig, load_config
 from pipeline.graph import build_pipeline
+from pipeline.outputs import PARQUET, publisher_for
 from pipeline.plan import OutputError, RunPlan, days_between, plan_run
-from pipeline.publish import check_partition, published_summary
-from pipeline.storage import basename, delete_tree, is_remote, join, list_paths, read_json, write_json
-from transforms.io import partition_path, staging_dir
+from pipeline.storage import basename, delete_tree, is_remote, join, list_paths, read_json
+from transforms.io import staging_dir
 from transforms.schema import InputError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LEASE_HELD = 0, 1, 2, 3
@@ -101,7 +101,7 @@ def _release(plan: RunPlan, partitions: list[str]) -> None:
         try:
             lease.release(control_root(plan.staging_root), partition, plan.run_id)
         except Exception as e:  # the lease then lapses at its expiry
-            _LOG.warning("could not release the lease of %s: %s", partition_path(plan.output, partition), e)
+            _LOG.warning("could not release the lease of %s: %s", plan.publisher.name(partition), e)
 
 
 def _cause(error: Exception) -> str:
@@ -209,7 +209,7 @@ def _run_pipeline(
 
 def _outcome_from_manifest(plan: RunPlan, partition: str) -> dict:
     """A partition's outcome when the run summary is missing: published if its manifest names this run."""
-    check = check_partition(partition_path(plan.output, partition), count_rows=False)
+    check = plan.publisher.check(partition, count_rows=False)
     if check.complete and check.manifest["run_id"] == plan.run_id:
         return {"partition": partition, "status": "published", "message": "published", "rows": check.manifest["rows"]}
     why = f"run {plan.run_id} ended without its run summary and did not publish this partition"
@@ -217,12 +217,12 @@ def _outcome_from_manifest(plan: RunPlan, partition: str) -> dict:
 
 
 def _print_result(plan: RunPlan, result: dict) -> None:
-    name = partition_path(plan.output, result["partition"])
+    name = plan.publisher.name(result["partition"])
     if result["status"] != "published":
         if len(plan.partitions) > 1:  # a single partition's failure is the run's final line
             print(f"sentiment-score: error: {name}: not published: {result['message']}", file=sys.stderr)
         return
-    published = published_summary(name) or {}
+    published = plan.publisher.published_summary(result["partition"]) or {}
     rows = result["rows"]
     flag = " DRIFT" if published.get("drift", {}).get("drift_flagged") else ""
     print(
@@ -318,7 +318,7 @@ def _launch(config: ScoreConfig, plan: RunPlan, options: PipelineOptions, test_p
         _, job = _run_pipeline(config, plan, options, test_pipeline, wait=False)
         print(
             f"submitted: run {plan.run_id}, job {job}, model {plan.model_version}; it publishes "
-            + ", ".join(partition_path(plan.output, p) for p in plan.partitions)
+            + ", ".join(plan.publisher.name(p) for p in plan.partitions)
             + "; check with `sentiment-score verify`"
         )
         return EXIT_OK
@@ -368,15 +368,8 @@ def _report(plan: RunPlan, results: list[dict], started: float) -> int:
     published = [r for r in results if r["status"] == "published"]
     failed = [r for r in results if r["status"] != "published"]
     if len(results) > 1 or failed or _read_run_summary(plan) is None:
-        record = {
-            "run_id": plan.run_id,
-            "status": "failed" if failed else "ok",
-            "failed_partitions": [r["partition"] or "(unpartitioned)" for r in failed],
-            "skipped_partitions": plan.skipped,
-            "partitions": results,
-        }
         try:
-            write_json(run_summary_path(control, plan.run_id), record)
+            write_run_summary(control, plan.run_id, results, plan.skipped)
         except OSError as e:  # the partitions' outcomes stand (and were printed); the record of them is missing
             print(f"sentiment-score: error: cannot write the run summary: {e}", file=sys.stderr)
             return EXIT_FAILED
@@ -385,16 +378,16 @@ def _report(plan: RunPlan, results: list[dict], started: float) -> int:
     read = sum(r["rows"]["read"] for r in published)
     rate = read / wall if wall > 0 else 0.0
     if failed and len(results) == 1:
-        name = partition_path(plan.output, failed[0]["partition"])
+        name = plan.publisher.name(failed[0]["partition"])
         print(f"sentiment-score: error: {name}: not published: {failed[0]['message']}", file=sys.stderr)
         return EXIT_FAILED
     if failed:
         for r in refused:
             print(
-                f"sentiment-score: error: {partition_path(plan.output, r['partition'])}: {r['message']}",
+                f"sentiment-score: error: {plan.publisher.name(r['partition'])}: {r['message']}",
                 file=sys.stderr,
             )
-        names = "; ".join(f"{partition_path(plan.output, r['partition'])} ({_short(r['message'])})" for r in failed)
+        names = "; ".join(f"{plan.publisher.name(r['partition'])} ({_short(r['message'])})" for r in failed)
         print(
             f"sentiment-score: error: {len(failed)} of {len(results)} partition(s) not published: {names}; "
             f"{len(published)} published; run summary {run_summary_path(control, plan.run_id)}",
@@ -437,16 +430,19 @@ def run_backfill(
     return execute(config, dates, beam_flags, backfill=True, take_over_lease=take_over_lease, wait=wait)
 
 
-def run_verify(output: str, dates: list[str] | None, beam_flags: list[str]) -> int:
-    """Checks published partitions against their manifests: one line each; 0 when all are complete, else 1."""
+def run_verify(
+    output: str, dates: list[str] | None, beam_flags: list[str], output_format: str = PARQUET, catalog=None
+) -> int:
+    """Checks published partitions: one line each; 0 when all are complete, else 1."""
     FileSystems.set_options(pipeline_options(ScoreConfig(beam={}), beam_flags))  # credentials, endpoints
+    publisher = publisher_for(output, output_format, catalog)
     partitions = dates if dates is not None else [""]
     incomplete = []
     for partition in partitions:
-        check = check_partition(partition_path(output, partition))
+        check = publisher.check(partition)
         print(("OK " if check.complete else "INCOMPLETE ") + check.message)
         if not check.complete:
-            incomplete.append(partition_path(output, partition))
+            incomplete.append(publisher.name(partition))
     if incomplete:
         print(f"verify: {len(incomplete)} of {len(partitions)} partition(s) incomplete: {', '.join(incomplete)}")
         return EXIT_FAILED

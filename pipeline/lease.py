@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline import storage
+
 LEASES_DIR = "_leases"
 _PREFIX, _SUFFIX = "lease-", ".json"
 
@@ -65,73 +67,15 @@ def store_now(directory: str) -> float:
     return float(stamped[0])
 
 
+def _create(path: str, data: bytes) -> bool:
+    try:
+        return storage.create_if_absent(path, data)
+    except storage.Unsupported as e:
+        raise LeaseError(f"{e}, so the partition lease cannot be taken") from None
+
+
 def _stamp(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
-
-
-def create_if_absent(path: str, data: bytes) -> bool:
-    """Creates path holding data unless it exists; True if this call created it. Atomic on every supported store:
-    local disk (link(2), which fails on an existing name), S3 (`If-None-Match: *`), GCS (`ifGenerationMatch=0`)."""
-    if "://" not in path:
-        # The whole content is written first, then linked under the name: link(2) fails if the name exists, and a
-        # reader never sees the lease half written (an O_EXCL create would show it empty for a moment).
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        temp = f"{path}.tmp-{os.getpid()}-{time.monotonic_ns()}"
-        with open(temp, "wb") as f:
-            f.write(data)
-        try:
-            os.link(temp, path)
-        except FileExistsError:
-            return False
-        finally:
-            os.unlink(temp)
-        return True
-    scheme = path.split("://", 1)[0]
-    if scheme == "s3":
-        return _s3_create_if_absent(path, data)
-    if scheme == "gs":
-        return _gcs_create_if_absent(path, data)
-    raise LeaseError(f"{path}: no create-if-absent for {scheme}:// here, so the partition lease cannot be taken")
-
-
-def _s3_create_if_absent(path: str, data: bytes) -> bool:
-    from apache_beam.io.aws.clients.s3.boto3_client import Client
-    from apache_beam.options.pipeline_options import PipelineOptions
-    from botocore.exceptions import ClientError
-
-    bucket, key = path[len("s3://") :].split("/", 1)
-    client = Client(FileSystems._pipeline_options or PipelineOptions([])).client
-    try:
-        client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
-    except ClientError as e:
-        if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
-            return False
-        raise
-    return True
-
-
-def _gcs_create_if_absent(path: str, data: bytes) -> bool:  # pragma: no cover - no GCS on this machine
-    from google.api_core.exceptions import PreconditionFailed
-    from google.cloud import storage
-
-    bucket, name = path[len("gs://") :].split("/", 1)
-    try:
-        storage.Client().bucket(bucket).blob(name).upload_from_string(data, if_generation_match=0)
-    except PreconditionFailed:
-        return False
-    return True
-
-
-def _overwrite(path: str, data: bytes) -> None:
-    """The holder rewrites its own lease (renew, release); nobody else writes this generation."""
-    if "://" not in path:
-        temp = f"{path}.tmp-{os.getpid()}"
-        with open(temp, "wb") as f:
-            f.write(data)
-        os.replace(temp, path)
-        return
-    with FileSystems.create(path) as f:
-        f.write(data)
 
 
 @dataclass(frozen=True)
@@ -184,17 +128,17 @@ def _read(path: str, generation: int) -> Lease:
 
 
 def _generations(directory: str) -> list[tuple[int, str]]:
+    """The lease generations in a partition's folder, oldest first; an empty list when it has none. A listing that
+    fails is a LeaseError, never "no lease": that would let a run take a partition another run holds."""
     try:
-        results = FileSystems.match([FileSystems.join(directory, f"{_PREFIX}*{_SUFFIX}")])
-    except Exception:
-        return []
+        listed = storage.list_paths(FileSystems.join(directory, f"{_PREFIX}*{_SUFFIX}"), strict=True)
+    except storage.StorageError as e:
+        raise LeaseError(str(e)) from None
     found = []
-    for r in results:
-        for m in r.metadata_list:
-            name = m.path.rsplit("/", 1)[-1]
-            digits = name[len(_PREFIX) : -len(_SUFFIX)]
-            if digits.isdigit():
-                found.append((int(digits), m.path))
+    for path in listed:
+        digits = path.rsplit("/", 1)[-1][len(_PREFIX) : -len(_SUFFIX)]
+        if digits.isdigit():
+            found.append((int(digits), path))
     return sorted(found)
 
 
@@ -247,13 +191,9 @@ def acquire(
             )
         generation = newest.generation + 1 if newest is not None else 0
         path = FileSystems.join(directory, f"{_PREFIX}{generation:08d}{_SUFFIX}")
-        if create_if_absent(path, _payload(run_id, started_at, expiry_seconds)):
-            stale = [p for g, p in generations if g < generation]
-            if stale:
-                try:
-                    FileSystems.delete(stale)
-                except Exception:  # tidiness only: old generations are never read again
-                    pass
+        # Older generations stay: deleting them while a rival lists the folder let the rival see no lease at all and
+        # create generation 0 again, so both runs "won" (a few hundred bytes a generation; a partition has few).
+        if _create(path, _payload(run_id, started_at, expiry_seconds)):
             return _read(path, generation)
         # Another run created this generation between our listing and our create: read it and decide again.
     newest = current(control_root, partition)
@@ -283,7 +223,7 @@ def renew(
     if newest is None or newest.run_id != run_id or newest.released or generation not in (None, newest.generation):
         holder = newest.describe() if newest is not None else "nobody"
         raise LeaseLost(f"run {run_id} lost the lease of {lease_dir(control_root, partition)}: now {holder}")
-    _overwrite(newest.path, _payload(run_id, newest.started_at, expiry_seconds))
+    storage.write_atomically(newest.path, _payload(run_id, newest.started_at, expiry_seconds))
     return _read(newest.path, newest.generation)
 
 
@@ -295,7 +235,7 @@ def release(control_root: str, partition: str, run_id: str) -> bool:
         return False
     if newest is None or newest.run_id != run_id or newest.released:
         return False
-    _overwrite(newest.path, _payload(run_id, newest.started_at, newest.expiry_seconds, released=True))
+    storage.write_atomically(newest.path, _payload(run_id, newest.started_at, newest.expiry_seconds, released=True))
     return True
 
 

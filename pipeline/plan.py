@@ -14,9 +14,10 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
 from model.bundle import check_bundle, resolve_model_dir
+from pipeline import storage
 from pipeline.config import ConfigError, ScoreConfig
-from pipeline.publish import SUCCESS_FILE, check_partition
-from transforms.io import InputFile, inspect_files, partition_path, resolve_files
+from pipeline.outputs import Publisher, publisher_for
+from transforms.io import InputFile, inspect_files, resolve_files
 from transforms.schema import InputError, RunSchema, id_kind, is_number, text_kind
 
 _LOG = logging.getLogger(__name__)
@@ -47,6 +48,8 @@ class RunPlan:
     staging_root: str = ""
     # The bundle directory every worker loads (a models root's CURRENT resolved at launch) and its content version.
     model_dir: str = ""
+    # Where and how the partitions are published (pipeline/outputs.py).
+    publisher: Publisher | None = None
     # The lease generation this run holds per partition (its fencing token), filled in once the leases are taken.
     leases: dict[str, int] = field(default_factory=dict)
     lease_expiry_seconds: float = 6 * 3600.0
@@ -137,21 +140,16 @@ def _inspect_reviews(
 
 def _check_writable(output: str, staging_root: str) -> None:
     """Probes both the output root and its staging folder with a small write."""
-    if "://" not in output and os.path.exists(output) and not os.path.isdir(output):
+    if not storage.is_remote(output) and os.path.exists(output) and not os.path.isdir(output):
         raise OutputError(f"{output}: output location is not writable (it exists and is not a directory)")
     for root in (staging_root, output):
-        probe = FileSystems.join(root, f"_probe-{uuid.uuid4().hex}")
+        probe = storage.join(root, f"_probe-{uuid.uuid4().hex}")
         try:
-            with FileSystems.create(probe) as f:
-                f.write(b"probe")
-            FileSystems.delete([probe])
+            storage.write_atomically(probe, b"probe")
+            storage.delete([probe])
         except Exception as e:
             reason = " ".join(str(e).split())[:200]
             raise OutputError(f"{output}: output location is not writable ({reason})") from None
-
-
-def success_marker(output: str, partition: str) -> str:
-    return FileSystems.join(partition_path(output, partition), "_SUCCESS")
 
 
 def staging_root_for(output: str, run_id: str) -> str:
@@ -166,7 +164,7 @@ def _input_root(pattern: str) -> str:
 
 
 def _normalized(path: str) -> str:
-    return path.rstrip("/") if "://" in path else os.path.realpath(os.path.abspath(path))
+    return path.rstrip("/") if storage.is_remote(path) else os.path.realpath(os.path.abspath(path))
 
 
 def _check_output_apart(config: ScoreConfig) -> None:
@@ -182,39 +180,14 @@ def _check_output_apart(config: ScoreConfig) -> None:
             )
 
 
-def _exists_any(pattern: str) -> bool:
-    try:
-        return any(r.metadata_list for r in FileSystems.match([pattern]))
-    except Exception:  # nothing there: some stores raise instead of matching nothing
-        return False
-
-
-def _check_layout(output: str, dated: bool) -> None:
-    """One output root holds either dt= partitions or one unpartitioned output, never both: a run without --date
-    into a dated root would publish every day's rows beside the partitions (a Hive reader sees them twice)."""
-    if dated and (
-        _exists_any(FileSystems.join(output, SUCCESS_FILE)) or _exists_any(FileSystems.join(output, "*.parquet"))
-    ):
-        raise ConfigError(
-            f"output {output} holds an unpartitioned output (no dt= folders): a run with --date or a backfill "
-            "cannot write dt= partitions beside it; choose another output"
-        )
-    if not dated and _exists_any(FileSystems.join(output, "dt=*", "*")):
-        raise ConfigError(
-            f"output {output} holds dt= partitions: a run without --date would publish beside them; pass --date, "
-            "or choose another output"
-        )
-
-
-def _published_by(output: str, partition: str, model_version: str) -> str | None:
+def _published_by(publisher: Publisher, partition: str, model_version: str) -> str | None:
     """Why --skip-existing may skip a partition (complete and scored by this model version), or None."""
-    check = check_partition(partition_path(output, partition), count_rows=False)
-    if not check.complete:
+    published = publisher.published_version(partition)
+    if published is None:
         return None
-    published = check.manifest.get("model_version")
     if published != model_version:
         _LOG.info(
-            "dt=%s is complete but scored by model %s, not %s: scoring it again", partition, published, model_version
+            "%s is complete but scored by model %s, not %s: scoring it again", partition, published, model_version
         )
         return None
     return f"already published, complete and scored by model {model_version} (--skip-existing)"
@@ -229,7 +202,8 @@ def plan_run(config: ScoreConfig, dates: list[str] | None, backfill: bool = Fals
     started = time.time()
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started)) + "-" + uuid.uuid4().hex[:8]
     _check_output_apart(config)
-    _check_layout(config.output, dates is not None)
+    publisher = publisher_for(config.output, config.output_format, config.catalog)
+    publisher.check_layout(dates is not None)
     model_dir = resolve_model_dir(config.model_dir)
     bundle = check_bundle(model_dir)  # no TensorFlow: workers load the runtime and check its parity
     if list(bundle.feature_names) != list(config.columns.features):
@@ -248,7 +222,7 @@ def plan_run(config: ScoreConfig, dates: list[str] | None, backfill: bool = Fals
         paths_by_partition[""] = paths
     else:
         for day in dates:
-            done = config.skip_existing and _published_by(config.output, day, bundle.model_version)
+            done = config.skip_existing and _published_by(publisher, day, bundle.model_version)
             if done:
                 skipped[day] = done
                 continue
@@ -301,5 +275,6 @@ def plan_run(config: ScoreConfig, dates: list[str] | None, backfill: bool = Fals
         output=config.output,
         staging_root=staging_root,
         model_dir=model_dir,
+        publisher=publisher,
         lease_expiry_seconds=config.lease_expiry_hours * 3600,
     )

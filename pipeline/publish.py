@@ -22,12 +22,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline import storage
+from pipeline.config import ConfigError
+from pipeline.outputs import PartitionCheck, Publisher
+from transforms.io import partition_path
 
 SUCCESS_FILE = "_SUCCESS"
 SUMMARY_FILE = "summary.json"
@@ -104,16 +106,6 @@ def _on_disk(partition_dir: str, run_ids: set[str]) -> dict[str, int]:
         folder = storage.join(partition_dir, REPORT_DIR, run, "*")
         found.update({report_name(run, n): s for n, s in storage.sizes(folder).items()})
     return found
-
-
-@dataclass(frozen=True)
-class PartitionCheck:
-    """What `verify` found for one partition."""
-
-    partition_dir: str
-    complete: bool
-    message: str
-    manifest: dict | None = None
 
 
 def check_partition(partition_dir: str, count_rows: bool = True) -> PartitionCheck:
@@ -273,3 +265,47 @@ def remove_unlisted(partition_dir: str, manifest: dict) -> list[str]:
         storage.delete_tree(storage.join(partition_dir, REPORT_DIR, run))
         stale.append(storage.join(partition_dir, REPORT_DIR, run))
     return stale
+
+
+class ParquetFolders(Publisher):
+    """Parquet partitions in Hive-style folders (OUTPUT/dt=D/, or OUTPUT/ itself without a date), each published by
+    the protocol above and checked against its `_SUCCESS` manifest."""
+
+    def __init__(self, output: str):
+        self.output = output
+
+    def name(self, partition: str) -> str:
+        return partition_path(self.output, partition)
+
+    def check_layout(self, dated: bool) -> None:
+        """One root holds either dt= partitions or one unpartitioned output, never both: a run without --date into
+        a dated root would publish every day's rows beside the partitions (a Hive reader sees them twice)."""
+        unpartitioned = storage.exists(storage.join(self.output, SUCCESS_FILE)) or storage.list_paths(
+            storage.join(self.output, "*.parquet")
+        )
+        if dated and unpartitioned:
+            raise ConfigError(
+                f"output {self.output} holds an unpartitioned output (no dt= folders): a run with --date or a "
+                "backfill cannot write dt= partitions beside it; choose another output"
+            )
+        if not dated and storage.list_paths(storage.join(self.output, "dt=*", "*")):
+            raise ConfigError(
+                f"output {self.output} holds dt= partitions: a run without --date would publish beside them; pass "
+                "--date, or choose another output"
+            )
+
+    def publish(self, partition, shards, facts, reports, fence) -> None:
+        publish_partition(shards, self.name(partition), facts, reports, fence=fence)
+
+    def check(self, partition: str, count_rows: bool = True) -> PartitionCheck:
+        return check_partition(self.name(partition), count_rows)
+
+    def published_summary(self, partition: str) -> dict | None:
+        return published_summary(self.name(partition))
+
+    def previous_summary(self, partition: str) -> dict | None:
+        if not partition:  # an unpartitioned output's previous run is the one it replaces
+            return published_summary(self.output)
+        markers = storage.list_paths(storage.join(self.output, "dt=*", SUCCESS_FILE))
+        earlier = sorted(p.rsplit("/", 1)[0] for p in markers if p.split("dt=")[-1].split("/")[0] < partition)
+        return published_summary(earlier[-1]) if earlier else None

@@ -17,6 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline import storage
+
 CUSTOMER_SCHEMA = pa.schema(
     [
         pa.field("customer_id", pa.int64()),
@@ -516,7 +518,7 @@ def write_sample_data(
     dates = _day_list(end_date, days)
     if not isinstance(output, str) or not output:
         raise ValueError(f"output must be a non-empty local directory path, got {output!r}")
-    if "://" in output:
+    if storage.is_remote(output):
         raise ValueError(f"output must be a local path, got {output!r}")
     customers_dir = os.path.join(output, "customers")
     reviews_dir = os.path.join(output, "reviews")

@@ -17,6 +17,10 @@ class StorageError(OSError):
     """A write, move or delete failed (a full disk, an unwritable folder); the message names the path."""
 
 
+class Unsupported(ValueError):
+    """The store of a path lacks a primitive the job needs; the message names the path."""
+
+
 def _named(path: str, error: OSError) -> StorageError:
     return StorageError(error.errno, f"{path}: {error.strerror or error}")
 
@@ -34,12 +38,15 @@ def basename(path: str) -> str:
     return path.rstrip("/").rsplit("/", 1)[-1]
 
 
-def list_paths(pattern: str) -> list[str]:
-    """The files a pattern matches; empty when nothing does (some stores raise instead of matching nothing)."""
+def list_paths(pattern: str, strict: bool = False) -> list[str]:
+    """The files a pattern matches; empty when nothing does. Some stores raise instead of matching nothing, so a
+    failed listing is empty too, unless strict: then a failure other than a missing folder raises StorageError."""
     try:
         return [m.path for r in FileSystems.match([pattern]) for m in r.metadata_list]
-    except Exception:
-        return []
+    except Exception as e:
+        if not strict or (not is_remote(pattern) and not os.path.isdir(pattern.rsplit("/", 1)[0])):
+            return []
+        raise StorageError(f"{pattern}: cannot list ({type(e).__name__}: {e})") from None
 
 
 def sizes(pattern: str) -> dict[str, int]:
@@ -141,3 +148,68 @@ def sync_to_disk(paths: list[str], folders: list[str]) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def create_if_absent(path: str, data: bytes) -> bool:
+    """Creates path holding data unless it exists; True if this call created it. Atomic on every supported store:
+    local disk (link(2), which fails on an existing name), S3 (`If-None-Match: *`), GCS (`ifGenerationMatch=0`)."""
+    if not is_remote(path):
+        # The whole content is written first, then linked under the name: link(2) fails if the name exists, and a
+        # reader never sees the lease half written (an O_EXCL create would show it empty for a moment).
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        temp = f"{path}{TEMP_MARK}{uuid.uuid4().hex[:8]}"
+        with open(temp, "wb") as f:
+            f.write(data)
+        try:
+            os.link(temp, path)
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(temp)
+        return True
+    scheme = path.split("://", 1)[0]
+    if scheme == "s3":
+        return _s3_create_if_absent(path, data)
+    if scheme == "gs":
+        return _gcs_create_if_absent(path, data)
+    raise Unsupported(f"{path}: no create-if-absent for {scheme}:// here")
+
+
+def _s3_create_if_absent(path: str, data: bytes) -> bool:
+    from apache_beam.io.aws.clients.s3.boto3_client import Client
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from botocore.exceptions import ClientError
+
+    bucket, key = path[len("s3://") :].split("/", 1)
+    client = Client(FileSystems._pipeline_options or PipelineOptions([])).client
+    try:
+        client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+            return False
+        raise
+    return True
+
+
+def _gcs_create_if_absent(path: str, data: bytes) -> bool:  # pragma: no cover - no GCS on this machine
+    from google.api_core.exceptions import PreconditionFailed
+    from google.cloud import storage as gcs
+
+    bucket, name = path[len("gs://") :].split("/", 1)
+    try:
+        gcs.Client().bucket(bucket).blob(name).upload_from_string(data, if_generation_match=0)
+    except PreconditionFailed:
+        return False
+    return True
+
+
+def _overwrite(path: str, data: bytes) -> None:
+    """The holder rewrites its own lease (renew, release); nobody else writes this generation."""
+    if "://" not in path:
+        temp = f"{path}.tmp-{os.getpid()}"
+        with open(temp, "wb") as f:
+            f.write(data)
+        os.replace(temp, path)
+        return
+    with FileSystems.create(path) as f:
+        f.write(data)

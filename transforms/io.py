@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import datetime as dt
 import logging
 import threading
 import uuid
@@ -351,6 +352,17 @@ def partition_path(root: str, partition: str) -> str:
     return FileSystems.join(root, f"dt={partition}") if partition else root
 
 
+_EPOCH = dt.date(1970, 1, 1)
+
+
+def with_partition_day(table: pa.Table, column: str, partition: str) -> pa.Table:
+    """The table with a date32 column holding the partition's day in every row."""
+    day = (dt.date.fromisoformat(partition) - _EPOCH).days
+    return table.append_column(
+        pa.field(column, pa.date32()), pa.array(np.full(table.num_rows, day, np.int32)).cast(pa.date32())
+    )
+
+
 # The folder of a run's staging that holds the shards of an unpartitioned output: a named folder like a day's, so
 # every partition's staging is one folder that a cleanup can name without touching another partition's.
 UNPARTITIONED = "_output"
@@ -368,12 +380,22 @@ class WriteParquetShards(beam.DoFn):
     reach the commit step, so a retried bundle's leftovers are never published.
     """
 
-    def __init__(self, kind: str, staging_root: str, schema: pa.Schema, run_id: str = "", row_group_rows: int = 65536):
+    def __init__(
+        self,
+        kind: str,
+        staging_root: str,
+        schema: pa.Schema,
+        run_id: str = "",
+        row_group_rows: int = 65536,
+        partition_column: str | None = None,
+    ):
         self._kind = kind
         self._prefix = f"{kind}-{run_id}-" if run_id else f"{kind}-"
         self._root = staging_root
         self._schema = schema
         self._row_group_rows = row_group_rows
+        # A table format that places files by their values (Iceberg's identity partition) needs the day in a column.
+        self._partition_column = partition_column
 
     def start_bundle(self):
         self._open = {}
@@ -389,6 +411,8 @@ class WriteParquetShards(beam.DoFn):
         partition, table = element
         if table.num_rows == 0:
             return
+        if self._partition_column:
+            table = with_partition_day(table, self._partition_column, partition)
         table = conform(table, self._schema)
         if partition not in self._open:
             directory = staging_dir(self._root, partition)

@@ -12,7 +12,7 @@ import pytest
 
 from pipeline import lease
 from pipeline.commit import CommitPartition
-from pipeline.publish import check_partition, publish_partition, read_manifest
+from pipeline.publish import ParquetFolders, check_partition, publish_partition, read_manifest
 from transforms.schema import RunSchema
 
 DATE = "2026-03-01"
@@ -101,7 +101,7 @@ def _commit(tmp_path, leases: dict) -> CommitPartition:
     }
     schemas = {"scores": SCHEMA.scores_schema(), "rejects": SCHEMA.rejects_schema()}
     return CommitPartition(
-        str(tmp_path / "out"), str(tmp_path / "out.staging" / "run-a"), info, {DATE: 2}, schemas, 0.2
+        ParquetFolders(str(tmp_path / "out")), str(tmp_path / "out.staging" / "run-a"), info, {DATE: 2}, schemas, 0.2
     )
 
 

@@ -189,6 +189,8 @@ def test_a_held_lease_names_its_run_and_start_and_lapses_at_expiry(tmp_path):
         lease.acquire(control, DATE, "run-b", time.time(), 3600)
     taken = lease.acquire(control, DATE, "run-c", time.time(), 3600, take_over=True)  # the explicit flag
     assert taken.run_id == "run-c" and taken.generation == 1
+    # Older generations stay: deleting one while a rival listed the folder let the rival create generation 0 again.
+    assert len(glob.glob(f"{control}/_leases/dt={DATE}/lease-*.json")) == 2
     assert not lease.release(control, DATE, "run-a")  # a run that lost its lease cannot release the new holder's
     with pytest.raises(lease.LeaseHeld, match="lost the lease"):
         lease.renew(control, DATE, "run-a", 3600)
