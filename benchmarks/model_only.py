@@ -17,8 +17,9 @@ import pyarrow.parquet as pq
 
 from benchmarks.common import MODEL_DIR, customer_files, report, review_files
 from model.bundle import load_bundle, open_runtime
+from transforms.broadcast_join import join_customers
+from transforms.customer_table import build_customer_table
 from transforms.featurize import Featurizer
-from transforms.join import build_customer_table, join_customers
 from transforms.schema import FILE_INDEX, ROW_INDEX, RunSchema
 from transforms.validate import check_rows
 

@@ -16,7 +16,8 @@ from pipeline.plan import RunPlan
 from transforms.featurize import Featurize
 from transforms.inference import ReviewModelHandler, ScoreReviews
 from transforms.io import ReadTables, WriteParquetShards, plan_read_tasks
-from transforms.join import JoinCustomers, JoinPlan
+from transforms.join import JoinCustomers
+from transforms.join_plan import JoinPlan
 from transforms.pinned import PinnedBundle
 from transforms.schema import FAILURES, FILE_INDEX, ROW_INDEX
 from transforms.validate import FindDuplicateReviews, Validate

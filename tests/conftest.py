@@ -127,8 +127,8 @@ def run_handler(handler, elements):
 
 
 def colliding_ids() -> tuple[str, str]:
-    """Two different string customer ids with the same 64-bit key (transforms.join.hash_strings): 2^11 8-byte words
-    in Thue-Morse order and their complement have the same polynomial hash mod 2^64 for every odd multiplier."""
+    """Two different string customer ids with the same 64-bit key (transforms.id_hashing.hash_strings): 2^11 8-byte
+    words in Thue-Morse order and their complement have the same polynomial hash mod 2^64 for every odd multiplier."""
     bits = [0]
     while len(bits) < 2048:
         bits += [1 - x for x in bits]
