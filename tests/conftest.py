@@ -165,10 +165,12 @@ def s3_endpoint(tmp_path_factory):
     pytest.importorskip("moto.server")  # moto[server]: the S3 protocol served on loopback
     from apache_beam.io.filesystems import FileSystems
 
+    from transforms.beam_compat import filesystems_options
+
     port = _free_port()
     endpoint = f"http://127.0.0.1:{port}"
     log_path = tmp_path_factory.mktemp("moto") / "server.log"
-    previous_options = FileSystems._pipeline_options
+    previous_options = filesystems_options()
     with pytest.MonkeyPatch.context() as mp, open(log_path, "wb") as log:
         # Loopback traffic must never go through a proxy a developer's shell may have set.
         mp.setenv("NO_PROXY", ",".join(filter(None, [os.environ.get("NO_PROXY"), "127.0.0.1"])))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import resource
 import time
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
@@ -11,11 +10,11 @@ from typing import NamedTuple
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
-from apache_beam.ml.inference import base as _inference_base
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
 from model.bundle import ModelBundle
 from model.runtime import LITERT, TENSORFLOW, ModelRuntime
+from transforms.beam_compat import restore_inference_resource_module
 from transforms.featurize import NUMERIC, TOKENS, matrix, reject_rows
 from transforms.isolation import MAX_FAILED_CALLS, score_with_isolation
 from transforms.pinned import PinnedBundle
@@ -23,11 +22,7 @@ from transforms.schema import FAILURES, MODEL_VERSION, SCORE, RunSchema, partiti
 from transforms.validate import INFERENCE_ERROR, INVALID_SCORE
 
 _LOG = logging.getLogger(__name__)
-# Beam 2.77 imports `resource` in the same try block as its ModelManager, which needs torch: without torch it sets
-# `resource` to None, so RunInference loses its model-memory metric and logs a WARNING ("Resource module is not
-# available for current platform") on every model load. This job has no torch; give Beam the module back.
-if getattr(_inference_base, "resource", resource) is None:
-    _inference_base.resource = resource
+restore_inference_resource_module()  # RunInference's model-memory metric, without torch
 
 
 class ScoredTable(NamedTuple):

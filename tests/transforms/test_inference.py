@@ -112,16 +112,6 @@ def test_isolation_budget_rejects_what_it_could_not_isolate():
     assert scored + int(found.failed.sum()) == 16384 and scored > 0
 
 
-def test_run_inference_can_measure_model_memory_without_torch():
-    # Beam 2.77 drops `resource` when torch is missing (this venv has none); transforms.inference gives it back, so
-    # RunInference records the model's memory instead of warning on every model load.
-    from apache_beam.ml.inference import base
-
-    import transforms.inference  # noqa: F401  (the fix is applied on import)
-
-    assert base.resource is not None and base._get_current_process_memory_in_bytes() > 0
-
-
 def test_each_runtime_has_its_own_handler_with_beams_batching_and_sharing_settings(bundle_dir):
     from transforms.inference import LiteRTModelHandler, TensorflowModelHandler
     from transforms.schema import RunSchema
