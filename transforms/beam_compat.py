@@ -1,5 +1,4 @@
-"""The private Apache Beam APIs this job relies on, in one place: a Beam upgrade that moves one breaks here and in
-tests/transforms/test_beam_compat.py, nowhere else."""
+"""The private Apache Beam APIs the job uses, in one place: a Beam upgrade that moves one breaks only here."""
 
 from __future__ import annotations
 

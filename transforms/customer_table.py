@@ -1,5 +1,4 @@
-"""The customer table: compact customer parts, de-duplicated and probed by binary search, and the CombineFn that
-builds it on the workers."""
+"""The customer table: compact customer parts, de-duplicated, probed by binary search, built by a CombineFn."""
 
 from __future__ import annotations
 

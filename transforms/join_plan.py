@@ -1,5 +1,4 @@
-"""Join planning: broadcast the customer table or hash-shuffle it, decided at start-up from its size estimated
-from the files' footers."""
+"""Join planning: broadcast or shuffle, decided at start-up from the customer table's size in the footers."""
 
 from __future__ import annotations
 

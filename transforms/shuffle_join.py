@@ -1,7 +1,4 @@
-"""The shuffle join, for customer tables too large to broadcast: customers and the reviews' (key, row) pairs meet in
-hash buckets; each bucket de-duplicates its customers exactly like the broadcast table and answers its reviews; the
-answers come back to the review batches by row key, through a side input keyed by block (a worker fetches only the
-blocks it reads)."""
+"""The shuffle join, for customer tables too large to broadcast: customers and review keys meet in hash buckets."""
 
 from __future__ import annotations
 
@@ -17,6 +14,10 @@ from transforms.id_hashing import buckets_of, id_keys
 from transforms.join_plan import JoinPlan
 from transforms.row_keys import BLOCK_BITS, column_numpy, row_blocks, split_by, table_row_keys
 from transforms.schema import Columns
+
+# Customers and the reviews' (key, row) pairs meet in hash buckets; each bucket de-duplicates its customers exactly
+# like the broadcast table and answers its reviews; the answers come back to the review batches by row key, through
+# a side input keyed by block (a worker fetches only the blocks it reads).
 
 
 def review_key_part(ids: pa.Table, columns: Columns) -> pa.Table:
