@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from benchmarks.common import MODEL_DIR, data_dir, review_files
-from model.bundle import load_preprocessing
+from model.bundle import read_bundle
 from transforms.text import Tokenizer, TokenizerSpec
 
 
@@ -28,7 +28,7 @@ def main(argv=None) -> None:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args(argv)
 
-    pre = load_preprocessing(MODEL_DIR)
+    pre = read_bundle(MODEL_DIR)
     tokenizer = Tokenizer(pre.vocabulary, TokenizerSpec.from_dict(pre.tokenizer))
     texts = pa.chunked_array(
         [c for f in review_files(data_dir(args.reviews)) for c in pq.read_table(f, columns=["review_text"])[0].chunks]

@@ -8,12 +8,13 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+import threading
 from datetime import UTC, datetime
 
 import numpy as np
 
 from model.architecture import NUMERIC_INPUT, TEXT_INPUT
+from model.litert_conversion import LITERT_BATCH_SIZE, convert_to_litert
 from model.runtime import PARITY_TOLERANCE
 
 # Format 2 adds the LiteRT conversion (model.tflite) and the parity probe (parity.npz) to format 1's files.
@@ -28,13 +29,6 @@ METADATA_FILE = "metadata.json"
 BUNDLE_FILES = (MODEL_FILE, LITERT_FILE, PARITY_FILE, VOCABULARY_FILE, TOKENIZER_FILE, SCALER_FILE, METADATA_FILE)
 # Files whose sha256 metadata.json records, so a launcher without TensorFlow can tell that none was changed.
 DIGESTED_FILES = (MODEL_FILE, LITERT_FILE, PARITY_FILE)
-# The metadata keys save_bundle writes itself; an upgraded bundle carries the old bundle's other keys over.
-_WRITTEN_METADATA = frozenset(
-    {"format_version", "model_version", "feature_names", "sequence_length", "vocab_size", "created_at", "metrics"}
-    | {"weights_sha256", "files_sha256", "litert"}
-)
-# The LiteRT flatbuffer's fixed batch dimension (LSTMs convert to builtin ops only with static shapes): rows per call.
-LITERT_BATCH_SIZE = 4096
 
 # Ids below this are reserved: 0 pads a short sequence, 1 stands for a word not in the vocabulary.
 PAD_ID = 0
@@ -46,11 +40,23 @@ class BundleError(ValueError):
     """The model bundle is missing, corrupt or does not fit the scoring code; the message names what."""
 
 
-class _BundleFacts:
-    """What both a loaded bundle and its preprocessing artifacts tell from their metadata and scaler."""
+class ModelBundle:
+    """A model bundle read from its directory: its preprocessing artifacts and metadata, the Keras model once some
+    caller needs it (loaded and validated then: checking a bundle needs no TensorFlow), and the model on each
+    runtime it was opened on, opened once per process and shared by its threads."""
 
-    metadata: dict
-    scaler: dict
+    def __init__(
+        self, path: str, vocabulary, tokenizer: dict, scaler: dict, metadata: dict, local_dir: str, model=None
+    ):
+        self.path = path
+        self.vocabulary = tuple(vocabulary)
+        self.tokenizer = tokenizer
+        self.scaler = scaler
+        self.metadata = metadata
+        self.local_dir = local_dir
+        self.model = model
+        self._runtimes: dict = {}
+        self._lock = threading.Lock()  # Featurize and RunInference threads share one bundle per process
 
     @property
     def model_version(self) -> str:
@@ -60,19 +66,6 @@ class _BundleFacts:
     def feature_names(self) -> tuple[str, ...]:
         return tuple(self.scaler["feature_names"])
 
-
-@dataclass(frozen=True)
-class ModelBundle(_BundleFacts):
-    """A loaded, validated model bundle."""
-
-    path: str
-    model: object
-    vocabulary: tuple[str, ...]
-    tokenizer: dict
-    scaler: dict
-    metadata: dict = field(default_factory=dict)
-    local_dir: str = ""
-
     @property
     def sequence_length(self) -> int:
         return int(self.tokenizer["sequence_length"])
@@ -80,6 +73,33 @@ class ModelBundle(_BundleFacts):
     @property
     def vocab_size(self) -> int:
         return len(self.vocabulary) + RESERVED_IDS
+
+    def litert(self, threads: int = 1):
+        """The model on LiteRT (model.runtime.LiteRTRuntime), without TensorFlow; its batch size is the one the
+        bundle was converted with."""
+        return self._runtime(("litert", threads), lambda: _open_litert(self, threads))
+
+    def tensorflow(self, batch_size: int = 4096, jit_compile: bool = True, threads: int = 1):
+        """The Keras model called through TensorFlow (model.runtime.TensorflowRuntime). Loads (and fully validates)
+        the Keras model first if it was not loaded, with TensorFlow limited to one thread per call for scoring."""
+
+        def open_tensorflow():
+            if self.model is None:
+                from model.runtime import limit_tensorflow_threads
+
+                limit_tensorflow_threads()
+                self.model = _load_keras(self.local_dir)
+                validate_bundle(self)
+                _check_content(self.path, self.local_dir, self)
+            return _open_tensorflow(self, batch_size, jit_compile, threads)
+
+        return self._runtime(("tensorflow", batch_size, jit_compile, threads), open_tensorflow)
+
+    def _runtime(self, key: tuple, open_runtime):
+        with self._lock:
+            if key not in self._runtimes:
+                self._runtimes[key] = open_runtime()
+            return self._runtimes[key]
 
 
 def _canonical_json(obj) -> bytes:
@@ -113,30 +133,6 @@ def content_version(weights: str, litert: str, vocabulary, tokenizer: dict, scal
     digest.update(_canonical_json(tokenizer))
     digest.update(_canonical_json(scaler))
     return "sha256-" + digest.hexdigest()[:16]
-
-
-def convert_to_litert(model, features: int, sequence_length: int, batch_size: int = LITERT_BATCH_SIZE) -> bytes:
-    """The Keras model as a LiteRT flatbuffer of builtin ops only (no TensorFlow needed to run it), through a
-    SavedModel with a fixed-shape signature, the path TensorFlow documents for Keras 3."""
-    import functools
-
-    import tensorflow as tf
-    from keras.src.export import ExportArchive
-
-    signature = [
-        [
-            tf.TensorSpec([batch_size, features], tf.float32, name=NUMERIC_INPUT),
-            tf.TensorSpec([batch_size, sequence_length], tf.int32, name=TEXT_INPUT),
-        ]
-    ]
-    with tempfile.TemporaryDirectory(prefix="litert-export-") as saved_model:
-        archive = ExportArchive()
-        archive.track(model)
-        archive.add_endpoint("serve", functools.partial(model.__call__, training=False), input_signature=signature)
-        archive.write_out(saved_model, verbose=False)
-        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        return converter.convert()
 
 
 def save_bundle(
@@ -258,8 +254,7 @@ def _check_input(directory: str, model, index: int, name: str, width: int, dtype
 def validate_bundle(bundle: ModelBundle) -> None:
     """Checks that the artifacts agree with each other and with the model; raises BundleError naming what."""
     d, model, tok = bundle.path, bundle.model, bundle.tokenizer
-    pre = Preprocessing(bundle.vocabulary, bundle.tokenizer, bundle.scaler, bundle.metadata)
-    _validate_preprocessing(d, pre)
+    _validate_preprocessing(d, bundle)
     _check_input(d, model, 0, NUMERIC_INPUT, len(bundle.scaler["feature_names"]), "float32")
     _check_input(d, model, 1, TEXT_INPUT, tok["sequence_length"], "int32")
     out_shape = tuple(model.outputs[0].shape)
@@ -284,12 +279,11 @@ def _check_format(d: str, meta: dict) -> None:
     if meta.get("format_version") != FORMAT_VERSION:
         raise BundleError(
             f"model bundle {d}: format_version {meta.get('format_version')!r} is not {FORMAT_VERSION} "
-            f"(format 2 adds {LITERT_FILE}); write it again as a new version with "
-            f"`sentiment-score upgrade-bundle --model-dir {d} --output NEW_DIR`"
+            f"(format 2 adds {LITERT_FILE}); train it again with `sentiment-score train`"
         )
 
 
-def _validate_preprocessing(d: str, pre: Preprocessing) -> None:
+def _validate_preprocessing(d: str, pre: ModelBundle) -> None:
     """The checks that need no model: metadata, tokenizer, scaler and vocabulary agree with each other."""
     tok, scaler, meta = pre.tokenizer, pre.scaler, pre.metadata
     _check_format(d, meta)
@@ -323,7 +317,7 @@ def _validate_preprocessing(d: str, pre: Preprocessing) -> None:
         raise BundleError(f"model bundle {d}: {VOCABULARY_FILE} has an empty or repeated word")
 
 
-def _check_content(d: str, directory: str, pre: Preprocessing) -> None:
+def _check_content(d: str, directory: str, pre: ModelBundle) -> None:
     """The files are the ones written with the bundle (their sha256 in metadata.json) and model_version is theirs."""
     meta = pre.metadata
     for name in DIGESTED_FILES:
@@ -366,94 +360,35 @@ def load_bundle(path: str) -> ModelBundle:
     """Loads and validates a bundle with its Keras model (imports TensorFlow) from a local or remote directory."""
     directory = localize(path)
     _check_files(directory)
-    pre = _read_preprocessing(directory)
-    _validate_preprocessing(path, pre)
-    model = _load_keras(directory)
-    bundle = ModelBundle(path, model, pre.vocabulary, pre.tokenizer, pre.scaler, pre.metadata, directory)
+    bundle = _read_bundle(path, directory)
+    _validate_preprocessing(path, bundle)
+    bundle.model = _load_keras(directory)
     validate_bundle(bundle)
-    _check_content(path, directory, pre)
+    _check_content(path, directory, bundle)
     return bundle
 
 
-@dataclass(frozen=True)
-class Preprocessing(_BundleFacts):
-    """The bundle's featurization artifacts, without the Keras model (cheap to load, no TensorFlow)."""
-
-    vocabulary: tuple[str, ...]
-    tokenizer: dict
-    scaler: dict
-    metadata: dict
-    local_dir: str = ""
-
-
-def load_preprocessing(path: str) -> Preprocessing:
-    """Loads the tokenizer, vocabulary and scaler of a bundle, unchecked (benchmarks); check_bundle checks them."""
+def read_bundle(path: str) -> ModelBundle:
+    """Reads a bundle's artifacts and metadata without checking them (benchmarks, tests of the runtime's own
+    checks); check_bundle checks them."""
     directory = localize(path)
     _check_files(directory)
-    return _read_preprocessing(directory)
+    return _read_bundle(path, directory)
 
 
-def _format_1_version(model, vocabulary, tokenizer: dict, scaler: dict) -> str:
-    """model_version as format 1 computed it (weights and preprocessing, no LiteRT file): to check a bundle before
-    upgrading it."""
-    digest = hashlib.sha256()
-    for weight in model.get_weights():
-        array = np.ascontiguousarray(weight)
-        digest.update(str(array.dtype).encode() + str(array.shape).encode())
-        digest.update(array.tobytes())
-    digest.update("\n".join(vocabulary).encode("utf-8"))
-    digest.update(_canonical_json(tokenizer))
-    digest.update(_canonical_json(scaler))
-    return "sha256-" + digest.hexdigest()[:16]
-
-
-def upgrade_bundle(source: str, destination: str) -> ModelBundle:
-    """Writes a format-1 bundle (before the LiteRT conversion) again as a current one in a new directory: the same
-    weights and preprocessing, checked against the old model_version first, plus the conversion and its parity
-    probe. The new bundle has a new model_version (it covers the LiteRT file) and records the old one."""
-    directory = localize(source)
-    if not os.path.isdir(directory):
-        raise BundleError(f"model bundle {source}: no such directory")
-    for name in (MODEL_FILE, VOCABULARY_FILE, TOKENIZER_FILE, SCALER_FILE, METADATA_FILE):
-        if not os.path.isfile(os.path.join(directory, name)):
-            raise BundleError(f"model bundle {source}: missing file {name}")
-    pre = _read_preprocessing(directory)
-    found = pre.metadata.get("format_version")
-    if found != 1:
-        raise BundleError(f"model bundle {source}: format_version {found!r}: only a format-1 bundle is upgraded")
-    model = _load_keras(directory)
-    old = pre.metadata.get("model_version")
-    if _format_1_version(model, pre.vocabulary, pre.tokenizer, pre.scaler) != old:
-        raise BundleError(
-            f"model bundle {source}: model_version {old} does not match the bundle's content; a file was changed "
-            f"after training, so it is not upgraded"
-        )
-    if os.path.exists(destination) and os.listdir(destination):
-        raise BundleError(f"{destination}: not empty; an upgraded bundle goes to a new version folder")
-    extra = {k: v for k, v in pre.metadata.items() if k not in _WRITTEN_METADATA}
-    return save_bundle(
-        destination,
-        model,
-        pre.vocabulary,
-        pre.tokenizer,
-        pre.scaler,
-        pre.metadata.get("metrics"),
-        {**extra, "upgraded_from": {"model_version": old, "format_version": 1, "path": source}},
-    )
-
-
-def check_bundle(path: str) -> Preprocessing:
+def check_bundle(path: str) -> ModelBundle:
     """Validates a bundle without loading its model (no TensorFlow): every file is there, the artifacts agree, and
-    the model files and model_version are the ones the bundle was written with. What the launcher runs."""
+    the model files and model_version are the ones the bundle was written with. What the launcher and each worker
+    run."""
     directory = localize(path)
     _check_files(directory)
-    pre = _read_preprocessing(directory)
-    _validate_preprocessing(path, pre)
-    _check_content(path, directory, pre)
-    return pre
+    bundle = _read_bundle(path, directory)
+    _validate_preprocessing(path, bundle)
+    _check_content(path, directory, bundle)
+    return bundle
 
 
-def _read_preprocessing(directory: str) -> Preprocessing:
+def _read_bundle(path: str, directory: str) -> ModelBundle:
     metadata = _read_json(directory, METADATA_FILE)
     tokenizer = _read_json(directory, TOKENIZER_FILE)
     scaler = _read_json(directory, SCALER_FILE)
@@ -462,35 +397,41 @@ def _read_preprocessing(directory: str) -> Preprocessing:
             vocabulary = tuple(line.rstrip("\n") for line in f)
     except (OSError, UnicodeDecodeError) as e:
         raise BundleError(f"model bundle {directory}: cannot read {VOCABULARY_FILE}: {e}") from None
-    return Preprocessing(vocabulary, tokenizer, scaler, metadata, directory)
+    return ModelBundle(path, vocabulary, tokenizer, scaler, metadata, directory)
 
 
-def open_runtime(bundle: ModelBundle | Preprocessing, runtime: str, batch_size=4096, jit_compile=True, threads=1):
-    """The bundle's model on the named runtime (model.runtime.RUNTIMES), checked at load against the Keras scores
-    saved with the bundle (parity.npz): a runtime whose scores differ by more than PARITY_TOLERANCE is refused.
-    litert needs no TensorFlow; its batch size is the one the bundle was converted with."""
-    from model.runtime import LITERT, TENSORFLOW, LiteRTRuntime, TensorflowRuntime, max_difference
+def _open_litert(bundle: ModelBundle, threads: int):
+    from model.runtime import LiteRTRuntime
+
+    d, meta = bundle.local_dir, bundle.metadata
+    with open(os.path.join(d, LITERT_FILE), "rb") as f:
+        model = LiteRTRuntime(f.read(), threads, bundle.model_version)
+    expected = [(model.batch_size, len(meta["feature_names"])), (model.batch_size, meta["sequence_length"])]
+    got = sorted((tuple(int(x) for x in i["shape"]) for i in model.input_details), key=lambda s: s[1])
+    if got != sorted(expected, key=lambda s: s[1]):
+        raise BundleError(f"model bundle {d}: {LITERT_FILE} has inputs {got}, expected {expected}")
+    return _parity_checked(bundle, model)
+
+
+def _open_tensorflow(bundle: ModelBundle, batch_size: int, jit_compile: bool, threads: int):
+    from model.runtime import TensorflowRuntime
+
+    runtime = TensorflowRuntime(bundle.model, batch_size, jit_compile, threads, bundle.model_version)
+    return _parity_checked(bundle, runtime)
+
+
+def _parity_checked(bundle: ModelBundle, model):
+    """The runtime, checked against the Keras scores saved with the bundle (parity.npz): a runtime whose scores
+    differ by more than PARITY_TOLERANCE is refused."""
+    from model.runtime import max_difference
 
     d = bundle.local_dir
-    meta = bundle.metadata
-    if runtime == LITERT:
-        with open(os.path.join(d, LITERT_FILE), "rb") as f:
-            model = LiteRTRuntime(f.read(), threads)
-        expected = [(model.batch_size, len(meta["feature_names"])), (model.batch_size, meta["sequence_length"])]
-        got = sorted((tuple(int(x) for x in i["shape"]) for i in model.input_details), key=lambda s: s[1])
-        if got != sorted(expected, key=lambda s: s[1]):
-            raise BundleError(f"model bundle {d}: {LITERT_FILE} has inputs {got}, expected {expected}")
-    elif runtime == TENSORFLOW:
-        keras_model = bundle.model if isinstance(bundle, ModelBundle) else load_bundle(d).model
-        model = TensorflowRuntime(keras_model, batch_size, jit_compile, threads)
-    else:
-        raise BundleError(f"unknown model runtime {runtime!r} (known: {LITERT}, {TENSORFLOW})")
     with np.load(os.path.join(d, PARITY_FILE)) as probe:
         numeric, tokens, reference = probe["numeric"], probe["tokens"], probe["scores"]
     difference = max_difference(model.predict(numeric, tokens), reference)
     if not difference <= PARITY_TOLERANCE:
         raise BundleError(
-            f"model bundle {d}: the {runtime} runtime's scores differ from the Keras model's by {difference} "
+            f"model bundle {d}: the {model.name} runtime's scores differ from the Keras model's by {difference} "
             f"(more than {PARITY_TOLERANCE}) on the bundle's parity probe"
         )
     return model

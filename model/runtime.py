@@ -38,13 +38,15 @@ PARITY_TOLERANCE = 1e-5
 class ModelRuntime:
     """Scores (numeric, tokens) arrays with fixed-shape calls: every call gets exactly batch_size rows (the last
     batch is padded with zeros and the padding rows' scores dropped), so a compiled program or an allocated
-    interpreter is reused for every call. With threads > 1 the calls of one predict() run on that many threads."""
+    interpreter is reused for every call. With threads > 1 the calls of one predict() run on that many threads.
+    model_version: the version of the bundle the model came from, which every score it makes is written with."""
 
     name = ""
 
-    def __init__(self, batch_size: int, threads: int = 1):
+    def __init__(self, batch_size: int, threads: int = 1, model_version: str = ""):
         self.batch_size = batch_size
         self.threads = threads
+        self.model_version = model_version
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix=f"{self.name}-call") if threads > 1 else None
 
     def _call(self, numeric: np.ndarray, tokens: np.ndarray) -> np.ndarray:
@@ -73,6 +75,11 @@ class ModelRuntime:
             parts = [c.result() for c in calls]
         return np.concatenate(parts) if parts else np.empty(0, dtype=np.float32)
 
+    def version(self) -> str:
+        """model_version, as a method: RunInference may hand its users a proxy of the runtime (shared across
+        processes), which forwards methods only."""
+        return self.model_version
+
 
 def limit_tensorflow_threads() -> bool:
     """One intra-op and one inter-op thread per TensorFlow call, for scoring: the runtime's own call threads and
@@ -95,10 +102,12 @@ class TensorflowRuntime(ModelRuntime):
 
     name = TENSORFLOW
 
-    def __init__(self, model, batch_size: int = 4096, jit_compile: bool = True, threads: int = 1):
+    def __init__(
+        self, model, batch_size: int = 4096, jit_compile: bool = True, threads: int = 1, model_version: str = ""
+    ):
         import tensorflow as tf
 
-        super().__init__(batch_size, threads)
+        super().__init__(batch_size, threads, model_version)
         self.model = model
 
         def call(numeric, tokens):
@@ -120,7 +129,7 @@ class LiteRTRuntime(ModelRuntime):
 
     name = LITERT
 
-    def __init__(self, content: bytes, threads: int = 1):
+    def __init__(self, content: bytes, threads: int = 1, model_version: str = ""):
         from ai_edge_litert.interpreter import Interpreter
 
         interpreters = [Interpreter(model_content=content, num_threads=1) for _ in range(max(threads, 1))]
@@ -129,7 +138,7 @@ class LiteRTRuntime(ModelRuntime):
         self.input_details = list(inputs.values())
         self.output_details = first.get_output_details()
         batch = int(self.input_details[0]["shape"][0])
-        super().__init__(batch, threads)
+        super().__init__(batch, threads, model_version)
         self._free: queue.SimpleQueue = queue.SimpleQueue()
         for interpreter in interpreters:
             interpreter.allocate_tensors()

@@ -121,14 +121,6 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=7)
     train.add_argument("--validation-fraction", dest="validation_fraction", type=float, default=0.2)
 
-    upgrade = sub.add_parser(
-        "upgrade-bundle",
-        help="write a format-1 model bundle again as a current one (adds the LiteRT conversion) in a new folder",
-        allow_abbrev=False,
-    )
-    upgrade.add_argument("--model-dir", dest="model_dir", required=True, help="the format-1 bundle")
-    upgrade.add_argument("--output", required=True, help="a new, empty version folder")
-
     score = sub.add_parser("score", help="score one run (one day with --date)", allow_abbrev=False)
     _run_options(score)
     score.add_argument("--date", help="score ROOT/dt=DATE of --reviews and write OUTPUT/dt=DATE")
@@ -218,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         logging.getLogger("apache_beam").setLevel(logging.WARNING)
         logging.getLogger("absl").setLevel(logging.WARNING)
-    if args.command in ("sample-data", "train", "upgrade-bundle") and beam_flags:
+    if args.command in ("sample-data", "train") and beam_flags:
         parser.error(f"unrecognized arguments: {' '.join(beam_flags)}")
     try:
         if args.command == "sample-data":
@@ -247,17 +239,6 @@ def main(argv: list[str] | None = None) -> int:
                 f"model bundle {args.model_dir} version {bundle.model_version}: "
                 f"validation AUC {metrics['val_auc']:.4f}, accuracy {metrics['val_accuracy']:.4f}"
             )
-            return EXIT_OK
-        if args.command == "upgrade-bundle":
-            from model.bundle import BundleError, upgrade_bundle
-
-            try:
-                bundle = upgrade_bundle(args.model_dir, args.output)
-            except BundleError as e:
-                print(f"sentiment-score: error: {e}", file=sys.stderr)
-                return EXIT_FAILED
-            old = bundle.metadata["upgraded_from"]["model_version"]
-            print(f"model bundle {args.output} version {bundle.model_version} (upgraded from {old})")
             return EXIT_OK
         from pipeline.launcher import run_backfill, run_score, run_verify
 

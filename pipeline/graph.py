@@ -14,9 +14,10 @@ from pipeline.commit import CommitPartitions
 from pipeline.config import LOCAL_RUNNERS, ScoreConfig
 from pipeline.plan import RunPlan
 from transforms.featurize import Featurize
-from transforms.inference import ReviewModelHandler, ScoreReviews
+from transforms.inference import LiteRTModelHandler, ReviewModelHandler, ScoreReviews, TensorflowModelHandler
 from transforms.io import ReadTables, WriteParquetShards, plan_read_tasks
-from transforms.join import JoinCustomers, JoinPlan
+from transforms.join import JoinCustomers
+from transforms.join_plan import JoinPlan
 from transforms.pinned import PinnedBundle
 from transforms.schema import FAILURES, FILE_INDEX, ROW_INDEX
 from transforms.validate import FindDuplicateReviews, Validate
@@ -64,15 +65,11 @@ def model_handler(
     )
     share = runtime == TENSORFLOW and several_processes_per_machine(options)
     _LOG.info("model runtime %s (setting %r, %d review rows)%s", runtime, config.runtime, rows, share * ", shared")
-    return ReviewModelHandler(
-        bundle,
-        plan.schema,
-        runtime,
-        config.inference_batch_size,
-        config.jit_compile,
-        threads,
-        share_across_processes=share,
-    )
+    if runtime == TENSORFLOW:
+        return TensorflowModelHandler(
+            bundle, plan.schema, config.inference_batch_size, config.jit_compile, threads, share_across_processes=share
+        )
+    return LiteRTModelHandler(bundle, plan.schema, threads, share_across_processes=share)
 
 
 def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig, plan: RunPlan) -> dict:

@@ -25,6 +25,7 @@ from pipeline.graph import build_pipeline
 from pipeline.outputs import PARQUET, publisher_for
 from pipeline.plan import OutputError, RunPlan, days_between, plan_run
 from pipeline.storage import basename, delete_tree, is_remote, join, list_paths, read_json
+from transforms.beam_compat import add_pipeline_option_flags, runner_job_id
 from transforms.io import staging_dir
 from transforms.schema import InputError
 
@@ -34,11 +35,7 @@ _LOG = logging.getLogger("sentiment-score")
 
 def _known_beam_flags() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
-    seen = {}
-    for cls in PipelineOptions.__subclasses__():
-        seen.setdefault(str(cls), cls)
-    for cls in seen.values():
-        cls._add_argparse_args(parser)  # Beam's own way of listing every option it knows.
+    add_pipeline_option_flags(parser)
     return parser
 
 
@@ -180,7 +177,7 @@ def _run_pipeline(
         build_pipeline(pipeline, config, plan)
         result = pipeline.run()
         if not wait:  # Dataflow's result has job_id(); the portable runner's keeps the Job API's id
-            job_id = result.job_id() if callable(getattr(result, "job_id", None)) else getattr(result, "_job_id", None)
+            job_id = runner_job_id(result)
             return [], job_id or "(the runner gave no job id)"
         stop = threading.Event()
         progress = threading.Thread(target=_report_progress, args=(result, stop, total, started), daemon=True)

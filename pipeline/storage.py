@@ -176,12 +176,13 @@ def create_if_absent(path: str, data: bytes) -> bool:
 
 
 def _s3_create_if_absent(path: str, data: bytes) -> bool:
-    from apache_beam.io.aws.clients.s3.boto3_client import Client
     from apache_beam.options.pipeline_options import PipelineOptions
     from botocore.exceptions import ClientError
 
+    from transforms.beam_compat import boto3_s3_client, filesystems_options
+
     bucket, key = path[len("s3://") :].split("/", 1)
-    client = Client(FileSystems._pipeline_options or PipelineOptions([])).client
+    client = boto3_s3_client(filesystems_options() or PipelineOptions([]))
     try:
         client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
     except ClientError as e:

@@ -13,9 +13,10 @@ from apache_beam.io.filesystems import FileSystems
 from model.architecture import ModelSpec
 from model.bundle import ModelBundle, save_bundle
 from model.training import fit_model
+from transforms.broadcast_join import join_customers
+from transforms.customer_table import build_customer_table
 from transforms.featurize import Featurizer
 from transforms.io import resolve_files
-from transforms.join import build_customer_table, join_customers
 from transforms.numeric import Scaler
 from transforms.schema import FILE_INDEX, ROW_INDEX, Columns, InputError, RunSchema, id_kind, text_kind
 from transforms.text import TokenizerSpec, build_vocabulary

@@ -166,8 +166,8 @@ def run_handler(handler, elements):
 
 
 def colliding_ids() -> tuple[str, str]:
-    """Two different string customer ids with the same 64-bit key (transforms.join.hash_strings): 2^11 8-byte words
-    in Thue-Morse order and their complement have the same polynomial hash mod 2^64 for every odd multiplier."""
+    """Two different string customer ids with the same 64-bit key (transforms.id_hashing.hash_strings): 2^11 8-byte
+    words in Thue-Morse order and their complement have the same polynomial hash mod 2^64 for every odd multiplier."""
     bits = [0]
     while len(bits) < 2048:
         bits += [1 - x for x in bits]
@@ -204,10 +204,12 @@ def s3_endpoint(tmp_path_factory):
     pytest.importorskip("moto.server")  # moto[server]: the S3 protocol served on loopback
     from apache_beam.io.filesystems import FileSystems
 
+    from transforms.beam_compat import filesystems_options
+
     port = _free_port()
     endpoint = f"http://127.0.0.1:{port}"
     log_path = tmp_path_factory.mktemp("moto") / "server.log"
-    previous_options = FileSystems._pipeline_options
+    previous_options = filesystems_options()
     with pytest.MonkeyPatch.context() as mp, open(log_path, "wb") as log:
         # Loopback traffic must never go through a proxy a developer's shell may have set.
         mp.setenv("NO_PROXY", ",".join(filter(None, [os.environ.get("NO_PROXY"), "127.0.0.1"])))

@@ -114,7 +114,7 @@ class FeaturizeTables(beam.DoFn):
         self._threads = threads
 
     def setup(self):
-        self._featurizer = Featurizer.from_bundle(self._bundle.acquire().bundle)
+        self._featurizer = Featurizer.from_bundle(self._bundle.acquire())
         self._in_order = _InOrder(self._threads, "featurize")
 
     def teardown(self):

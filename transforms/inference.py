@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import resource
 import time
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
@@ -11,10 +10,11 @@ from typing import NamedTuple
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
-from apache_beam.ml.inference import base as _inference_base
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
-from model.runtime import LITERT
+from model.bundle import ModelBundle
+from model.runtime import LITERT, TENSORFLOW, ModelRuntime
+from transforms.beam_compat import restore_inference_resource_module
 from transforms.featurize import NUMERIC, TOKENS, matrix, reject_rows
 from transforms.isolation import MAX_FAILED_CALLS, score_with_isolation
 from transforms.pinned import PinnedBundle
@@ -22,11 +22,7 @@ from transforms.schema import FAILURES, MODEL_VERSION, SCORE, RunSchema, partiti
 from transforms.validate import INFERENCE_ERROR, INVALID_SCORE
 
 _LOG = logging.getLogger(__name__)
-# Beam 2.77 imports `resource` in the same try block as its ModelManager, which needs torch: without torch it sets
-# `resource` to None, so RunInference loses its model-memory metric and logs a WARNING ("Resource module is not
-# available for current platform") on every model load. This job has no torch; give Beam the module back.
-if getattr(_inference_base, "resource", resource) is None:
-    _inference_base.resource = resource
+restore_inference_resource_module()  # RunInference's model-memory metric, without torch
 
 
 class ScoredTable(NamedTuple):
@@ -38,23 +34,7 @@ class ScoredTable(NamedTuple):
     failure: dict | None
 
 
-class LoadedModel:
-    """What RunInference holds per worker: the bundle's version and its runtime (a model.runtime.ModelRuntime).
-    A plain class: RunInference keeps it in shared.Shared, which needs weak references. Used through methods only,
-    so that a proxy of it (share_model_across_processes) works the same."""
-
-    def __init__(self, model_version: str, runtime):
-        self.model_version = model_version
-        self.runtime = runtime
-
-    def version(self) -> str:
-        return self.model_version
-
-    def predict(self, numeric: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-        return self.runtime.predict(numeric, tokens)
-
-
-def score_table(model: LoadedModel, partition: str, table: pa.Table, schema: RunSchema, max_failed_calls: int):
+def score_table(model: ModelRuntime, partition: str, table: pa.Table, schema: RunSchema, max_failed_calls: int):
     """Scores a featurized table; rows the model fails on (bisection, see isolate_failures) or whose score is NaN
     or outside [0, 1] become rejects with a reason; a failure on every probe row is a partition failure."""
     numeric, tokens = matrix(table, NUMERIC, np.float32), matrix(table, TOKENS, np.int32)
@@ -81,51 +61,76 @@ def score_table(model: LoadedModel, partition: str, table: pa.Table, schema: Run
 
 
 class ReviewModelHandler(ModelHandler):
-    """The bundle's model on one runtime (litert or tensorflow) for RunInference.
+    """The bundle's model for RunInference, on the runtime a subclass opens (one handler per runtime).
 
-    Elements are (partition, featurized table) pairs, already batched by the read: batch_elements_kwargs keeps
-    them one per call (no re-batching). The runtime pads each model call to its fixed shape; rows it fails on are
-    isolated by bisection inside run_inference and come back as rejects, so a bad row never fails a batch.
-    load_model takes the worker's PinnedBundle (shared with Featurize): one bundle load per process.
+    Elements are (partition, featurized table) pairs, already batched by the read: batches of one element (Beam's
+    min/max_batch_size) keep them one per call (no re-batching). The runtime pads each model call to its fixed
+    shape; rows it fails on are isolated by bisection inside run_inference and come back as rejects, so a bad row
+    never fails a batch. load_model takes the worker's PinnedBundle (shared with Featurize): one bundle load per
+    process. share_across_processes: one model per machine (Beam's large_model) instead of one per process.
     """
+
+    runtime = ""
 
     def __init__(
         self,
         bundle: PinnedBundle | str,
         schema: RunSchema,
-        runtime: str = LITERT,
-        batch_size: int = 4096,
-        jit_compile: bool = True,
         threads: int = 2,
         max_failed_calls: int = MAX_FAILED_CALLS,
         share_across_processes: bool = False,
     ):
-        super().__init__()
+        super().__init__(min_batch_size=1, max_batch_size=1, large_model=share_across_processes)
         self._bundle = bundle if isinstance(bundle, PinnedBundle) else PinnedBundle(bundle)
         self._schema = schema
-        self._runtime = runtime
-        self._batch_size = batch_size
-        self._jit_compile = jit_compile
         self._threads = threads
         self._max_failed_calls = max_failed_calls
-        self._share = share_across_processes
 
-    def load_model(self) -> LoadedModel:
-        loaded = self._bundle.acquire()
-        runtime = loaded.runtime(self._runtime, self._batch_size, self._jit_compile, self._threads)
-        return LoadedModel(loaded.model_version, runtime)
+    def load_model(self) -> ModelRuntime:
+        return self._open(self._bundle.acquire())
 
-    def run_inference(self, batch: Sequence, model: LoadedModel, inference_args=None) -> Iterable[ScoredTable]:
+    def _open(self, bundle: ModelBundle) -> ModelRuntime:
+        raise NotImplementedError
+
+    def run_inference(self, batch: Sequence, model: ModelRuntime, inference_args=None) -> Iterable[ScoredTable]:
         return [score_table(model, p, table, self._schema, self._max_failed_calls) for p, table in batch]
-
-    def batch_elements_kwargs(self):
-        return {"min_batch_size": 1, "max_batch_size": 1}
 
     def get_num_bytes(self, batch: Sequence) -> int:
         return sum(table.nbytes for _, table in batch)
 
-    def share_model_across_processes(self) -> bool:
-        return self._share
+    def get_metrics_namespace(self) -> str:
+        return f"sentiment_{self.runtime}"
+
+
+class LiteRTModelHandler(ReviewModelHandler):
+    """The bundle's LiteRT conversion (no TensorFlow), at the batch size it was converted with."""
+
+    runtime = LITERT
+
+    def _open(self, bundle: ModelBundle) -> ModelRuntime:
+        return bundle.litert(self._threads)
+
+
+class TensorflowModelHandler(ReviewModelHandler):
+    """The bundle's Keras model through TensorFlow, XLA-compiled unless jit_compile is off."""
+
+    runtime = TENSORFLOW
+
+    def __init__(
+        self,
+        bundle: PinnedBundle | str,
+        schema: RunSchema,
+        batch_size: int = 4096,
+        jit_compile: bool = True,
+        threads: int = 2,
+        **kwargs,
+    ):
+        super().__init__(bundle, schema, threads, **kwargs)
+        self._batch_size = batch_size
+        self._jit_compile = jit_compile
+
+    def _open(self, bundle: ModelBundle) -> ModelRuntime:
+        return bundle.tensorflow(self._batch_size, self._jit_compile, self._threads)
 
 
 class RouteScores(beam.DoFn):

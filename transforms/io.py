@@ -19,6 +19,7 @@ from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTr
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
+from transforms.beam_compat import boto3_s3_client, filesystem_options
 from transforms.schema import FAILURES, FILE_INDEX, ROW_INDEX, InputError, conform, partition_failure
 
 _LOG = logging.getLogger(__name__)
@@ -107,13 +108,11 @@ _S3_LOCK = threading.Lock()
 def _s3_client(path: str):
     """The boto3 client under Beam's S3 filesystem for the current options, one per process (boto3 clients are
     thread-safe; making one costs ~0.4 s of CPU)."""
-    options = getattr(FileSystems.get_filesystem(path), "_options", None)
+    options = filesystem_options(path)
     with _S3_LOCK:
         cached = _S3_CLIENTS.get(id(options))
         if cached is None or cached[0] is not options:
-            from apache_beam.io.aws import s3io
-
-            cached = _S3_CLIENTS[id(options)] = (options, s3io.S3IO(options=options).client.client)
+            cached = _S3_CLIENTS[id(options)] = (options, boto3_s3_client(options))
         return cached[1]
 
 
@@ -135,7 +134,7 @@ def _open_for_reading(path: str):
     if size <= SMALL_OBJECT_BYTES:
         return pa.BufferReader(first["Body"].read())
     first["Body"].close()
-    options = getattr(FileSystems.get_filesystem(path), "_options", None)
+    options = filesystem_options(path)
     cached = getattr(_CLIENTS, "s3", None)
     if cached is None or cached[0] is not options:
         from apache_beam.io.aws import s3io

@@ -9,7 +9,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from transforms.join import BLOCK_BITS, HAS_CUSTOMER, buckets_of, id_keys, row_blocks, row_keys, split_by
+from transforms.customer_table import HAS_CUSTOMER
+from transforms.id_hashing import buckets_of, id_keys
+from transforms.row_keys import BLOCK_BITS, row_blocks, row_keys, split_by
 from transforms.schema import DETAIL, FILE_INDEX, REASON, ROW_INDEX, Columns, RunSchema, conform
 
 # Checked in this order; a row failing several checks gets the first reason only, so it is rejected once.

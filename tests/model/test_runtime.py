@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from model.bundle import LITERT_FILE, PARITY_FILE, BundleError, check_bundle, load_preprocessing, open_runtime
+from model.bundle import LITERT_FILE, PARITY_FILE, BundleError, ModelBundle, check_bundle, read_bundle
 from model.runtime import (
     AUTO,
     AUTO_TENSORFLOW_ROWS,
@@ -22,6 +22,13 @@ from model.runtime import (
 )
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def open_runtime(bundle: ModelBundle, runtime: str, batch_size: int = 4096, threads: int = 1):
+    """The bundle's model on the named runtime (litert's batch size is the bundle's own)."""
+    if runtime == "tensorflow":
+        return bundle.tensorflow(batch_size, jit_compile=True, threads=threads)
+    return bundle.litert(threads)
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +93,7 @@ def test_a_runtime_that_disagrees_with_keras_is_refused_at_load(bundle_dir, tmp_
     with open(copy / PARITY_FILE, "wb") as f:
         np.savez(f, **arrays)
     with pytest.raises(BundleError, match=r"litert runtime's scores differ from the Keras model's by 0\.00"):
-        open_runtime(load_preprocessing(str(copy)), "litert")  # unchecked: check_bundle would refuse the digest
+        read_bundle(str(copy)).litert()  # unchecked: check_bundle would refuse the digest
 
 
 def test_a_format_1_bundle_is_refused_naming_the_format(bundle_dir, tmp_path):
@@ -101,62 +108,13 @@ def test_a_format_1_bundle_is_refused_naming_the_format(bundle_dir, tmp_path):
 
 def test_the_launcher_check_and_the_litert_path_import_no_tensorflow(bundle_dir):
     code = (
-        "import sys; from model.bundle import check_bundle, open_runtime; import numpy as np;"
-        f"pre = check_bundle({str(bundle_dir)!r}); m = open_runtime(pre, 'litert');"
+        "import sys; from model.bundle import check_bundle; import numpy as np;"
+        f"m = check_bundle({str(bundle_dir)!r}).litert();"
         "m.predict(np.zeros((3, 2), np.float32), np.zeros((3, 50), np.int32));"
         "import pipeline.launcher, transforms.inference;"
         "assert not [n for n in sys.modules if n.split('.')[0] in ('tensorflow', 'keras')], 'TensorFlow imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO})
-
-
-def _as_format_1(bundle_dir, destination):
-    """The bundle as the previous version wrote it: no LiteRT file or parity probe, format 1's model_version."""
-    from model.bundle import _format_1_version, load_bundle
-
-    bundle = load_bundle(str(bundle_dir))
-    destination.mkdir()
-    for name in ("model.keras", "vocabulary.txt", "tokenizer.json", "scaler.json"):
-        shutil.copy(bundle_dir / name, destination / name)
-    meta = {k: v for k, v in bundle.metadata.items() if k not in ("weights_sha256", "files_sha256", "litert")}
-    meta["format_version"] = 1
-    meta["model_version"] = _format_1_version(bundle.model, bundle.vocabulary, bundle.tokenizer, bundle.scaler)
-    (destination / "metadata.json").write_text(json.dumps(meta))
-    return bundle, meta["model_version"]
-
-
-def _cli(*args):
-    import subprocess
-    import sys
-
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, timeout=300)
-
-
-def test_a_format_1_bundle_upgrades_to_a_new_version_with_the_same_scores(bundle_dir, tmp_path):
-    from model.bundle import load_bundle
-
-    original, old_version = _as_format_1(bundle_dir, tmp_path / "v1")
-    with pytest.raises(BundleError, match=r"sentiment-score upgrade-bundle --model-dir .*v1 --output NEW_DIR"):
-        check_bundle(str(tmp_path / "v1"))
-    done = _cli("upgrade-bundle", "--model-dir", str(tmp_path / "v1"), "--output", str(tmp_path / "v2"))
-    assert done.returncode == 0, done.stderr[-2000:]
-    upgraded = load_bundle(str(tmp_path / "v2"))
-    assert upgraded.metadata["upgraded_from"]["model_version"] == old_version in done.stdout
-    assert upgraded.model_version in done.stdout and upgraded.model_version != old_version
-    numeric = np.random.default_rng(1).normal(size=(64, 2)).astype(np.float32)
-    tokens = np.random.default_rng(2).integers(0, upgraded.vocab_size, size=(64, 50)).astype(np.int32)
-    np.testing.assert_array_equal(
-        upgraded.model.predict([numeric, tokens], verbose=0), original.model.predict([numeric, tokens], verbose=0)
-    )
-    assert open_runtime(check_bundle(str(tmp_path / "v2")), "litert").predict(numeric, tokens).shape == (64,)
-
-
-def test_a_format_1_bundle_changed_after_training_is_not_upgraded(bundle_dir, tmp_path):
-    _as_format_1(bundle_dir, tmp_path / "v1")
-    (tmp_path / "v1" / "vocabulary.txt").write_text("changed\n" + (tmp_path / "v1" / "vocabulary.txt").read_text())
-    done = _cli("upgrade-bundle", "--model-dir", str(tmp_path / "v1"), "--output", str(tmp_path / "v2"))
-    assert done.returncode == 1
-    assert "does not match the bundle's content" in done.stderr and not (tmp_path / "v2").exists()
 
 
 def test_auto_scores_small_runs_on_litert_and_large_ones_on_tensorflow():
@@ -195,3 +153,25 @@ def test_scoring_limits_tensorflow_to_one_thread_per_call_only_before_tensorflow
         "False",
         "0",
     ]
+
+
+def test_a_bundle_opens_each_runtime_once_and_loads_keras_only_for_tensorflow(bundle_dir):
+    bundle = check_bundle(str(bundle_dir))
+    assert bundle.model is None  # checked without TensorFlow
+    assert bundle.litert(2) is bundle.litert(2) and bundle.litert(1) is not bundle.litert(2)
+    assert bundle.model is None
+    assert bundle.tensorflow(64, False) is bundle.tensorflow(64, False)
+    assert bundle.model is not None and bundle.tensorflow(64, False).version() == bundle.model_version
+
+
+def test_a_checked_bundle_whose_keras_weights_changed_is_refused_when_tensorflow_loads_them(bundle_dir, tmp_path):
+    import keras
+
+    copy = tmp_path / "b"
+    shutil.copytree(bundle_dir, copy)
+    bundle = check_bundle(str(copy))  # checked before the model file changes under it
+    model = keras.saving.load_model(copy / "model.keras", compile=False)
+    model.set_weights([w * 0 for w in model.get_weights()])
+    model.save(copy / "model.keras")
+    with pytest.raises(BundleError, match=r"the weights of model\.keras do not match the bundle's content"):
+        bundle.tensorflow(64, False)

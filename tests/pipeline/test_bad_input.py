@@ -22,9 +22,10 @@ from model.runtime import TensorflowRuntime as ModelScorer
 from pipeline.config import ConfigError, build_config
 from pipeline.launcher import execute
 from tests.conftest import corrupt_first_page_header, partition_summary
+from transforms.broadcast_join import join_customers
+from transforms.customer_table import build_customer_table
 from transforms.featurize import Featurizer
 from transforms.isolation import score_with_isolation
-from transforms.join import build_customer_table, join_customers
 from transforms.schema import FILE_INDEX, ROW_INDEX, Columns, RunSchema, conform
 from transforms.validate import REASONS, check_rows, duplicate_row_keys
 

@@ -24,7 +24,7 @@ from pipeline.publish import check_partition
 from pipeline.sample_data import write_sample_data
 from tests.conftest import corrupt_first_page_header, partition_summary, run_handler, shard_paths
 from transforms.featurize import NUMERIC, TOKENS, Featurizer, matrix_column
-from transforms.inference import ReviewModelHandler, ScoreReviews
+from transforms.inference import ScoreReviews, TensorflowModelHandler
 from transforms.isolation import score_with_isolation
 from transforms.schema import RunSchema
 
@@ -405,9 +405,7 @@ def test_score_reviews_rejects_failing_rows_with_reasons(nan_on_inf_bundle_dir, 
             TOKENS: matrix_column(tokens),
         }
     )
-    handler = ReviewModelHandler(
-        str(nan_on_inf_bundle_dir), RunSchema(), runtime="tensorflow", batch_size=16, jit_compile=False
-    )
+    handler = TensorflowModelHandler(str(nan_on_inf_bundle_dir), RunSchema(), batch_size=16, jit_compile=False)
     outputs = run_handler(handler, [(DATE, table)])
     scored = [o for o in outputs if isinstance(o, tuple)]
     tagged = [o for o in outputs if not isinstance(o, tuple)]

@@ -413,7 +413,7 @@ def test_a_model_that_fails_on_every_row_fails_its_partition_fast(tmp_path, bund
     either runtime: TensorFlow's InvalidArgumentError, LiteRT's out-of-bounds GATHER)."""
     from tests.conftest import run_handler
     from transforms.featurize import NUMERIC, TOKENS, matrix_column
-    from transforms.inference import ReviewModelHandler
+    from transforms.inference import LiteRTModelHandler, TensorflowModelHandler
     from transforms.isolation import PROBES
     from transforms.schema import FAILURES, RunSchema
 
@@ -428,8 +428,11 @@ def test_a_model_that_fails_on_every_row_fails_its_partition_fast(tmp_path, bund
             TOKENS: matrix_column(tokens),
         }
     )
-    handler = ReviewModelHandler(str(bundle_dir), RunSchema(), runtime, batch_size=64, jit_compile=False, threads=1)
-    scorer, calls = handler.load_model().runtime, []  # shared per process: the calls to the real model are counted
+    if runtime == "tensorflow":
+        handler = TensorflowModelHandler(str(bundle_dir), RunSchema(), batch_size=64, jit_compile=False, threads=1)
+    else:
+        handler = LiteRTModelHandler(str(bundle_dir), RunSchema(), threads=1)
+    scorer, calls = handler.load_model(), []  # shared per process: the calls to the real model are counted
     predict = scorer.predict
     scorer.predict = lambda a, b: (calls.append(len(a)), predict(a, b))[1]
     try:

@@ -4,7 +4,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from transforms.join import BLOCK_BITS, row_keys
+from transforms.row_keys import BLOCK_BITS, row_keys
 from transforms.schema import FILE_INDEX, ROW_INDEX, Columns
 from transforms.validate import _bucket_review_ids, _duplicates_by_block, batch_duplicates, duplicate_row_keys
 

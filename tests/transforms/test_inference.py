@@ -112,11 +112,43 @@ def test_isolation_budget_rejects_what_it_could_not_isolate():
     assert scored + int(found.failed.sum()) == 16384 and scored > 0
 
 
-def test_run_inference_can_measure_model_memory_without_torch():
-    # Beam 2.77 drops `resource` when torch is missing (this venv has none); transforms.inference gives it back, so
-    # RunInference records the model's memory instead of warning on every model load.
-    from apache_beam.ml.inference import base
+def test_each_runtime_has_its_own_handler_with_beams_batching_and_sharing_settings(bundle_dir):
+    from transforms.inference import LiteRTModelHandler, TensorflowModelHandler
+    from transforms.schema import RunSchema
 
-    import transforms.inference  # noqa: F401  (the fix is applied on import)
+    litert = LiteRTModelHandler(str(bundle_dir), RunSchema(), threads=1)
+    tensorflow = TensorflowModelHandler(str(bundle_dir), RunSchema(), 64, False, 1, share_across_processes=True)
+    # One table per model call: the read already batched the rows; Beam takes the batch sizes through __init__.
+    assert (
+        litert.batch_elements_kwargs()
+        == tensorflow.batch_elements_kwargs()
+        == {"min_batch_size": 1, "max_batch_size": 1}
+    )
+    assert (litert.share_model_across_processes(), tensorflow.share_model_across_processes()) == (False, True)
+    assert (litert.model_copies(), tensorflow.model_copies()) == (1, 1)
+    assert (litert.get_metrics_namespace(), tensorflow.get_metrics_namespace()) == (
+        "sentiment_litert",
+        "sentiment_tensorflow",
+    )
 
-    assert base.resource is not None and base._get_current_process_memory_in_bytes() > 0
+
+def test_each_handler_loads_its_runtime_stamped_with_the_bundle_version(bundle_dir, bundle):
+    from transforms.inference import LiteRTModelHandler, TensorflowModelHandler
+    from transforms.schema import RunSchema
+
+    litert = LiteRTModelHandler(str(bundle_dir), RunSchema(), threads=1).load_model()
+    tensorflow = TensorflowModelHandler(str(bundle_dir), RunSchema(), 64, False, 1).load_model()
+    assert (litert.name, tensorflow.name) == ("litert", "tensorflow")
+    assert litert.version() == tensorflow.version() == bundle.model_version
+    assert tensorflow.batch_size == 64 and litert.batch_size == 4096  # litert's is the bundle's conversion
+
+
+def test_a_handler_for_a_bundle_replaced_after_planning_refuses_to_load(bundle_dir):
+    from model.bundle import BundleError
+    from transforms.inference import LiteRTModelHandler
+    from transforms.pinned import PinnedBundle
+    from transforms.schema import RunSchema
+
+    handler = LiteRTModelHandler(PinnedBundle(str(bundle_dir), "sha256-0000000000000000"), RunSchema(), threads=1)
+    with pytest.raises(BundleError, match=r"is not the sha256-0000000000000000 this run was planned with"):
+        handler.load_model()

@@ -9,34 +9,30 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import colliding_ids
-from transforms.io import inspect_file
-from transforms.join import (
-    BUCKET_BYTES,
+from transforms.broadcast_join import join_customers, shard_list
+from transforms.customer_table import (
     HAS_CUSTOMER,
     KEY,
-    MIN_BUCKETS,
-    SHARD_BYTES,
     CustomerTable,
     CustomerTableFn,
-    JoinPlan,
-    attach_answers,
-    broadcast_shards,
-    buckets_of,
     build_customer_table,
     compact_customers,
-    estimate_table_bytes,
     filter_needed,
-    hash_strings,
-    id_keys,
-    join_bucket,
-    join_customers,
-    review_key_part,
-    shard_list,
-    shuffle_buckets,
-    sorted_by_row,
-    split_by,
 )
+from transforms.id_hashing import buckets_of, hash_strings, id_keys
+from transforms.io import inspect_file
+from transforms.join_plan import (
+    BUCKET_BYTES,
+    MIN_BUCKETS,
+    SHARD_BYTES,
+    JoinPlan,
+    broadcast_shards,
+    estimate_table_bytes,
+    shuffle_buckets,
+)
+from transforms.row_keys import split_by
 from transforms.schema import FILE_INDEX, ROW_INDEX, Columns, InputError, RunSchema
+from transforms.shuffle_join import attach_answers, join_bucket, review_key_part, sorted_by_row
 
 COLUMNS = Columns()
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pyarrow as pa
 
-from transforms.join import HAS_CUSTOMER
+from transforms.customer_table import HAS_CUSTOMER
 from transforms.schema import FILE_INDEX, ROW_INDEX, Columns, RunSchema
 from transforms.validate import check_rows, duplicate_row_keys, row_keys
 
