@@ -336,7 +336,7 @@ class CommitPartitions(beam.PTransform):
             "review_files": plan.files_by_partition,
             "customer_files": [f.path for f in plan.customer_files],
         }
-        schemas = {"scores": plan.schema.scores_schema(), "rejects": plan.schema.rejects_schema()}
+        schemas = plan.publisher.shard_schemas(plan.schema)
         commit = CommitPartition(
             plan.publisher,
             plan.staging_root,

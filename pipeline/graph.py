@@ -123,11 +123,12 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig, plan: RunPlan) 
         featurized[FAILURES],
         inferred[FAILURES],
     ) | "CollectFailures" >> beam.Flatten()
+    shards, day = plan.publisher.shard_schemas(schema), plan.publisher.partition_column
     score_shards = inferred.scores | "WriteScores" >> beam.ParDo(
-        WriteParquetShards("scores", plan.staging_root, schema.scores_schema(), plan.run_id)
+        WriteParquetShards("scores", plan.staging_root, shards["scores"], plan.run_id, partition_column=day)
     )
     reject_shards = rejects | "WriteRejects" >> beam.ParDo(
-        WriteParquetShards("rejects", plan.staging_root, schema.rejects_schema(), plan.run_id)
+        WriteParquetShards("rejects", plan.staging_root, shards["rejects"], plan.run_id, partition_column=day)
     )
     committed = {
         "scores": score_shards,

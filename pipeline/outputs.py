@@ -6,8 +6,14 @@ import abc
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import pyarrow as pa
+
 PARQUET, ICEBERG = "parquet", "iceberg"
 FORMATS = (PARQUET, ICEBERG)
+
+
+class OutputError(ValueError):
+    """The output cannot be written or does not fit this run (an existing table with other columns); names it."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +36,20 @@ class Publisher(abc.ABC):
     """
 
     output: str
+    # A column the shards must carry holding the partition's day (a table format that places files by their values).
+    partition_column: str | None = None
+
+    def shard_schemas(self, run_schema) -> dict:
+        """The Arrow schemas the writers stage shards in: the run's scores and rejects (+ partition_column)."""
+        schemas = {"scores": run_schema.scores_schema(), "rejects": run_schema.rejects_schema()}
+        if self.partition_column:
+            schemas = {k: s.append(pa.field(self.partition_column, pa.date32())) for k, s in schemas.items()}
+        return schemas
+
+    def prepare(self, schemas: dict) -> None:
+        """Checked at start-up with the shard schemas: creates what the output needs, or raises OutputError naming
+        what does not fit (an existing table with other columns). Folders need nothing made ahead."""
+        return None
 
     @abc.abstractmethod
     def name(self, partition: str) -> str:

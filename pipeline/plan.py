@@ -16,15 +16,11 @@ from apache_beam.io.filesystems import FileSystems
 from model.bundle import check_bundle, resolve_model_dir
 from pipeline import storage
 from pipeline.config import ConfigError, ScoreConfig
-from pipeline.outputs import Publisher, publisher_for
+from pipeline.outputs import OutputError, Publisher, publisher_for
 from transforms.io import InputFile, inspect_files, resolve_files
 from transforms.schema import InputError, RunSchema, id_kind, is_number, text_kind
 
 _LOG = logging.getLogger(__name__)
-
-
-class OutputError(ValueError):
-    """The output location cannot be written; the message names it."""
 
 
 @dataclass(frozen=True)
@@ -254,6 +250,7 @@ def plan_run(config: ScoreConfig, dates: list[str] | None, backfill: bool = Fals
         customer_id_kind=kinds["customer_id"],
         text_kind=kinds.get("review_text", "string"),
     )
+    publisher.prepare(publisher.shard_schemas(schema))
     partitions = [p for p in paths_by_partition if p not in failed]
     rows = {p: 0 for p in partitions}
     for f in review_files:

@@ -195,7 +195,7 @@ def failed_run(s3, s3_flags):
     """A run whose publish step fails after its scores and rejects shards are in s3:// staging."""
     err = io.StringIO()
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stderr(err):
-        mp.setattr("pipeline.commit.publish_partition", _failing_swap)  # FnApiRunner runs the DoFn in this process
+        mp.setattr("pipeline.publish.ParquetFolders.publish", _failing_swap)  # FnApiRunner runs the DoFn here
         code = execute(_config(f"s3://{BUCKET}/broken-out"), [SAMPLE_DATE], s3_flags)
     return {
         "code": code,
