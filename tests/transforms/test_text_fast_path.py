@@ -16,8 +16,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import transforms.text as text_module
-from transforms import _tokens
 from transforms.text import Tokenizer, TokenizerSpec, standardize_and_split
+
+# The optional C extension: where it was not built (no compiler, which the README supports) the tokenizer takes the
+# Arrow path, the oracle below, so there is nothing to compare and the module is skipped instead of failing to import.
+_tokens = pytest.importorskip("transforms._tokens", reason="the tokenizer's C extension is not built")
 
 EXAMPLES = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FEWER_EXAMPLES = settings(EXAMPLES, max_examples=150)
