@@ -555,12 +555,6 @@ def test_model_with_a_lambda_layer_is_refused(tmp_path, bundle_copy, capsys):
     assert_nothing_written(paths["output"])
 
 
-def test_pyarrow_has_the_ipc_deserialization_fix():
-    from packaging.version import Version
-
-    assert Version(pa.__version__) >= Version("14.0.1")
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Fuzzing the pure column functions: join, validate, featurize and score on arbitrary batches.
 

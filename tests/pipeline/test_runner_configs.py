@@ -151,9 +151,3 @@ def test_spark_config_stages_to_shared_storage_for_the_executors(job_server_jar)
     environment = SparkRunner().default_environment(options)
     assert environment.to_runner_api(None).urn == EXTERNAL_ENV_URN
     assert environment.url == WORKER_POOL
-
-
-def test_a_local_spark_master_would_run_user_code_in_the_launcher():
-    # The twin: without the config's environment, a local master loops back into the launcher process.
-    options = pipeline_options(load_config(str(CONFIGS / "local.yaml")), ["--spark_master_url=local[2]"])
-    assert "loopback" in SparkRunner().default_environment(options).to_runner_api(None).urn
