@@ -67,7 +67,7 @@ def write_good_dataset(root) -> dict:
 
 def make_config(**settings_):
     # These inputs are mostly bad rows on purpose; the reject ceiling has its own tests (max_reject_fraction).
-    base = {"beam": {"runner": "FnApiRunner"}, "jit_compile": False, "date": DATE, "max_reject_fraction": 1.0}
+    base = {"beam": {"runner": "FnApiRunner"}, "runtime": "litert", "date": DATE, "max_reject_fraction": 1.0}
     return build_config({**base, **settings_})
 
 
@@ -216,7 +216,6 @@ def dirty_run(tmp_path_factory, bundle_dir):
         output=str(root / "out"),
         rows_per_read_task=1,
         read_batch_size=3,
-        inference_batch_size=4,
     )
     assert execute(config, [DATE], []) == 0
     partition = str(root / "out" / f"dt={DATE}")

@@ -27,7 +27,7 @@ def _config(sample_dir, model_dir, output, **extra):
             "model_dir": str(model_dir),
             "output": str(output),
             "date": SAMPLE_DATE,
-            "jit_compile": False,
+            "runtime": "litert",
             "beam": {"runner": "FnApiRunner"},
             **extra,
         }

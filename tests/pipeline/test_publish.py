@@ -198,7 +198,7 @@ def _config(paths: dict, bundle_dir, **extra):
             "reviews": paths["reviews"],
             "model_dir": str(bundle_dir),
             "output": paths["output"],
-            "jit_compile": False,
+            "runtime": "litert",
             "beam": {"runner": "FnApiRunner"},
             **extra,
         }
@@ -271,7 +271,6 @@ def test_two_runs_of_one_date_started_together_leave_one_complete_partition(tmp_
         str(output),
         "--date",
         DATE,
-        "--no-jit",
         "--runner=FnApiRunner",
     ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
