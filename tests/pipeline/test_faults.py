@@ -30,7 +30,6 @@ from transforms.isolation import score_with_isolation
 from transforms.schema import RunSchema
 
 DATE = "2026-11-28"
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PARTITION_FILES = {"summary.json", "report.md", "score_histogram.png", "_SUCCESS"}
 
 
@@ -134,7 +133,7 @@ def start_stopped_mid_run(paths: dict, bundle_dir, log_path, **popen) -> subproc
     command = [sys.executable, "-m", "pipeline", "score", "--customers", paths["customers"], "--reviews"]
     command += [paths["reviews"], "--model-dir", str(bundle_dir), "--output", paths["output"], "--date", DATE]
     command += ["--runtime", "litert", "--runner=FnApiRunner"]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", TEST_STOP_ENV: TEST_STOP_AFTER_SCORE_SHARD, "PYTHONPATH": REPO}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", TEST_STOP_ENV: TEST_STOP_AFTER_SCORE_SHARD}
     with open(log_path, "w") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env, **popen)
     try:
