@@ -99,6 +99,7 @@ def sdist(tmp_path_factory) -> Path:
     return next(dist.glob("*.tar.gz"))
 
 
+@pytest.mark.slow
 def test_sdist_installs_into_a_clean_venv_and_runs(sdist, tmp_path):
     """What Dataflow workers do with --setup_file: pip install the sdist, run the console script."""
     bin_dir = clean_venv(tmp_path / "venv")
@@ -206,6 +207,7 @@ def test_pipeline_with_the_extension_hidden_warns_once_and_scores_the_same(
     assert_same_outputs(tmp_path / "out" / f"dt={SAMPLE_DATE}", with_extension)
 
 
+@pytest.mark.slow
 def test_hiding_the_extension_really_hides_it():
     # The twin of the tests above: without HIDE_EXTENSION the extension loads and nothing is logged.
     for prelude, expected in ((HIDE_EXTENSION + "; ", "None"), ("", "module")):

@@ -176,6 +176,7 @@ def test_every_copied_path_exists_and_passes_the_dockerignore(dockerfile):
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+@pytest.mark.slow
 def test_hadolint_passes(dockerfile):
     hadolint = shutil.which("hadolint")
     if hadolint is None:

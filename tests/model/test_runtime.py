@@ -93,6 +93,7 @@ def test_a_format_1_bundle_is_refused_naming_the_format(bundle_dir, tmp_path):
         check_bundle(str(copy))
 
 
+@pytest.mark.slow
 def test_the_launcher_check_and_the_litert_path_import_no_tensorflow(bundle_dir):
     code = (
         "import sys; from model.bundle import check_bundle, open_runtime; import numpy as np;"
@@ -126,6 +127,7 @@ def _cli(*args):
     return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_a_format_1_bundle_upgrades_to_a_new_version_with_the_same_scores(bundle_dir, tmp_path):
     from model.bundle import load_bundle
 
@@ -145,6 +147,7 @@ def test_a_format_1_bundle_upgrades_to_a_new_version_with_the_same_scores(bundle
     assert open_runtime(check_bundle(str(tmp_path / "v2")), "litert").predict(numeric, tokens).shape == (64,)
 
 
+@pytest.mark.slow
 def test_a_format_1_bundle_changed_after_training_is_not_upgraded(bundle_dir, tmp_path):
     _as_format_1(bundle_dir, tmp_path / "v1")
     (tmp_path / "v1" / "vocabulary.txt").write_text("changed\n" + (tmp_path / "v1" / "vocabulary.txt").read_text())
@@ -176,6 +179,7 @@ def test_auto_stays_on_litert_when_local_worker_processes_share_the_cores():
     assert choose_runtime("tensorflow", 10 * AUTO_TENSORFLOW_ROWS, local_processes=True) == "tensorflow"
 
 
+@pytest.mark.slow
 def test_scoring_limits_tensorflow_to_one_thread_per_call_only_before_tensorflow_starts():
     def run(script):
         env = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "3"}

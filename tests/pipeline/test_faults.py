@@ -149,6 +149,7 @@ def start_stopped_mid_run(paths: dict, bundle_dir, log_path, **popen) -> subproc
     return process
 
 
+@pytest.mark.slow
 def test_killed_run_publishes_nothing_and_a_rerun_completes(tmp_path, bundle_dir, capsys):
     paths = sample(tmp_path / "data", reviews=REVIEWS_STOPPED_MID_RUN)
     output = paths["output"]
@@ -181,6 +182,7 @@ def test_killed_run_publishes_nothing_and_a_rerun_completes(tmp_path, bundle_dir
     assert set(os.listdir(staging)) <= {"_leases", "_runs", killed_run}
 
 
+@pytest.mark.slow
 def test_a_run_stopped_by_sigterm_gives_its_lease_back_so_a_retry_starts_at_once(tmp_path, bundle_dir):
     """What a scheduler's timeout does: SIGTERM, then a retry. The twin of the SIGKILL test above, whose lease stays."""
     paths = sample(tmp_path / "data", reviews=REVIEWS_STOPPED_MID_RUN)
@@ -206,6 +208,7 @@ def test_a_run_stopped_by_sigterm_gives_its_lease_back_so_a_retry_starts_at_once
     assert_complete(partition_of(output), read=REVIEWS_STOPPED_MID_RUN)
 
 
+@pytest.mark.slow
 def test_rerun_removes_what_a_killed_run_left_in_staging(tmp_path, bundle_dir):
     paths = sample(tmp_path / "data", reviews=300)
     # What a run killed mid-write leaves: its staging directory with a partial shard of this partition.
@@ -225,6 +228,7 @@ def test_rerun_removes_what_a_killed_run_left_in_staging(tmp_path, bundle_dir):
 # Reruns over a published partition
 
 
+@pytest.mark.slow
 def test_rerun_with_fewer_shards_leaves_no_stale_shards(tmp_path, bundle_dir):
     paths = sample(tmp_path / "data", reviews=2000, rows_per_file=500)
     partition = partition_of(paths["output"])
@@ -264,6 +268,7 @@ def _replace_with_junk(path: str) -> None:
     ],
     ids=["start-up", "mid-run"],
 )
+@pytest.mark.slow
 def test_failed_run_leaves_the_previous_partition_untouched(tmp_path, bundle_dir, capsys, break_input, expected_error):
     paths = sample(tmp_path / "data", reviews=800, rows_per_file=400)
     partition = partition_of(paths["output"])
@@ -286,6 +291,7 @@ def test_failed_run_leaves_the_previous_partition_untouched(tmp_path, bundle_dir
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.slow
 def test_two_runs_write_identical_scores(tmp_path, bundle_dir, runtime):
     paths = sample(tmp_path / "data", reviews=600)
     tables = []
