@@ -159,7 +159,7 @@ def test_killed_run_publishes_nothing_and_a_rerun_completes(tmp_path, bundle_dir
 
     # Killed mid-run: its shard is in staging, and nothing is published.
     shards = glob.glob(f"{output}.staging/*/dt={DATE}/scores-*.parquet")
-    assert len(shards) == 1, shards
+    assert shards
     killed_staging = os.path.dirname(shards[0])
     assert not glob.glob(f"{output}/**/_SUCCESS", recursive=True)
     assert not os.path.exists(partition_of(output))
