@@ -11,7 +11,7 @@ MODEL := data/model
 RUN_DATE ?= 2026-11-28
 PYTEST_ARGS ?=
 
-.PHONY: run test lint format bench bench-quick clean install
+.PHONY: run test test-fast lint format bench bench-quick clean install
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,11 @@ format: $(TEST_INSTALLED)
 # Lint, then the whole suite (unit, pipeline end-to-end, CLI subprocesses, portable runner, packaging).
 test: lint
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The inner loop: lint, then every test not marked slow (pure functions, DoFns, the model on the small trained bundle);
+# the slow ones run a pipeline, a subprocess, a server (S3, portable runner), Airflow or many hypothesis examples.
+test-fast: lint
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # Throughput and memory against baselines, by hand (never in make test); see benchmarks/README.md.
 bench: $(TEST_INSTALLED)

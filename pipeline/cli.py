@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 
+from model.runtime import AUTO, RUNTIMES
 from pipeline.config import ConfigError, load_config, validate_date
 from pipeline.outputs import FORMATS
 
@@ -55,6 +56,11 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
         help="write an empty partition instead of failing when no review files match",
     )
     parser.add_argument("--batch-size", dest="inference_batch_size", type=int, help="rows per model call")
+    parser.add_argument(
+        "--runtime",
+        choices=(AUTO, *RUNTIMES),
+        help="the model runtime (default auto: litert below 1M review rows, tensorflow from there)",
+    )
     parser.add_argument(
         "--max-reject-fraction",
         dest="max_reject_fraction",
@@ -158,6 +164,7 @@ def _overrides(args: argparse.Namespace) -> dict:
         "output",
         "allow_empty",
         "inference_batch_size",
+        "runtime",
         "jit_compile",
         "skip_existing",
         "max_reject_fraction",

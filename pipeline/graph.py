@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 
 import apache_beam as beam
 import pyarrow as pa
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from model.runtime import TENSORFLOW, choose_runtime
+from model.bundle import LITERT_BATCH_SIZE
+from model.runtime import LITERT, TENSORFLOW, choose_runtime
 from pipeline.commit import CommitPartitions
 from pipeline.config import LOCAL_RUNNERS, ScoreConfig
 from pipeline.plan import RunPlan
@@ -25,6 +27,13 @@ from transforms.validate import FindDuplicateReviews, Validate
 _LOG = logging.getLogger(__name__)
 # Customer batches are read larger than review batches: they are only compacted and merged, never featurized.
 CUSTOMER_BATCH_ROWS = 262_144
+# A test hook, off unless the environment names its point: with SENTIMENT_SCORE_TEST_STOP_AT=score-shard-written, the
+# worker process that has written and closed the first score shard in staging stops itself (SIGSTOP) before the shard
+# goes on to the commit; on the in-process runner that is the launcher's process. A test waits for the stop
+# (waitpid with WUNTRACED) and kills or signals the run at that known point, however fast the machine
+# (tests/pipeline/test_faults.py), instead of racing it. Unset, the graph has no such step.
+TEST_STOP_ENV = "SENTIMENT_SCORE_TEST_STOP_AT"
+TEST_STOP_AFTER_SCORE_SHARD = "score-shard-written"
 
 
 def threads_per_process(options: PipelineOptions, configured: int) -> int:
@@ -52,6 +61,24 @@ def several_processes_per_machine(options: PipelineOptions) -> bool:
     return direct.direct_running_mode == "multi_processing" and direct.direct_num_workers != 1
 
 
+def ignored_runtime_settings(config: ScoreConfig, runtime: str) -> list[str]:
+    """The settings of this run that its runtime does not use, each named: litert calls the bundle's flatbuffer, whose
+    batch size was fixed when it was converted, and never compiles with XLA. Warned about at start-up rather than
+    refused: with `runtime: auto` one config serves runs that resolve to either runtime by their size (a nightly on
+    litert, a long backfill on tensorflow), and either runtime's scores are the Keras model's within 1e-5."""
+    if runtime != LITERT:
+        return []
+    ignored = []
+    if config.inference_batch_size != LITERT_BATCH_SIZE:
+        ignored.append(
+            f"inference_batch_size {config.inference_batch_size} (--batch-size): litert calls the model "
+            f"{LITERT_BATCH_SIZE} rows at a time, the bundle's conversion"
+        )
+    if not config.jit_compile:
+        ignored.append("jit_compile false (--no-jit): litert does not compile with XLA")
+    return ignored
+
+
 def model_handler(
     options: PipelineOptions, config: ScoreConfig, plan: RunPlan, bundle: PinnedBundle, threads: int
 ) -> ReviewModelHandler:
@@ -65,6 +92,8 @@ def model_handler(
     )
     share = runtime == TENSORFLOW and several_processes_per_machine(options)
     _LOG.info("model runtime %s (setting %r, %d review rows)%s", runtime, config.runtime, rows, share * ", shared")
+    for setting in ignored_runtime_settings(config, runtime):
+        _LOG.warning("setting %s; ignored on model runtime %s (setting 'runtime' %r)", setting, runtime, config.runtime)
     if runtime == TENSORFLOW:
         return TensorflowModelHandler(
             bundle, plan.schema, config.inference_batch_size, config.jit_compile, threads, share_across_processes=share
@@ -127,6 +156,8 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig, plan: RunPlan) 
     score_shards = inferred.scores | "WriteScores" >> beam.ParDo(
         WriteParquetShards("scores", plan.staging_root, shards["scores"], plan.run_id, partition_column=day)
     )
+    if os.environ.get(TEST_STOP_ENV) == TEST_STOP_AFTER_SCORE_SHARD:
+        score_shards = score_shards | "TestStopAfterScoreShard" >> beam.Map(_stop_this_process_once)
     reject_shards = rejects | "WriteRejects" >> beam.ParDo(
         WriteParquetShards("rejects", plan.staging_root, shards["rejects"], plan.run_id, partition_column=day)
     )
@@ -137,6 +168,18 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig, plan: RunPlan) 
         "failures": failures,
     } | "CommitPartitions" >> CommitPartitions(plan, config, join["customers"])
     return {"scores": inferred.scores, "rejects": rejects, **committed}
+
+
+_stopped = False
+
+
+def _stop_this_process_once(shard):
+    """The TEST_STOP_ENV hook: SIGSTOP to this process at the first shard, then passes every shard on unchanged."""
+    global _stopped
+    if not _stopped:
+        _stopped = True
+        os.kill(os.getpid(), signal.SIGSTOP)
+    return shard
 
 
 def _id_schema(schema, join_plan: JoinPlan) -> pa.Schema:

@@ -10,6 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Every `python -m pipeline` a test starts (a CLI subprocess, a worker pool's SDK workers) imports this checkout,
+# whatever its working directory, not whichever checkout the environment installed in editable mode (a shared venv);
+# the packaging and Airflow tests drop PYTHONPATH on purpose, to run what they installed.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get("PYTHONPATH")]))
 
 SAMPLE_DATE = "2026-11-28"
 

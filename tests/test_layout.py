@@ -27,11 +27,3 @@ def test_lower_layers_never_import_upper_ones(package):
         for path in (ROOT / package).rglob("*.py")
     }
     assert {k: v for k, v in offenders.items() if v} == {}
-
-
-def test_the_check_sees_both_import_forms():
-    assert imported_packages("import pipeline.cli\nfrom transforms.text import Tokenizer\n") == {
-        "pipeline",
-        "transforms",
-    }
-    assert imported_packages("from . import sibling\n") == set()

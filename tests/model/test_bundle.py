@@ -62,6 +62,7 @@ def test_saved_and_loaded_bundle_predicts_identically(saved):
     assert loaded.model_version.startswith("sha256-")
 
 
+@pytest.mark.slow
 def test_model_version_depends_on_content_not_on_save_time(saved, tmp_path):
     path, model = saved
     again = save_bundle(str(tmp_path / "again"), model, VOCAB, TOKENIZER, SCALER)

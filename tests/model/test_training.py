@@ -36,6 +36,7 @@ def test_bundle_records_training_split_statistics_and_metadata(bundle):
     assert bundle.scaler["std"][0] > 0 and 18 <= bundle.scaler["mean"][0] <= 85
 
 
+@pytest.mark.slow
 def test_same_seed_gives_the_same_model_version(tmp_path):
     write_sample_data(str(tmp_path / "d"), reviews=300, days=1, seed=1, end_date="2026-10-01")
     args = (str(tmp_path / "d" / "customers"), str(tmp_path / "d" / "reviews"))

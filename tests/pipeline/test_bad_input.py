@@ -67,7 +67,7 @@ def write_good_dataset(root) -> dict:
 
 def make_config(**settings_):
     # These inputs are mostly bad rows on purpose; the reject ceiling has its own tests (max_reject_fraction).
-    base = {"beam": {"runner": "FnApiRunner"}, "jit_compile": False, "date": DATE, "max_reject_fraction": 1.0}
+    base = {"beam": {"runner": "FnApiRunner"}, "runtime": "litert", "date": DATE, "max_reject_fraction": 1.0}
     return build_config({**base, **settings_})
 
 
@@ -215,7 +215,6 @@ def dirty_run(tmp_path_factory, bundle_dir):
         output=str(root / "out"),
         rows_per_read_task=1,
         read_batch_size=3,
-        inference_batch_size=4,
     )
     assert execute(config, [DATE], []) == 0
     partition = str(root / "out" / f"dt={DATE}")
@@ -227,6 +226,7 @@ def dirty_run(tmp_path_factory, bundle_dir):
     }
 
 
+@pytest.mark.slow
 def test_each_bad_row_is_rejected_with_its_reason(dirty_run):
     rejects = dirty_run["rejects"].to_pylist()
     by_id = {}
@@ -244,6 +244,7 @@ def test_each_bad_row_is_rejected_with_its_reason(dirty_run):
     assert by_id[103][0]["purchase_history"] == 50.0
 
 
+@pytest.mark.slow
 def test_good_rows_are_scored_with_the_models_score(dirty_run, bundle):
     scores = dirty_run["scores"].sort_by("review_id").to_pylist()
     assert [r["review_id"] for r in scores] == sorted(EXPECTED_SCORED)
@@ -257,6 +258,7 @@ def test_good_rows_are_scored_with_the_models_score(dirty_run, bundle):
     assert np.all((got >= 0) & (got <= 1))
 
 
+@pytest.mark.slow
 def test_summary_counts_every_row_once(dirty_run):
     summary = dirty_run["summary"]
     read = len(REVIEWS_A) + len(REVIEWS_B)
@@ -277,6 +279,7 @@ def test_summary_counts_every_row_once(dirty_run):
     assert os.path.isfile(os.path.join(dirty_run["partition"], "_SUCCESS"))
 
 
+@pytest.mark.slow
 def test_one_megabyte_review_is_scored_not_rejected(dirty_run, bundle):
     row = dirty_run["scores"].filter(pc.equal(dirty_run["scores"]["review_id"], 113)).to_pylist()
     assert len(row) == 1
@@ -284,6 +287,7 @@ def test_one_megabyte_review_is_scored_not_rejected(dirty_run, bundle):
     assert abs(row[0]["sentiment_score"] - expected) <= SCORE_TOLERANCE
 
 
+@pytest.mark.slow
 def test_duplicate_review_id_keeps_the_first_by_file_then_row(dirty_run):
     scores = {r["review_id"]: r for r in dirty_run["scores"].to_pylist()}
     # 200 is row 13 of a.parquet and row 0 of b.parquet: the file order decides, so a.parquet's copy is scored.
@@ -292,6 +296,7 @@ def test_duplicate_review_id_keeps_the_first_by_file_then_row(dirty_run):
     assert scores[114]["customer_id"] == 1
 
 
+@pytest.mark.slow
 def test_duplicate_customer_id_uses_the_first_row_by_file_then_row(dirty_run, bundle):
     text = EXPECTED_SCORED[112][1]
     candidates = predict(bundle, [(*features, text) for features in CUSTOMER_7_CANDIDATES])
@@ -301,6 +306,7 @@ def test_duplicate_customer_id_uses_the_first_row_by_file_then_row(dirty_run, bu
     assert abs(score[0].as_py() - candidates[0]) <= SCORE_TOLERANCE
 
 
+@pytest.mark.slow
 def test_invalid_utf8_in_a_binary_text_column_is_rejected(tmp_path, bundle_dir, capsys):
     write_parquet(tmp_path / "customers" / "a.parquet", [(1, 30.0, 100.0)], CUSTOMER_SCHEMA)
     schema = pa.schema([("review_id", pa.int64()), ("customer_id", pa.int64()), ("review_text", pa.binary())])
@@ -322,6 +328,7 @@ def test_invalid_utf8_in_a_binary_text_column_is_rejected(tmp_path, bundle_dir, 
     assert summary["rows"] == {"read": 5, "scored": 2, "rejected": 3}
 
 
+@pytest.mark.slow
 def test_feature_that_overflows_the_models_float32_input_is_non_finite(tmp_path, bundle_dir, capsys):
     write_parquet(tmp_path / "customers" / "a.parquet", [(1, 1e300, 100.0), (2, 30.0, 100.0)], CUSTOMER_SCHEMA)
     write_parquet(
@@ -421,6 +428,7 @@ def test_corrupt_file_in_the_review_glob(tmp_path, capsys, bundle_dir):
     assert_nothing_written(paths["output"])
 
 
+@pytest.mark.slow
 def test_corrupt_data_page_in_a_review_file_names_the_file(tmp_path, capsys, bundle_dir):
     paths = write_good_dataset(tmp_path)
     bad = write_parquet(
@@ -442,6 +450,7 @@ def test_review_glob_that_matches_nothing(tmp_path, capsys, bundle_dir):
     assert_nothing_written(paths["output"])
 
 
+@pytest.mark.slow
 def test_review_glob_that_matches_nothing_with_allow_empty(tmp_path, capsys, bundle_dir):
     paths = write_good_dataset(tmp_path)
     paths["reviews"] = str(tmp_path / "empty-root")
@@ -499,6 +508,7 @@ def test_invalid_config_names_the_setting(settings_, named):
         build_config({"customers": "c", "reviews": "r", "model_dir": "m", "output": "o", **settings_})
 
 
+@pytest.mark.slow
 def test_cli_unknown_config_key_exits_2_naming_it(tmp_path, bundle_dir):
     paths = write_good_dataset(tmp_path)
     config = tmp_path / "bad.yaml"
@@ -552,12 +562,6 @@ def test_model_with_a_lambda_layer_is_refused(tmp_path, bundle_copy, capsys):
     assert_fatal(code, lines, str(bundle_copy), "model.keras")
     assert not marker.exists()
     assert_nothing_written(paths["output"])
-
-
-def test_pyarrow_has_the_ipc_deserialization_fix():
-    from packaging.version import Version
-
-    assert Version(pa.__version__) >= Version("14.0.1")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -684,6 +688,7 @@ def fuzz_scorer(bundle):
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(review_rows=REVIEW_ROWS, customer_rows=CUSTOMER_ROWS, string_ids=st.booleans())
+@pytest.mark.slow
 def test_fuzzed_batches_are_scored_or_rejected_exactly_once(
     bundle, fuzz_scorer, review_rows, customer_rows, string_ids
 ):

@@ -1,15 +1,20 @@
 """The typed config: YAML files, overrides, validation that names the setting, and Beam option pass-through."""
 
+import logging
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from pipeline.cli import MALLOC_ARENAS, limit_malloc_arenas
+from model.runtime import AUTO_TENSORFLOW_ROWS
+from pipeline.cli import MALLOC_ARENAS, _overrides, build_parser, limit_malloc_arenas
 from pipeline.config import ConfigError, build_config, load_config
-from pipeline.graph import several_processes_per_machine, threads_per_process
+from pipeline.graph import model_handler, several_processes_per_machine, threads_per_process
 from pipeline.launcher import make_runner, pipeline_options
+from transforms.pinned import PinnedBundle
+from transforms.schema import RunSchema
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 
@@ -172,3 +177,48 @@ def test_several_processes_per_machine_is_multi_processing_or_a_remote_runner():
     assert several({"runner": "DataflowRunner"})
     assert not several({"runner": "FnApiRunner"})
     assert not several({"runner": "DirectRunner"}, ["--direct_num_workers=2", "--direct_running_mode=in_memory"])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The model runtime: named on the command line, and a setting the chosen runtime does not use is never dropped silently
+
+
+def test_the_runtime_flag_overrides_the_config_and_an_unknown_runtime_is_a_usage_error(capsys):
+    for command in ("score", "backfill"):
+        dates = ["--start", "2026-11-27", "--end", "2026-11-28"] if command == "backfill" else []
+        args, _ = build_parser().parse_known_args([command, "--runtime", "tensorflow", *dates])
+        assert build_config(_overrides(args)).runtime == "tensorflow"
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_known_args(["score", "--runtime", "onnx"])
+    assert exit_.value.code == 2 and "--runtime: invalid choice: 'onnx'" in capsys.readouterr().err
+
+
+IGNORED_ON_LITERT = {"inference_batch_size": 256, "jit_compile": False}
+BOTH = ["inference_batch_size 256", "jit_compile false"]
+
+
+@pytest.mark.parametrize(
+    ("settings", "rows", "runtime", "warned"),
+    [
+        ({"runtime": "auto", **IGNORED_ON_LITERT}, 60_000, "litert", BOTH),
+        ({"runtime": "litert", **IGNORED_ON_LITERT}, 60_000, "litert", BOTH),
+        ({"runtime": "litert", "inference_batch_size": 256}, 10, "litert", ["inference_batch_size 256"]),
+        ({"runtime": "litert", "jit_compile": False}, 10, "litert", ["jit_compile false"]),
+        # The twins: the same settings where the runtime uses them, and litert with its own batch size.
+        ({"runtime": "tensorflow", **IGNORED_ON_LITERT}, 60_000, "tensorflow", []),
+        ({"runtime": "auto", **IGNORED_ON_LITERT}, AUTO_TENSORFLOW_ROWS, "tensorflow", []),
+        ({"runtime": "litert", "inference_batch_size": 4096, "jit_compile": True}, 60_000, "litert", []),
+    ],
+    ids=["auto-to-litert", "litert", "litert-batch", "litert-jit", "tensorflow", "auto-to-tensorflow", "litert-own"],
+)
+def test_a_setting_the_chosen_runtime_ignores_is_warned_about_at_start_up(settings, rows, runtime, warned, caplog):
+    config = build_config({"beam": {"runner": "FnApiRunner"}, **settings})
+    plan = SimpleNamespace(rows_by_partition={"2026-11-28": rows}, schema=RunSchema())
+    with caplog.at_level(logging.INFO, logger="pipeline.graph"):
+        model_handler(pipeline_options(config, []), config, plan, PinnedBundle("unused-bundle-dir"), threads=1)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith(f"model runtime {runtime} (setting {settings['runtime']!r}") for m in messages), messages
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == len(warned), warnings
+    for line, setting in zip(warnings, warned):
+        assert line.startswith(f"setting {setting} ") and "ignored on model runtime litert (setting 'runtime' " in line

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pyarrow as pa
@@ -17,8 +16,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from model.bundle import save_bundle
+from model.runtime import RUNTIMES
 from model.runtime import TensorflowRuntime as ModelScorer
 from pipeline.config import build_config
+from pipeline.graph import TEST_STOP_AFTER_SCORE_SHARD, TEST_STOP_ENV
 from pipeline.launcher import execute
 from pipeline.publish import check_partition
 from pipeline.sample_data import write_sample_data
@@ -43,12 +44,18 @@ def sample(root, reviews: int, seed: int = 21, rows_per_file: int = 250_000) -> 
 
 
 def score(capsys=None, take_over_lease=False, **settings) -> tuple[int, str]:
-    """One in-process run of DATE; returns the exit code and what it printed on stderr."""
+    """One in-process run of DATE on litert unless settings name another runtime; returns the exit code and what it
+    printed on stderr."""
     if capsys is not None:
         capsys.readouterr()
-    config = build_config({"beam": {"runner": "FnApiRunner"}, "jit_compile": False, "date": DATE, **settings})
+    config = build_config({"beam": {"runner": "FnApiRunner"}, "runtime": "litert", "date": DATE, **settings})
     code = execute(config, [DATE], [], take_over_lease=take_over_lease)
     return code, capsys.readouterr().err if capsys is not None else ""
+
+
+def read_tail(path, size: int = 3000) -> str:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.read()[-size:]
 
 
 def partition_of(output: str) -> str:
@@ -116,58 +123,48 @@ def output_ids(partition: str) -> list[int]:
 # A run killed while writing, then rerun
 
 
-def test_killed_run_publishes_nothing_and_a_rerun_completes(tmp_path, bundle_dir, capsys):
-    paths = sample(tmp_path / "data", reviews=60_000)
-    output = paths["output"]
-    command = [
-        sys.executable,
-        "-m",
-        "pipeline",
-        "score",
-        "--customers",
-        paths["customers"],
-        "--reviews",
-        paths["reviews"],
-        "--model-dir",
-        str(bundle_dir),
-        "--output",
-        output,
-        "--date",
-        DATE,
-        "--batch-size",
-        "256",
-        "--no-jit",
-        "--runner=FnApiRunner",
-    ]
-    log = tmp_path / "killed.log"
-    with open(log, "w") as log_file:
-        process = subprocess.Popen(
-            command,
-            cwd=tmp_path,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 240
-        shards = []
-        while not shards:
-            assert process.poll() is None, f"the run ended before it was killed:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"no staging shard appeared:\n{log.read_text()[-3000:]}"
-            time.sleep(0.05)
-            shards = glob.glob(f"{output}.staging/*/dt={DATE}/scores-*.parquet")
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=60)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=60)
-    assert process.returncode == -signal.SIGKILL
+REVIEWS_STOPPED_MID_RUN = 6000
 
-    # Killed mid-write: its shard is in staging, and nothing is published.
+
+def start_stopped_mid_run(paths: dict, bundle_dir, log_path, **popen) -> subprocess.Popen:
+    """Starts `score` as a subprocess that stops itself (SIGSTOP) once its first score shard is written and closed in
+    staging, before the commit (pipeline/graph.py's test hook), and returns it stopped there.
+
+    waitpid(WUNTRACED) blocks until the child stops: the test then kills or signals a run paused at a known point
+    mid-way, on any machine, instead of polling the filesystem and racing a run that may finish first. The runtime
+    is named so the run does not depend on what `auto` picks for its size.
+    """
+    command = [sys.executable, "-m", "pipeline", "score", "--customers", paths["customers"], "--reviews"]
+    command += [paths["reviews"], "--model-dir", str(bundle_dir), "--output", paths["output"], "--date", DATE]
+    command += ["--runtime", "litert", "--runner=FnApiRunner"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", TEST_STOP_ENV: TEST_STOP_AFTER_SCORE_SHARD}
+    with open(log_path, "w") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env, **popen)
+    try:
+        _, status = os.waitpid(process.pid, os.WUNTRACED)
+    except BaseException:
+        process.kill()
+        process.wait(timeout=60)
+        raise
+    if not os.WIFSTOPPED(status):
+        process.returncode = os.waitstatus_to_exitcode(status)  # reaped here, so Popen must not wait for it again
+        raise AssertionError(f"the run ended ({process.returncode}) before it stopped:\n{read_tail(log_path)}")
+    assert "model runtime litert (setting 'litert'" in read_tail(log_path, 100_000)
+    return process
+
+
+@pytest.mark.slow
+def test_killed_run_publishes_nothing_and_a_rerun_completes(tmp_path, bundle_dir, capsys):
+    paths = sample(tmp_path / "data", reviews=REVIEWS_STOPPED_MID_RUN)
+    output = paths["output"]
+    process = start_stopped_mid_run(paths, bundle_dir, tmp_path / "killed.log", cwd=tmp_path, start_new_session=True)
+    os.killpg(process.pid, signal.SIGKILL)  # kills a stopped process too
+    assert process.wait(timeout=60) == -signal.SIGKILL
+
+    # Killed mid-run: its shard is in staging, and nothing is published.
+    shards = glob.glob(f"{output}.staging/*/dt={DATE}/scores-*.parquet")
+    assert shards
     killed_staging = os.path.dirname(shards[0])
-    assert os.path.isdir(killed_staging)
     assert not glob.glob(f"{output}/**/_SUCCESS", recursive=True)
     assert not os.path.exists(partition_of(output))
 
@@ -181,7 +178,7 @@ def test_killed_run_publishes_nothing_and_a_rerun_completes(tmp_path, bundle_dir
 
     code, _ = score(**paths, model_dir=str(bundle_dir), take_over_lease=True)
     assert code == 0
-    assert_complete(partition_of(output), read=60_000)
+    assert_complete(partition_of(output), read=REVIEWS_STOPPED_MID_RUN)
     assert output_ids(partition_of(output)) == input_review_ids(paths)  # every input row exactly once
     # The rerun removed the dead run's staging of this partition and its own.
     assert not os.path.exists(killed_staging)
@@ -189,25 +186,19 @@ def test_killed_run_publishes_nothing_and_a_rerun_completes(tmp_path, bundle_dir
     assert set(os.listdir(staging)) <= {"_leases", "_runs", killed_run}
 
 
+@pytest.mark.slow
 def test_a_run_stopped_by_sigterm_gives_its_lease_back_so_a_retry_starts_at_once(tmp_path, bundle_dir):
     """What a scheduler's timeout does: SIGTERM, then a retry. The twin of the SIGKILL test above, whose lease stays."""
-    paths = sample(tmp_path / "data", reviews=60_000)
+    paths = sample(tmp_path / "data", reviews=REVIEWS_STOPPED_MID_RUN)
     output = paths["output"]
-    command = [sys.executable, "-m", "pipeline", "score", "--customers", paths["customers"], "--reviews"]
-    command += [paths["reviews"], "--model-dir", str(bundle_dir), "--output", output, "--date", DATE]
-    command += ["--batch-size", "256", "--no-jit", "--runner=FnApiRunner"]
     log = tmp_path / "terminated.log"
-    with open(log, "w") as log_file:
-        process = subprocess.Popen(command, cwd=tmp_path, stdout=log_file, stderr=subprocess.STDOUT)
+    process = start_stopped_mid_run(paths, bundle_dir, log, cwd=tmp_path)
     try:
-        # The signal goes as soon as the run holds its lease: from then on a run takes seconds (the pipeline, the
-        # model, 60k rows), while this loop notices the lease within 50 ms, so the run is always stopped mid-way.
-        deadline = time.monotonic() + 240
-        while not glob.glob(f"{output}.staging/_leases/dt={DATE}/lease-*.json"):
-            assert process.poll() is None, f"the run ended before it was stopped:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"no staging shard appeared:\n{log.read_text()[-3000:]}"
-            time.sleep(0.05)
+        # Stopped with a score shard in staging and the lease held: SIGTERM is delivered as the run continues.
+        assert glob.glob(f"{output}.staging/2*/dt={DATE}/scores-*.parquet")
+        assert glob.glob(f"{output}.staging/_leases/dt={DATE}/lease-*.json")
         process.send_signal(signal.SIGTERM)
+        process.send_signal(signal.SIGCONT)
         assert process.wait(timeout=120) == 1, log.read_text()[-3000:]  # failed: the scheduler may retry
     finally:
         if process.poll() is None:
@@ -218,9 +209,10 @@ def test_a_run_stopped_by_sigterm_gives_its_lease_back_so_a_retry_starts_at_once
     assert glob.glob(f"{output}.staging/2*/dt={DATE}") == []  # its staging is gone (run folders start with the date)
     code, _ = score(**paths, model_dir=str(bundle_dir))  # no --take-over-lease needed
     assert code == 0
-    assert_complete(partition_of(output), read=60_000)
+    assert_complete(partition_of(output), read=REVIEWS_STOPPED_MID_RUN)
 
 
+@pytest.mark.slow
 def test_rerun_removes_what_a_killed_run_left_in_staging(tmp_path, bundle_dir):
     paths = sample(tmp_path / "data", reviews=300)
     # What a run killed mid-write leaves: its staging directory with a partial shard of this partition.
@@ -240,6 +232,7 @@ def test_rerun_removes_what_a_killed_run_left_in_staging(tmp_path, bundle_dir):
 # Reruns over a published partition
 
 
+@pytest.mark.slow
 def test_rerun_with_fewer_shards_leaves_no_stale_shards(tmp_path, bundle_dir):
     paths = sample(tmp_path / "data", reviews=2000, rows_per_file=500)
     partition = partition_of(paths["output"])
@@ -279,6 +272,7 @@ def _replace_with_junk(path: str) -> None:
     ],
     ids=["start-up", "mid-run"],
 )
+@pytest.mark.slow
 def test_failed_run_leaves_the_previous_partition_untouched(tmp_path, bundle_dir, capsys, break_input, expected_error):
     paths = sample(tmp_path / "data", reviews=800, rows_per_file=400)
     partition = partition_of(paths["output"])
@@ -300,13 +294,15 @@ def test_failed_run_leaves_the_previous_partition_untouched(tmp_path, bundle_dir
 # Determinism
 
 
-def test_two_runs_write_identical_scores(tmp_path, bundle_dir):
+@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.slow
+def test_two_runs_write_identical_scores(tmp_path, bundle_dir, runtime):
     paths = sample(tmp_path / "data", reviews=600)
     tables = []
     for name in ("first", "second"):
         output = str(tmp_path / name)
-        # Production settings: XLA-compiled model calls.
-        code, _ = score(**{**paths, "output": output}, model_dir=str(bundle_dir), jit_compile=True)
+        # Production settings on each runtime (on tensorflow: XLA-compiled model calls).
+        code, _ = score(**{**paths, "output": output}, model_dir=str(bundle_dir), runtime=runtime, jit_compile=True)
         assert code == 0
         partition = partition_of(output)
         scores = pa.concat_tables([pq.read_table(p) for p in glob.glob(f"{partition}/scores-*.parquet")])

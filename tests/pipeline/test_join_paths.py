@@ -94,6 +94,7 @@ def both_paths(request, sample_dir, bundle_dir, tmp_path_factory):
     }
 
 
+@pytest.mark.slow
 def test_both_paths_write_identical_scores_and_rejects(both_paths):
     broadcast, shuffle = both_paths["broadcast"], both_paths["shuffle"]
     assert shuffle["scores"].equals(broadcast["scores"])
@@ -102,6 +103,7 @@ def test_both_paths_write_identical_scores_and_rejects(both_paths):
         assert shuffle["summary"][key] == broadcast["summary"][key], key
 
 
+@pytest.mark.slow
 def test_duplicates_nulls_and_missing_customers_are_counted_on_both_paths(both_paths):
     for path in ("broadcast", "shuffle"):
         summary = both_paths[path]["summary"]
@@ -115,6 +117,7 @@ def test_duplicates_nulls_and_missing_customers_are_counted_on_both_paths(both_p
         assert rows["scored"] + rows["rejected"] == rows["read"] == 311, path
 
 
+@pytest.mark.slow
 def test_the_first_customer_row_by_file_wins_on_both_paths(both_paths):
     """BASE+0 is joined to a-first.parquet's row (age 91), BASE+5 to the sample's own row, not z-last's (age 86)."""
     for path in ("broadcast", "shuffle"):
@@ -130,6 +133,7 @@ def test_the_first_customer_row_by_file_wins_on_both_paths(both_paths):
 
 
 @pytest.mark.parametrize("broadcast_limit_mb", [512, 0])
+@pytest.mark.slow
 def test_a_string_id_hash_collision_fails_the_run_naming_both_rows(
     sample_dir, bundle_dir, tmp_path, capsys, broadcast_limit_mb
 ):

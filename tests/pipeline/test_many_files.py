@@ -19,6 +19,9 @@ from tests.conftest import SAMPLE_DATE, s3_client
 from transforms.io import SMALL_OBJECT_BYTES, ReadParquetBatches, RowGroupRanges, inspect_files, plan_read_tasks
 from transforms.schema import InputError, RunSchema
 
+# Every test here is slow (make test-fast skips them): pipelines and plans over hundreds of files, and loopback S3.
+pytestmark = pytest.mark.slow
+
 BUCKET = "sentiment-many-files"
 FILES, ROWS = 1000, 3
 BAD_DAY = "2026-11-27"

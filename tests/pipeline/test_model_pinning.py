@@ -26,7 +26,7 @@ def _config(sample_dir, model_dir, output, **extra):
             "model_dir": str(model_dir),
             "output": str(output),
             "date": SAMPLE_DATE,
-            "jit_compile": False,
+            "runtime": "litert",
             "beam": {"runner": "FnApiRunner"},
             **extra,
         }
@@ -43,6 +43,7 @@ def models_root(bundle, bundle_dir, tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_a_models_root_is_resolved_once_to_the_version_current_names(sample_dir, models_root, bundle, tmp_path):
     assert resolve_model_dir(str(models_root)) == str(models_root / "v1")
     assert execute(_config(sample_dir, models_root, tmp_path / "out"), [SAMPLE_DATE], []) == 0
@@ -62,6 +63,7 @@ def test_a_current_that_names_no_version_folder_fails_at_start_up(sample_dir, mo
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_a_bundle_replaced_after_planning_fails_the_run_and_publishes_nothing(sample_dir, bundle, bundle_dir, tmp_path):
     model_dir = tmp_path / "model"
     shutil.copytree(bundle_dir, model_dir)

@@ -18,6 +18,9 @@ from pipeline.publish import STEPS, check_partition, publish_partition, publishe
 from tests.conftest import SAMPLE_DATE, race_for_lease
 from tests.conftest import s3_client as _client
 
+# Every test here is slow (make test-fast skips them): a loopback S3 server (moto) and pipeline runs against it.
+pytestmark = pytest.mark.slow
+
 boto3 = pytest.importorskip("boto3")  # apache-beam[aws]: Beam's S3 filesystem talks to S3 through boto3
 pytest.importorskip("moto.server")  # moto[server]: the S3 protocol served on loopback
 

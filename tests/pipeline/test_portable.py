@@ -17,6 +17,9 @@ import pytest
 from pipeline.launcher import execute
 from tests.conftest import SAMPLE_DATE, sample_config, score_args
 
+# Every test here is slow (make test-fast skips them): Beam's job service and a worker pool, and pipeline runs on them.
+pytestmark = pytest.mark.slow
+
 
 def _free_port() -> int:
     with socket.socket() as s:

@@ -151,6 +151,7 @@ def test_check_partition_names_a_missing_a_short_and_a_resized_file(tmp_path):
 # Leases, raced by real processes
 
 
+@pytest.mark.slow
 def test_two_processes_racing_for_a_lease_never_both_win(tmp_path):
     control = str(tmp_path / "out.staging")
     context = multiprocessing.get_context("fork")
@@ -213,7 +214,7 @@ def _config(paths: dict, bundle_dir, **extra):
             "reviews": paths["reviews"],
             "model_dir": str(bundle_dir),
             "output": paths["output"],
-            "jit_compile": False,
+            "runtime": "litert",
             "beam": {"runner": "FnApiRunner"},
             **extra,
         }
@@ -240,6 +241,7 @@ def three_days(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_three_reruns_without_date_leave_each_review_once_and_no_folder_inside_output(tmp_path, three_days, bundle_dir):
     reviews = f"{three_days}/reviews/dt={DATE}"
     paths = {"customers": f"{three_days}/customers", "reviews": reviews, "output": str(tmp_path / "out")}
@@ -266,6 +268,7 @@ def test_three_reruns_without_date_leave_each_review_once_and_no_folder_inside_o
     assert f"{shard.name} is missing" in broken.stdout and broken.stdout.startswith("INCOMPLETE ")
 
 
+@pytest.mark.slow
 def test_verify_over_a_date_range_names_the_day_that_was_never_published(tmp_path, three_days, bundle_dir):
     paths = {"customers": f"{three_days}/customers", "reviews": f"{three_days}/reviews", "output": str(tmp_path / "o")}
     assert execute(_config(paths, bundle_dir, date=DATE), [DATE], []) == 0
@@ -276,6 +279,7 @@ def test_verify_over_a_date_range_names_the_day_that_was_never_published(tmp_pat
     assert "dt=2026-02-28: no _SUCCESS" in missing.stdout and "1 of 2 partition(s) incomplete" in missing.stdout
 
 
+@pytest.mark.slow
 def test_two_runs_of_one_date_started_together_leave_one_complete_partition(tmp_path, three_days, bundle_dir):
     output = tmp_path / "out"
     args = [
@@ -290,7 +294,6 @@ def test_two_runs_of_one_date_started_together_leave_one_complete_partition(tmp_
         str(output),
         "--date",
         DATE,
-        "--no-jit",
         "--runner=FnApiRunner",
     ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -337,6 +340,7 @@ def _write_customers(root, ids):
     )
 
 
+@pytest.mark.slow
 def test_invalid_utf8_in_a_string_column_is_one_reject_and_the_rest_is_scored(tmp_path, bundle_dir):
     root = tmp_path / "in"
     _write_customers(root, [1, 2])
@@ -353,6 +357,7 @@ def test_invalid_utf8_in_a_string_column_is_one_reject_and_the_rest_is_scored(tm
     assert sorted(scores["review_id"].to_pylist()) == [10, 12, 13, 14]
 
 
+@pytest.mark.slow
 def test_a_partition_above_the_reject_ceiling_is_not_published(tmp_path, bundle_dir, capsys):
     root = tmp_path / "in"
     _write_customers(root, [1, 2])
@@ -373,6 +378,7 @@ def test_a_partition_above_the_reject_ceiling_is_not_published(tmp_path, bundle_
 
 
 @pytest.mark.parametrize("chunk_days", [1, 7], ids=["chunk-per-day", "one-chunk"])
+@pytest.mark.slow
 def test_a_backfill_with_one_unreadable_day_publishes_the_others_then_resumes(tmp_path, bundle_dir, capsys, chunk_days):
     root = tmp_path / "in"
     write_sample_data(str(root), reviews=900, days=3, seed=9, end_date=DATE)

@@ -98,6 +98,7 @@ def test_flink_config_names_a_published_flink_version_and_the_worker_pool():
 
 
 @pytest.mark.parametrize("extra", [[], ["--setup_file=SETUP"]], ids=["runtime-image", "setup-file-fallback"])
+@pytest.mark.slow
 def test_flink_config_submits_one_self_contained_jar(flink_rest_api, job_server_jar, tmp_path, extra, monkeypatch):
     """What the JobManager receives: a jar holding the pipeline, with the worker pool as its environment, and every
     staged file. TaskManagers on other hosts need nothing from the launcher's disk."""
@@ -137,6 +138,7 @@ def test_flink_config_submits_one_self_contained_jar(flink_rest_api, job_server_
     assert submitted["beam:option:flink_version:v1"] == "1.19"
 
 
+@pytest.mark.slow
 def test_spark_config_stages_to_shared_storage_for_the_executors(job_server_jar):
     config = load_config(str(CONFIGS / "spark.yaml"))
     assert "://" in config.beam["artifacts_dir"], "a local artifacts_dir is on the launcher only"
@@ -151,9 +153,3 @@ def test_spark_config_stages_to_shared_storage_for_the_executors(job_server_jar)
     environment = SparkRunner().default_environment(options)
     assert environment.to_runner_api(None).urn == EXTERNAL_ENV_URN
     assert environment.url == WORKER_POOL
-
-
-def test_a_local_spark_master_would_run_user_code_in_the_launcher():
-    # The twin: without the config's environment, a local master loops back into the launcher process.
-    options = pipeline_options(load_config(str(CONFIGS / "local.yaml")), ["--spark_master_url=local[2]"])
-    assert "loopback" in SparkRunner().default_environment(options).to_runner_api(None).urn
