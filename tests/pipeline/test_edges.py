@@ -240,6 +240,7 @@ def test_a_few_empty_days_in_a_range_are_reported_not_fatal(three_days, bundle_d
     assert all(check_partition(f"{paths['output']}/dt={day}").complete for day in DAYS)
 
 
+@pytest.mark.slow
 def test_an_empty_range_with_allow_empty_writes_empty_partitions(three_days, bundle_dir, tmp_path):
     paths = _copy(three_days, tmp_path)
     days = ["2026-01-01", "2026-01-02"]
