@@ -54,11 +54,13 @@ REQUIRED_PROPERTIES = ("run-id", "model-version", "rows-read", "rows-scored", "r
 DEFAULT_TABLES = {"scores": "sentiment.review_scores", "rejects": "sentiment.review_rejects"}
 # Which property counts each table's rows.
 ROWS_PROPERTY = {"scores": "rows-scored", "rejects": "rows-rejected"}
-# The steps of publish, in order; tests fail the publish after each of them.
-STEPS = ("moved", "rejects-committed", "scores-committed", "cleaned")
+# The steps of publish, in order; tests fail the publish after each of them. A "-planned" step comes once per commit
+# attempt (again after a conflict with another process).
+STEPS = ("moved", "rejects-planned", "rejects-committed", "scores-planned", "scores-committed", "cleaned")
 _EPOCH = dt_module.date(1970, 1, 1)
-# Commit attempts against concurrent writers before giving up (each re-plans on the refreshed table).
-COMMIT_ATTEMPTS = 30
+# Plans against concurrent writers before giving up: each is committed with pyiceberg's own retries (it rebases the
+# snapshot on the refreshed table, commit.retry.num-retries times), then re-planned here from a fresh load.
+COMMIT_ATTEMPTS = 10
 
 
 class IcebergSchemaError(ValueError):
@@ -216,7 +218,7 @@ class IcebergOutput:
         exactly this run's files for the day is not committed twice.
         """
         on_step = on_step or (lambda step: None)
-        day = _partition_date(partition)
+        _partition_date(partition)
         missing = [key for key in REQUIRED_PROPERTIES if key not in properties]
         if missing:
             raise ValueError(f"publish {partition}: properties lack {', '.join(missing)}")
@@ -229,13 +231,19 @@ class IcebergOutput:
             first = next((p for p in staged[kind] if _exists(p, self)), None)
             schema = self._footer(first).schema_arrow if first else None
             tables[kind] = self._table(kind, schema)
-            placed[kind] = self._move_in(tables[kind], partition, staged[kind])
+            placed[kind] = self._move_in(kind, tables[kind], partition, staged[kind])
         on_step("moved")
 
+        # Both tables' shards are checked before either table changes.
+        added = {
+            kind: self._new_data_files(
+                kind, tables[kind].metadata, placed[kind], partition, int(properties[ROWS_PROPERTY[kind]])
+            )
+            for kind in ("rejects", "scores")
+        }
         snapshots = {}
         for kind in ("rejects", "scores"):
-            rows = int(properties[ROWS_PROPERTY[kind]])
-            snapshots[kind] = self._commit_day(kind, day, partition, placed[kind], rows, summary)
+            snapshots[kind] = self._commit_day(kind, partition, placed[kind], added[kind], summary, on_step)
             on_step(f"{kind}-committed")
 
         for kind in ("rejects", "scores"):
@@ -257,7 +265,7 @@ class IcebergOutput:
         with fs.open_input_file(fs_path) as f:
             return pq.ParquetFile(pa.BufferReader(f.read()) if f.size() < (1 << 20) else f)
 
-    def _move_in(self, table, partition: str, sources: list[str]) -> list[str]:
+    def _move_in(self, kind: str, table, partition: str, sources: list[str]) -> list[str]:
         """Moves staged shards into the table's folder for the day under the same names; returns the new paths of
         those that hold rows. A shard already moved (a retried publish) is taken where it is."""
         data_dir = self._data_dir(table, partition)
@@ -265,7 +273,9 @@ class IcebergOutput:
         for source in sources:
             destination = f"{data_dir}/{_basename(source)}"
             if _exists(source, self):
-                if self._footer(source).metadata.num_rows == 0:
+                footer = self._footer(source)
+                check_schema(self.table_names[kind], table.schema(), footer.schema_arrow, where=source)
+                if footer.metadata.num_rows == 0:
                     continue
                 self._move(source, destination)
             elif not _exists(destination, self):
@@ -290,15 +300,38 @@ class IcebergOutput:
         pafs.copy_files(source_path, target_path, source_filesystem=source_fs, destination_filesystem=target_fs)
         source_fs.delete_file(source_path)
 
-    def _commit_day(self, kind: str, day, partition: str, paths: list[str], rows: int, summary: dict) -> int:
-        """One overwrite snapshot that removes the day's data files and adds `paths`; retried on conflicts."""
-        from pyiceberg.exceptions import CommitFailedException
-        from pyiceberg.expressions import EqualTo
+    def _new_data_files(self, kind: str, metadata, paths: list[str], partition: str, rows: int) -> list:
+        """The DataFile entries (footer statistics, the day from `dt`) of a run's moved shards, checked: each holds
+        the partition day only, and together they hold the rows the run counted."""
         from pyiceberg.io.pyarrow import parquet_files_to_data_files
+
+        name = self.table_names[kind]
+        day_number = (_partition_date(partition) - _EPOCH).days  # how Iceberg stores a date partition value
+        io = self.catalog.load_table(name).io
+        added = list(parquet_files_to_data_files(io, metadata, iter(paths)))
+        for data_file in added:
+            if data_file.partition[0] != day_number:
+                held = _EPOCH + dt_module.timedelta(days=data_file.partition[0])
+                raise IcebergPublishError(
+                    f"{data_file.file_path}: its {PARTITION_COLUMN} column holds {held}, not {partition} (table {name})"
+                )
+        held = sum(f.record_count for f in added)
+        if held != rows:
+            raise IcebergPublishError(f"table {name}, {partition}: the shards hold {held} rows, the run says {rows}")
+        return added
+
+    def _commit_day(self, kind: str, partition: str, paths: list[str], added: list, summary: dict, on_step) -> int:
+        """One overwrite snapshot that removes the day's data files and adds the run's; retried on conflicts with
+        other processes, re-planned each time on the refreshed table. Returns the new snapshot's id.
+
+        on_step(f"{kind}-planned") runs once per attempt, between planning on the loaded table and committing.
+        """
+        from pyiceberg.exceptions import CommitFailedException, ValidationException
+        from pyiceberg.expressions import EqualTo
         from pyiceberg.table import TableProperties
 
         name = self.table_names[kind]
-        day_number = (day - _EPOCH).days  # how Iceberg stores a date partition value
+        planned_on = None
         for attempt in range(1, COMMIT_ATTEMPTS + 1):
             table = self.catalog.load_table(name)
             current = [task.file for task in table.scan(row_filter=EqualTo(PARTITION_COLUMN, partition)).plan_files()]
@@ -311,34 +344,34 @@ class IcebergOutput:
                 tx.set_properties(
                     **{TableProperties.DEFAULT_NAME_MAPPING: tx.table_metadata.schema().name_mapping.model_dump_json()}
                 )
-            added = list(parquet_files_to_data_files(table.io, tx.table_metadata, iter(paths)))
-            for data_file in added:
-                if data_file.partition[0] != day_number:
-                    held = _EPOCH + dt_module.timedelta(days=data_file.partition[0])
-                    raise IcebergPublishError(
-                        f"{data_file.file_path}: its {PARTITION_COLUMN} column holds {held}, "
-                        f"not {partition} (table {name})"
-                    )
-            if sum(f.record_count for f in added) != rows:
-                raise IcebergPublishError(
-                    f"table {name}, {partition}: the shards hold {sum(f.record_count for f in added)} rows, the run "
-                    f"says {rows}"
-                )
+            layout = (tx.table_metadata.current_schema_id, tx.table_metadata.default_spec_id)
+            if planned_on not in (None, layout):  # someone evolved the table meanwhile: statistics by the new ids
+                rows = sum(f.record_count for f in added)
+                added = self._new_data_files(kind, tx.table_metadata, paths, partition, rows)
+            planned_on = layout
             with tx.update_snapshot(snapshot_properties=summary).overwrite() as overwrite:
+                # Scopes the conflict check of a retried commit to this day: other days committed meanwhile are
+                # rebased over; a change to this day by someone else (a publish without the lease) is refused.
+                overwrite.delete_by_predicate(EqualTo(PARTITION_COLUMN, partition))
                 for data_file in current:
                     overwrite.delete_data_file(data_file)
                 for data_file in added:
                     overwrite.append_data_file(data_file)
+            on_step(f"{kind}-planned")
             try:
-                tx.commit_transaction()
+                committed = tx.commit_transaction()
             except CommitFailedException as e:
                 if attempt == COMMIT_ATTEMPTS:
                     raise
                 _LOG.info("table %s, %s: concurrent commit (%s); retrying on the refreshed table", name, partition, e)
                 time.sleep(random.uniform(0.01, 0.05 * min(attempt, 10)))
                 continue
-            snapshot = self.catalog.load_table(name).current_snapshot()
-            return snapshot.snapshot_id
+            except ValidationException as e:
+                raise IcebergPublishError(
+                    f"table {name}, {partition}: another publish changed this day while this one committed ({e}); "
+                    f"nothing of this run was committed to {name}"
+                ) from e
+            return committed.current_snapshot().snapshot_id
         raise AssertionError("unreachable")
 
     def _remove_unreferenced(self, table, partition: str) -> list[str]:
