@@ -382,7 +382,7 @@ class IcebergOutput:
         present = {f"{data_dir}/{info.base_name}": info.path for info in listed if info.type == pafs.FileType.File}
         if not present:
             return []
-        stale = sorted(set(present) - _referenced_files(table))
+        stale = sorted(set(present) - _referenced_files(table, partition))
         for path in stale:
             fs.delete_file(present[path])
         if stale:
@@ -469,15 +469,27 @@ def _day_run(table, partition: str) -> str | None:
     return summary.get(SUMMARY_PREFIX + "run-id") if summary else None
 
 
-def _referenced_files(table) -> set[str]:
-    """Every data file path any snapshot of the table references (also deleted entries: older snapshots read them)."""
-    io = table.io
+def _referenced_files(table, partition: str) -> set[str]:
+    """Every data file path of the day that any snapshot of the table references (also deleted entries: older
+    snapshots read them). Manifests whose partition bounds exclude the day are skipped unread."""
+    from pyiceberg.expressions import EqualTo
+    from pyiceberg.expressions.visitors import inclusive_projection, manifest_evaluator
+
+    io, schema, specs = table.io, table.schema(), table.specs()
+    row_filter = EqualTo(PARTITION_COLUMN, partition)
+    evaluators = {}
     seen_manifests, paths = set(), set()
     for snapshot in table.metadata.snapshots:
         for manifest in snapshot.manifests(io):
             if manifest.manifest_path in seen_manifests:
                 continue
             seen_manifests.add(manifest.manifest_path)
+            spec_id = manifest.partition_spec_id
+            if spec_id not in evaluators:
+                spec = specs[spec_id]
+                evaluators[spec_id] = manifest_evaluator(spec, schema, inclusive_projection(schema, spec)(row_filter))
+            if not evaluators[spec_id](manifest):
+                continue
             for entry in manifest.fetch_manifest_entry(io, discard_deleted=False):
                 paths.add(entry.data_file.file_path)
     return paths
