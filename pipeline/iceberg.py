@@ -229,7 +229,7 @@ class IcebergOutput:
         tables, placed = {}, {}
         for kind in ("rejects", "scores"):
             first = next((p for p in staged[kind] if _exists(p, self)), None)
-            schema = self._footer(first).schema_arrow if first else None
+            schema = self._footer(first).schema.to_arrow_schema() if first else None
             tables[kind] = self._table(kind, schema)
             placed[kind] = self._move_in(kind, tables[kind], partition, staged[kind])
         on_step("moved")
@@ -237,7 +237,7 @@ class IcebergOutput:
         # Both tables' shards are checked before either table changes.
         added = {
             kind: self._new_data_files(
-                kind, tables[kind].metadata, placed[kind], partition, int(properties[ROWS_PROPERTY[kind]])
+                kind, tables[kind], tables[kind].metadata, placed[kind], partition, int(properties[ROWS_PROPERTY[kind]])
             )
             for kind in ("rejects", "scores")
         }
@@ -260,27 +260,30 @@ class IcebergOutput:
         scheme, netloc, fs_path = io.parse_location(path)
         return _cached_fs(io, scheme, netloc), fs_path
 
-    def _footer(self, path: str) -> pq.ParquetFile:
+    def _footer(self, path: str) -> pq.FileMetaData:
         fs, fs_path = self._fs(path)
         with fs.open_input_file(fs_path) as f:
-            return pq.ParquetFile(pa.BufferReader(f.read()) if f.size() < (1 << 20) else f)
+            return pq.read_metadata(f)
 
     def _move_in(self, kind: str, table, partition: str, sources: list[str]) -> list[str]:
         """Moves staged shards into the table's folder for the day under the same names; returns the new paths of
-        those that hold rows. A shard already moved (a retried publish) is taken where it is."""
+        those that hold rows. Every shard's columns are checked before the first moves. A shard already moved (a
+        retried publish) is taken where it is."""
         data_dir = self._data_dir(table, partition)
-        placed = []
+        moves, placed = [], []
         for source in sources:
             destination = f"{data_dir}/{_basename(source)}"
             if _exists(source, self):
                 footer = self._footer(source)
-                check_schema(self.table_names[kind], table.schema(), footer.schema_arrow, where=source)
-                if footer.metadata.num_rows == 0:
+                check_schema(self.table_names[kind], table.schema(), footer.schema.to_arrow_schema(), where=source)
+                if footer.num_rows == 0:
                     continue
-                self._move(source, destination)
+                moves.append((source, destination))
             elif not _exists(destination, self):
                 raise FileNotFoundError(f"{source}: staged shard is gone and was not published")
             placed.append(destination)
+        for source, destination in moves:
+            self._move(source, destination)
         return placed
 
     def _move(self, source: str, destination: str) -> None:
@@ -300,15 +303,14 @@ class IcebergOutput:
         pafs.copy_files(source_path, target_path, source_filesystem=source_fs, destination_filesystem=target_fs)
         source_fs.delete_file(source_path)
 
-    def _new_data_files(self, kind: str, metadata, paths: list[str], partition: str, rows: int) -> list:
+    def _new_data_files(self, kind: str, table, metadata, paths: list[str], partition: str, rows: int) -> list:
         """The DataFile entries (footer statistics, the day from `dt`) of a run's moved shards, checked: each holds
         the partition day only, and together they hold the rows the run counted."""
         from pyiceberg.io.pyarrow import parquet_files_to_data_files
 
         name = self.table_names[kind]
         day_number = (_partition_date(partition) - _EPOCH).days  # how Iceberg stores a date partition value
-        io = self.catalog.load_table(name).io
-        added = list(parquet_files_to_data_files(io, metadata, iter(paths)))
+        added = list(parquet_files_to_data_files(table.io, metadata, iter(paths)))
         for data_file in added:
             if data_file.partition[0] != day_number:
                 held = _EPOCH + dt_module.timedelta(days=data_file.partition[0])
@@ -347,7 +349,7 @@ class IcebergOutput:
             layout = (tx.table_metadata.current_schema_id, tx.table_metadata.default_spec_id)
             if planned_on not in (None, layout):  # someone evolved the table meanwhile: statistics by the new ids
                 rows = sum(f.record_count for f in added)
-                added = self._new_data_files(kind, tx.table_metadata, paths, partition, rows)
+                added = self._new_data_files(kind, table, tx.table_metadata, paths, partition, rows)
             planned_on = layout
             with tx.update_snapshot(snapshot_properties=summary).overwrite() as overwrite:
                 # Scopes the conflict check of a retried commit to this day: other days committed meanwhile are

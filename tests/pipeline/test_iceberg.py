@@ -363,12 +363,14 @@ def test_a_run_whose_columns_do_not_match_the_table_fails_naming_table_and_colum
         output.prepare({"scores": SCORES.append(pa.field("extra", pa.int32()))})
 
 
-def test_a_staged_shard_with_other_columns_is_refused_naming_the_table(tmp_path, output):
+def test_a_staged_shard_with_other_columns_is_refused_naming_the_table_before_anything_moves(tmp_path, output):
     day, scores, rejects, props = stage(tmp_path, DAYS[0], "run-a", 10, 1, write=write_local)
-    table = pq.read_table(scores[0])
-    pq.write_table(table.set_column(0, "review_id", pc.cast(table["review_id"], pa.string())), scores[0])
-    with pytest.raises(IcebergSchemaError, match="table sentiment.review_scores: column review_id is string"):
+    table = pq.read_table(scores[1])
+    pq.write_table(table.set_column(0, "review_id", pc.cast(table["review_id"], pa.string())), scores[1])
+    with pytest.raises(IcebergSchemaError, match="table sentiment.review_scores: column review_id is string in /"):
         output.publish(day, scores, rejects, props)
+    assert all(os.path.exists(p) for p in scores)
+    assert data_files(output, "scores", day) == set()
 
 
 # ------------------------------------------------------------------------------------------- two processes
