@@ -405,24 +405,23 @@ def _publish_after_the_other_planned(root, args, barrier, planned, committed, re
         committed.set()
 
 
-def _run_two(tmp_path, output, conflict: bool, second_day: str = DAYS[1]) -> dict:
+def _run_two(tmp_path, output, conflict: bool, second_day: str = DAYS[1], root: str | None = None) -> dict:
     ctx = multiprocessing.get_context("spawn")
     barrier, planned, committed = ctx.Barrier(2), ctx.Event(), ctx.Event()
     with ctx.Manager() as manager:
         results = manager.dict()
         first = stage(tmp_path, DAYS[0], "run-first", 60, 2, write=write_local)
         second = stage(tmp_path, second_day, "run-second", 70, 3, write=write_local)
+        root = root or output.output
         if conflict:
-            a_args = (output.output, first, barrier, planned, committed, results, "first")
+            a_args = (root, first, barrier, planned, committed, results, "first")
             b = ctx.Process(
                 target=_publish_after_the_other_planned,
-                args=(output.output, second, barrier, planned, committed, results),
+                args=(root, second, barrier, planned, committed, results),
             )
         else:
-            a_args = (output.output, first, barrier, None, None, results, "first")
-            b = ctx.Process(
-                target=_publish_in_process, args=(output.output, second, barrier, None, None, results, "second")
-            )
+            a_args = (root, first, barrier, None, None, results, "first")
+            b = ctx.Process(target=_publish_in_process, args=(root, second, barrier, None, None, results, "second"))
         a = ctx.Process(target=_publish_in_process, args=a_args)
         a.start()
         b.start()
@@ -445,6 +444,18 @@ def test_two_processes_committing_different_days_both_land(tmp_path, output, con
         assert day_rows(output, "rejects", day).num_rows == rejected
         assert output.verify(day)[0], output.verify(day)
     assert len(table.metadata.snapshots) == 2
+
+
+@pytest.mark.slow
+def test_two_processes_creating_the_catalog_and_tables_at_once_both_land(tmp_path, output):
+    """First use from two processes at once: one creates the SQLite catalog and each table, the other uses them."""
+    fresh = IcebergOutput(str(tmp_path / "fresh"))
+    results = _run_two(tmp_path, output, conflict=False, root=fresh.output)
+    assert results["first"][0] == "ok" and results["second"][0] == "ok", results
+    assert output.catalog.load_table("sentiment.review_scores").current_snapshot() is None  # the other output
+    for day, scored in ((DAYS[0], 60), (DAYS[1], 70)):
+        assert day_rows(fresh, "scores", day).num_rows == scored
+        assert fresh.verify(day)[0]
 
 
 @pytest.mark.slow
