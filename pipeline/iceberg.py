@@ -4,7 +4,8 @@ Interface (what the commit step calls):
 
 - ``IcebergOutput(output, catalog=None, scores_table=..., rejects_table=...)``. ``catalog`` is a mapping of pyiceberg
   catalog properties, passed to ``pyiceberg.catalog.load_catalog`` unchanged (SQL on Postgres or SQLite, REST, Glue,
-  Hive). Without it, a local ``output`` gets the embedded default: a SQLite SQL catalog at exactly
+  Hive), except an optional ``name`` (default ``sentiment``): a SQL catalog keys its rows by it, so Spark's or
+  Trino's catalog over the same database must carry the same name. Without it, a local ``output`` gets the embedded default: a SQLite SQL catalog at exactly
   ``OUTPUT/catalog.db`` with its warehouse at exactly ``OUTPUT/warehouse``. A non-local ``output`` (``s3://``,
   ``gs://``) without ``catalog`` is refused: SQLite cannot live in an object store, and a catalog file on the
   launcher's disk for a warehouse in a bucket would be a table nobody else can find.
@@ -49,6 +50,7 @@ import pyarrow.parquet as pq
 _LOG = logging.getLogger(__name__)
 
 PARTITION_COLUMN = "dt"
+CATALOG_NAME = "sentiment"
 SUMMARY_PREFIX = "sentiment."
 REQUIRED_PROPERTIES = ("run-id", "model-version", "rows-read", "rows-scored", "rows-rejected")
 DEFAULT_TABLES = {"scores": "sentiment.review_scores", "rejects": "sentiment.review_rejects"}
@@ -151,9 +153,10 @@ class IcebergOutput:
             uri = self.catalog_properties.get("uri", "")
             if uri.startswith("sqlite:///"):
                 os.makedirs(os.path.dirname(uri.removeprefix("sqlite:///")) or ".", exist_ok=True)
-            self._catalog = _retry_racing_creation(
-                lambda: load_catalog(self.catalog_properties.get("name", "sentiment"), **self.catalog_properties)
-            )
+            properties = dict(self.catalog_properties)
+            # The catalog's name keys its rows in a SQL catalog: Spark/Trino readers must use the same one.
+            name = properties.pop("name", CATALOG_NAME)
+            self._catalog = _retry_racing_creation(lambda: load_catalog(name, **properties))
         return self._catalog
 
     # ------------------------------------------------------------------------------------------------ tables

@@ -481,6 +481,7 @@ def s3_output(s3_endpoint, tmp_path):
     bucket = f"iceberg-{uuid.uuid4().hex[:8]}"
     s3_client(s3_endpoint).create_bucket(Bucket=bucket)
     catalog = {
+        "name": "sentiment-on-s3",  # taken out before the rest goes to pyiceberg: the SQL rows are keyed by it
         "type": "sql",
         "uri": f"sqlite:///{tmp_path / 'catalog.db'}",
         "warehouse": f"s3://{bucket}/warehouse",
