@@ -25,7 +25,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from benchmarks.common import WORK
-from pipeline.iceberg import IcebergOutput, with_partition_day
+from pipeline.iceberg import PARTITION_COLUMN, IcebergOutput
+from transforms.io import with_partition_day
 
 SCORES = pa.schema(
     [
@@ -73,10 +74,10 @@ def _stage(folder: str, run: str, day: str, scores: pa.Table, rejects: pa.Table,
     per = -(-scores.num_rows // shards)
     for i in range(shards):
         path = os.path.join(folder, f"scores-{run}-{i:05d}-of-{shards:05d}.parquet")
-        pq.write_table(with_partition_day(scores.slice(i * per, per), day), path, compression="zstd")
+        pq.write_table(with_partition_day(scores.slice(i * per, per), PARTITION_COLUMN, day), path, compression="zstd")
         files["scores"].append(path)
     path = os.path.join(folder, f"rejects-{run}-00000-of-00001.parquet")
-    pq.write_table(with_partition_day(rejects, day), path, compression="zstd")
+    pq.write_table(with_partition_day(rejects, PARTITION_COLUMN, day), path, compression="zstd")
     files["rejects"].append(path)
     read = scores.num_rows + rejects.num_rows
     properties = {

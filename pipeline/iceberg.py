@@ -5,9 +5,10 @@ Interface (what the commit step calls):
 - ``IcebergOutput(output, catalog=None, scores_table=..., rejects_table=...)``. ``catalog`` is a mapping of pyiceberg
   catalog properties, passed to ``pyiceberg.catalog.load_catalog`` unchanged (SQL on Postgres or SQLite, REST, Glue,
   Hive), except an optional ``name`` (default ``sentiment``): a SQL catalog keys its rows by it, so Spark's or
-  Trino's catalog over the same database must carry the same name. Without it, a local ``output`` gets the embedded default: a SQLite SQL catalog at exactly
-  ``OUTPUT/catalog.db`` with its warehouse at exactly ``OUTPUT/warehouse``. A non-local ``output`` (``s3://``,
-  ``gs://``) without ``catalog`` is refused: SQLite cannot live in an object store, and a catalog file on the
+  Trino's catalog over the same database must carry the same name. Without it, a local ``output`` gets the embedded
+  default: a SQLite SQL catalog at exactly ``OUTPUT/catalog.db`` with its warehouse at exactly ``OUTPUT/warehouse``.
+  A non-local ``output`` (``s3://``, ``gs://``) without ``catalog`` is refused: SQLite cannot live in an object
+  store, and a catalog file on the
   launcher's disk for a warehouse in a bucket would be a table nobody else can find.
 - ``prepare({"scores": arrow_schema, "rejects": arrow_schema})``: creates the tables on first use (identity
   partition on ``dt``) or checks them; a schema that does not match fails naming the table and the column.
@@ -46,6 +47,10 @@ from collections.abc import Callable
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from pipeline import storage
+from pipeline.config import ConfigError
+from pipeline.outputs import OutputError, PartitionCheck, Publisher
 
 _LOG = logging.getLogger(__name__)
 
@@ -529,9 +534,117 @@ def _retry_racing_creation(make: Callable, attempts: int = 5):
     raise AssertionError("unreachable")
 
 
-def with_partition_day(table: pa.Table, partition: str) -> pa.Table:
-    """A writer's table with the `dt` column (date32, the partition day in every row) a staged shard must carry."""
-    days = (_partition_date(partition) - _EPOCH).days
-    return table.append_column(
-        PARTITION_COLUMN, pa.repeat(pa.scalar(days, pa.int32()), table.num_rows).cast(pa.date32())
-    )
+# ---------------------------------------------------------------------------------------------------------------------
+# The Publisher for output_format: iceberg (pipeline/outputs.py)
+
+REPORTS_DIR = "reports"
+
+
+class IcebergTables(Publisher):
+    """Publishes each day into the Iceberg tables (IcebergOutput) and its reports into OUTPUT/reports/dt=D/RUN/.
+
+    The reports of the run whose snapshot is current for a day are the day's reports: a publish writes them before
+    its commit (so a crash leaves no summary without its rows), and removes other runs' report folders of that day
+    after it. Picklable: the catalog is opened per process on first use.
+    """
+
+    partition_column = PARTITION_COLUMN
+
+    def __init__(self, output: str, catalog: dict | None = None):
+        self.output = output
+        self._catalog = dict(catalog) if catalog else None
+        self._tables: IcebergOutput | None = None
+
+    def __getstate__(self):
+        return {"output": self.output, "_catalog": self._catalog, "_tables": None}
+
+    @property
+    def tables(self) -> IcebergOutput:
+        if self._tables is None:
+            self._tables = IcebergOutput(self.output, self._catalog)
+        return self._tables
+
+    def name(self, partition: str) -> str:
+        return f"{DEFAULT_TABLES['scores']} dt={partition}" if partition else DEFAULT_TABLES["scores"]
+
+    def check_layout(self, dated: bool) -> None:
+        if not dated:
+            raise ConfigError(
+                "output_format iceberg publishes dt= partitions of its tables: pass --date D, or run a backfill"
+            )
+        try:
+            self.tables.catalog_properties  # noqa: B018 - the embedded catalog needs a local output
+        except ValueError as e:
+            raise ConfigError(f"setting 'catalog': {e}") from None
+
+    def prepare(self, schemas: dict[str, pa.Schema]) -> None:
+        try:
+            self.tables.prepare(schemas)
+        except IcebergSchemaError as e:
+            raise OutputError(str(e)) from None
+
+    def _reports_dir(self, partition: str, run_id: str | None = None) -> str:
+        folder = storage.join(self.output, REPORTS_DIR, f"dt={partition}")
+        return storage.join(folder, run_id) if run_id else folder
+
+    def publish(self, partition, shards, facts, reports, fence) -> None:
+        run_id = facts["run_id"]
+        for name, data in reports.items():
+            storage.write_atomically(storage.join(self._reports_dir(partition, run_id), name), data)
+        rows = facts["rows"]
+        properties = {
+            "run-id": run_id,
+            "model-version": facts["model_version"],
+            "rows-read": rows["read"],
+            "rows-scored": rows["scored"],
+            "rows-rejected": rows["rejected"],
+        }
+        files = {kind: [s["path"] for s in shards if s["kind"] == kind] for kind in ("scores", "rejects")}
+
+        def fence_before_commit(step: str) -> None:
+            if step == "moved":  # immediately before the first table commit
+                fence()
+
+        fence()
+        try:
+            self.tables.publish(partition, files["scores"], files["rejects"], properties, on_step=fence_before_commit)
+        except (IcebergPublishError, IcebergSchemaError) as e:
+            storage.delete_tree(self._reports_dir(partition, run_id))
+            raise storage.StorageError(str(e)) from None
+        except BaseException:
+            storage.delete_tree(self._reports_dir(partition, run_id))
+            raise
+        for path in storage.list_paths(storage.join(self._reports_dir(partition), "*", "*")):
+            if path.rsplit("/", 2)[-2] != run_id:
+                storage.delete([path])
+
+    def check(self, partition: str, count_rows: bool = True) -> PartitionCheck:
+        name = self.name(partition)
+        try:
+            complete, message = self.tables.verify(partition, check_files=count_rows)
+        except Exception as e:  # a catalog that cannot be opened is not a published day
+            return PartitionCheck(name, False, f"{name}: cannot read the tables ({type(e).__name__}: {e})")
+        if not complete:
+            return PartitionCheck(name, False, message)
+        summary = _day_summary(self.tables.catalog.load_table(self.tables.table_names["scores"]), partition)
+        facts = {
+            "run_id": summary[SUMMARY_PREFIX + "run-id"],
+            "model_version": summary[SUMMARY_PREFIX + "model-version"],
+            "rows": {k: int(summary[f"{SUMMARY_PREFIX}rows-{k}"]) for k in ("read", "scored", "rejected")},
+        }
+        return PartitionCheck(name, True, message, facts)
+
+    def published_summary(self, partition: str) -> dict | None:
+        check = self.check(partition, count_rows=False)
+        if not check.complete:
+            return None
+        return storage.read_json(storage.join(self._reports_dir(partition, check.manifest["run_id"]), "summary.json"))
+
+    def previous_summary(self, partition: str) -> dict | None:
+        summaries = storage.list_paths(storage.join(self.output, REPORTS_DIR, "dt=*", "*", "summary.json"))
+        days = sorted({p.split("/dt=")[-1].split("/")[0] for p in summaries} - {partition})
+        earlier = [d for d in days if d < partition]
+        return self.published_summary(earlier[-1]) if earlier else None
+
+    def published_version(self, partition: str) -> str | None:
+        return self.tables.published_model_version(partition)

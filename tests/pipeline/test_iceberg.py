@@ -12,13 +12,14 @@ import pytest
 from pyiceberg.expressions import EqualTo
 
 from pipeline.iceberg import (
+    PARTITION_COLUMN,
     STEPS,
     IcebergOutput,
     IcebergPublishError,
     IcebergSchemaError,
-    with_partition_day,
 )
 from tests.conftest import S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY, s3_client
+from transforms.io import with_partition_day
 
 SCORES = pa.schema(
     [
@@ -66,10 +67,10 @@ def stage(root, day, run, scored, rejected, model="v1", shards=2, shard_day=None
     for i in range(shards):
         table = _scores(min(per, max(scored - i * per, 0)), model, start=i * per)
         path = f"{root}/staging/{run}/scores-{run}-{i:05d}.parquet"
-        write(with_partition_day(table, shard_day or day), path)
+        write(with_partition_day(table, PARTITION_COLUMN, shard_day or day), path)
         files["scores"].append(path)
     path = f"{root}/staging/{run}/rejects-{run}-00000.parquet"
-    write(with_partition_day(_rejects(rejected, start=10**6), day), path)
+    write(with_partition_day(_rejects(rejected, start=10**6), PARTITION_COLUMN, day), path)
     files["rejects"].append(path)
     properties = {
         "run-id": run,
