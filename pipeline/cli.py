@@ -10,7 +10,9 @@ import os
 import signal
 import sys
 
+from model.native_output import quiet_native_stderr
 from pipeline.config import ConfigError, validate_date
+from pipeline.quiet import configure_output
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LEASE_HELD = 0, 1, 2, 3
 _LOG = logging.getLogger("sentiment-score")
@@ -89,7 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
         "config, 3 another run holds a partition's lease. "
         "Unknown --flags go to Beam's PipelineOptions (--runner, --direct_num_workers, ...).",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log at DEBUG level and show the libraries' own output (Beam, TensorFlow, LiteRT), which runs hide",
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     sample = sub.add_parser(
@@ -194,14 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, beam_flags = parser.parse_known_args(argv)
     limit_malloc_arenas()
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    if not args.verbose:
-        # Beam and TensorFlow log every stage and kernel at INFO; a run's own progress lines stay visible.
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        logging.getLogger("apache_beam").setLevel(logging.WARNING)
-        logging.getLogger("absl").setLevel(logging.WARNING)
+    configure_output(args.verbose)
     if args.command in ("sample-data", "train", "upgrade-bundle") and beam_flags:
         parser.error(f"unrecognized arguments: {' '.join(beam_flags)}")
     try:
@@ -217,16 +217,18 @@ def main(argv: list[str] | None = None) -> int:
             )
             return EXIT_OK
         if args.command == "train":
-            from pipeline.train import train_bundle
+            # TensorFlow's C++ prints oneDNN and tf.data notices while it imports and fits: held back, noise dropped.
+            with quiet_native_stderr():
+                from pipeline.train import train_bundle
 
-            bundle, metrics = train_bundle(
-                args.customers,
-                args.reviews,
-                args.model_dir,
-                epochs=args.epochs,
-                seed=args.seed,
-                validation_fraction=args.validation_fraction,
-            )
+                bundle, metrics = train_bundle(
+                    args.customers,
+                    args.reviews,
+                    args.model_dir,
+                    epochs=args.epochs,
+                    seed=args.seed,
+                    validation_fraction=args.validation_fraction,
+                )
             print(
                 f"model bundle {args.model_dir} version {bundle.model_version}: "
                 f"validation AUC {metrics['val_auc']:.4f}, accuracy {metrics['val_accuracy']:.4f}"
@@ -236,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
             from model.bundle import BundleError, upgrade_bundle
 
             try:
-                bundle = upgrade_bundle(args.model_dir, args.output)
+                with quiet_native_stderr():  # the conversion imports and runs TensorFlow
+                    bundle = upgrade_bundle(args.model_dir, args.output)
             except BundleError as e:
                 print(f"sentiment-score: error: {e}", file=sys.stderr)
                 return EXIT_FAILED
