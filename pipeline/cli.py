@@ -74,6 +74,22 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
         help="submit the pipeline and exit 0 without waiting; the job publishes by itself (check with verify)",
     )
     parser.add_argument(
+        "--metrics-file",
+        dest="metrics_file",
+        help="write the run's Prometheus metrics to this .prom file at its end, success or failure "
+        "(node_exporter's textfile collector)",
+    )
+    parser.add_argument("--pushgateway", help="also push the run's metrics to this Prometheus Pushgateway URL")
+    parser.add_argument(
+        "--lineage-file", dest="lineage_file", help="append the run's OpenLineage events to this file (JSON lines)"
+    )
+    parser.add_argument(
+        "--lineage-parent",
+        dest="lineage_parent",
+        help="NAMESPACE/JOB/RUN_ID of the scheduler task run the lineage events hang under (Airflow's "
+        "macros.OpenLineageProviderPlugin.lineage_parent_id)",
+    )
+    parser.add_argument(
         "--no-jit",
         dest="jit_compile",
         action="store_false",
@@ -162,6 +178,10 @@ def _overrides(args: argparse.Namespace) -> dict:
         "skip_existing",
         "max_reject_fraction",
         "date",
+        "metrics_file",
+        "pushgateway",
+        "lineage_file",
+        "lineage_parent",
     )
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
@@ -262,6 +282,10 @@ def main(argv: list[str] | None = None) -> int:
         start, end = validate_date(args.start, "--start"), validate_date(args.end, "--end")
         return run_backfill(args.config, _overrides(args), beam_flags, start, end, **lease_and_wait)
     except ConfigError as e:
+        if args.command in ("score", "backfill") and not getattr(e, "signalled", False):
+            from pipeline.signals import signal_startup_failure
+
+            signal_startup_failure(_overrides(args), args.command, f"config error: {e}", EXIT_USAGE)
         print(f"sentiment-score: config error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except Terminated as e:  # outside the pipeline: the launcher has given the leases back already

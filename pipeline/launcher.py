@@ -26,6 +26,7 @@ from pipeline.config import LOCAL_RUNNERS, ConfigError, ScoreConfig, load_config
 from pipeline.graph import build_pipeline
 from pipeline.plan import OutputError, RunPlan, days_between, plan_run
 from pipeline.publish import SUMMARY_FILE, check_partition, write_atomically
+from pipeline.signals import RunSignals
 from transforms.io import partition_path
 from transforms.schema import InputError
 
@@ -239,6 +240,34 @@ def execute(
     a day that fails is reported and the others are published. With wait=False the pipeline is submitted as one
     job and publishes by itself; `sentiment-score verify` tells when it is done.
     """
+    # --- run signals (pipeline/signals.py): metrics file and lineage events at the end of every run ---
+    signals = RunSignals(config, "backfill" if backfill else "score", dates)
+    code = EXIT_FAILED
+    try:
+        code = _execute(config, dates, beam_flags, backfill, test_pipeline, take_over_lease, wait, signals)
+        return code
+    except ConfigError as e:
+        code = EXIT_USAGE
+        signals.fail(f"config error: {e}")
+        e.signalled = True  # the CLI reports it; the signals are written already
+        raise
+    except BaseException as e:  # SIGTERM, Ctrl-C or a bug: the run failed, and says so
+        signals.fail(f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        signals.end(code)
+
+
+def _execute(
+    config: ScoreConfig,
+    dates: list[str] | None,
+    beam_flags: list[str],
+    backfill: bool,
+    test_pipeline: beam.Pipeline | None,
+    take_over_lease: bool,
+    wait: bool,
+    signals: RunSignals,
+) -> int:
     options = pipeline_options(config, beam_flags)
     # Start-up checks list and read files before the pipeline exists: give FileSystems the run's options
     # (credentials, endpoints, project) the way Beam gives them to its workers.
@@ -246,7 +275,9 @@ def execute(
     try:
         plan = plan_run(config, dates, backfill)
     except (BundleError, InputError, OutputError) as e:
+        signals.fail(str(e))
         return _fatal(str(e))
+    signals.start(plan)  # run signals: START
     for day, why in plan.skipped.items():
         _LOG.warning("skipping dt=%s: %s", day, why)
     if not plan.partitions:
@@ -262,23 +293,27 @@ def execute(
             taken.append(partition)
     except lease.LeaseHeld as e:
         _release(plan, taken)
+        signals.fail(str(e))
         print(f"sentiment-score: error: {e}", file=sys.stderr)
         return EXIT_LEASE_HELD
     except lease.LeaseError as e:
         _release(plan, taken)
+        signals.fail(str(e))
         return _fatal(str(e))
     except BaseException:  # SIGTERM or Ctrl-C while taking them
         _release(plan, taken)
         raise
     try:
-        return _launch(config, plan, options, test_pipeline, backfill, wait)
+        return _launch(config, plan, options, test_pipeline, backfill, wait, signals)
     except BaseException:  # SIGTERM (a scheduler's timeout) or Ctrl-C: give the partitions back before exiting
         _release(plan, plan.partitions)
         remove_staging(plan.staging_root)
         raise
 
 
-def _launch(config: ScoreConfig, plan: RunPlan, options: PipelineOptions, test_pipeline, backfill: bool, wait: bool):
+def _launch(
+    config: ScoreConfig, plan: RunPlan, options: PipelineOptions, test_pipeline, backfill: bool, wait: bool, signals
+):
     """With the partitions' leases held: clean dead staging, then submit, or run chunk by chunk and report."""
     _clean_dead_staging(plan, plan.partitions)
 
@@ -301,11 +336,17 @@ def _launch(config: ScoreConfig, plan: RunPlan, options: PipelineOptions, test_p
         )
         return EXIT_OK
 
-    return _run_chunks(config, plan, options, test_pipeline, backfill, started)
+    return _run_chunks(config, plan, options, test_pipeline, backfill, started, signals)
 
 
 def _run_chunks(
-    config: ScoreConfig, plan: RunPlan, options: PipelineOptions, test_pipeline, backfill: bool, started: float
+    config: ScoreConfig,
+    plan: RunPlan,
+    options: PipelineOptions,
+    test_pipeline,
+    backfill: bool,
+    started: float,
+    signals: RunSignals,
 ) -> int:
     """Runs the plan's partitions chunk by chunk (one chunk unless backfilling), then reports and returns the code."""
     control = control_root(plan.staging_root)
@@ -334,6 +375,7 @@ def _run_chunks(
         results += chunk_results
     wall = time.time() - started
     remove_staging(plan.staging_root)
+    signals.record(results)  # run signals: the partitions' results
 
     published = [r for r in results if r["status"] == "published"]
     failed = [r for r in results if r["status"] != "published"]
