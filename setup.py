@@ -30,6 +30,10 @@ setup(
         "pyyaml>=6.0",
         # The per-partition report's score histogram (Agg backend, no display).
         "matplotlib>=3.8",
+        # The run's metrics in Prometheus' text format (textfile collector, Pushgateway); 0.26 is the release tested.
+        "prometheus-client>=0.26,<0.27",
+        # OpenLineage run events (file and HTTP transports); 1.54 is the release the event format was tested with.
+        "openlineage-python>=1.54,<1.55",
     ],
     extras_require={
         # Remote filesystems and runners: gs:// paths and Dataflow.
