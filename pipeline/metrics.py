@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from prometheus_client import CollectorRegistry, Gauge, Info
-from prometheus_client.exposition import pushadd_to_gateway, write_to_textfile
+from prometheus_client.exposition import generate_latest, pushadd_to_gateway, write_to_textfile
 from prometheus_client.parser import text_string_to_metric_families
 
 PREFIX = "sentiment_score"
@@ -84,7 +84,6 @@ def build_registry(
         ["partition"],
         registry=success_registry,
     )
-    success = Gauge(LAST_SUCCESS, "Unix time of the job's last run that exited 0", registry=success_registry)
     Gauge(f"{PREFIX}_run_duration_seconds", "Wall time of the run", registry=registry).set(outcome.duration)
     Gauge(f"{PREFIX}_run_exit_status", "The run's process exit code (0 done)", registry=registry).set(outcome.exit_code)
     Gauge(f"{PREFIX}_run_end_timestamp_seconds", "Unix time the run ended", registry=registry).set(outcome.ended_at)
@@ -100,8 +99,6 @@ def build_registry(
     for label, when in carried["partition"].items():
         if label in this_run:
             partition_success.labels(partition=label).set(when)
-    if "" in carried["job"]:
-        success.set(carried["job"][""])
     for partition in outcome.partitions:
         published.labels(partition=partition_label(partition)).set(0)
     for result in outcome.results:
@@ -123,9 +120,15 @@ def build_registry(
         if state == "published":
             published.labels(partition=label).set(1)
             partition_success.labels(partition=label).set(outcome.ended_at)
-    if outcome.exit_code == 0 and not outcome.submitted:
-        success.set(outcome.ended_at)
+    last = outcome.ended_at if outcome.exit_code == 0 and not outcome.submitted else carried["job"].get("")
+    if last is not None:  # a job that never succeeded has no series (alert on its absence), not a 0
+        Gauge(LAST_SUCCESS, "Unix time of the job's last run that exited 0", registry=success_registry).set(last)
     return registry
+
+
+def generate_text(outcome) -> str:
+    """The run's metrics in the text exposition format, as the file holds them (nothing carried over)."""
+    return generate_latest(build_registry(outcome)).decode("utf-8")
 
 
 def write_metrics_file(path: str, outcome) -> None:
