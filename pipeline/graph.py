@@ -127,10 +127,10 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig, plan: RunPlan) 
         inferred[FAILURES],
     ) | "CollectFailures" >> beam.Flatten()
     score_shards = inferred.scores | "WriteScores" >> beam.ParDo(
-        WriteParquetShards("scores", plan.staging_root, schema.scores_schema(), plan.run_id)
+        WriteParquetShards("scores", plan.staging_root, schema.scores_schema(), plan.run_id, output_root=plan.output)
     )
     reject_shards = rejects | "WriteRejects" >> beam.ParDo(
-        WriteParquetShards("rejects", plan.staging_root, schema.rejects_schema(), plan.run_id)
+        WriteParquetShards("rejects", plan.staging_root, schema.rejects_schema(), plan.run_id, output_root=plan.output)
     )
     committed = {
         "scores": score_shards,
