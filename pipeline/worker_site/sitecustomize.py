@@ -37,6 +37,12 @@ class _UntilForwarded(logging.StreamHandler):
         super().emit(record)
 
 
+def is_sdk_worker() -> bool:
+    """Whether this process is a Beam SDK worker a local runner started: Beam gives it the address of the runner's
+    log service in its environment. Any other Python process that inherits the PYTHONPATH is left alone."""
+    return "LOGGING_API_SERVICE_DESCRIPTOR" in os.environ and "CONTROL_API_SERVICE_DESCRIPTOR" in os.environ
+
+
 def quiet_worker_logging() -> None:
     """In an SDK worker process, before Beam is imported: warnings to stderr minus LOG_NOISE until the worker's own
     log handler (which forwards every record to the runner, where the launcher shows its warnings) is attached.
@@ -44,7 +50,7 @@ def quiet_worker_logging() -> None:
     Without it, Beam's gcp warning at import makes logging add a stderr handler to the root logger, and the worker
     then prints every INFO record (channels, state cache, harness start and stop) to the job's stderr.
     """
-    if os.environ.get(VERBOSE_ENV):
+    if os.environ.get(VERBOSE_ENV) or not is_sdk_worker():
         return
     root = logging.getLogger()
     if root.handlers:

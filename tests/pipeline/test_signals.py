@@ -161,6 +161,22 @@ def test_the_noise_filter_drops_beams_gcp_warning_and_keeps_a_real_one():
     assert sitecustomize.VERBOSE_ENV == VERBOSE_ENV
 
 
+@pytest.mark.slow
+def test_the_worker_site_quiets_only_beams_sdk_workers():
+    script = (
+        "import logging, sitecustomize; logging.basicConfig(level=logging.INFO); "
+        "logging.getLogger('job').info('the job line')"
+    )
+    site = os.path.dirname(sitecustomize.__file__)
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_SERVICE_DESCRIPTOR") and k != VERBOSE_ENV}
+    env["PYTHONPATH"] = site
+    plain = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    assert "the job line" in plain.stderr  # a Python process that only inherited the PYTHONPATH logs as it would
+    worker_env = {**env, "LOGGING_API_SERVICE_DESCRIPTOR": "x", "CONTROL_API_SERVICE_DESCRIPTOR": "y"}
+    worker = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=worker_env, timeout=60)
+    assert "the job line" not in worker.stderr  # a worker's INFO goes to the runner only
+
+
 def _write_native_lines():
     os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")
     os.write(2, b"a real native error\n")
