@@ -8,6 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from model.native_output import quiet_native_stderr
+
 LITERT = "litert"
 TENSORFLOW = "tensorflow"
 AUTO = "auto"
@@ -132,7 +134,10 @@ class LiteRTRuntime(ModelRuntime):
     def __init__(self, content: bytes, threads: int = 1, model_version: str = ""):
         from ai_edge_litert.interpreter import Interpreter
 
-        interpreters = [Interpreter(model_content=content, num_threads=1) for _ in range(max(threads, 1))]
+        with quiet_native_stderr():  # LiteRT's C++ prints "Created TensorFlow Lite XNNPACK delegate" per interpreter
+            interpreters = [Interpreter(model_content=content, num_threads=1) for _ in range(max(threads, 1))]
+            for interpreter in interpreters:
+                interpreter.allocate_tensors()
         first = interpreters[0]
         inputs = {d["name"]: d for d in first.get_input_details()}
         self.input_details = list(inputs.values())
@@ -141,7 +146,6 @@ class LiteRTRuntime(ModelRuntime):
         super().__init__(batch, threads, model_version)
         self._free: queue.SimpleQueue = queue.SimpleQueue()
         for interpreter in interpreters:
-            interpreter.allocate_tensors()
             self._free.put(_Invoker(interpreter))
 
     def _call(self, numeric, tokens):

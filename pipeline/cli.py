@@ -10,9 +10,11 @@ import os
 import signal
 import sys
 
+from model.native_output import quiet_native_stderr
 from model.runtime import AUTO, RUNTIMES
 from pipeline.config import ConfigError, load_config, validate_date
 from pipeline.outputs import FORMATS
+from pipeline.quiet import configure_output
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LEASE_HELD = 0, 1, 2, 3
 _LOG = logging.getLogger("sentiment-score")
@@ -80,6 +82,22 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
         help="submit the pipeline and exit 0 without waiting; the job publishes by itself (check with verify)",
     )
     parser.add_argument(
+        "--metrics-file",
+        dest="metrics_file",
+        help="write the run's Prometheus metrics to this .prom file at its end, success or failure "
+        "(node_exporter's textfile collector)",
+    )
+    parser.add_argument("--pushgateway", help="also push the run's metrics to this Prometheus Pushgateway URL")
+    parser.add_argument(
+        "--lineage-file", dest="lineage_file", help="append the run's OpenLineage events to this file (JSON lines)"
+    )
+    parser.add_argument(
+        "--lineage-parent",
+        dest="lineage_parent",
+        help="NAMESPACE/JOB/RUN_ID of the scheduler task run the lineage events hang under (Airflow's "
+        "macros.OpenLineageProviderPlugin.lineage_parent_id)",
+    )
+    parser.add_argument(
         "--no-jit",
         dest="jit_compile",
         action="store_false",
@@ -107,7 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
         "config, 3 another run holds a partition's lease. "
         "Unknown --flags go to Beam's PipelineOptions (--runner, --direct_num_workers, ...).",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log at DEBUG level and show the libraries' own output (Beam, TensorFlow, LiteRT), which runs hide",
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     sample = sub.add_parser(
@@ -170,6 +193,10 @@ def _overrides(args: argparse.Namespace) -> dict:
         "max_reject_fraction",
         "date",
         "output_format",
+        "metrics_file",
+        "pushgateway",
+        "lineage_file",
+        "lineage_parent",
     )
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
@@ -209,14 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, beam_flags = parser.parse_known_args(argv)
     limit_malloc_arenas()
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    if not args.verbose:
-        # Beam and TensorFlow log every stage and kernel at INFO; a run's own progress lines stay visible.
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        logging.getLogger("apache_beam").setLevel(logging.WARNING)
-        logging.getLogger("absl").setLevel(logging.WARNING)
+    configure_output(args.verbose)
     if args.command in ("sample-data", "train") and beam_flags:
         parser.error(f"unrecognized arguments: {' '.join(beam_flags)}")
     try:
@@ -232,16 +252,18 @@ def main(argv: list[str] | None = None) -> int:
             )
             return EXIT_OK
         if args.command == "train":
-            from pipeline.train import train_bundle
+            # TensorFlow's C++ prints oneDNN and tf.data notices while it imports and fits: held back, noise dropped.
+            with quiet_native_stderr():
+                from pipeline.train import train_bundle
 
-            bundle, metrics = train_bundle(
-                args.customers,
-                args.reviews,
-                args.model_dir,
-                epochs=args.epochs,
-                seed=args.seed,
-                validation_fraction=args.validation_fraction,
-            )
+                bundle, metrics = train_bundle(
+                    args.customers,
+                    args.reviews,
+                    args.model_dir,
+                    epochs=args.epochs,
+                    seed=args.seed,
+                    validation_fraction=args.validation_fraction,
+                )
             print(
                 f"model bundle {args.model_dir} version {bundle.model_version}: "
                 f"validation AUC {metrics['val_auc']:.4f}, accuracy {metrics['val_accuracy']:.4f}"
@@ -267,6 +289,10 @@ def main(argv: list[str] | None = None) -> int:
         start, end = validate_date(args.start, "--start"), validate_date(args.end, "--end")
         return run_backfill(args.config, _overrides(args), beam_flags, start, end, **lease_and_wait)
     except ConfigError as e:
+        if args.command in ("score", "backfill") and not getattr(e, "signalled", False):
+            from pipeline.signals import signal_startup_failure
+
+            signal_startup_failure(_overrides(args), args.command, f"config error: {e}", EXIT_USAGE)
         print(f"sentiment-score: config error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except Terminated as e:  # outside the pipeline: the launcher has given the leases back already

@@ -76,6 +76,15 @@ class ScoreConfig:
     catalog: dict[str, Any] | None = None
     # Options for Beam's PipelineOptions, e.g. runner, direct_num_workers, project, temp_location.
     beam: dict[str, Any] = field(default_factory=lambda: {"runner": "DirectRunner"})
+    # What a run tells the systems that watch it (pipeline/signals.py), written at the end of every run, failed
+    # or not: a Prometheus textfile (*.prom, for node_exporter's textfile collector) and/or a Pushgateway URL, and
+    # OpenLineage events to a file (JSON lines) and/or over HTTP (lineage: url, endpoint, api_key, timeout,
+    # namespace, job_name). lineage_parent: NAMESPACE/JOB/RUN_ID of a scheduler's task run (Airflow's macro).
+    metrics_file: str | None = None
+    pushgateway: str | None = None
+    lineage_file: str | None = None
+    lineage_parent: str | None = None
+    lineage: dict[str, Any] = field(default_factory=dict)
 
     def beam_flags(self) -> list[str]:
         flags = []

@@ -154,12 +154,16 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig, plan: RunPlan) 
     ) | "CollectFailures" >> beam.Flatten()
     shards, day = plan.publisher.shard_schemas(schema), plan.publisher.partition_column
     score_shards = inferred.scores | "WriteScores" >> beam.ParDo(
-        WriteParquetShards("scores", plan.staging_root, shards["scores"], plan.run_id, partition_column=day)
+        WriteParquetShards(
+            "scores", plan.staging_root, shards["scores"], plan.run_id, partition_column=day, output_root=plan.output
+        )
     )
     if os.environ.get(TEST_STOP_ENV) == TEST_STOP_AFTER_SCORE_SHARD:
         score_shards = score_shards | "TestStopAfterScoreShard" >> beam.Map(_stop_this_process_once)
     reject_shards = rejects | "WriteRejects" >> beam.ParDo(
-        WriteParquetShards("rejects", plan.staging_root, shards["rejects"], plan.run_id, partition_column=day)
+        WriteParquetShards(
+            "rejects", plan.staging_root, shards["rejects"], plan.run_id, partition_column=day, output_root=plan.output
+        )
     )
     committed = {
         "scores": score_shards,

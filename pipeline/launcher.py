@@ -24,6 +24,7 @@ from pipeline.config import LOCAL_RUNNERS, ConfigError, ScoreConfig, load_config
 from pipeline.graph import build_pipeline
 from pipeline.outputs import PARQUET, publisher_for
 from pipeline.plan import OutputError, RunPlan, days_between, plan_run
+from pipeline.signals import RunSignals
 from pipeline.storage import basename, delete_tree, is_remote, join, list_paths, read_json
 from transforms.beam_compat import add_pipeline_option_flags, runner_job_id
 from transforms.io import staging_dir
@@ -243,6 +244,34 @@ def execute(
     a day that fails is reported and the others are published. With wait=False the pipeline is submitted as one
     job and publishes by itself; `sentiment-score verify` tells when it is done.
     """
+    # --- run signals (pipeline/signals.py): metrics file and lineage events at the end of every run ---
+    signals = RunSignals(config, "backfill" if backfill else "score", dates)
+    code = EXIT_FAILED
+    try:
+        code = _execute(config, dates, beam_flags, backfill, test_pipeline, take_over_lease, wait, signals)
+        return code
+    except ConfigError as e:
+        code = EXIT_USAGE
+        signals.fail(f"config error: {e}")
+        e.signalled = True  # the CLI reports it; the signals are written already
+        raise
+    except BaseException as e:  # SIGTERM, Ctrl-C or a bug: the run failed, and says so
+        signals.fail(f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        signals.end(code)
+
+
+def _execute(
+    config: ScoreConfig,
+    dates: list[str] | None,
+    beam_flags: list[str],
+    backfill: bool,
+    test_pipeline: beam.Pipeline | None,
+    take_over_lease: bool,
+    wait: bool,
+    signals: RunSignals,
+) -> int:
     options = pipeline_options(config, beam_flags)
     # Start-up checks list and read files before the pipeline exists: give FileSystems the run's options
     # (credentials, endpoints, project) the way Beam gives them to its workers.
@@ -250,7 +279,9 @@ def execute(
     try:
         plan = plan_run(config, dates, backfill)
     except (BundleError, InputError, OutputError) as e:
+        signals.fail(str(e))
         return _fatal(str(e))
+    signals.start(plan)  # run signals: START
     for day, why in plan.skipped.items():
         _LOG.warning("skipping dt=%s: %s", day, why)
     for day, why in plan.failed.items():
@@ -258,7 +289,7 @@ def execute(
     if not plan.partitions:
         remove_staging(plan.staging_root)  # the start-up probe made it
         if plan.failed:
-            return _report(plan, [], time.time())
+            return _report(plan, [], time.time(), signals)
         print(f"nothing to score: every day was skipped ({len(plan.skipped)})")
         return EXIT_OK
 
@@ -275,18 +306,20 @@ def execute(
     except lease.LeaseHeld as e:
         _release(plan, taken)
         remove_staging(plan.staging_root)
+        signals.fail(str(e))
         print(f"sentiment-score: error: {e}", file=sys.stderr)
         return EXIT_LEASE_HELD
     except lease.LeaseError as e:
         _release(plan, taken)
         remove_staging(plan.staging_root)
+        signals.fail(str(e))
         return _fatal(str(e))
     except BaseException:  # SIGTERM or Ctrl-C while taking them
         _release(plan, taken)
         raise
     plan = dataclasses.replace(plan, leases=generations)
     try:
-        return _launch(config, plan, options, test_pipeline, backfill, wait)
+        return _launch(config, plan, options, test_pipeline, backfill, wait, signals)
     except BaseException as stopped:  # SIGTERM (a scheduler's timeout) or Ctrl-C: give the partitions back
         left = getattr(stopped, "job_left_running", None)
         if left:  # the job may still publish: its leases and staging are its own
@@ -297,7 +330,9 @@ def execute(
         raise
 
 
-def _launch(config: ScoreConfig, plan: RunPlan, options: PipelineOptions, test_pipeline, backfill: bool, wait: bool):
+def _launch(
+    config: ScoreConfig, plan: RunPlan, options: PipelineOptions, test_pipeline, backfill: bool, wait: bool, signals
+):
     """With the partitions' leases held: clean dead staging, then submit, or run chunk by chunk and report."""
     _clean_dead_staging(plan, plan.partitions)
 
@@ -320,11 +355,17 @@ def _launch(config: ScoreConfig, plan: RunPlan, options: PipelineOptions, test_p
         )
         return EXIT_OK
 
-    return _run_chunks(config, plan, options, test_pipeline, backfill, started)
+    return _run_chunks(config, plan, options, test_pipeline, backfill, started, signals)
 
 
 def _run_chunks(
-    config: ScoreConfig, plan: RunPlan, options: PipelineOptions, test_pipeline, backfill: bool, started: float
+    config: ScoreConfig,
+    plan: RunPlan,
+    options: PipelineOptions,
+    test_pipeline,
+    backfill: bool,
+    started: float,
+    signals: RunSignals,
 ) -> int:
     """Runs the plan's partitions chunk by chunk (one chunk unless backfilling), then reports and returns the code."""
     size = config.backfill_chunk_days if backfill else max(len(plan.partitions), 1)
@@ -349,10 +390,10 @@ def _run_chunks(
             _print_result(plan, result)
         results += chunk_results
     remove_staging(plan.staging_root)
-    return _report(plan, results, started)
+    return _report(plan, results, started, signals)
 
 
-def _report(plan: RunPlan, results: list[dict], started: float) -> int:
+def _report(plan: RunPlan, results: list[dict], started: float, signals: RunSignals) -> int:
     """Prints the run's outcome and writes its run summary; returns the exit code. Partitions refused at start-up
     are reported with those that failed while the pipeline ran."""
     control = control_root(plan.staging_root)
@@ -362,6 +403,7 @@ def _report(plan: RunPlan, results: list[dict], started: float) -> int:
         for p, why in plan.failed.items()
     ]
     results = sorted(results + refused, key=lambda r: r["partition"])
+    signals.record(results)  # run signals: every partition's result
     published = [r for r in results if r["status"] == "published"]
     failed = [r for r in results if r["status"] != "published"]
     if len(results) > 1 or failed or _read_run_summary(plan) is None:

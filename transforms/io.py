@@ -287,6 +287,7 @@ class ReadParquetBatches(beam.DoFn):
                 except Exception as e:
                     reason = " ".join(str(e).split())[:200]
                     raise InputError(f"{task.path}: cannot open for reading: {reason}") from None
+                report_source(task.path)
             read = 0
             for batch in self._batches(parquet, task.path, group):
                 n = batch.num_rows
@@ -347,6 +348,17 @@ class ReadTables(beam.PTransform):
         return {"tables": tables.tables, FAILURES: tables[FAILURES]}
 
 
+def report_source(path: str) -> None:
+    """Reports a file read as a Beam Lineage source, as Beam's own file sources do, so a runner's lineage view
+    (Dataflow's, or a metrics query) shows it; a filesystem that reports no lineage makes it a no-op."""
+    FileSystems.report_source_lineage(path)
+
+
+def report_sink(path: str) -> None:
+    """Reports a file written as a Beam Lineage sink, as Beam's FileBasedSink does for each file it finalizes."""
+    FileSystems.report_sink_lineage(path)
+
+
 def partition_path(root: str, partition: str) -> str:
     return FileSystems.join(root, f"dt={partition}") if partition else root
 
@@ -387,10 +399,12 @@ class WriteParquetShards(beam.DoFn):
         run_id: str = "",
         row_group_rows: int = 65536,
         partition_column: str | None = None,
+        output_root: str | None = None,
     ):
         self._kind = kind
         self._prefix = f"{kind}-{run_id}-" if run_id else f"{kind}-"
         self._root = staging_root
+        self._output_root = output_root  # where the commit step publishes the shards: the Beam Lineage sink
         self._schema = schema
         self._row_group_rows = row_group_rows
         # A table format that places files by their values (Iceberg's identity partition) needs the day in a column.
@@ -439,5 +453,9 @@ class WriteParquetShards(beam.DoFn):
             state["writer"].close()
             state["handle"].close()
             shard = {"kind": self._kind, "path": state["path"], "rows": state["rows"]}
+            if self._output_root is not None:  # the name the shard is published under (same file name)
+                name = state["path"].rstrip("/").rsplit("/", 1)[-1]
+                folder = partition_path(self._output_root, partition)
+                report_sink(FileSystems.join(folder, "_rejects" if self._kind == "rejects" else "", name))
             yield WindowedValue((partition, shard), GlobalWindow().max_timestamp(), [GlobalWindow()])
         self._open = {}

@@ -1,4 +1,4 @@
-"""Airflow DAG review_sentiment_daily: after day D has ended, score dt=D, then wait until that partition verifies."""
+"""Airflow DAG review_sentiment_daily: after day D has ended and its input has landed, score dt=D, then verify it."""
 
 from __future__ import annotations
 
@@ -22,6 +22,15 @@ try:  # Airflow 3, and Airflow 2 with apache-airflow-providers-standard
 except ImportError:  # Airflow 2.6+ (retry_exit_code, a list for skip_on_exit_code)
     from airflow.operators.bash import BashOperator
     from airflow.sensors.bash import BashSensor
+try:  # Airflow 3
+    from airflow.sdk.exceptions import AirflowException, AirflowFailException
+except ImportError:  # Airflow 2
+    from airflow.exceptions import AirflowException, AirflowFailException
+try:  # apache-airflow-providers-openlineage: the job's lineage events hang under this task's run
+    from airflow.providers.openlineage.conf import is_disabled as _openlineage_disabled
+    from airflow.providers.openlineage.plugins.macros import lineage_parent_id
+except ImportError:  # no OpenLineage provider: the job's events stand alone
+    lineage_parent_id = None
 
 # Read from the worker's environment when the file is parsed, so one DAG file runs Dataflow in production and
 # DirectRunner in tests. SENTIMENT_HOME is the checkout the commands run in (relative config paths, and relative
@@ -46,6 +55,9 @@ SCORE_DATE = "{{ data_interval_start | ds }}"
 # tasks still has time left (a timed-out DAG run would stop the task mid-way, without its own timeout handling).
 # Also shorter than the partition lease's expiry (the config's lease_expiry_hours, 6 h by default): a scoring
 # process this DAG runs never outlives its lease, so no other run can take the partition from under it.
+INPUT_TIMEOUT = timedelta(hours=6)
+INPUT_POKE_INTERVAL = timedelta(minutes=10)
+INPUT_POKE_TIMEOUT = timedelta(minutes=10)
 SCORE_TIMEOUT = timedelta(hours=3)
 RETRIES = 2
 RETRY_DELAY = timedelta(minutes=10)
@@ -54,16 +66,48 @@ VERIFY_POKE_INTERVAL = timedelta(minutes=5)
 VERIFY_POKE_TIMEOUT = timedelta(minutes=10)
 SCHEDULING_SLACK = timedelta(minutes=30)
 DAGRUN_TIMEOUT = (
-    SCORE_TIMEOUT * (RETRIES + 1) + RETRY_DELAY * RETRIES + VERIFY_TIMEOUT + VERIFY_POKE_TIMEOUT + SCHEDULING_SLACK
+    INPUT_TIMEOUT
+    + INPUT_POKE_TIMEOUT
+    + SCORE_TIMEOUT * (RETRIES + 1)
+    + RETRY_DELAY * RETRIES
+    + VERIFY_TIMEOUT
+    + VERIFY_POKE_TIMEOUT
+    + SCHEDULING_SLACK
 )
 
 # sentiment-score's exit code when another live run holds the partition's lease (nothing was started).
 EXIT_LEASE_HELD = 3
+# sentiment-score's exit code for bad usage or config: a retry would fail the same way, so there is none.
+EXIT_USAGE = 2
+# pipeline.input_ready's exit code while the day's input has not landed.
+EXIT_WAITING = 1
 # sentiment-score verify's exit code when the partition is not (yet) complete.
 EXIT_INCOMPLETE = 1
 
 _PYTHON = shlex.quote(SENTIMENT_PYTHON)
 _CONFIG = shlex.quote(SENTIMENT_CONFIG)
+# With the OpenLineage provider enabled, the job's START/COMPLETE/FAIL events name this task's run as their parent
+# (the provider's lineage_parent_id macro renders NAMESPACE/DAG_ID.TASK_ID/RUN_UUID).
+LINEAGE_PARENT = (
+    ' --lineage-parent "{{ lineage_parent_id(task_instance) }}"'
+    if lineage_parent_id is not None and not _openlineage_disabled()
+    else ""
+)
+
+
+class ScoreOperator(BashOperator):
+    """A BashOperator that fails for good, without its retries, when the job exits 2 (bad usage or config)."""
+
+    def execute(self, context):
+        try:
+            return super().execute(context)
+        except AirflowFailException:
+            raise
+        except AirflowException as e:  # BashOperator's "... returned a non-zero exit code N."
+            if str(e).rstrip(".").endswith(f"exit code {EXIT_USAGE}"):
+                raise AirflowFailException(f"{e} Bad usage or config: not retried.") from e
+            raise
+
 
 with DAG(
     dag_id="review_sentiment_daily",
@@ -79,17 +123,35 @@ with DAG(
     dagrun_timeout=DAGRUN_TIMEOUT,
     default_args={"owner": "data-science", "retries": RETRIES, "retry_delay": RETRY_DELAY},
     tags=["sentiment", "beam"],
+    user_defined_macros={"lineage_parent_id": lineage_parent_id} if LINEAGE_PARENT else None,
 ) as dag:
+    # The day's input has landed: its dt=D folder holds _SUCCESS or a first Parquet file. Checked with the project's
+    # own config loader and filesystems (gs://, s3:// too); exit 1 (not yet) checks again, in reschedule mode so
+    # no worker slot is held while waiting, until INPUT_TIMEOUT; exit 2 (config) fails at once.
+    wait_for_input = BashSensor(
+        task_id="wait_for_input",
+        bash_command=(
+            f"cd {shlex.quote(SENTIMENT_HOME)} && "
+            f"exec {_PYTHON} -m pipeline.input_ready --config {_CONFIG} --date {SCORE_DATE}"
+        ),
+        retry_exit_code=EXIT_WAITING,
+        mode="reschedule",
+        poke_interval=INPUT_POKE_INTERVAL.total_seconds(),
+        timeout=INPUT_TIMEOUT.total_seconds(),
+        execution_timeout=INPUT_POKE_TIMEOUT,
+        retries=0,
+    )
     # Scoring fails the task when the command fails (exit 1 run failed, 2 usage/config), and a retry repeats it.
     # With --no-wait, Dataflow (or any remote runner) exits once the job is submitted and the job publishes the
     # partition itself; DirectRunner runs to completion here. A retry while an earlier attempt's job (or any
     # other run of this date) still holds the partition's lease exits 3 without starting anything: the task
     # is then skipped, and verify waits for that run's partition instead of a second job being started.
-    score = BashOperator(
+    # Exit 2 (bad usage or config) fails the task without retries: ScoreOperator.
+    score = ScoreOperator(
         task_id="score_reviews",
         bash_command=(
             f"exec {_PYTHON} -m pipeline score --config {_CONFIG} --date {SCORE_DATE} "
-            f"{shlex.quote('--runner=' + SENTIMENT_RUNNER)} --no-wait"
+            f"{shlex.quote('--runner=' + SENTIMENT_RUNNER)} --no-wait{LINEAGE_PARENT}"
         ),
         cwd=SENTIMENT_HOME,
         skip_on_exit_code=[EXIT_LEASE_HELD],
@@ -97,17 +159,15 @@ with DAG(
         # (its lease is not released, it lapses at its expiry, so the retry is skipped and verify decides).
         execution_timeout=SCORE_TIMEOUT,
     )
-    # Done means published: `verify` checks every file the partition's _SUCCESS manifest lists, with its rows.
-    # verify takes the output root, not a config: it is read from the config with the project's own loader (a
-    # config that does not load is exit 2). Exit 1 (not complete yet) checks again until VERIFY_TIMEOUT; any
+    # Done means published: `verify --config` reads the output, its format and catalog from the same config the
+    # job ran with, and checks the day (a Parquet partition's _SUCCESS manifest, or the Iceberg tables' snapshots).
+    # A config that does not load is exit 2. Exit 1 (not complete yet) checks again until VERIFY_TIMEOUT; any
     # other failure fails at once.
     verify = BashSensor(
         task_id="verify_partition",
         bash_command=(
             f"cd {shlex.quote(SENTIMENT_HOME)} && "
-            f"output=$({_PYTHON} -c 'import sys; from pipeline.config import load_config; "
-            f"print(load_config(sys.argv[1]).output)' {_CONFIG}) || exit 2; "
-            f'exec {_PYTHON} -m pipeline verify --output "$output" --date {SCORE_DATE}'
+            f"exec {_PYTHON} -m pipeline verify --config {_CONFIG} --date {SCORE_DATE}"
         ),
         retry_exit_code=EXIT_INCOMPLETE,
         mode="reschedule",
@@ -120,4 +180,4 @@ with DAG(
         # Runs after score succeeded, or was skipped because another live run holds the partition.
         trigger_rule="none_failed",
     )
-    score >> verify
+    wait_for_input >> score >> verify

@@ -71,6 +71,8 @@ def dag_facts(dag_file: str) -> dict:
             "trigger_rule": str(getattr(task.trigger_rule, "value", task.trigger_rule)),
             "upstream": sorted(task.upstream_task_ids),
             "skip_on_exit_code": sorted(getattr(task, "skip_on_exit_code", None) or []),
+            "mode": getattr(task, "mode", None),
+            "retry_exit_code": getattr(task, "retry_exit_code", None),
         }
     return {
         "timetable": type(dag.timetable).__name__,

@@ -32,13 +32,15 @@ DAG_ID = "review_sentiment_daily"
 # Airflow's own virtualenv, cached at the repo root (gitignored) and rebuilt when the pins or Python change. Never
 # the project's .venv: Airflow's pins clash with Beam's.
 AIRFLOW_VENV = REPO / ".venv-airflow"
-AIRFLOW_REQUIREMENT = "apache-airflow>=3,<4"
+# Airflow, and its OpenLineage provider (the DAG passes the job its task run's id with the provider's macro).
+AIRFLOW_REQUIREMENTS = ("apache-airflow>=3,<4", "apache-airflow-providers-openlineage>=2.20,<3")
 # The DAG's first scheduled day; the test's day is drawn from the three years after it.
 DAG_START = date(2026, 11, 1)
 
 # A cluster policy (Airflow's own hook for changing tasks as DAG files are parsed) that keeps every retry of the
 # real DAG but waits 1 s instead of minutes between attempts, so the failing run goes through all its tries here.
 FAST_RETRIES_POLICY = '''"""Test-only cluster policy: the DAG's retries, without the minutes of waiting between them."""
+import os
 from datetime import timedelta
 
 
@@ -46,13 +48,15 @@ def task_policy(task):
     task.retry_delay = timedelta(seconds=1)
     if hasattr(task, "poke_interval"):
         task.poke_interval = 1
+    if hasattr(task, "poke") and os.environ.get("TEST_SENSOR_TIMEOUT"):
+        task.timeout = float(os.environ["TEST_SENSOR_TIMEOUT"])
 '''
 
 
 def _venv_key() -> str:
     """What the cached venv was built from: the pins, the requirement and the interpreter."""
     digest = hashlib.sha256(CONSTRAINTS.read_bytes())
-    digest.update(f"{AIRFLOW_REQUIREMENT}\n{sys.version}\n{sys.base_prefix}".encode())
+    digest.update(f"{AIRFLOW_REQUIREMENTS}\n{sys.version}\n{sys.base_prefix}".encode())
     return digest.hexdigest()
 
 
@@ -78,7 +82,7 @@ def _install_airflow() -> None:
     python = AIRFLOW_VENV / "bin" / "python"
     started = time.monotonic()
     pip = subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", "-c", str(CONSTRAINTS), AIRFLOW_REQUIREMENT],
+        [str(python), "-m", "pip", "install", "--quiet", "-c", str(CONSTRAINTS), *AIRFLOW_REQUIREMENTS],
         capture_output=True,
         text=True,
         timeout=1800,
@@ -87,7 +91,7 @@ def _install_airflow() -> None:
         reachable, answer = _index_reachable(python)
         if not reachable:
             pytest.skip(f"Airflow cannot be installed: the package index is not reachable ({answer})")
-        pytest.fail(f"pip could not install {AIRFLOW_REQUIREMENT} with {CONSTRAINTS.name}:\n{pip.stderr[-3000:]}")
+        pytest.fail(f"pip could not install {AIRFLOW_REQUIREMENTS} with {CONSTRAINTS.name}:\n{pip.stderr[-3000:]}")
     (AIRFLOW_VENV / ".installed").write_text(f"{_venv_key()}\ninstalled in {time.monotonic() - started:.0f} s\n")
 
 
@@ -207,6 +211,7 @@ def test_the_run_due_after_a_day_publishes_exactly_that_day(
     # The same data interval as the scheduled run: the DAG renders the same date for both.
     assert run["data_interval"] == due["data_interval"]
     assert run["tasks"] == {
+        "wait_for_input": {"state": "success", "try_number": 1},
         "score_reviews": {"state": "success", "try_number": 1},
         "verify_partition": {"state": "success", "try_number": 1},
     }
@@ -236,6 +241,7 @@ def test_a_missing_bundle_fails_the_run_and_publishes_nothing(airflow_python, sa
     assert run["state"] == "failed"
     # Every attempt ran and failed (the policy only shortened the waits); verify never ran.
     assert run["tasks"] == {
+        "wait_for_input": {"state": "success", "try_number": 1},
         "score_reviews": {"state": "failed", "try_number": 3},
         "verify_partition": {"state": "upstream_failed", "try_number": 0},
     }
@@ -249,6 +255,7 @@ def test_a_missing_bundle_fails_the_run_and_publishes_nothing(airflow_python, sa
 # appended to $CALLS.
 LEASE_HELD_PYTHON = """#!/usr/bin/env bash
 if [ "$1" = -c ]; then echo /srv/scores; exit 0; fi
+if [ "$2" = pipeline.input_ready ]; then echo "ready: dt=$6/part-0.parquet"; exit 0; fi  # the input is there
 echo "$*" >> "$CALLS"
 case "$3" in
   score) echo "sentiment-score: error: dt=$7 is leased by run 20261201T000000Z-holder; not starting" >&2; exit 3 ;;
@@ -287,10 +294,12 @@ def test_a_held_lease_skips_scoring_and_waits_for_the_holder(airflow_python, sco
 def timeout_budget(tasks: dict) -> float:
     """Seconds the score -> verify chain may take at most: every try to its timeout, the retry delays between,
     and verify's whole wait plus its last check."""
-    score, verify = tasks["score_reviews"], tasks["verify_partition"]
+    wait, score, verify = tasks["wait_for_input"], tasks["score_reviews"], tasks["verify_partition"]
     tries = score["retries"] + 1
     return (
-        score["execution_timeout"] * tries
+        wait["sensor_timeout"] * (wait["retries"] + 1)
+        + wait["execution_timeout"]
+        + score["execution_timeout"] * tries
         + score["retry_delay"] * score["retries"]
         + verify["sensor_timeout"] * (verify["retries"] + 1)
         + verify["retry_delay"] * verify["retries"]
@@ -313,6 +322,16 @@ def test_defaults_run_dataflow_from_the_checkout_and_the_timeouts_add_up(airflow
         "--date {{ data_interval_start | ds }} --runner=DataflowRunner"
     )
     assert score["skip_on_exit_code"] == [3]
+    assert score["operator"] == "ScoreOperator"  # exit 2 (usage or config) fails without retries
+    assert score["bash_command"].endswith("--no-wait")  # no OpenLineage transport configured: no parent passed
+    wait = facts["tasks"]["wait_for_input"]
+    assert (wait["mode"], wait["retry_exit_code"], wait["retries"]) == ("reschedule", 1, 0)
+    assert 0 < wait["sensor_timeout"] <= 24 * 3600 and wait["execution_timeout"]
+    assert wait["bash_command"] == (
+        "cd /opt/sentiment && exec /opt/sentiment/.venv/bin/python -m pipeline.input_ready "
+        "--config /opt/sentiment/configs/dataflow.yaml --date {{ data_interval_start | ds }}"
+    )
+    assert score["upstream"] == ["wait_for_input"]
     assert (verify["upstream"], verify["trigger_rule"]) == (["score_reviews"], "none_failed")
     assert verify["bash_command"].endswith(
         'exec /opt/sentiment/.venv/bin/python -m pipeline verify --output "$output" '
@@ -339,3 +358,84 @@ def test_a_relative_config_is_relative_to_the_home(airflow_python, tmp_path):
         "exec /usr/bin/python3 -m pipeline score --config /srv/sentiment/configs/flink.yaml "
         "--date {{ data_interval_start | ds }} --runner=FlinkRunner"
     )
+
+
+# Stand-in for SENTIMENT_PYTHON whose `score` exits 2 (bad usage or config), as a config the job cannot load does;
+# the input is there. Every call is appended to $CALLS.
+USAGE_ERROR_PYTHON = """#!/usr/bin/env bash
+echo "$*" >> "$CALLS"
+if [ "$2" = pipeline.input_ready ]; then echo "ready"; exit 0; fi
+echo "sentiment-score: config error: configs/x.yaml: unknown setting 'ouput'" >&2
+exit 2
+"""
+
+
+def _fake_python(tmp_path, script: str):
+    fake = tmp_path / "python"
+    fake.write_text(script)
+    fake.chmod(0o755)
+    return fake
+
+
+def test_a_config_error_fails_scoring_without_retries(airflow_python, scoring_day, tmp_path):
+    calls = tmp_path / "calls"
+    env = airflow_env(
+        tmp_path / "airflow",
+        tmp_path / "config.yaml",
+        fast_retries=True,
+        SENTIMENT_PYTHON=str(_fake_python(tmp_path, USAGE_ERROR_PYTHON)),
+    )
+    env["CALLS"] = str(calls)
+
+    result = dags_test(airflow_python, env, f"{scoring_day + timedelta(days=1)}T00:00:00+00:00")
+    assert result.returncode != 0
+    assert "unknown setting 'ouput'" in result.stdout + result.stderr
+
+    (run,) = probe(airflow_python, env, "runs")
+    assert run["state"] == "failed"
+    # One try, not three: its twin is test_a_missing_bundle_fails_the_run_and_publishes_nothing (exit 1, retried).
+    assert run["tasks"]["score_reviews"] == {"state": "failed", "try_number": 1}
+    assert [line.split()[1] for line in calls.read_text().splitlines()] == ["pipeline.input_ready", "pipeline"]
+
+
+def test_scoring_waits_for_the_days_input_and_gives_up_at_the_timeout(airflow_python, sample_days, tmp_path):
+    output = tmp_path / "scores"
+    config = write_config(tmp_path / "config.yaml", sample_days, tmp_path / "no-bundle-needed", output)
+    env = airflow_env(tmp_path / "airflow", config, fast_retries=True, TEST_SENSOR_TIMEOUT="3")
+    # A day long after the sample days: its dt= folder never appears.
+    result = dags_test(airflow_python, env, "2029-10-01T00:00:00+00:00")
+    assert result.returncode != 0
+    assert "waiting: no _SUCCESS or *.parquet in" in result.stdout + result.stderr
+
+    (run,) = probe(airflow_python, env, "runs")
+    assert run["state"] == "failed"
+    assert run["tasks"]["wait_for_input"]["state"] == "failed"
+    assert run["tasks"]["score_reviews"]["state"] == "upstream_failed"
+    assert partitions(output) == []
+
+
+def test_the_jobs_lineage_hangs_under_the_airflow_task_run(
+    airflow_python, sample_days, bundle_dir, scoring_day, tmp_path
+):
+    output = tmp_path / "scores"
+    config = write_config(tmp_path / "config.yaml", sample_days, bundle_dir, output)
+    job_events = tmp_path / "job-lineage.jsonl"
+    config.write_text(config.read_text() + f"lineage_file: {job_events}\n")
+    airflow_events = tmp_path / "airflow-lineage.jsonl"
+    transport = {"type": "file", "log_file_path": str(airflow_events), "append": True}
+    env = airflow_env(tmp_path / "airflow", config)
+    env["AIRFLOW__OPENLINEAGE__TRANSPORT"] = json.dumps(transport)
+    env["AIRFLOW__OPENLINEAGE__NAMESPACE"] = "airflow-test"
+
+    result = dags_test(airflow_python, env, f"{scoring_day + timedelta(days=1)}T00:00:00+00:00")
+    assert result.returncode == 0, f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+
+    def events(path):
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    task_runs = {e["run"]["runId"] for e in events(airflow_events) if e["job"]["name"] == f"{DAG_ID}.score_reviews"}
+    start = events(job_events)[0]
+    assert start["eventType"] == "START"
+    parent = start["run"]["facets"]["parent"]
+    assert (parent["job"]["namespace"], parent["job"]["name"]) == ("airflow-test", f"{DAG_ID}.score_reviews")
+    assert task_runs == {parent["run"]["runId"]}

@@ -94,3 +94,34 @@ def test_a_row_group_that_cannot_be_read_names_the_file(tmp_path):
     (task,) = plan_read_tasks([info])
     with pytest.raises(InputError, match=r"bad\.parquet: cannot read row group 0"):
         _read(ReadParquetBatches(SCHEMA), task)
+
+
+def _lineage_of_a_read_and_write(files, tmp_path, output_root):
+    """Runs ReadTables into WriteParquetShards on FnApiRunner; returns the Beam Lineage sources and sinks."""
+    import apache_beam as beam
+    from apache_beam.metrics.metric import Lineage
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    from transforms.io import ReadTables, WriteParquetShards
+
+    pipeline = beam.Pipeline(runner=FnApiRunner())
+    tables = (pipeline | "Read" >> ReadTables(plan_read_tasks(files, 1000), SCHEMA, 1000))["tables"]
+    writer = WriteParquetShards("scores", str(tmp_path / "staging"), SCHEMA, "r1", 1000, output_root)
+    _ = tables | "Write" >> beam.ParDo(writer)
+    result = pipeline.run()
+    result.wait_until_finish()
+    return Lineage.query(result.metrics(), Lineage.SOURCE), Lineage.query(result.metrics(), Lineage.SINK)
+
+
+@pytest.mark.slow
+def test_the_parquet_source_and_sink_report_beam_lineage(files, tmp_path):
+    sources, sinks = _lineage_of_a_read_and_write(files, tmp_path, str(tmp_path / "out"))
+    assert sources == {f"filesystem:localhost.{f.path}" for f in files}
+    (sink,) = sinks  # one shard of the one partition, named as it will be published
+    assert sink.startswith(f"filesystem:localhost.{tmp_path / 'out' / 'dt=2026-11-28'}/scores-r1-")
+
+
+@pytest.mark.slow
+def test_a_writer_told_no_output_reports_no_sink(files, tmp_path):
+    sources, sinks = _lineage_of_a_read_and_write(files, tmp_path, None)
+    assert sources and sinks == set()
