@@ -27,26 +27,10 @@ import pyarrow.parquet as pq
 from benchmarks.common import WORK
 from pipeline.iceberg import PARTITION_COLUMN, IcebergOutput
 from transforms.io import with_partition_day
+from transforms.schema import RunSchema
 
-SCORES = pa.schema(
-    [
-        ("review_id", pa.int64()),
-        ("customer_id", pa.int64()),
-        ("sentiment_score", pa.float32()),
-        ("model_version", pa.string()),
-    ]
-)
-REJECTS = pa.schema(
-    [
-        ("review_id", pa.int64()),
-        ("customer_id", pa.int64()),
-        ("reason", pa.string()),
-        ("detail", pa.string()),
-        ("review_text", pa.string()),
-        ("age", pa.float64()),
-        ("purchase_history", pa.float64()),
-    ]
-)
+# The job's own output schemas (integer ids, the default feature columns).
+SCORES, REJECTS = RunSchema().scores_schema(), RunSchema().rejects_schema()
 
 
 def _night(rows: int, rejects: int, seed: int) -> tuple[pa.Table, pa.Table]:

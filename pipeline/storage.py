@@ -132,18 +132,10 @@ def delete_tree(folder: str) -> None:
 def sync_to_disk(paths: list[str], folders: list[str]) -> None:
     """Flushes files and then their folders' entries to the disk (local only: an object store's PUT is durable
     when it returns), so a manifest written after this never lists a file that power loss could leave short."""
-    for path in paths:
+    for path in [*paths, *(f for f in folders if is_remote(f) or os.path.isdir(f))]:
         if is_remote(path):
             continue
         fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    for folder in folders:
-        if is_remote(folder) or not os.path.isdir(folder):
-            continue
-        fd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:

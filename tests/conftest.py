@@ -88,6 +88,22 @@ def retrained_bundle(bundle, directory) -> str:
     return save_bundle(str(directory), model, bundle.vocabulary, bundle.tokenizer, bundle.scaler).model_version
 
 
+def paths_config(paths: dict, bundle_dir, **extra):
+    """A run config over {"customers", "reviews", "output"} paths and a bundle, on FnApiRunner, with overrides."""
+    from pipeline.config import build_config
+
+    return build_config(
+        {
+            "customers": paths["customers"],
+            "reviews": paths["reviews"],
+            "model_dir": str(bundle_dir),
+            "output": paths["output"],
+            "beam": {"runner": "FnApiRunner"},
+            **extra,
+        }
+    )
+
+
 def sample_config(sample_dir, bundle_dir, output, **extra):
     """A run config over the sample data and bundle, on FnApiRunner (no Prism download), with overrides."""
     from pipeline.config import build_config

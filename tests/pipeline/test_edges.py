@@ -17,7 +17,7 @@ from pipeline.config import ConfigError, build_config, validate_date
 from pipeline.launcher import execute
 from pipeline.publish import check_partition, read_manifest
 from pipeline.sample_data import write_sample_data
-from tests.conftest import partition_summary, retrained_bundle
+from tests.conftest import partition_summary, paths_config, retrained_bundle
 from transforms.io import resolve_files
 
 DAYS = ["2026-02-27", "2026-02-28", "2026-03-01"]
@@ -39,16 +39,7 @@ def _copy(three_days, tmp_path) -> dict:
 
 
 def _config(paths: dict, bundle_dir, **extra):
-    return build_config(
-        {
-            "customers": paths["customers"],
-            "reviews": paths["reviews"],
-            "model_dir": str(bundle_dir),
-            "output": paths["output"],
-            "beam": {"runner": "FnApiRunner"},
-            **extra,
-        }
-    )
+    return paths_config(paths, bundle_dir, **extra)
 
 
 def _day_file(paths: dict, day: str) -> str:

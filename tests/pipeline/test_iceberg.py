@@ -20,26 +20,10 @@ from pipeline.iceberg import (
 )
 from tests.conftest import S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY, s3_client
 from transforms.io import with_partition_day
+from transforms.schema import RunSchema
 
-SCORES = pa.schema(
-    [
-        ("review_id", pa.int64()),
-        ("customer_id", pa.int64()),
-        ("sentiment_score", pa.float32()),
-        ("model_version", pa.string()),
-    ]
-)
-REJECTS = pa.schema(
-    [
-        ("review_id", pa.int64()),
-        ("customer_id", pa.int64()),
-        ("reason", pa.string()),
-        ("detail", pa.string()),
-        ("review_text", pa.string()),
-        ("age", pa.float64()),
-        ("purchase_history", pa.float64()),
-    ]
-)
+# The job's own output schemas (integer ids, the default feature columns).
+SCORES, REJECTS = RunSchema().scores_schema(), RunSchema().rejects_schema()
 DAYS = ["2026-03-01", "2026-03-02", "2026-03-03"]
 
 

@@ -19,7 +19,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import lease
-from pipeline.config import build_config
 from pipeline.launcher import execute
 from pipeline.publish import (
     STEPS,
@@ -30,7 +29,7 @@ from pipeline.publish import (
     read_manifest,
 )
 from pipeline.sample_data import write_sample_data
-from tests.conftest import corrupt_first_page_header, race_for_lease, run_bundle
+from tests.conftest import corrupt_first_page_header, paths_config, race_for_lease, run_bundle
 
 DATE = "2026-03-01"
 IDS = pa.schema([("review_id", pa.int64())])
@@ -208,17 +207,7 @@ def test_a_held_lease_names_its_run_and_start_and_lapses_at_expiry(tmp_path):
 
 
 def _config(paths: dict, bundle_dir, **extra):
-    return build_config(
-        {
-            "customers": paths["customers"],
-            "reviews": paths["reviews"],
-            "model_dir": str(bundle_dir),
-            "output": paths["output"],
-            "runtime": "litert",
-            "beam": {"runner": "FnApiRunner"},
-            **extra,
-        }
-    )
+    return paths_config(paths, bundle_dir, **{"runtime": "litert", **extra})
 
 
 def _recursive_read(root) -> pa.Table:
