@@ -280,7 +280,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.output is None and args.config is None:
                 parser.error("verify needs --output or a --config that names the output")
             config = load_config(args.config, {k: getattr(args, k) for k in ("output", "output_format")})
-            return run_verify(config.output, dates, beam_flags, config.output_format, config.catalog)
+            return run_verify(
+                config.output, dates, beam_flags, config.output_format, config.catalog, config.iceberg_tables
+            )
         lease_and_wait = {"take_over_lease": args.take_over_lease, "wait": not args.no_wait}
         if args.command == "score":
             if args.date is not None:

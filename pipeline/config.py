@@ -74,6 +74,10 @@ class ScoreConfig:
     # pyiceberg catalog properties for output_format iceberg, passed through (type sql/rest/glue/hive, uri,
     # warehouse, s3.* ...); when absent, a SQLite SQL catalog at OUTPUT/catalog.db with its warehouse OUTPUT/warehouse.
     catalog: dict[str, Any] | None = None
+    # The Iceberg tables' names, {scores: NAMESPACE.TABLE, rejects: NAMESPACE.TABLE}; created on first use.
+    iceberg_tables: dict[str, Any] = field(
+        default_factory=lambda: {"scores": "sentiment.review_scores", "rejects": "sentiment.review_rejects"}
+    )
     # Options for Beam's PipelineOptions, e.g. runner, direct_num_workers, project, temp_location.
     beam: dict[str, Any] = field(default_factory=lambda: {"runner": "DirectRunner"})
     # What a run tells the systems that watch it (pipeline/signals.py), written at the end of every run, failed
@@ -184,6 +188,11 @@ def build_config(data: dict, source: str = "config") -> ScoreConfig:
         )
     if config.catalog is not None and config.output_format != ICEBERG:
         raise ConfigError(f"{source}: setting 'catalog' is for output_format iceberg, not {config.output_format}")
+    tables = config.iceberg_tables
+    if sorted(tables) != ["rejects", "scores"] or not all(isinstance(v, str) and "." in v for v in tables.values()):
+        raise ConfigError(
+            f"{source}: setting 'iceberg_tables' must map scores and rejects to NAMESPACE.TABLE names, got {tables!r}"
+        )
     if config.broadcast_limit_mb < 0:
         raise ConfigError(f"{source}: setting 'broadcast_limit_mb' must be 0 or more, got {config.broadcast_limit_mb}")
     if config.psi_threshold <= 0:

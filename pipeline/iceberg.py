@@ -550,22 +550,23 @@ class IcebergTables(Publisher):
 
     partition_column = PARTITION_COLUMN
 
-    def __init__(self, output: str, catalog: dict | None = None):
+    def __init__(self, output: str, catalog: dict | None = None, table_names: dict | None = None):
         self.output = output
         self._catalog = dict(catalog) if catalog else None
+        self._names = dict(table_names or DEFAULT_TABLES)
         self._tables: IcebergOutput | None = None
 
     def __getstate__(self):
-        return {"output": self.output, "_catalog": self._catalog, "_tables": None}
+        return {**self.__dict__, "_tables": None}
 
     @property
     def tables(self) -> IcebergOutput:
         if self._tables is None:
-            self._tables = IcebergOutput(self.output, self._catalog)
+            self._tables = IcebergOutput(self.output, self._catalog, self._names["scores"], self._names["rejects"])
         return self._tables
 
     def name(self, partition: str) -> str:
-        return f"{DEFAULT_TABLES['scores']} dt={partition}" if partition else DEFAULT_TABLES["scores"]
+        return f"{self._names['scores']} dt={partition}" if partition else self._names["scores"]
 
     def check_layout(self, dated: bool) -> None:
         if not dated:

@@ -470,11 +470,16 @@ def run_backfill(
 
 
 def run_verify(
-    output: str, dates: list[str] | None, beam_flags: list[str], output_format: str = PARQUET, catalog=None
+    output: str,
+    dates: list[str] | None,
+    beam_flags: list[str],
+    output_format: str = PARQUET,
+    catalog: dict | None = None,
+    tables: dict | None = None,
 ) -> int:
     """Checks published partitions: one line each; 0 when all are complete, else 1."""
     FileSystems.set_options(pipeline_options(ScoreConfig(beam={}), beam_flags))  # credentials, endpoints
-    publisher = publisher_for(output, output_format, catalog)
+    publisher = publisher_for(output, output_format, catalog, tables)
     partitions = dates if dates is not None else [""]
     incomplete = []
     for partition in partitions:

@@ -84,12 +84,14 @@ class Publisher(abc.ABC):
         return check.manifest.get("model_version") if check.complete else None
 
 
-def publisher_for(output: str, output_format: str = PARQUET, catalog: dict | None = None) -> Publisher:
-    """The publisher of an output root in a format (config `output_format`, `catalog`)."""
+def publisher_for(
+    output: str, output_format: str = PARQUET, catalog: dict | None = None, tables: dict | None = None
+) -> Publisher:
+    """The publisher of an output root in a format (config `output_format`, `catalog`, `iceberg_tables`)."""
     if output_format == ICEBERG:
         from pipeline.iceberg import IcebergTables
 
-        return IcebergTables(output, catalog)
+        return IcebergTables(output, catalog, tables)
     from pipeline.publish import ParquetFolders
 
     return ParquetFolders(output)

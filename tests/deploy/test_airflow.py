@@ -254,7 +254,6 @@ def test_a_missing_bundle_fails_the_run_and_publishes_nothing(airflow_python, sa
 # publishes in the meantime; `-c` (the DAG reading the config's output root) prints one. Every `-m` call is
 # appended to $CALLS.
 LEASE_HELD_PYTHON = """#!/usr/bin/env bash
-if [ "$1" = -c ]; then echo /srv/scores; exit 0; fi
 if [ "$2" = pipeline.input_ready ]; then echo "ready: dt=$6/part-0.parquet"; exit 0; fi  # the input is there
 echo "$*" >> "$CALLS"
 case "$3" in
@@ -288,7 +287,7 @@ def test_a_held_lease_skips_scoring_and_waits_for_the_holder(airflow_python, sco
     # One score, never retried (a retry could have started a second job), then verify until complete.
     assert [line.split()[2] for line in lines] == ["score", "verify", "verify"]
     assert all(f"--date {day}" in line for line in lines)
-    assert all("--output /srv/scores" in line for line in lines[1:])
+    assert all(f"--config {tmp_path / 'config.yaml'}" in line for line in lines[1:])  # verify reads the job's config
 
 
 def timeout_budget(tasks: dict) -> float:
@@ -333,8 +332,8 @@ def test_defaults_run_dataflow_from_the_checkout_and_the_timeouts_add_up(airflow
     )
     assert score["upstream"] == ["wait_for_input"]
     assert (verify["upstream"], verify["trigger_rule"]) == (["score_reviews"], "none_failed")
-    assert verify["bash_command"].endswith(
-        'exec /opt/sentiment/.venv/bin/python -m pipeline verify --output "$output" '
+    assert verify["bash_command"].endswith(  # the job's own config: its output, format (Parquet, Iceberg), catalog
+        "exec /opt/sentiment/.venv/bin/python -m pipeline verify --config /opt/sentiment/configs/dataflow.yaml "
         "--date {{ data_interval_start | ds }}"
     )
 

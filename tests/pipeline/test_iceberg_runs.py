@@ -99,3 +99,20 @@ def test_iceberg_needs_a_date_and_a_catalog_for_an_object_store(sample_dir, bund
     remote = sample_config(sample_dir, bundle_dir, "s3://bucket/scores", output_format="iceberg", date=SAMPLE_DATE)
     with pytest.raises(ConfigError, match="setting 'catalog': output s3://bucket/scores: the embedded Iceberg catalog"):
         execute(remote, [SAMPLE_DATE], [])
+
+
+def test_the_table_names_come_from_the_config(sample_dir, bundle_dir, tmp_path):
+    from pyiceberg.exceptions import NoSuchTableError
+
+    tables = {"scores": "nightly.scores", "rejects": "nightly.rejects"}
+    output = tmp_path / "out"
+    config = sample_config(
+        sample_dir, bundle_dir, output, output_format="iceberg", iceberg_tables=tables, date=SAMPLE_DATE
+    )
+    assert execute(config, [SAMPLE_DATE], []) == 0
+    catalog = _catalog(output)
+    assert _day_rows(catalog.load_table("nightly.scores"), SAMPLE_DATE) > 0
+    with pytest.raises(NoSuchTableError):
+        catalog.load_table("sentiment.review_scores")
+    with pytest.raises(ConfigError, match="setting 'iceberg_tables' must map scores and rejects"):
+        sample_config(sample_dir, bundle_dir, output, output_format="iceberg", iceberg_tables={"scores": "x"})
