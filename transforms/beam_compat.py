@@ -6,7 +6,6 @@ import argparse
 import resource
 
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.ml.inference import base as inference_base
 from apache_beam.options.pipeline_options import PipelineOptions
 
 
@@ -50,5 +49,10 @@ def restore_inference_resource_module() -> None:
     """Beam 2.77 imports `resource` in the same try block as its ModelManager, which needs torch: without torch it
     sets `resource` to None, so RunInference loses its model-memory metric and logs a WARNING ("Resource module is
     not available for current platform") on every model load. This job has no torch; give Beam the module back."""
+    # Imported here, not at the top: Beam's inference module replaces multiprocessing.managers.AutoProxy when it is
+    # imported, and the I/O modules that import this one must not do that to every process (a spawn-context
+    # multiprocessing Manager then cannot pickle its proxies).
+    from apache_beam.ml.inference import base as inference_base
+
     if getattr(inference_base, "resource", resource) is None:
         inference_base.resource = resource
