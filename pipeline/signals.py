@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 import uuid
@@ -126,17 +125,11 @@ class RunSignals:
         """A published result with its partition's summary (reject reasons, drift), read back if not carried."""
         if result.get("status") != "published" or result.get("summary") or self.plan is None:
             return result
-        from apache_beam.io.filesystems import FileSystems
-
-        from pipeline.publish import SUMMARY_FILE
-        from transforms.io import partition_path
-
         try:
-            path = FileSystems.join(partition_path(self.plan.output, result["partition"]), SUMMARY_FILE)
-            with FileSystems.open(path) as f:
-                return {**result, "summary": json.loads(f.read().decode("utf-8"))}
+            summary = self.plan.publisher.published_summary(result["partition"])
         except Exception:  # the metrics then lack the reasons and PSI; rows come from the result itself
-            return result
+            summary = None
+        return {**result, "summary": summary} if summary else result
 
     def _write_metrics(self, outcome: RunOutcome) -> None:
         from pipeline import metrics

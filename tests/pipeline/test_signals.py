@@ -19,7 +19,7 @@ from pipeline.config import ConfigError, build_config
 from pipeline.lineage import check_lineage_block, lineage_run_id, parse_parent
 from pipeline.signals import RunOutcome, check_signals
 from pipeline.worker_site import sitecustomize
-from tests.conftest import SAMPLE_DATE, score_args
+from tests.conftest import SAMPLE_DATE, partition_summary, score_args
 
 # Lines a clean run printed before issue 20, each from a library; none may come back.
 NOISE = (
@@ -341,7 +341,7 @@ def test_a_clean_runs_lineage_holds_start_and_complete_with_inputs_and_outputs(c
     (output,) = complete["outputs"]
     assert output["name"] == str(root / "out" / f"dt={SAMPLE_DATE}")
     assert output["outputFacets"]["outputStatistics"]["rowCount"] > 0
-    summary = json.loads((root / "out" / f"dt={SAMPLE_DATE}" / "summary.json").read_text())
+    summary = partition_summary(root / "out" / f"dt={SAMPLE_DATE}")
     assert start["run"]["runId"] == lineage_run_id(summary["run_id"])
 
 

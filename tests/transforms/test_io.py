@@ -106,7 +106,7 @@ def _lineage_of_a_read_and_write(files, tmp_path, output_root):
 
     pipeline = beam.Pipeline(runner=FnApiRunner())
     tables = (pipeline | "Read" >> ReadTables(plan_read_tasks(files, 1000), SCHEMA, 1000))["tables"]
-    writer = WriteParquetShards("scores", str(tmp_path / "staging"), SCHEMA, "r1", 1000, output_root)
+    writer = WriteParquetShards("scores", str(tmp_path / "staging"), SCHEMA, "r1", 1000, output_root=output_root)
     _ = tables | "Write" >> beam.ParDo(writer)
     result = pipeline.run()
     result.wait_until_finish()
