@@ -388,9 +388,9 @@ def _publish_in_process(root, args, barrier, planned, committed, results, key):
 
     barrier.wait(timeout=60)
     try:
-        results[key] = ("ok", out.publish(*args, on_step=step)["scores"])
+        results.put((key, "ok", out.publish(*args, on_step=step)["scores"]))
     except Exception as e:  # reported to the test, which names it
-        results[key] = (type(e).__name__, str(e))
+        results.put((key, type(e).__name__, str(e)))
     finally:
         if planned is not None:
             planned.set()
@@ -400,7 +400,7 @@ def _publish_after_the_other_planned(root, args, barrier, planned, committed, re
     barrier.wait(timeout=60)
     planned.wait(timeout=60)
     try:
-        results["second"] = ("ok", IcebergOutput(root).publish(*args)["scores"])
+        results.put(("second", "ok", IcebergOutput(root).publish(*args)["scores"]))
     finally:
         committed.set()
 
@@ -408,27 +408,31 @@ def _publish_after_the_other_planned(root, args, barrier, planned, committed, re
 def _run_two(tmp_path, output, conflict: bool, second_day: str = DAYS[1], root: str | None = None) -> dict:
     ctx = multiprocessing.get_context("spawn")
     barrier, planned, committed = ctx.Barrier(2), ctx.Event(), ctx.Event()
-    with ctx.Manager() as manager:
-        results = manager.dict()
-        first = stage(tmp_path, DAYS[0], "run-first", 60, 2, write=write_local)
-        second = stage(tmp_path, second_day, "run-second", 70, 3, write=write_local)
-        root = root or output.output
-        if conflict:
-            a_args = (root, first, barrier, planned, committed, results, "first")
-            b = ctx.Process(
-                target=_publish_after_the_other_planned,
-                args=(root, second, barrier, planned, committed, results),
-            )
-        else:
-            a_args = (root, first, barrier, None, None, results, "first")
-            b = ctx.Process(target=_publish_in_process, args=(root, second, barrier, None, None, results, "second"))
-        a = ctx.Process(target=_publish_in_process, args=a_args)
-        a.start()
-        b.start()
+    results = ctx.Queue()  # (process, outcome, snapshot id or message)
+    first = stage(tmp_path, DAYS[0], "run-first", 60, 2, write=write_local)
+    second = stage(tmp_path, second_day, "run-second", 70, 3, write=write_local)
+    root = root or output.output
+    if conflict:
+        a_args = (root, first, barrier, planned, committed, results, "first")
+        b = ctx.Process(
+            target=_publish_after_the_other_planned, args=(root, second, barrier, planned, committed, results)
+        )
+    else:
+        a_args = (root, first, barrier, None, None, results, "first")
+        b = ctx.Process(target=_publish_in_process, args=(root, second, barrier, None, None, results, "second"))
+    a = ctx.Process(target=_publish_in_process, args=a_args)
+    a.start()
+    b.start()
+    outcomes = {}
+    try:
+        for _ in range(2):
+            key, *outcome = results.get(timeout=120)
+            outcomes[key] = tuple(outcome)
+    finally:
         for p in (a, b):
-            p.join(timeout=120)
-            assert p.exitcode == 0
-        return dict(results)
+            p.join(timeout=60)
+    assert a.exitcode == 0 and b.exitcode == 0
+    return outcomes
 
 
 @pytest.mark.slow
