@@ -5,10 +5,11 @@ Interface (what the commit step calls):
 - ``IcebergOutput(output, catalog=None, scores_table=..., rejects_table=...)``. ``catalog`` is a mapping of pyiceberg
   catalog properties, passed to ``pyiceberg.catalog.load_catalog`` unchanged (SQL on Postgres or SQLite, REST, Glue,
   Hive), except an optional ``name`` (default ``sentiment``): a SQL catalog keys its rows by it, so Spark's or
-  Trino's catalog over the same database must carry the same name. Without it, a local ``output`` gets the embedded default: a SQLite SQL catalog at exactly
-  ``OUTPUT/catalog.db`` with its warehouse at exactly ``OUTPUT/warehouse``. A non-local ``output`` (``s3://``,
-  ``gs://``) without ``catalog`` is refused: SQLite cannot live in an object store, and a catalog file on the
-  launcher's disk for a warehouse in a bucket would be a table nobody else can find.
+  Trino's catalog over the same database must carry the same name. Without ``catalog``, a local ``output`` gets the
+  embedded default: a SQLite SQL catalog at exactly ``OUTPUT/catalog.db`` with its warehouse at exactly
+  ``OUTPUT/warehouse``. A non-local ``output`` (``s3://``, ``gs://``) without ``catalog`` is refused: SQLite cannot
+  live in an object store, and a catalog file on the launcher's disk for a warehouse in a bucket would be a table
+  nobody else can find.
 - ``prepare({"scores": arrow_schema, "rejects": arrow_schema})``: creates the tables on first use (identity
   partition on ``dt``) or checks them; a schema that does not match fails naming the table and the column.
 - ``publish(partition, scores_files, rejects_files, properties, on_step=None)``: moves the staged shards into
