@@ -83,6 +83,10 @@ def test_defaults_without_a_file_are_the_documented_schema():
         ({"backfill_chunk_days": 0}, "setting 'backfill_chunk_days' must be at least 1"),
         ({"runtime": "onnx"}, "setting 'runtime' must be one of auto, litert, tensorflow, got 'onnx'"),
         ({"broadcast_limit_mb": -1}, "setting 'broadcast_limit_mb' must be 0 or more, got -1"),
+        ({"output_format": "delta"}, "setting 'output_format' must be one of parquet, iceberg, got 'delta'"),
+        ({"catalog": {"type": "sql"}}, "setting 'catalog' is for output_format iceberg, not parquet"),
+        ({"output_format": "iceberg", "catalog": "sqlite"}, "setting 'catalog' must be a mapping"),
+        ({"iceberg_tables": {"scores": "review_scores", "rejects": "r.j"}}, "setting 'iceberg_tables' must map"),
     ],
 )
 def test_invalid_settings_are_named(data, message):
@@ -142,6 +146,27 @@ def test_verify_usage_errors_exit_2_naming_the_flag(tmp_path, capsys, args, mess
     try:
         code = main(["verify", "--output", str(tmp_path), *args])
     except SystemExit as stop:  # argparse's usage errors exit; config errors return
+        code = stop.code
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--date", "2026-11-28"], "verify needs --output or a --config that names the output"),
+        (["--output", "o", "--output-format", "delta"], "argument --output-format: invalid choice: 'delta'"),
+        (["--config", "no-such.yaml"], "no-such.yaml: config file not found"),
+    ],
+)
+def test_verify_without_an_output_or_with_a_bad_format_or_config_exits_2(tmp_path, capsys, monkeypatch, args, message):
+    """The twins of verify's --output/--config/--output-format, from a folder without a default config."""
+    from pipeline.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    try:
+        code = main(["verify", *args])
+    except SystemExit as stop:
         code = stop.code
     assert code == 2
     assert message in capsys.readouterr().err
