@@ -194,15 +194,3 @@ def _gcs_create_if_absent(path: str, data: bytes) -> bool:  # pragma: no cover -
     except PreconditionFailed:
         return False
     return True
-
-
-def _overwrite(path: str, data: bytes) -> None:
-    """The holder rewrites its own lease (renew, release); nobody else writes this generation."""
-    if "://" not in path:
-        temp = f"{path}.tmp-{os.getpid()}"
-        with open(temp, "wb") as f:
-            f.write(data)
-        os.replace(temp, path)
-        return
-    with FileSystems.create(path) as f:
-        f.write(data)
