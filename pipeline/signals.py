@@ -7,6 +7,7 @@ import logging
 import time
 import uuid
 
+from pipeline import storage
 from pipeline.config import ConfigError, ScoreConfig
 
 _LOG = logging.getLogger("sentiment-score")
@@ -37,7 +38,7 @@ def check_signals(config: ScoreConfig) -> None:
     from pipeline.lineage import check_lineage_block, parse_parent
 
     if config.metrics_file is not None:
-        if "://" in config.metrics_file:
+        if storage.is_remote(config.metrics_file):
             raise ConfigError("setting 'metrics_file' must be a local path (node_exporter's textfile collector)")
         if not config.metrics_file.endswith(".prom"):
             raise ConfigError(
