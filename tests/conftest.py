@@ -156,6 +156,17 @@ def score_args(sample_dir, bundle_dir, output, *extra: str) -> list[str]:
     return args + (list(extra) or ["--runner=FnApiRunner"])
 
 
+def clean_processes():
+    """A multiprocessing context for tests that race real processes: children are forked from a fresh server process
+    with the job's modules preloaded, never from pytest's own process. Forking pytest after gRPC's, Arrow's or
+    TensorFlow's threads have started crashed a child now and then (SIGSEGV, seen in CI's lease race)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["tests.conftest", "pipeline.lease", "pipeline.commit"])
+    return context
+
+
 def race_for_lease(flags, control: str, partition: str, run_id: str, barrier, results) -> None:
     """One of two processes started together that try to take the same lease; reports whether it won."""
     import time

@@ -13,6 +13,7 @@ import pytest
 from pipeline import lease
 from pipeline.commit import CommitPartition
 from pipeline.publish import ParquetFolders, check_partition, publish_partition, read_manifest
+from tests.conftest import clean_processes
 from transforms.schema import RunSchema
 
 DATE = "2026-03-01"
@@ -166,8 +167,6 @@ def _commit_under_file_size_limit(tmp_path, records, limit: int, results) -> Non
 
 @pytest.mark.parametrize("limit", [1_000, 10**9], ids=["writes-fail", "twin-writes-fit"])
 def test_a_write_that_fails_while_publishing_refuses_the_partition_and_keeps_the_previous_one(tmp_path, limit):
-    import multiprocessing
-
     control, partition = str(tmp_path / "out.staging"), str(tmp_path / "out" / f"dt={DATE}")
     old = lease.acquire(control, DATE, "run-old", time.time(), 3600)
     old_shards = _stage(str(tmp_path / "staging-old"), "run-old", [1, 2, 3])
@@ -176,7 +175,7 @@ def test_a_write_that_fails_while_publishing_refuses_the_partition_and_keeps_the
     assert old.generation == 0
     lease.acquire(control, DATE, "run-a", time.time(), 3600)
     records = _records(tmp_path)  # run-a's shards are staged before the limit applies
-    context = multiprocessing.get_context("fork")
+    context = clean_processes()
     results = context.Queue()
     child = context.Process(target=_commit_under_file_size_limit, args=(tmp_path, records, limit, results))
     child.start()

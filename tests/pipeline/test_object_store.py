@@ -3,7 +3,6 @@
 import contextlib
 import io
 import json
-import multiprocessing
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -15,7 +14,7 @@ from pipeline import lease
 from pipeline.config import build_config
 from pipeline.launcher import execute
 from pipeline.publish import STEPS, check_partition, publish_partition, published_summary, read_manifest
-from tests.conftest import SAMPLE_DATE, race_for_lease
+from tests.conftest import SAMPLE_DATE, clean_processes, race_for_lease
 from tests.conftest import s3_client as _client
 
 # Every test here is slow (make test-fast skips them): a loopback S3 server (moto) and pipeline runs against it.
@@ -304,7 +303,7 @@ def test_s3_a_crash_at_any_publish_step_leaves_the_old_or_the_new_partition(s3, 
 
 def test_s3_two_processes_racing_for_a_lease_never_both_win(s3, s3_flags):
     control = f"s3://{BUCKET}/race.staging"
-    context = multiprocessing.get_context("fork")  # each child makes its own boto3 clients
+    context = clean_processes()  # each child makes its own boto3 clients
     results = context.Queue()
     rounds = 12
     for i in range(rounds):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import glob
 import json
-import multiprocessing
 import os
 import shutil
 import subprocess
@@ -29,7 +28,7 @@ from pipeline.publish import (
     read_manifest,
 )
 from pipeline.sample_data import write_sample_data
-from tests.conftest import corrupt_first_page_header, paths_config, race_for_lease, run_bundle
+from tests.conftest import clean_processes, corrupt_first_page_header, paths_config, race_for_lease, run_bundle
 
 DATE = "2026-03-01"
 IDS = pa.schema([("review_id", pa.int64())])
@@ -153,7 +152,7 @@ def test_check_partition_names_a_missing_a_short_and_a_resized_file(tmp_path):
 @pytest.mark.slow
 def test_two_processes_racing_for_a_lease_never_both_win(tmp_path):
     control = str(tmp_path / "out.staging")
-    context = multiprocessing.get_context("fork")
+    context = clean_processes()
     results = context.Queue()
     rounds = 40
     for i in range(rounds):
