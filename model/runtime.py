@@ -14,21 +14,29 @@ LITERT = "litert"
 TENSORFLOW = "tensorflow"
 AUTO = "auto"
 RUNTIMES = (LITERT, TENSORFLOW)
-# `runtime: auto` scores a pipeline planned with at least this many review rows on tensorflow, a smaller one on
-# litert. Measured on 2 cores (benchmarks/README.md, "The default runtime"): litert starts in 2.0 s and 0.38 GB on
-# the sample night against 3.8 s and 0.88 GB (no TensorFlow import, no Keras load, no XLA compilation), while an
-# XLA call costs 10 CPU-us a row against litert's 15, which wins from about 1M rows (a 10M-row backfill: 94 s vs 124 s).
-AUTO_TENSORFLOW_ROWS = 1_000_000
 
 
-def choose_runtime(setting: str, rows: int, local_processes: bool = False) -> str:
-    """The runtime a pipeline of `rows` review rows scores on: the setting, or for `auto` the faster one measured
-    at that size (tensorflow only where TensorFlow is installed). With several local worker processes sharing this
-    machine's cores (DirectRunner multi_processing) `auto` stays on litert: measured at 1M reviews, 61.6k rows/s in
-    1.38 GB for all processes, against 57-60k rows/s in 1.88-1.94 GB for tensorflow (one model shared)."""
+def choose_runtime(
+    setting: str, rows: int, local_processes: bool = False, tensorflow_from_rows: int | None = None
+) -> str:
+    """The runtime a pipeline of `rows` review rows scores on: the setting, or for `auto` litert, unless the
+    config's tensorflow_from_rows is set and the run is at least that large (and TensorFlow is installed, and no
+    local worker processes share the cores).
+
+    Which runtime is faster depends on the CPU, so the switch is the operator's, from their host's curve
+    (benchmarks/README.md, "The runtime curve"). On the AMD EPYC host of the latest measurement litert was faster at
+    every size from 250k to 5M review rows (1M: 11.98 vs 15.88 s; 5M: 40.0 vs 45.9 s), so by default `auto` never
+    switches. On the Intel Xeon host of an earlier one XLA won from about 1M rows (a 10M-row backfill 94 s vs 124 s):
+    there `tensorflow_from_rows: 1000000`. With several local worker processes (DirectRunner multi_processing)
+    `auto` stays on litert everywhere measured: at 1M, 61.6k rows/s in 1.38 GB against 57-60k in 1.88-1.94 GB."""
     if setting != AUTO:
         return setting
-    if rows >= AUTO_TENSORFLOW_ROWS and not local_processes and importlib.util.find_spec("tensorflow") is not None:
+    if (
+        tensorflow_from_rows is not None
+        and rows >= tensorflow_from_rows
+        and not local_processes
+        and importlib.util.find_spec("tensorflow") is not None
+    ):
         return TENSORFLOW
     return LITERT
 

@@ -61,7 +61,7 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--runtime",
         choices=(AUTO, *RUNTIMES),
-        help="the model runtime (default auto: litert below 1M review rows, tensorflow from there)",
+        help="the model runtime (default auto: litert, or tensorflow from the config's tensorflow_from_rows)",
     )
     parser.add_argument(
         "--max-reject-fraction",

@@ -41,10 +41,12 @@ class ScoreConfig:
     # Rows per model call; the compiled model is traced for powers of two up to this.
     inference_batch_size: int = 4096
     # The model runtime: litert (the bundle's LiteRT conversion, no TensorFlow in the scoring process), tensorflow
-    # (the Keras model as an XLA-compiled tf.function), or auto: litert for a pipeline of fewer review rows than
-    # model.runtime.AUTO_TENSORFLOW_ROWS (it starts fast and small), tensorflow from there (fewer CPU-s a row).
-    # litert calls have the bundle's batch size (4096).
+    # (the Keras model as an XLA-compiled tf.function), or auto: litert, or tensorflow for a pipeline of at least
+    # tensorflow_from_rows review rows. litert calls have the bundle's batch size (4096).
     runtime: str = AUTO
+    # Where `runtime: auto` switches to tensorflow, in review rows per pipeline; unset: never. Which runtime is
+    # faster depends on the CPU (model.runtime.choose_runtime): measure your host's curve (benchmarks/README.md).
+    tensorflow_from_rows: int | None = None
     # XLA-compile the model call (same scores within 1e-5, several times the throughput on CPU).
     jit_compile: bool = True
     # Background threads per worker for featurizing, and as many again for model calls: they work on earlier tables
@@ -179,6 +181,10 @@ def build_config(data: dict, source: str = "config") -> ScoreConfig:
     ):
         if getattr(config, key) < 1:
             raise ConfigError(f"{source}: setting {key!r} must be at least 1, got {getattr(config, key)}")
+    if config.tensorflow_from_rows is not None and config.tensorflow_from_rows < 1:
+        raise ConfigError(
+            f"{source}: setting 'tensorflow_from_rows' must be at least 1 or unset, got {config.tensorflow_from_rows}"
+        )
     if config.runtime not in (AUTO, *RUNTIMES):
         known = ", ".join((AUTO, *RUNTIMES))
         raise ConfigError(f"{source}: setting 'runtime' must be one of {known}, got {config.runtime!r}")

@@ -13,7 +13,6 @@ import pytest
 from model.bundle import LITERT_FILE, PARITY_FILE, BundleError, ModelBundle, check_bundle, read_bundle
 from model.runtime import (
     AUTO,
-    AUTO_TENSORFLOW_ROWS,
     PARITY_TOLERANCE,
     RUNTIMES,
     choose_runtime,
@@ -112,11 +111,17 @@ def test_the_launcher_check_and_the_litert_path_import_no_tensorflow(bundle_dir)
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO})
 
 
-def test_auto_scores_small_runs_on_litert_and_large_ones_on_tensorflow():
+BIG = 10_000_000
+
+
+def test_auto_scores_on_litert_at_every_size_unless_a_switch_is_set():
+    # The default follows this host's curve (benchmarks/README.md): litert was faster at every size measured.
     assert choose_runtime(AUTO, 1000) == "litert"
-    assert choose_runtime(AUTO, AUTO_TENSORFLOW_ROWS - 1) == "litert"
-    assert choose_runtime(AUTO, AUTO_TENSORFLOW_ROWS) == "tensorflow"
-    assert choose_runtime("litert", 10 * AUTO_TENSORFLOW_ROWS) == "litert"  # a set runtime is kept at any size
+    assert choose_runtime(AUTO, BIG) == "litert"
+    # The twin: with the operator's switch, the same sizes split at it.
+    assert choose_runtime(AUTO, 999_999, tensorflow_from_rows=1_000_000) == "litert"
+    assert choose_runtime(AUTO, 1_000_000, tensorflow_from_rows=1_000_000) == "tensorflow"
+    assert choose_runtime("litert", BIG, tensorflow_from_rows=1) == "litert"  # a set runtime is kept at any size
     assert choose_runtime("tensorflow", 1) == "tensorflow"
 
 
@@ -125,14 +130,14 @@ def test_auto_stays_on_litert_where_tensorflow_is_not_installed(monkeypatch):
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorflow" else real(name, *a))
-    assert choose_runtime(AUTO, 10 * AUTO_TENSORFLOW_ROWS) == "litert"
+    assert choose_runtime(AUTO, BIG, tensorflow_from_rows=1) == "litert"
 
 
 def test_auto_stays_on_litert_when_local_worker_processes_share_the_cores():
     # multi_processing on one machine: litert is faster and smaller there (benchmarks/README.md), even for big runs.
-    assert choose_runtime(AUTO, 10 * AUTO_TENSORFLOW_ROWS, local_processes=True) == "litert"
-    assert choose_runtime(AUTO, 10 * AUTO_TENSORFLOW_ROWS, local_processes=False) == "tensorflow"
-    assert choose_runtime("tensorflow", 10 * AUTO_TENSORFLOW_ROWS, local_processes=True) == "tensorflow"
+    assert choose_runtime(AUTO, BIG, local_processes=True, tensorflow_from_rows=1) == "litert"
+    assert choose_runtime(AUTO, BIG, local_processes=False, tensorflow_from_rows=1) == "tensorflow"
+    assert choose_runtime("tensorflow", BIG, local_processes=True) == "tensorflow"
 
 
 @pytest.mark.slow

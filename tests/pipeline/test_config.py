@@ -8,7 +8,6 @@ from types import SimpleNamespace
 import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from model.runtime import AUTO_TENSORFLOW_ROWS
 from pipeline.cli import MALLOC_ARENAS, _overrides, build_parser, limit_malloc_arenas
 from pipeline.config import ConfigError, build_config, load_config
 from pipeline.graph import model_handler, several_processes_per_machine, threads_per_process
@@ -82,6 +81,8 @@ def test_defaults_without_a_file_are_the_documented_schema():
         ({"lease_expiry_hours": 0}, "setting 'lease_expiry_hours' must be positive"),
         ({"backfill_chunk_days": 0}, "setting 'backfill_chunk_days' must be at least 1"),
         ({"runtime": "onnx"}, "setting 'runtime' must be one of auto, litert, tensorflow, got 'onnx'"),
+        ({"tensorflow_from_rows": 0}, "setting 'tensorflow_from_rows' must be at least 1 or unset, got 0"),
+        ({"tensorflow_from_rows": "1M"}, "setting 'tensorflow_from_rows' must be int"),
         ({"broadcast_limit_mb": -1}, "setting 'broadcast_limit_mb' must be 0 or more, got -1"),
         ({"output_format": "delta"}, "setting 'output_format' must be one of parquet, iceberg, got 'delta'"),
         ({"catalog": {"type": "sql"}}, "setting 'catalog' is for output_format iceberg, not parquet"),
@@ -225,13 +226,13 @@ BOTH = ["inference_batch_size 256", "jit_compile false"]
 @pytest.mark.parametrize(
     ("settings", "rows", "runtime", "warned"),
     [
-        ({"runtime": "auto", **IGNORED_ON_LITERT}, 60_000, "litert", BOTH),
+        ({"runtime": "auto", **IGNORED_ON_LITERT}, 10_000_000, "litert", BOTH),
         ({"runtime": "litert", **IGNORED_ON_LITERT}, 60_000, "litert", BOTH),
         ({"runtime": "litert", "inference_batch_size": 256}, 10, "litert", ["inference_batch_size 256"]),
         ({"runtime": "litert", "jit_compile": False}, 10, "litert", ["jit_compile false"]),
         # The twins: the same settings where the runtime uses them, and litert with its own batch size.
         ({"runtime": "tensorflow", **IGNORED_ON_LITERT}, 60_000, "tensorflow", []),
-        ({"runtime": "auto", **IGNORED_ON_LITERT}, AUTO_TENSORFLOW_ROWS, "tensorflow", []),
+        ({"runtime": "auto", "tensorflow_from_rows": 50_000, **IGNORED_ON_LITERT}, 60_000, "tensorflow", []),
         ({"runtime": "litert", "inference_batch_size": 4096, "jit_compile": True}, 60_000, "litert", []),
     ],
     ids=["auto-to-litert", "litert", "litert-batch", "litert-jit", "tensorflow", "auto-to-tensorflow", "litert-own"],
