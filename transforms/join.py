@@ -10,7 +10,7 @@ from transforms.broadcast_join import broadcast_join
 from transforms.customer_table import KEY, CustomerFacts, compact_customers, filter_needed
 from transforms.id_hashing import buckets_of, id_keys
 from transforms.join_plan import JoinPlan
-from transforms.row_keys import column_numpy, split_by
+from transforms.row_keys import column_numpy, sorted_unique, split_by
 from transforms.schema import Columns
 from transforms.shuffle_join import shuffle_join
 
@@ -45,14 +45,14 @@ class _KeySetFn(beam.CombineFn):
         column = ids[self._column]
         if column.null_count:
             column = column.filter(pc.is_valid(column))
-        keys.append(np.unique(id_keys(column)[0]))
+        keys.append(sorted_unique(id_keys(column)[0]))
         return self.compact(keys) if len(keys) > 64 else keys
 
     def merge_accumulators(self, accumulators):
         return self.compact([k for keys in accumulators for k in keys])
 
     def compact(self, keys):
-        return [np.unique(np.concatenate(keys))] if len(keys) > 1 else keys
+        return [sorted_unique(np.concatenate(keys))] if len(keys) > 1 else keys
 
     def extract_output(self, keys):
         return self.compact(keys)[0] if keys else np.zeros(0, dtype=np.int64)

@@ -75,7 +75,7 @@ def duplicate_row_keys(tables: Iterable[pa.Table], columns: Columns) -> np.ndarr
     ids = _column(table, columns.review_id)
     # Exact integer codes for string ids: one hash table per call (per partition and bucket), not per batch.
     codes = ids.to_numpy() if pa.types.is_integer(ids.type) else pc.dictionary_encode(ids).indices.to_numpy()
-    order = np.argsort(codes, kind="stable")
+    order = np.argsort(codes)  # any order within an id: the smallest row key of each is kept
     sorted_codes = codes[order]
     first = np.r_[True, sorted_codes[1:] != sorted_codes[:-1]]
     if first.all():

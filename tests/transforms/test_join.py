@@ -15,9 +15,11 @@ from transforms.customer_table import (
     KEY,
     CustomerTable,
     CustomerTableFn,
+    _slots,
     build_customer_table,
     compact_customers,
     filter_needed,
+    is_in_sorted,
 )
 from transforms.id_hashing import buckets_of, hash_strings, id_keys
 from transforms.io import inspect_file
@@ -30,7 +32,7 @@ from transforms.join_plan import (
     estimate_table_bytes,
     shuffle_buckets,
 )
-from transforms.row_keys import split_by
+from transforms.row_keys import sorted_unique, split_by
 from transforms.schema import FILE_INDEX, ROW_INDEX, Columns, InputError, RunSchema
 from transforms.shuffle_join import attach_answers, join_bucket, review_key_part, sorted_by_row
 
@@ -355,3 +357,42 @@ def test_the_broadcast_shards_arrive_as_pairs_and_a_shard_may_be_missing():
     found = join_customers(reviews, tables, COLUMNS)[HAS_CUSTOMER].to_numpy(zero_copy_only=False)
     keys = reviews["customer_id"].to_numpy()
     assert (found == (buckets_of(keys, 3) != 1)).all()  # the missing shard's customers are misses, the rest found
+
+
+@pytest.mark.parametrize(
+    "keys, members",
+    [
+        (np.arange(-50_000, 50_000, dtype=np.int64), np.arange(0, 200_000, 7, dtype=np.int64)),  # sequential ids
+        (  # 64-bit hashes, as string ids give: a set large enough for a 2^21-slot bitmap
+            np.random.default_rng(1).integers(-(2**63), 2**63 - 1, 300_000, dtype=np.int64),
+            np.random.default_rng(2).integers(-(2**63), 2**63 - 1, 200_000, dtype=np.int64),
+        ),
+        (np.array([-(2**63), 2**63 - 1, 0, -1], dtype=np.int64), np.array([-(2**63), -1, 5], dtype=np.int64)),
+        (np.arange(10, dtype=np.int64), np.zeros(0, dtype=np.int64)),
+        (np.zeros(0, dtype=np.int64), np.arange(10, dtype=np.int64)),
+    ],
+)
+def test_is_in_sorted_answers_like_np_isin(keys, members):
+    members = np.unique(members)
+    keys = np.concatenate([keys, members[::3]])  # some keys are members, in any order
+    np.random.default_rng(3).shuffle(keys)
+    assert np.array_equal(is_in_sorted(keys, members), np.isin(keys, members))
+
+
+def test_a_key_in_a_members_bitmap_slot_but_not_a_member_is_not_in():
+    """The bitmap only rules keys out: a key that hashes to a member's slot must still be searched for."""
+    members = np.array([12345], dtype=np.int64)
+    candidates = np.arange(0, 5_000_000, dtype=np.int64)
+    same_slot = candidates[_slots(candidates, 16) == _slots(members, 16)[0]]
+    same_slot = same_slot[same_slot != members[0]][:5]
+    assert len(same_slot) == 5  # the twin exists: these keys pass the bitmap
+    assert not is_in_sorted(same_slot, members).any()
+    assert is_in_sorted(np.concatenate([same_slot, members]), members).tolist() == [False] * 5 + [True]
+
+
+@pytest.mark.parametrize("values", [[], [7], [3, 1, 3, 2, 1], [2**63 - 1, -(2**63), 0, 2**63 - 1]])
+def test_sorted_unique_is_np_unique(values):
+    values = np.array(values, dtype=np.int64)
+    assert np.array_equal(sorted_unique(values), np.unique(values))
+    many = np.random.default_rng(4).integers(0, 1000, 50_000)
+    assert np.array_equal(sorted_unique(many), np.unique(many))
