@@ -230,20 +230,23 @@ def test_customers_no_review_asks_for_are_kept_as_keys_only(id_type):
     assert filtered.facts.unique == whole.num_rows  # the summary still counts every customer
     assert join_customers(reviews, filtered, COLUMNS).equals(join_customers(reviews, whole, COLUMNS))
     kept, others = filter_needed(compact_customers(batches[0], COLUMNS)[0], needed, COLUMNS)
-    assert others.column_names == ([KEY] if id_type == pa.int64() else [KEY, "__customer_check"])
+    assert others.column_names == [KEY]
 
 
-def test_a_key_collision_among_customers_no_review_asks_for_still_fails():
+def test_a_key_collision_among_customers_no_review_asks_for_counts_once_and_leaves_the_join_alone():
     a, b = COLLIDING
     part, _ = compact_customers(_customers([a, b, "x"], [1.0, 2.0, 3.0], id_type=pa.string()), COLUMNS)
-    kept, others = filter_needed(part, _needed(_reviews(["x"], pa.string())), COLUMNS)
+    reviews = _reviews(["x", "y"], pa.string())
+    kept, others = filter_needed(part, _needed(reviews), COLUMNS)
     assert kept.num_rows == 1 and others.num_rows == 2
-    with pytest.raises(InputError, match="two customer ids that no review asks for differ but have the same 64-bit"):
+    table = CustomerTable.from_parts([kept, others], COLUMNS)
+    assert table.facts.unique == 2  # a and b travel as their key alone: one key, counted once
+    joined = join_customers(reviews, table, COLUMNS)
+    assert joined[HAS_CUSTOMER].to_pylist() == [True, False] and joined["age"].to_pylist() == [3.0, None]
+    # The twin: once a review asks for that key, both rows are kept whole and the collision fails the run.
+    kept, others = filter_needed(part, _needed(_reviews(["x", a], pa.string())), COLUMNS)
+    with pytest.raises(InputError, match="file 0 row 0 and file 0 row 1 differ but have the same 64-bit hash"):
         CustomerTable.from_parts([kept, others], COLUMNS)
-    # The twin: the same two ids with nothing colliding beside them count as two customers.
-    part, _ = compact_customers(_customers([a, "y", "x"], [1.0, 2.0, 3.0], id_type=pa.string()), COLUMNS)
-    kept, others = filter_needed(part, _needed(_reviews(["x"], pa.string())), COLUMNS)
-    assert CustomerTable.from_parts([kept, others], COLUMNS).facts.unique == 3
 
 
 def test_merging_partials_with_a_key_collision_fails_too():
