@@ -177,7 +177,7 @@ class IcebergOutput:
 
     def _table(self, kind: str, arrow_schema: pa.Schema | None = None):
         """The table of one kind; created from arrow_schema when absent, else checked against it."""
-        from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError, TableAlreadyExistsError
+        from pyiceberg.exceptions import NoSuchTableError, TableAlreadyExistsError
         from pyiceberg.partitioning import PartitionField, PartitionSpec
         from pyiceberg.transforms import IdentityTransform
 
@@ -189,10 +189,7 @@ class IcebergOutput:
                 raise
             namespace = tuple(name.split(".")[:-1])
             if namespace:
-                try:
-                    self.catalog.create_namespace(namespace)
-                except NamespaceAlreadyExistsError:
-                    pass
+                _create_namespace(self.catalog, namespace)
             schema = _iceberg_schema(_with_partition_column(arrow_schema))
             source = schema.find_field(PARTITION_COLUMN)
             spec = PartitionSpec(
@@ -518,6 +515,25 @@ def _cached_fs(io, scheme: str, netloc: str) -> pafs.FileSystem:
 def _exists(path: str, output: IcebergOutput) -> bool:
     fs, fs_path = output._fs(path)
     return fs.get_file_info(fs_path).type == pafs.FileType.File
+
+
+def _create_namespace(catalog, namespace: tuple[str, ...]) -> None:
+    """Creates the namespace unless it exists, also when another process creates it at the same moment.
+
+    pyiceberg's SQL catalog checks for the namespace, then inserts its row: a process that inserts in between makes
+    this insert fail on the UNIQUE constraint (IntegrityError, not NamespaceAlreadyExistsError). That failure is
+    only a lost race when the namespace exists now; anything else is raised.
+    """
+    from pyiceberg.exceptions import NamespaceAlreadyExistsError
+    from sqlalchemy.exc import IntegrityError
+
+    try:
+        catalog.create_namespace(namespace)
+    except NamespaceAlreadyExistsError:
+        pass
+    except IntegrityError:
+        if not catalog.namespace_exists(namespace):
+            raise
 
 
 def _retry_racing_creation(make: Callable, attempts: int = 5):

@@ -443,6 +443,40 @@ def test_two_processes_creating_the_catalog_and_tables_at_once_both_land(tmp_pat
         assert fresh.verify(day)[0]
 
 
+def test_a_namespace_another_process_inserts_after_the_check_is_used(tmp_path, monkeypatch):
+    """The race CI hit in the test above: pyiceberg's SQL catalog checks that the namespace is absent, then inserts it;
+    when another process inserts in between, the insert fails on the UNIQUE constraint (IntegrityError, not
+    NamespaceAlreadyExistsError). The namespace exists all the same, so the tables are created in it."""
+    first, other = IcebergOutput(str(tmp_path / "fresh")), IcebergOutput(str(tmp_path / "fresh"))
+    namespace = tuple(first.table_names["scores"].split(".")[:-1])
+    real_check, calls = first.catalog.namespace_exists, []
+
+    def check_then_lose_the_race(ns):
+        calls.append(ns)
+        if len(calls) == 1:  # this process's check sees no namespace; the other process creates it right after
+            other.catalog.create_namespace(namespace)
+            return False
+        return real_check(ns)
+
+    monkeypatch.setattr(first.catalog, "namespace_exists", check_then_lose_the_race)
+    first.prepare({"scores": SCORES, "rejects": REJECTS})
+    for kind in ("scores", "rejects"):
+        assert other.catalog.load_table(other.table_names[kind]).current_snapshot() is None
+    assert len(calls) >= 2  # the lost race was seen and checked, not skipped
+
+
+def test_a_namespace_insert_that_fails_while_the_namespace_is_absent_still_fails(tmp_path, monkeypatch):
+    """The failure twin: an IntegrityError that the namespace's existence does not explain is not swallowed."""
+    from sqlalchemy.exc import IntegrityError
+
+    first, other = IcebergOutput(str(tmp_path / "fresh")), IcebergOutput(str(tmp_path / "fresh"))
+    namespace = tuple(first.table_names["scores"].split(".")[:-1])
+    other.catalog.create_namespace(namespace)  # the insert will fail on the constraint...
+    monkeypatch.setattr(first.catalog, "namespace_exists", lambda ns: False)  # ...and the catalog says it is absent
+    with pytest.raises(IntegrityError):
+        first.prepare({"scores": SCORES, "rejects": REJECTS})
+
+
 @pytest.mark.slow
 def test_a_concurrent_publish_of_the_same_day_is_refused_not_doubled(tmp_path, output):
     """The failure twin: what the lease prevents. The second process replaces the same day while the first waits to
