@@ -177,7 +177,7 @@ class IcebergOutput:
 
     def _table(self, kind: str, arrow_schema: pa.Schema | None = None):
         """The table of one kind; created from arrow_schema when absent, else checked against it."""
-        from pyiceberg.exceptions import NoSuchTableError, TableAlreadyExistsError
+        from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError, TableAlreadyExistsError
         from pyiceberg.partitioning import PartitionField, PartitionSpec
         from pyiceberg.transforms import IdentityTransform
 
@@ -189,7 +189,10 @@ class IcebergOutput:
                 raise
             namespace = tuple(name.split(".")[:-1])
             if namespace:
-                _create_namespace(self.catalog, namespace)
+                try:  # pyiceberg checks, then inserts: an insert that loses a race fails, the retry sees it exists
+                    _retry_racing_creation(lambda: self.catalog.create_namespace(namespace))
+                except NamespaceAlreadyExistsError:
+                    pass
             schema = _iceberg_schema(_with_partition_column(arrow_schema))
             source = schema.find_field(PARTITION_COLUMN)
             spec = PartitionSpec(
@@ -517,27 +520,12 @@ def _exists(path: str, output: IcebergOutput) -> bool:
     return fs.get_file_info(fs_path).type == pafs.FileType.File
 
 
-def _create_namespace(catalog, namespace: tuple[str, ...]) -> None:
-    """Creates the namespace unless it exists, also when another process creates it at the same moment.
-
-    pyiceberg's SQL catalog checks for the namespace, then inserts its row: a process that inserts in between makes
-    this insert fail on the UNIQUE constraint (IntegrityError, not NamespaceAlreadyExistsError). That failure is
-    only a lost race when the namespace exists now; anything else is raised.
-    """
-    from pyiceberg.exceptions import NamespaceAlreadyExistsError
-    from sqlalchemy.exc import IntegrityError
-
-    try:
-        catalog.create_namespace(namespace)
-    except NamespaceAlreadyExistsError:
-        pass
-    except IntegrityError:
-        if not catalog.namespace_exists(namespace):
-            raise
-
-
 def _retry_racing_creation(make: Callable, attempts: int = 5):
-    """Runs make(); retried when another process creates the catalog's SQLite tables at the same moment."""
+    """Runs make(); retried when another process creates the catalog's SQLite tables or rows at the same moment.
+
+    A creation that lost the race fails on a constraint (IntegrityError) or a lock (OperationalError); the retry
+    finds what the other process created (load_catalog uses it; create_namespace raises NamespaceAlreadyExistsError).
+    """
     from sqlalchemy.exc import IntegrityError, OperationalError
 
     for attempt in range(1, attempts + 1):
