@@ -30,8 +30,8 @@ setup(
         "pyyaml>=6.0",
         # The per-partition report's score histogram (Agg backend, no display).
         "matplotlib>=3.8",
-        # The Iceberg output (pipeline/iceberg.py): catalogs, add_files and snapshot summaries; 0.12 is the release the
-        # tests run on (transaction-level delete + add_files, snapshot_properties on both).
+        # The Iceberg output (pipeline/publish/iceberg.py): catalogs, add_files and snapshot summaries; 0.12 is the
+        # release the tests run on (transaction-level delete + add_files, snapshot_properties on both).
         "pyiceberg[pyarrow]>=0.12,<0.13",
         # pyiceberg's SQL catalog (the embedded SQLite default, or Postgres); its sql-* extras only add this.
         "sqlalchemy>=2.0.18,<3",
@@ -65,5 +65,5 @@ setup(
     ext_modules=[
         Extension("transforms._tokens", ["transforms/_tokens.c"], extra_compile_args=["-O3"], optional=True),
     ],
-    entry_points={"console_scripts": ["sentiment-score=pipeline.cli:run"]},
+    entry_points={"console_scripts": ["sentiment-score=pipeline.cli.main:run"]},
 )

@@ -88,7 +88,7 @@ def report():
     print(f"  {'rest (Beam, start-up, ...)':28s} {total - sum(ACC.values()):6.2f} CPU-s", file=sys.stderr)
 
 
-from pipeline.cli import main
+from pipeline.cli.main import main
 
 try:
     main(sys.argv[1:])

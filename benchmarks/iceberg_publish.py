@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from benchmarks.common import WORK
-from pipeline.iceberg import PARTITION_COLUMN, IcebergOutput
+from pipeline.publish.iceberg import PARTITION_COLUMN, IcebergOutput
 from transforms.io import with_partition_day
 from transforms.schema import RunSchema
 

@@ -81,7 +81,7 @@ def _mark(directory: str, started: float) -> None:
 def _base() -> str:
     root = os.path.join(HERE, "base")
     if not _marked(root):
-        from pipeline.sample_data import write_sample_data
+        from pipeline.training.sample_data import write_sample_data
 
         shutil.rmtree(root, ignore_errors=True)
         started = time.time()
@@ -251,7 +251,7 @@ def run_cases(names: list[str], repeat: int, baseline: str | None) -> dict:
 
 
 def _outcome(output: str) -> dict:
-    from pipeline.publish import published_summary  # the summary the partition's manifest lists
+    from pipeline.publish.parquet import published_summary  # the summary the partition's manifest lists
 
     summary = published_summary(os.path.join(output, f"dt={DATE}"))
     return {"rows": summary["rows"], "rejected_by_reason": summary["rejected_by_reason"], **summary["customers"]}
@@ -261,8 +261,8 @@ _PLAN_SNIPPET = """
 import json, sys, time
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
-from pipeline.config import build_config
-from pipeline.plan import _inspect_reviews
+from pipeline.run.config import build_config
+from pipeline.run.plan import _inspect_reviews
 from transforms.io import resolve_files
 flags, settings = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 FileSystems.set_options(PipelineOptions(flags))

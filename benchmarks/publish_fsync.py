@@ -14,7 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import publish, storage
+from pipeline import storage
+from pipeline.publish import parquet as publish
 
 
 def _stage(folder: str, run: str, rows: int, shards: int) -> list[dict]:

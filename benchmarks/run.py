@@ -56,7 +56,7 @@ def ensure_data(reviews: int, days: int = 1) -> str:
     root = data_dir(reviews) if days == 1 else os.path.join(DATA, f"backfill-{days}x{reviews}")
     marker = os.path.join(root, ".complete")
     if not os.path.exists(marker):
-        from pipeline.sample_data import write_sample_data
+        from pipeline.training.sample_data import write_sample_data
 
         shutil.rmtree(root, ignore_errors=True)
         started = time.time()

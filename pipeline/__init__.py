@@ -1,1 +1,1 @@
-"""Batch-scoring job: CLI, config, start-up checks, graph builder, partition commit and run report."""
+"""Batch-scoring job: the command line, a run, publishing, signals, and training (see the README's layout)."""

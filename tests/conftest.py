@@ -22,7 +22,7 @@ SAMPLE_DATE = "2026-11-28"
 @pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory):
     """Two days of sample data (600 reviews) with the generator's dirty rows."""
-    from pipeline.sample_data import write_sample_data
+    from pipeline.training.sample_data import write_sample_data
 
     root = tmp_path_factory.mktemp("sample")
     write_sample_data(str(root), reviews=600, days=2, seed=11, end_date=SAMPLE_DATE)
@@ -32,8 +32,8 @@ def sample_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def bundle_dir(tmp_path_factory):
     """A model bundle trained for a few epochs on 2000 sample reviews: real weights, real vocabulary."""
-    from pipeline.sample_data import write_sample_data
-    from pipeline.train import train_bundle
+    from pipeline.training.sample_data import write_sample_data
+    from pipeline.training.train import train_bundle
 
     data = tmp_path_factory.mktemp("train-data")
     write_sample_data(str(data), reviews=2000, days=1, seed=3, end_date="2026-11-01")
@@ -59,7 +59,7 @@ def shard_paths(partition, kind: str) -> list[str]:
 
 def partition_summary(partition) -> dict:
     """The summary.json a published partition's manifest lists (under _report/RUN/)."""
-    from pipeline.publish import published_summary
+    from pipeline.publish.parquet import published_summary
 
     summary = published_summary(str(partition))
     assert summary is not None, f"{partition}: no published summary"
@@ -90,7 +90,7 @@ def retrained_bundle(bundle, directory) -> str:
 
 def paths_config(paths: dict, bundle_dir, **extra):
     """A run config over {"customers", "reviews", "output"} paths and a bundle, on FnApiRunner, with overrides."""
-    from pipeline.config import build_config
+    from pipeline.run.config import build_config
 
     return build_config(
         {
@@ -106,7 +106,7 @@ def paths_config(paths: dict, bundle_dir, **extra):
 
 def sample_config(sample_dir, bundle_dir, output, **extra):
     """A run config over the sample data and bundle, on FnApiRunner (no Prism download), with overrides."""
-    from pipeline.config import build_config
+    from pipeline.run.config import build_config
 
     return build_config(
         {
@@ -163,7 +163,7 @@ def clean_processes():
     import multiprocessing
 
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["tests.conftest", "pipeline.lease", "pipeline.commit"])
+    context.set_forkserver_preload(["tests.conftest", "pipeline.publish.lease", "pipeline.publish.commit"])
     return context
 
 
@@ -174,7 +174,7 @@ def race_for_lease(flags, control: str, partition: str, run_id: str, barrier, re
     from apache_beam.io.filesystems import FileSystems
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline import lease
+    from pipeline.publish import lease
 
     if flags:
         FileSystems.set_options(PipelineOptions(flags))

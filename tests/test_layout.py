@@ -27,3 +27,49 @@ def test_lower_layers_never_import_upper_ones(package):
         for path in (ROOT / package).rglob("*.py")
     }
     assert {k: v for k, v in offenders.items() if v} == {}
+
+
+# pipeline/'s rooms and the rooms each may import (besides the shared modules errors.py and storage.py, and the lower
+# layers transforms and model); the README's layout table says the same. No arrow points back up, so no circle.
+ROOMS = {
+    "cli": {"run", "publish", "training"},
+    "run": {"publish", "signals"},
+    "publish": {"signals"},
+    "signals": set(),
+    "training": set(),
+}
+SHARED = {"errors", "storage"}
+
+
+def imported_modules(source: str) -> set[str]:
+    """Dotted names a module imports from (`from a.b import c` gives a.b and a.b.c)."""
+    names = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.update({node.module} | {f"{node.module}.{alias.name}" for alias in node.names})
+    return names
+
+
+def test_every_pipeline_module_sits_in_a_room_or_is_shared():
+    loose = {p.stem for p in (ROOT / "pipeline").glob("*.py")} - SHARED - {"__init__", "__main__"}
+    rooms = {p.name for p in (ROOT / "pipeline").iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert (loose, rooms) == (set(), set(ROOMS))
+
+
+@pytest.mark.parametrize("room", sorted(ROOMS))
+def test_rooms_import_only_the_rooms_below_them(room):
+    offenders = {}
+    for path in (ROOT / "pipeline" / room).rglob("*.py"):
+        used = {name.split(".")[1] for name in imported_modules(path.read_text()) if name.startswith("pipeline.")}
+        wrong = used - ROOMS[room] - SHARED - {room}
+        if wrong:
+            offenders[str(path.relative_to(ROOT))] = sorted(wrong)
+    assert offenders == {}
+
+
+def test_the_shared_modules_import_no_room():
+    for name in sorted(SHARED):
+        used = {m for m in imported_modules((ROOT / "pipeline" / f"{name}.py").read_text()) if m.startswith("pipeline")}
+        assert used == set(), name

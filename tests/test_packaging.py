@@ -19,7 +19,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 import transforms.text as text_module
-from pipeline.launcher import execute
+from pipeline.run.launcher import execute
 from tests.conftest import SAMPLE_DATE, sample_config, score_args, shard_paths
 from transforms.text import Tokenizer
 

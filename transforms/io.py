@@ -456,7 +456,9 @@ class WriteParquetShards(beam.DoFn):
             if self._output_root is not None:  # the name the shard is published under (same file name)
                 name = state["path"].rstrip("/").rsplit("/", 1)[-1]
                 folder = partition_path(self._output_root, partition)
-                if self._kind == "rejects":  # the Parquet output keeps rejects under _rejects/ (pipeline/publish.py)
+                if (
+                    self._kind == "rejects"
+                ):  # the Parquet output keeps rejects under _rejects/ (pipeline/publish/parquet.py)
                     folder = FileSystems.join(folder, "_rejects")
                 report_sink(FileSystems.join(folder, name))
             yield WindowedValue((partition, shard), GlobalWindow().max_timestamp(), [GlobalWindow()])

@@ -71,10 +71,10 @@ def build_argv(argv: Sequence[str], default_config: str | None = None) -> list[s
 def _cli_main():
     """Import the job's CLI lazily: prefer the installed package, else the checkout this file is in."""
     try:
-        from pipeline.cli import main
+        from pipeline.cli.main import main
     except ImportError:
         sys.path.insert(0, str(REPO_ROOT))
-        from pipeline.cli import main
+        from pipeline.cli.main import main
     return main
 
 

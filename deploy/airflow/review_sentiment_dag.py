@@ -79,7 +79,7 @@ DAGRUN_TIMEOUT = (
 EXIT_LEASE_HELD = 3
 # sentiment-score's exit code for bad usage or config: a retry would fail the same way, so there is none.
 EXIT_USAGE = 2
-# pipeline.input_ready's exit code while the day's input has not landed.
+# pipeline.cli.input_ready's exit code while the day's input has not landed.
 EXIT_WAITING = 1
 # sentiment-score verify's exit code when the partition is not (yet) complete.
 EXIT_INCOMPLETE = 1
@@ -132,7 +132,7 @@ with DAG(
         task_id="wait_for_input",
         bash_command=(
             f"cd {shlex.quote(SENTIMENT_HOME)} && "
-            f"exec {_PYTHON} -m pipeline.input_ready --config {_CONFIG} --date {SCORE_DATE}"
+            f"exec {_PYTHON} -m pipeline.cli.input_ready --config {_CONFIG} --date {SCORE_DATE}"
         ),
         retry_exit_code=EXIT_WAITING,
         mode="reschedule",

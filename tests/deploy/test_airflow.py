@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import load_config
+from pipeline.run.config import load_config
 from tests.conftest import partition_summary
 
 # Every test here is slow (make test-fast skips them): real Airflow in its own virtualenv, running the DAG's tasks.
@@ -182,7 +182,7 @@ def scoring_day() -> date:
 @pytest.fixture(scope="module")
 def sample_days(tmp_path_factory, scoring_day):
     """Sample reviews for the day before, the day itself and the day after: scoring a wrong day publishes it."""
-    from pipeline.sample_data import write_sample_data
+    from pipeline.training.sample_data import write_sample_data
 
     root = tmp_path_factory.mktemp("airflow-sample")
     write_sample_data(str(root), reviews=600, days=3, seed=17, end_date=(scoring_day + timedelta(days=1)).isoformat())
@@ -254,7 +254,7 @@ def test_a_missing_bundle_fails_the_run_and_publishes_nothing(airflow_python, sa
 # publishes in the meantime; `-c` (the DAG reading the config's output root) prints one. Every `-m` call is
 # appended to $CALLS.
 LEASE_HELD_PYTHON = """#!/usr/bin/env bash
-if [ "$2" = pipeline.input_ready ]; then echo "ready: dt=$6/part-0.parquet"; exit 0; fi  # the input is there
+if [ "$2" = pipeline.cli.input_ready ]; then echo "ready: dt=$6/part-0.parquet"; exit 0; fi  # the input is there
 echo "$*" >> "$CALLS"
 case "$3" in
   score) echo "sentiment-score: error: dt=$7 is leased by run 20261201T000000Z-holder; not starting" >&2; exit 3 ;;
@@ -327,7 +327,7 @@ def test_defaults_run_dataflow_from_the_checkout_and_the_timeouts_add_up(airflow
     assert (wait["mode"], wait["retry_exit_code"], wait["retries"]) == ("reschedule", 1, 0)
     assert 0 < wait["sensor_timeout"] <= 24 * 3600 and wait["execution_timeout"]
     assert wait["bash_command"] == (
-        "cd /opt/sentiment && exec /opt/sentiment/.venv/bin/python -m pipeline.input_ready "
+        "cd /opt/sentiment && exec /opt/sentiment/.venv/bin/python -m pipeline.cli.input_ready "
         "--config /opt/sentiment/configs/dataflow.yaml --date {{ data_interval_start | ds }}"
     )
     assert score["upstream"] == ["wait_for_input"]
@@ -363,7 +363,7 @@ def test_a_relative_config_is_relative_to_the_home(airflow_python, tmp_path):
 # the input is there. Every call is appended to $CALLS.
 USAGE_ERROR_PYTHON = """#!/usr/bin/env bash
 echo "$*" >> "$CALLS"
-if [ "$2" = pipeline.input_ready ]; then echo "ready"; exit 0; fi
+if [ "$2" = pipeline.cli.input_ready ]; then echo "ready"; exit 0; fi
 echo "sentiment-score: config error: configs/x.yaml: unknown setting 'ouput'" >&2
 exit 2
 """
@@ -394,7 +394,7 @@ def test_a_config_error_fails_scoring_without_retries(airflow_python, scoring_da
     assert run["state"] == "failed"
     # One try, not three: its twin is test_a_missing_bundle_fails_the_run_and_publishes_nothing (exit 1, retried).
     assert run["tasks"]["score_reviews"] == {"state": "failed", "try_number": 1}
-    assert [line.split()[1] for line in calls.read_text().splitlines()] == ["pipeline.input_ready", "pipeline"]
+    assert [line.split()[1] for line in calls.read_text().splitlines()] == ["pipeline.cli.input_ready", "pipeline"]
 
 
 def test_scoring_waits_for_the_days_input_and_gives_up_at_the_timeout(airflow_python, sample_days, tmp_path):

@@ -241,12 +241,12 @@ def test_an_image_given_at_launch_wins_and_nothing_is_added_twice(flex_main, mon
 def test_template_main_returns_the_submissions_exit_code_and_reads_no_summary(flex_main, monkeypatch, tmp_path):
     """main() hands the argv to the CLI and returns: whether the partition got published is for `verify` to say."""
     seen = []
-    fake_cli = types.ModuleType("pipeline.cli")
+    fake_cli = types.ModuleType("pipeline.cli.main")
     fake_cli.main = lambda argv: seen.append(list(argv)) or 0
     fake_pipeline = types.ModuleType("pipeline")
     fake_pipeline.cli = fake_cli
     monkeypatch.setitem(sys.modules, "pipeline", fake_pipeline)
-    monkeypatch.setitem(sys.modules, "pipeline.cli", fake_cli)
+    monkeypatch.setitem(sys.modules, "pipeline.cli.main", fake_cli)
     monkeypatch.delenv(flex_main.WORKER_IMAGE_ENV, raising=False)
     monkeypatch.chdir(tmp_path)  # restored afterwards; the launcher moves to the repo root
     assert flex_main.main([*LAUNCHER_FLAGS, "--date=2026-11-28", "--output=gs://b/scores/"]) == 0
@@ -258,8 +258,8 @@ def test_template_main_returns_the_submissions_exit_code_and_reads_no_summary(fl
 @pytest.mark.slow
 def test_the_real_cli_takes_everything_the_template_passes(tmp_path):
     # Every flag is accepted (a refused one exits 2 naming it); the run then stops at the first start-up check.
-    if importlib.util.find_spec("pipeline.cli") is None:
-        pytest.skip("pipeline.cli is not importable here")
+    if importlib.util.find_spec("pipeline.cli.main") is None:
+        pytest.skip("pipeline.cli.main is not importable here")
     params = [f"--{name}={tmp_path / 'missing' / name}" for name in ("customers", "reviews", "model_dir")]
     result = subprocess.run(
         [sys.executable, str(FLEX_MAIN), *LAUNCHER_FLAGS, "--date=2026-11-28", *params, f"--output={tmp_path / 'o'}"],

@@ -344,11 +344,11 @@ def test_launcher_main_calls_the_cli_from_the_repo_root(launcher, monkeypatch, t
         return 1
 
     fake_pipeline = types.ModuleType("pipeline")
-    fake_cli = types.ModuleType("pipeline.cli")
+    fake_cli = types.ModuleType("pipeline.cli.main")
     fake_cli.main = fake_cli_main
     fake_pipeline.cli = fake_cli
     monkeypatch.setitem(sys.modules, "pipeline", fake_pipeline)
-    monkeypatch.setitem(sys.modules, "pipeline.cli", fake_cli)
+    monkeypatch.setitem(sys.modules, "pipeline.cli.main", fake_cli)
     monkeypatch.chdir(tmp_path)  # restored afterwards; main() moves to the repo root
 
     assert launcher.main(AIRFLOW_ARGV) == 1
@@ -360,14 +360,14 @@ def test_launcher_main_calls_the_cli_from_the_repo_root(launcher, monkeypatch, t
 
 def cli_available() -> bool:
     try:
-        return importlib.util.find_spec("pipeline.cli") is not None
+        return importlib.util.find_spec("pipeline.cli.main") is not None
     except ImportError:
         return False
 
 
 def run_real_launcher(script: Path, argv: list[str], tmp_path) -> subprocess.CompletedProcess:
     if not cli_available():
-        pytest.skip("pipeline.cli is not importable here")
+        pytest.skip("pipeline.cli.main is not importable here")
     return subprocess.run(
         [sys.executable, str(script), *argv], cwd=tmp_path, capture_output=True, text=True, timeout=120
     )

@@ -105,7 +105,7 @@ def test_the_launcher_check_and_the_litert_path_import_no_tensorflow(bundle_dir)
         "import sys; from model.bundle import check_bundle; import numpy as np;"
         f"m = check_bundle({str(bundle_dir)!r}).litert();"
         "m.predict(np.zeros((3, 2), np.float32), np.zeros((3, 50), np.int32));"
-        "import pipeline.launcher, transforms.inference;"
+        "import pipeline.run.launcher, transforms.inference;"
         "assert not [n for n in sys.modules if n.split('.')[0] in ('tensorflow', 'keras')], 'TensorFlow imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO})

@@ -5,8 +5,8 @@ import pyarrow as pa
 import pytest
 
 from model.bundle import load_bundle
-from pipeline.sample_data import write_sample_data
-from pipeline.train import load_training_rows, train_bundle
+from pipeline.training.sample_data import write_sample_data
+from pipeline.training.train import load_training_rows, train_bundle
 from transforms.featurize import Featurizer
 from transforms.schema import Columns, InputError
 

@@ -19,8 +19,9 @@ from hypothesis import strategies as st
 
 from model.bundle import BundleError, load_bundle
 from model.runtime import TensorflowRuntime as ModelScorer
-from pipeline.config import ConfigError, build_config
-from pipeline.launcher import execute
+from pipeline.errors import ConfigError
+from pipeline.run.config import build_config
+from pipeline.run.launcher import execute
 from tests.conftest import corrupt_first_page_header, partition_summary
 from transforms.broadcast_join import join_customers
 from transforms.customer_table import build_customer_table
@@ -535,7 +536,7 @@ def test_cli_unknown_config_key_exits_2_naming_it(tmp_path, bundle_dir):
 # Security
 
 
-# YAML python tags in a config: tests/pipeline/test_config.py::test_python_tags_are_refused_by_safe_load.
+# YAML python tags in a config: tests/pipeline/run/test_config.py::test_python_tags_are_refused_by_safe_load.
 
 
 def test_model_with_a_lambda_layer_is_refused(tmp_path, bundle_copy, capsys):

@@ -12,11 +12,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.cli import main
-from pipeline.config import ConfigError, build_config, validate_date
-from pipeline.launcher import execute
-from pipeline.publish import check_partition, read_manifest
-from pipeline.sample_data import write_sample_data
+from pipeline.cli.main import main
+from pipeline.errors import ConfigError
+from pipeline.publish.parquet import check_partition, read_manifest
+from pipeline.run.config import build_config, validate_date
+from pipeline.run.launcher import execute
+from pipeline.training.sample_data import write_sample_data
 from tests.conftest import partition_summary, paths_config, retrained_bundle
 from transforms.io import resolve_files
 
@@ -126,7 +127,7 @@ def test_the_same_bad_file_in_a_single_date_run_stops_it_at_start_up_naming_the_
 
 def test_a_day_whose_ids_are_of_another_kind_fails_that_day_only_in_the_plan(three_days, bundle_dir, tmp_path):
     """Most files have integer review ids; a day that switched to strings is refused, not the run."""
-    from pipeline.plan import plan_run
+    from pipeline.run.plan import plan_run
 
     paths = _copy(three_days, tmp_path)
     path = _day_file(paths, BAD_DAY)
@@ -262,7 +263,7 @@ def test_skip_existing_rescores_days_published_by_another_model_version(three_da
 
 
 def test_no_skip_existing_overrides_the_config_on_the_command_line(tmp_path):
-    from pipeline.cli import _overrides, build_parser
+    from pipeline.cli.main import _overrides, build_parser
 
     args, _ = build_parser().parse_known_args(["backfill", "--start", DAYS[0], "--end", DAYS[1], "--no-skip-existing"])
     assert _overrides(args)["skip_existing"] is False
@@ -378,7 +379,7 @@ def test_an_output_that_overlaps_an_input_is_refused_before_anything_is_written(
 
 def test_an_output_beside_the_inputs_is_accepted(three_days, bundle_dir, tmp_path):
     """The twin: a sibling whose name starts like an input's is not inside it."""
-    from pipeline.plan import _check_output_apart
+    from pipeline.run.plan import _check_output_apart
 
     paths = _copy(three_days, tmp_path)
     _check_output_apart(_config(dict(paths, output=paths["reviews"] + "-scores"), bundle_dir))
@@ -421,7 +422,7 @@ def test_a_uint64_id_beyond_int64_fails_its_day_naming_file_and_column(three_day
 def test_a_run_without_date_leaves_a_live_dated_runs_staging_alone(three_days, bundle_dir, tmp_path):
     import time
 
-    from pipeline import lease
+    from pipeline.publish import lease
 
     paths = _copy(three_days, tmp_path)
     control = paths["output"] + ".staging"
@@ -442,7 +443,7 @@ def test_a_run_without_date_leaves_a_live_dated_runs_staging_alone(three_days, b
 
 @pytest.mark.slow
 def test_an_unwritable_run_summary_is_one_line_and_the_lease_is_given_back(three_days, bundle_dir, tmp_path, capsys):
-    from pipeline import lease
+    from pipeline.publish import lease
 
     paths = _copy(three_days, tmp_path)
     control = paths["output"] + ".staging"

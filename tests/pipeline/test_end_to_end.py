@@ -14,10 +14,10 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import BeamAssertException, assert_that
 
-from pipeline.graph import build_pipeline
-from pipeline.launcher import execute
-from pipeline.plan import plan_run
-from pipeline.train import load_training_rows
+from pipeline.run.graph import build_pipeline
+from pipeline.run.launcher import execute
+from pipeline.run.plan import plan_run
+from pipeline.training.train import load_training_rows
 from tests.conftest import SAMPLE_DATE, partition_report, partition_summary, sample_config, score_args, shard_paths
 from transforms.featurize import Featurizer
 from transforms.schema import Columns

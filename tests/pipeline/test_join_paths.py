@@ -8,8 +8,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.launcher import execute
-from pipeline.sample_data import CUSTOMER_ID_BASE
+from pipeline.run.launcher import execute
+from pipeline.training.sample_data import CUSTOMER_ID_BASE
 from tests.conftest import SAMPLE_DATE, colliding_ids, partition_summary, sample_config, shard_paths
 
 # Customers: ids BASE..BASE+4 again in a file that sorts first (these rows win), BASE+5..BASE+9 again in one that

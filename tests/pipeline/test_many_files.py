@@ -12,9 +12,9 @@ import pytest
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline.config import build_config
-from pipeline.launcher import execute
-from pipeline.plan import plan_run
+from pipeline.run.config import build_config
+from pipeline.run.launcher import execute
+from pipeline.run.plan import plan_run
 from tests.conftest import SAMPLE_DATE, s3_client
 from transforms.io import SMALL_OBJECT_BYTES, ReadParquetBatches, RowGroupRanges, inspect_files, plan_read_tasks
 from transforms.schema import InputError, RunSchema

@@ -11,10 +11,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from model.bundle import BundleError, resolve_model_dir
-from pipeline.config import build_config
-from pipeline.graph import build_pipeline
-from pipeline.launcher import execute
-from pipeline.plan import plan_run
+from pipeline.run.config import build_config
+from pipeline.run.graph import build_pipeline
+from pipeline.run.launcher import execute
+from pipeline.run.plan import plan_run
 from tests.conftest import SAMPLE_DATE, retrained_bundle
 
 

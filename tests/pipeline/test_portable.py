@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.launcher import execute
+from pipeline.run.launcher import execute
 from tests.conftest import SAMPLE_DATE, sample_config, score_args
 
 # Every test here is slow (make test-fast skips them): Beam's job service and a worker pool, and pipeline runs on them.

@@ -14,8 +14,8 @@ from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.runners.portability.spark_runner import SparkJarJobServer, SparkRunner
 from google.protobuf import json_format
 
-from pipeline.config import load_config
-from pipeline.launcher import make_runner, pipeline_options
+from pipeline.run.config import load_config
+from pipeline.run.launcher import make_runner, pipeline_options
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"

@@ -1,0 +1,59 @@
+"""Whether a day's review input has landed (its _SUCCESS or a first Parquet file): a scheduler's sensor runs it.
+
+`python -m pipeline.cli.input_ready --config FILE --date D` exits 0 when ROOT/dt=D holds `_SUCCESS` or a `*.parquet`
+file, 1 while it holds neither (the sensor checks again later), 2 when the config does not load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+EXIT_READY, EXIT_WAITING, EXIT_USAGE = 0, 1, 2
+MARKER = "_SUCCESS"
+
+
+def input_present(reviews_root: str, date: str) -> str | None:
+    """The first of ROOT/dt=D/_SUCCESS or ROOT/dt=D/*.parquet that exists, or None."""
+    from apache_beam.io.filesystems import FileSystems
+
+    from transforms.io import partition_path
+
+    folder = partition_path(reviews_root, date)
+    for pattern in (FileSystems.join(folder, MARKER), FileSystems.join(folder, "*.parquet")):
+        try:
+            found = [m.path for r in FileSystems.match([pattern]) for m in r.metadata_list]
+        except Exception:  # a folder that does not exist yet matches nothing
+            found = []
+        if found:
+            return sorted(found)[0]
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipeline.cli.quiet import configure_output
+    from pipeline.errors import ConfigError
+    from pipeline.run.config import load_config, validate_date
+
+    parser = argparse.ArgumentParser(prog="python -m pipeline.cli.input_ready", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="the run's YAML config (its reviews root is checked)")
+    parser.add_argument("--reviews", help="the reviews root, instead of the config's")
+    parser.add_argument("--date", required=True)
+    args = parser.parse_args(argv)
+    configure_output(verbose=False)
+    try:
+        date = validate_date(args.date, "--date")
+        root = args.reviews or load_config(args.config).reviews
+    except ConfigError as e:
+        print(f"input_ready: config error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    found = input_present(root, date)
+    if found is None:
+        print(f"waiting: no {MARKER} or *.parquet in {root.rstrip('/')}/dt={date} yet")
+        return EXIT_WAITING
+    print(f"ready: {found}")
+    return EXIT_READY
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Publishing: the publisher interface, Parquet folders, Iceberg tables, the commit step, leases and storage."""

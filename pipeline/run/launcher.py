@@ -1,0 +1,496 @@
+"""Runs a scoring or backfill pipeline from a config: plan and check, build the graph, run it, report."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import re
+import sys
+import threading
+import time
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.runners.runner import PipelineState
+
+from model.bundle import BundleError
+from pipeline.errors import ConfigError, OutputError
+from pipeline.publish import lease
+from pipeline.publish.commit import control_root, remove_staging, run_summary_path, write_run_summary
+from pipeline.publish.factory import publisher_for
+from pipeline.publish.publisher import PARQUET
+from pipeline.run.config import LOCAL_RUNNERS, ScoreConfig, load_config
+from pipeline.run.graph import build_pipeline
+from pipeline.run.plan import RunPlan, days_between, plan_run
+from pipeline.run.telemetry import RunSignals
+from pipeline.storage import basename, delete_tree, is_remote, join, list_paths, read_json
+from transforms.beam_compat import add_pipeline_option_flags, runner_job_id
+from transforms.io import staging_dir
+from transforms.schema import InputError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LEASE_HELD = 0, 1, 2, 3
+_LOG = logging.getLogger("sentiment-score")
+
+
+def _known_beam_flags() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
+    add_pipeline_option_flags(parser)
+    return parser
+
+
+def pipeline_options(config: ScoreConfig, beam_flags: list[str]) -> PipelineOptions:
+    """Beam options from the config's beam section then the command line; an unknown flag is a usage error."""
+    flags = config.beam_flags() + list(beam_flags)
+    _, unknown = _known_beam_flags().parse_known_args(flags)
+    unknown = [u for u in unknown if u.startswith("-")]
+    if unknown:
+        raise ConfigError(f"unknown option {unknown[0]} (not a sentiment-score or Beam pipeline option)")
+    return PipelineOptions(flags)
+
+
+def make_runner(options: PipelineOptions):
+    """The runner to use: DirectRunner means Beam's FnApiRunner, which DirectRunner itself falls back to for a
+    batch pipeline after trying Prism (a binary it would download); naming it directly keeps runs offline."""
+    name = options.view_as(StandardOptions).runner or "DirectRunner"
+    if name in LOCAL_RUNNERS:
+        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+        return FnApiRunner()
+    return name
+
+
+def _fatal(message: str) -> int:
+    print(f"sentiment-score: error: {message}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _clean_dead_staging(plan: RunPlan, partitions: list[str]) -> None:
+    """Removes other runs' staging of the partitions this run holds the lease of: no live run can be writing it.
+
+    Each run stages a partition in its own folder (transforms.io.staging_dir), so the cleanup names exactly those
+    folders, on every filesystem; a partition whose lease this run does not hold is never touched, so a live run's
+    staging is never deleted.
+    """
+    control = control_root(plan.staging_root)
+    current = basename(plan.staging_root)
+    for partition in partitions:
+        folder = basename(staging_dir(control, partition))
+        runs = set()
+        for path in list_paths(join(staging_dir(join(control, "*"), partition), "**")):
+            parts = path[len(control) :].lstrip("/").split("/")
+            if len(parts) > 2 and parts[1] == folder and parts[0] != current and not parts[0].startswith("_"):
+                runs.add(parts[0])
+        for run in sorted(runs):
+            try:
+                delete_tree(staging_dir(join(control, run), partition))
+            except Exception as e:  # tidiness: the next run that holds the lease tries again
+                _LOG.warning("could not remove run %s's staging of %s: %s", run, partition or "the output", e)
+            if not is_remote(control):
+                try:
+                    os.rmdir(join(control, run))  # only once a dead run's staging is empty
+                except OSError:
+                    pass
+
+
+def _release(plan: RunPlan, partitions: list[str]) -> None:
+    for partition in partitions:
+        try:
+            lease.release(control_root(plan.staging_root), partition, plan.run_id)
+        except Exception as e:  # the lease then lapses at its expiry
+            _LOG.warning("could not release the lease of %s: %s", plan.publisher.name(partition), e)
+
+
+def _cause(error: Exception) -> str:
+    """The most useful line of a pipeline failure: our own error's message if a worker raised one."""
+    message = " ".join(str(error).split())
+    ours = re.findall(
+        r"(?:InputError|BundleError|OutputError|LeaseHeld|LeaseError): (.+?)(?= \[while running|$)", message
+    )
+    if ours:
+        return ours[-1][:600]
+    return f"{type(error).__name__}: {message[-600:]}"
+
+
+def _report_progress(result, stop: threading.Event, total: int, started: float, every: float = 30.0) -> None:
+    """Logs rows scored so far from Beam's metrics while a non-blocking runner (Dataflow, portable) runs."""
+    while not stop.wait(every):
+        try:
+            counters = result.metrics().query(MetricsFilter().with_name("rows_scored"))["counters"]
+            scored = sum((c.committed or c.attempted or 0) for c in counters)
+        except Exception:  # Not every runner reports metrics while running; progress is best effort.
+            continue
+        elapsed = time.time() - started
+        _LOG.info(
+            "progress: %d of %d rows scored (%.0f%%), %.0f rows/s",
+            scored,
+            total,
+            100.0 * scored / max(total, 1),
+            scored / max(elapsed, 1e-9),
+        )
+
+
+def _cancel(result, stopped: BaseException) -> None:
+    """Cancels the job a stopped launcher was waiting on, so the launcher's cleanup (leases given back, staging
+    removed) cannot race a job that goes on to publish. A released lease fences the job out as well: its commit
+    step finds the lease no longer held and publishes nothing. When the cancel fails, the job may still run, so the
+    leases and staging are left to it (marked on the exception for execute's cleanup)."""
+    try:
+        result.cancel()
+        _LOG.warning("cancelled the job after %s", type(stopped).__name__)
+    except Exception as e:
+        stopped.job_left_running = f"could not cancel the job ({type(e).__name__}: {e})"
+
+
+def _renew(plan: RunPlan, partitions: list[str]) -> None:
+    control = control_root(plan.staging_root)
+    for partition in partitions:
+        lease.renew(control, partition, plan.run_id, plan.lease_expiry_seconds, plan.leases.get(partition))
+
+
+def _keep_leases(plan: RunPlan, stop: threading.Event) -> None:
+    """Renews the running chunk's leases every quarter of their expiry while the launcher waits, so a healthy run
+    never lapses however long it takes (the pipeline renews each partition itself before its commit too)."""
+    while not stop.wait(plan.lease_expiry_seconds / 4):
+        try:
+            _renew(plan, plan.partitions)
+        except (lease.LeaseHeld, lease.LeaseError) as e:  # the commit's fence refuses what was lost
+            _LOG.warning("could not renew a lease: %s", e)
+
+
+def _read_run_summary(plan: RunPlan) -> dict | None:
+    return read_json(run_summary_path(control_root(plan.staging_root), plan.run_id))
+
+
+def _chunks(partitions: list[str], size: int) -> list[list[str]]:
+    return [partitions[i : i + size] for i in range(0, len(partitions), size)] or [[]]
+
+
+def _run_pipeline(
+    config: ScoreConfig, plan: RunPlan, options: PipelineOptions, test_pipeline, wait: bool
+) -> tuple[list[dict], str | None]:
+    """Runs one pipeline over plan's partitions; returns (per-partition results, job id when not waiting)."""
+    total = sum(plan.rows_by_partition[p] for p in plan.partitions)
+    started = time.time()
+    try:
+        pipeline = test_pipeline or beam.Pipeline(runner=make_runner(options), options=options)
+        build_pipeline(pipeline, config, plan)
+        result = pipeline.run()
+        if not wait:  # Dataflow's result has job_id(); the portable runner's keeps the Job API's id
+            job_id = runner_job_id(result)
+            return [], job_id or "(the runner gave no job id)"
+        stop = threading.Event()
+        progress = threading.Thread(target=_report_progress, args=(result, stop, total, started), daemon=True)
+        renewal = threading.Thread(target=_keep_leases, args=(plan, stop), daemon=True)
+        progress.start()
+        renewal.start()
+        try:
+            state = result.wait_until_finish()
+        except BaseException as stopped:  # SIGTERM or Ctrl-C while a runner runs the job
+            _cancel(result, stopped)
+            raise
+        finally:
+            stop.set()
+        if state not in (None, PipelineState.DONE):
+            raise RuntimeError(f"pipeline ended in state {state}")
+    except Exception as e:
+        remove_staging(plan.staging_root)
+        _release(plan, plan.partitions)
+        why = f"run {plan.run_id} failed: {_cause(e)}"
+        return [{"partition": p, "status": "failed", "message": why, "rows": {}} for p in plan.partitions], None
+    summary = _read_run_summary(plan)
+    if summary is None or summary.get("run_id") != plan.run_id:  # the pipeline could not write it: ask the outputs
+        return [_outcome_from_manifest(plan, p) for p in plan.partitions], None
+    return summary["partitions"], None
+
+
+def _outcome_from_manifest(plan: RunPlan, partition: str) -> dict:
+    """A partition's outcome when the run summary is missing: published if its manifest names this run."""
+    check = plan.publisher.check(partition, count_rows=False)
+    if check.complete and check.manifest["run_id"] == plan.run_id:
+        return {"partition": partition, "status": "published", "message": "published", "rows": check.manifest["rows"]}
+    why = f"run {plan.run_id} ended without its run summary and did not publish this partition"
+    return {"partition": partition, "status": "failed", "message": why, "rows": {}}
+
+
+def _print_result(plan: RunPlan, result: dict) -> None:
+    name = plan.publisher.name(result["partition"])
+    if result["status"] != "published":
+        if len(plan.partitions) > 1:  # a single partition's failure is the run's final line
+            print(f"sentiment-score: error: {name}: not published: {result['message']}", file=sys.stderr)
+        return
+    published = plan.publisher.published_summary(result["partition"]) or {}
+    rows = result["rows"]
+    flag = " DRIFT" if published.get("drift", {}).get("drift_flagged") else ""
+    print(
+        f"{name}: read {rows['read']}, scored {rows['scored']}, rejected {rows['rejected']} "
+        f"{published.get('rejected_by_reason', {})}{flag}"
+    )
+
+
+def execute(
+    config: ScoreConfig,
+    dates: list[str] | None,
+    beam_flags: list[str],
+    backfill: bool = False,
+    test_pipeline: beam.Pipeline | None = None,
+    take_over_lease: bool = False,
+    wait: bool = True,
+) -> int:
+    """Plans, takes the partitions' leases, runs and reports; returns the process exit code.
+
+    A backfill runs one pipeline per chunk of backfill_chunk_days days, each published before the next starts;
+    a day that fails is reported and the others are published. With wait=False the pipeline is submitted as one
+    job and publishes by itself; `sentiment-score verify` tells when it is done.
+    """
+    # --- run signals (pipeline/run/telemetry.py): metrics file and lineage events at the end of every run ---
+    signals = RunSignals(config, "backfill" if backfill else "score", dates)
+    code = EXIT_FAILED
+    try:
+        code = _execute(config, dates, beam_flags, backfill, test_pipeline, take_over_lease, wait, signals)
+        return code
+    except ConfigError as e:
+        code = EXIT_USAGE
+        signals.fail(f"config error: {e}")
+        e.signalled = True  # the CLI reports it; the signals are written already
+        raise
+    except BaseException as e:  # SIGTERM, Ctrl-C or a bug: the run failed, and says so
+        signals.fail(f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        signals.end(code)
+
+
+def _execute(
+    config: ScoreConfig,
+    dates: list[str] | None,
+    beam_flags: list[str],
+    backfill: bool,
+    test_pipeline: beam.Pipeline | None,
+    take_over_lease: bool,
+    wait: bool,
+    signals: RunSignals,
+) -> int:
+    options = pipeline_options(config, beam_flags)
+    # Start-up checks list and read files before the pipeline exists: give FileSystems the run's options
+    # (credentials, endpoints, project) the way Beam gives them to its workers.
+    FileSystems.set_options(options)
+    try:
+        plan = plan_run(config, dates, backfill)
+    except (BundleError, InputError, OutputError) as e:
+        signals.fail(str(e))
+        return _fatal(str(e))
+    signals.start(plan)  # run signals: START
+    for day, why in plan.skipped.items():
+        _LOG.warning("skipping dt=%s: %s", day, why)
+    for day, why in plan.failed.items():
+        _LOG.error("not scoring dt=%s: %s", day, why)
+    if not plan.partitions:
+        remove_staging(plan.staging_root)  # the start-up probe made it
+        if plan.failed:
+            return _report(plan, [], time.time(), signals)
+        print(f"nothing to score: every day was skipped ({len(plan.skipped)})")
+        return EXIT_OK
+
+    control = control_root(plan.staging_root)
+    taken: list[str] = []
+    generations: dict[str, int] = {}
+    try:
+        for partition in plan.partitions:
+            held = lease.acquire(
+                control, partition, plan.run_id, plan.started_at, plan.lease_expiry_seconds, take_over_lease
+            )
+            generations[partition] = held.generation
+            taken.append(partition)
+    except lease.LeaseHeld as e:
+        _release(plan, taken)
+        remove_staging(plan.staging_root)
+        signals.fail(str(e))
+        print(f"sentiment-score: error: {e}", file=sys.stderr)
+        return EXIT_LEASE_HELD
+    except lease.LeaseError as e:
+        _release(plan, taken)
+        remove_staging(plan.staging_root)
+        signals.fail(str(e))
+        return _fatal(str(e))
+    except BaseException:  # SIGTERM or Ctrl-C while taking them
+        _release(plan, taken)
+        raise
+    plan = dataclasses.replace(plan, leases=generations)
+    try:
+        return _launch(config, plan, options, test_pipeline, backfill, wait, signals)
+    except BaseException as stopped:  # SIGTERM (a scheduler's timeout) or Ctrl-C: give the partitions back
+        left = getattr(stopped, "job_left_running", None)
+        if left:  # the job may still publish: its leases and staging are its own
+            print(f"sentiment-score: error: {left}; its leases and staging are left to it", file=sys.stderr)
+            raise
+        _release(plan, plan.partitions)
+        remove_staging(plan.staging_root)
+        raise
+
+
+def _launch(
+    config: ScoreConfig, plan: RunPlan, options: PipelineOptions, test_pipeline, backfill: bool, wait: bool, signals
+):
+    """With the partitions' leases held: clean dead staging, then submit, or run chunk by chunk and report."""
+    _clean_dead_staging(plan, plan.partitions)
+
+    total = sum(plan.rows_by_partition.values())
+    _LOG.info(
+        "run %s: %d review rows in %d file(s), %d partition(s), model %s",
+        plan.run_id,
+        total,
+        len(plan.review_files),
+        len(plan.partitions),
+        plan.model_version,
+    )
+    started = time.time()
+    if not wait:
+        _, job = _run_pipeline(config, plan, options, test_pipeline, wait=False)
+        print(
+            f"submitted: run {plan.run_id}, job {job}, model {plan.model_version}; it publishes "
+            + ", ".join(plan.publisher.name(p) for p in plan.partitions)
+            + "; check with `sentiment-score verify`"
+        )
+        return EXIT_OK
+
+    return _run_chunks(config, plan, options, test_pipeline, backfill, started, signals)
+
+
+def _run_chunks(
+    config: ScoreConfig,
+    plan: RunPlan,
+    options: PipelineOptions,
+    test_pipeline,
+    backfill: bool,
+    started: float,
+    signals: RunSignals,
+) -> int:
+    """Runs the plan's partitions chunk by chunk (one chunk unless backfilling), then reports and returns the code."""
+    size = config.backfill_chunk_days if backfill else max(len(plan.partitions), 1)
+    results: list[dict] = []
+    for i, chunk in enumerate(_chunks(plan.partitions, size)):
+        if i:
+            try:
+                _renew(plan, chunk)
+            except (lease.LeaseHeld, lease.LeaseError) as e:
+                results += [{"partition": p, "status": "failed", "message": str(e), "rows": {}} for p in chunk]
+                continue
+            _LOG.info("backfill chunk %d: %s .. %s", i + 1, chunk[0], chunk[-1])
+        chunk_plan = dataclasses.replace(
+            plan,
+            partitions=chunk,
+            rows_by_partition={p: plan.rows_by_partition[p] for p in chunk},
+            files_by_partition={p: plan.files_by_partition[p] for p in chunk},
+            review_files=[f for f in plan.review_files if f.partition in chunk],
+        )
+        chunk_results, _ = _run_pipeline(config, chunk_plan, options, test_pipeline if i == 0 else None, wait=True)
+        for result in chunk_results:
+            _print_result(plan, result)
+        results += chunk_results
+    remove_staging(plan.staging_root)
+    return _report(plan, results, started, signals)
+
+
+def _report(plan: RunPlan, results: list[dict], started: float, signals: RunSignals) -> int:
+    """Prints the run's outcome and writes its run summary; returns the exit code. Partitions refused at start-up
+    are reported with those that failed while the pipeline ran."""
+    control = control_root(plan.staging_root)
+    wall = time.time() - started
+    refused = [
+        {"partition": p, "status": "failed", "message": f"refused at start-up: {why}", "rows": {}}
+        for p, why in plan.failed.items()
+    ]
+    results = sorted(results + refused, key=lambda r: r["partition"])
+    signals.record(results)  # run signals: every partition's result
+    published = [r for r in results if r["status"] == "published"]
+    failed = [r for r in results if r["status"] != "published"]
+    if len(results) > 1 or failed or _read_run_summary(plan) is None:
+        try:
+            write_run_summary(control, plan.run_id, results, plan.skipped)
+        except OSError as e:  # the partitions' outcomes stand (and were printed); the record of them is missing
+            print(f"sentiment-score: error: cannot write the run summary: {e}", file=sys.stderr)
+            return EXIT_FAILED
+    scored = sum(r["rows"]["scored"] for r in published)
+    rejected = sum(r["rows"]["rejected"] for r in published)
+    read = sum(r["rows"]["read"] for r in published)
+    rate = read / wall if wall > 0 else 0.0
+    if failed and len(results) == 1:
+        name = plan.publisher.name(failed[0]["partition"])
+        print(f"sentiment-score: error: {name}: not published: {failed[0]['message']}", file=sys.stderr)
+        return EXIT_FAILED
+    if failed:
+        for r in refused:
+            print(
+                f"sentiment-score: error: {plan.publisher.name(r['partition'])}: {r['message']}",
+                file=sys.stderr,
+            )
+        names = "; ".join(f"{plan.publisher.name(r['partition'])} ({_short(r['message'])})" for r in failed)
+        print(
+            f"sentiment-score: error: {len(failed)} of {len(results)} partition(s) not published: {names}; "
+            f"{len(published)} published; run summary {run_summary_path(control, plan.run_id)}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    print(
+        f"done: {scored} scored + {rejected} rejected = {read} read in {wall:.1f}s ({rate:.0f} rows/s), "
+        f"model {plan.model_version}, output {plan.output}"
+    )
+    return EXIT_OK
+
+
+def _short(message: str, limit: int = 400) -> str:
+    return message if len(message) <= limit else message[: limit - 3] + "..."
+
+
+def run_score(
+    config_path: str | None, overrides: dict, beam_flags: list[str], take_over_lease: bool = False, wait: bool = True
+) -> int:
+    config = load_config(config_path, overrides)
+    dates = [config.date] if config.date else None
+    return execute(config, dates, beam_flags, take_over_lease=take_over_lease, wait=wait)
+
+
+def run_backfill(
+    config_path: str | None,
+    overrides: dict,
+    beam_flags: list[str],
+    start: str,
+    end: str,
+    take_over_lease: bool = False,
+    wait: bool = True,
+) -> int:
+    config = load_config(config_path, overrides)
+    try:
+        dates = days_between(start, end)
+    except InputError as e:
+        raise ConfigError(str(e)) from None
+    return execute(config, dates, beam_flags, backfill=True, take_over_lease=take_over_lease, wait=wait)
+
+
+def run_verify(
+    output: str,
+    dates: list[str] | None,
+    beam_flags: list[str],
+    output_format: str = PARQUET,
+    catalog: dict | None = None,
+    tables: dict | None = None,
+) -> int:
+    """Checks published partitions: one line each; 0 when all are complete, else 1."""
+    FileSystems.set_options(pipeline_options(ScoreConfig(beam={}), beam_flags))  # credentials, endpoints
+    publisher = publisher_for(output, output_format, catalog, tables)
+    partitions = dates if dates is not None else [""]
+    incomplete = []
+    for partition in partitions:
+        check = publisher.check(partition)
+        print(("OK " if check.complete else "INCOMPLETE ") + check.message)
+        if not check.complete:
+            incomplete.append(publisher.name(partition))
+    if incomplete:
+        print(f"verify: {len(incomplete)} of {len(partitions)} partition(s) incomplete: {', '.join(incomplete)}")
+        return EXIT_FAILED
+    print(f"verify: all {len(partitions)} partition(s) complete")
+    return EXIT_OK

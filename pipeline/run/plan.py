@@ -1,0 +1,279 @@
+"""Start-up checks and the read plan: every fatal input, model or output problem is found here, before any write."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+from apache_beam.io.filesystems import FileSystems
+
+from model.bundle import check_bundle, resolve_model_dir
+from pipeline import storage
+from pipeline.errors import ConfigError, OutputError
+from pipeline.publish.factory import publisher_for
+from pipeline.publish.publisher import Publisher
+from pipeline.run.config import ScoreConfig
+from transforms.io import InputFile, inspect_files, resolve_files
+from transforms.schema import InputError, RunSchema, id_kind, is_number, text_kind
+
+_LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What one run will read and write, decided and checked at start-up."""
+
+    run_id: str
+    started_at: float
+    schema: RunSchema
+    model_version: str
+    customer_files: list[InputFile]
+    review_files: list[InputFile]
+    partitions: list[str]
+    rows_by_partition: dict[str, int]
+    files_by_partition: dict[str, list[str]]
+    skipped: dict[str, str] = field(default_factory=dict)
+    # Partitions refused at start-up (an unreadable file, a missing or wrong-typed column in that day's input), with
+    # why: reported at the end like a partition that fails mid-run, while every other partition runs.
+    failed: dict[str, str] = field(default_factory=dict)
+    output: str = ""
+    staging_root: str = ""
+    # The bundle directory every worker loads (a models root's CURRENT resolved at launch) and its content version.
+    model_dir: str = ""
+    # Where and how the partitions are published (pipeline/publish/publisher.py).
+    publisher: Publisher | None = None
+    # The lease generation this run holds per partition (its fencing token), filled in once the leases are taken.
+    leases: dict[str, int] = field(default_factory=dict)
+    lease_expiry_seconds: float = 6 * 3600.0
+
+
+def days_between(start: str, end: str) -> list[str]:
+    first, last = dt.date.fromisoformat(start), dt.date.fromisoformat(end)
+    if last < first:
+        raise InputError(f"--end {end} is before --start {start}")
+    return [(first + dt.timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
+
+
+def _kind(path: str, schema: pa.Schema, column: str, decide, expected: str) -> str:
+    index = schema.get_field_index(column)
+    if index < 0:
+        raise InputError(f"{path}: missing required column {column!r}")
+    arrow_type = schema.field(index).type
+    kind = decide(arrow_type)
+    if kind is None:
+        raise InputError(f"{path}: column {column!r} has type {arrow_type}, expected {expected}")
+    return kind
+
+
+def _inspect_customers(config: ScoreConfig) -> tuple[list[InputFile], tuple[str, str]]:
+    """The customer files and the customer id's kind with the file that set it; any problem stops the run."""
+    paths = resolve_files(config.customers)
+    if not paths:
+        raise InputError(f"{config.customers}: no customer files match")
+    files = []
+    c = config.columns
+    kind = None
+    for info, schema in inspect_files([(path, i, "") for i, path in enumerate(paths)]):
+        path = info.path
+        this = _kind(path, schema, c.customer_id, id_kind, "an integer or string id")
+        if kind is not None and this != kind[0]:
+            raise InputError(f"{path}: column {c.customer_id!r} is {this} here but {kind[0]} in {kind[1]}")
+        kind = kind or (this, path)
+        for feature in c.features:
+            _kind(path, schema, feature, lambda t: "number" if is_number(t) else None, "a number")
+        files.append(info)
+    return files, kind
+
+
+def _inspect_reviews(
+    paths_by_partition: dict[str, list[str]], config: ScoreConfig, customer_kind: tuple[str, str], failed: dict
+) -> tuple[list[InputFile], dict[str, str]]:
+    """The review files of every partition and the run's id and text kinds.
+
+    A problem with one file (not Parquet, truncated, a missing or wrong-typed column, a kind that differs from the
+    run's) belongs to its partition: it is recorded in `failed` (partition → why) and that partition's files are
+    dropped, so the other partitions run. The run's kinds are those most of the good files have.
+    """
+    c = config.columns
+    listed = [(path, partition) for partition, paths in paths_by_partition.items() for path in paths]
+    inspected = inspect_files([(path, i, part) for i, (path, part) in enumerate(listed)], return_errors=True)
+    good: list[tuple[InputFile, dict[str, str]]] = []
+    for (path, partition), item in zip(listed, inspected):
+        if isinstance(item, InputError):
+            failed.setdefault(partition, str(item))
+            continue
+        info, schema = item
+        try:
+            kinds = {
+                "review_id": _kind(path, schema, c.review_id, id_kind, "an integer or string id"),
+                "customer_id": _kind(path, schema, c.customer_id, id_kind, "an id"),
+                "review_text": _kind(path, schema, c.review_text, text_kind, "a string"),
+            }
+        except InputError as e:
+            failed.setdefault(partition, str(e))
+            continue
+        good.append((info, kinds))
+    names = {"review_id": c.review_id, "customer_id": c.customer_id, "review_text": c.review_text}
+    chosen = {"customer_id": customer_kind}
+    for column in ("review_id", "review_text"):
+        counted = Counter(k[column] for _, k in good)
+        if counted:
+            kind = counted.most_common(1)[0][0]
+            chosen[column] = (kind, next(info.path for info, k in good if k[column] == kind))
+    for info, kinds in good:
+        for column, (kind, where) in chosen.items():
+            if kinds[column] != kind and info.partition not in failed:
+                failed[info.partition] = (
+                    f"{info.path}: column {names[column]!r} is {kinds[column]} here but {kind} in {where}"
+                )
+    files = [info for info, _ in good if info.partition not in failed]
+    return files, {column: kind for column, (kind, _) in chosen.items()}
+
+
+def _check_writable(output: str, staging_root: str) -> None:
+    """Probes both the output root and its staging folder with a small write."""
+    if not storage.is_remote(output) and os.path.exists(output) and not os.path.isdir(output):
+        raise OutputError(f"{output}: output location is not writable (it exists and is not a directory)")
+    for root in (staging_root, output):
+        probe = storage.join(root, f"_probe-{uuid.uuid4().hex}")
+        try:
+            storage.write_atomically(probe, b"probe")
+            storage.delete([probe])
+        except Exception as e:
+            reason = " ".join(str(e).split())[:200]
+            raise OutputError(f"{output}: output location is not writable ({reason})") from None
+
+
+def staging_root_for(output: str, run_id: str) -> str:
+    """Staging lives beside the output (never inside it), so swapping a partition never moves staging."""
+    return FileSystems.join(output.rstrip("/") + ".staging", run_id)
+
+
+def _input_root(pattern: str) -> str:
+    """The folder or file an input pattern names, without its glob part."""
+    glob = [pattern.index(ch) for ch in "*?[" if ch in pattern]
+    return pattern[: min(glob)].rsplit("/", 1)[0] if glob else pattern
+
+
+def _normalized(path: str) -> str:
+    return path.rstrip("/") if storage.is_remote(path) else os.path.realpath(os.path.abspath(path))
+
+
+def _check_output_apart(config: ScoreConfig) -> None:
+    """Refuses an output equal to, inside or above an input: the first run would write into its own input."""
+    output = _normalized(config.output)
+    for setting in ("reviews", "customers", "model_dir"):
+        source = _normalized(_input_root(getattr(config, setting)))
+        if output == source or source.startswith(output + "/") or output.startswith(source + "/"):
+            where = "is" if output == source else ("is inside" if output.startswith(source + "/") else "holds")
+            raise ConfigError(
+                f"setting 'output' {config.output} {where} the {setting} input {getattr(config, setting)}: "
+                "choose an output apart from every input"
+            )
+
+
+def _published_by(publisher: Publisher, partition: str, model_version: str) -> str | None:
+    """Why --skip-existing may skip a partition (complete and scored by this model version), or None."""
+    published = publisher.published_version(partition)
+    if published is None:
+        return None
+    if published != model_version:
+        _LOG.info(
+            "%s is complete but scored by model %s, not %s: scoring it again", partition, published, model_version
+        )
+        return None
+    return f"already published, complete and scored by model {model_version} (--skip-existing)"
+
+
+def plan_run(config: ScoreConfig, dates: list[str] | None, backfill: bool = False) -> RunPlan:
+    """Checks the model, inputs and output, and decides what to read; raises on any fatal problem.
+
+    Problems of the run (config, model, customers, output) raise. In a backfill, a problem that belongs to one day's
+    input fails that day only (RunPlan.failed); a single-partition run raises naming the file.
+    """
+    started = time.time()
+    run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started)) + "-" + uuid.uuid4().hex[:8]
+    _check_output_apart(config)
+    publisher = publisher_for(config.output, config.output_format, config.catalog, config.iceberg_tables)
+    publisher.check_layout(dates is not None)
+    model_dir = resolve_model_dir(config.model_dir)
+    bundle = check_bundle(model_dir)  # no TensorFlow: workers load the runtime and check its parity
+    if list(bundle.feature_names) != list(config.columns.features):
+        raise InputError(
+            f"setting 'columns.features' {list(config.columns.features)} does not match the model bundle's "
+            f"feature_names {list(bundle.feature_names)}"
+        )
+    customer_files, customer_kind = _inspect_customers(config)
+
+    skipped: dict[str, str] = {}
+    paths_by_partition: dict[str, list[str]] = {}
+    if dates is None:
+        paths = resolve_files(config.reviews)
+        if not paths and not config.allow_empty:
+            raise InputError(f"{config.reviews}: no review files match (pass --allow-empty to write an empty output)")
+        paths_by_partition[""] = paths
+    else:
+        for day in dates:
+            done = config.skip_existing and _published_by(publisher, day, bundle.model_version)
+            if done:
+                skipped[day] = done
+                continue
+            day_root = FileSystems.join(config.reviews.rstrip("/"), f"dt={day}")
+            paths = resolve_files(day_root)
+            if not paths and not config.allow_empty:
+                if backfill:
+                    skipped[day] = f"no review files in {day_root}"
+                    continue
+                raise InputError(f"{day_root}: no review files match (pass --allow-empty to write an empty partition)")
+            paths_by_partition[day] = paths
+        if (
+            backfill
+            and not paths_by_partition
+            and len(skipped) == len(dates)
+            and not any("--skip-existing" in why for why in skipped.values())
+        ):
+            raise InputError(
+                f"{config.reviews}: no review files for any day from {dates[0]} to {dates[-1]} (looked in "
+                f"dt=YYYY-MM-DD/ below it; pass --allow-empty to write empty partitions)"
+            )
+    failed: dict[str, str] = {}
+    review_files, kinds = _inspect_reviews(paths_by_partition, config, customer_kind, failed)
+    if failed and not backfill:
+        raise InputError(next(iter(failed.values())))
+    schema = RunSchema(
+        columns=config.columns,
+        review_id_kind=kinds.get("review_id", "int"),
+        customer_id_kind=kinds["customer_id"],
+        text_kind=kinds.get("review_text", "string"),
+    )
+    publisher.prepare(publisher.shard_schemas(schema))
+    partitions = [p for p in paths_by_partition if p not in failed]
+    rows = {p: 0 for p in partitions}
+    for f in review_files:
+        rows[f.partition] += f.num_rows
+    staging_root = staging_root_for(config.output, run_id)
+    _check_writable(config.output, staging_root)
+    return RunPlan(
+        run_id=run_id,
+        started_at=started,
+        schema=schema,
+        model_version=bundle.model_version,
+        customer_files=customer_files,
+        review_files=review_files,
+        partitions=partitions,
+        rows_by_partition=rows,
+        files_by_partition={p: paths_by_partition[p] for p in partitions},
+        skipped=skipped,
+        failed=failed,
+        output=config.output,
+        staging_root=staging_root,
+        model_dir=model_dir,
+        publisher=publisher,
+        lease_expiry_seconds=config.lease_expiry_hours * 3600,
+    )

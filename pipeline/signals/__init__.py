@@ -1,0 +1,1 @@
+"""Signals: what a run tells the systems that watch it (metrics, lineage) and the per-partition report."""

@@ -1,1 +1,0 @@
-"""Holds the sitecustomize.py that quiets a local runner's SDK worker processes (see pipeline.quiet)."""

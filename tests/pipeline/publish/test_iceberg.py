@@ -1,0 +1,551 @@
+"""The Iceberg output on a real pyiceberg SQL catalog (SQLite): publish, rerun, time travel, crashes, races, S3."""
+
+import datetime as dt_module
+import multiprocessing
+import os
+import uuid
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from pyiceberg.expressions import EqualTo
+
+from pipeline.publish.iceberg import (
+    PARTITION_COLUMN,
+    STEPS,
+    IcebergOutput,
+    IcebergPublishError,
+    IcebergSchemaError,
+)
+from tests.conftest import S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY, s3_client
+from transforms.io import with_partition_day
+from transforms.schema import RunSchema
+
+# The job's own output schemas (integer ids, the default feature columns).
+SCORES, REJECTS = RunSchema().scores_schema(), RunSchema().rejects_schema()
+DAYS = ["2026-03-01", "2026-03-02", "2026-03-03"]
+
+
+class Crash(Exception):
+    """What the on_step hook raises to stop a publish where a process could die."""
+
+
+def _scores(n: int, model: str, start: int = 0) -> pa.Table:
+    ids = pa.array(range(start, start + n), pa.int64())
+    score = pc.divide(pc.cast(pc.bit_wise_and(ids, 1023), pa.float64()), 1024.0)
+    return pa.table([ids, pc.multiply(ids, 7), pc.cast(score, pa.float32()), pa.array([model] * n)], schema=SCORES)
+
+
+def _rejects(n: int, start: int = 0) -> pa.Table:
+    ids = pa.array(range(start, start + n), pa.int64())
+    text = pa.array(["x"] * n, pa.string())
+    age = pa.array([30.0] * n, pa.float64())
+    return pa.table([ids, ids, pa.array(["missing_customer"] * n), text, text, age, age], schema=REJECTS)
+
+
+def stage(root, day, run, scored, rejected, model="v1", shards=2, shard_day=None, write=pq.write_table):
+    """Writes a run's shards as the pipeline's writers would (with `dt`); returns publish()'s arguments."""
+    files = {"scores": [], "rejects": []}
+    per = -(-scored // shards)
+    for i in range(shards):
+        table = _scores(min(per, max(scored - i * per, 0)), model, start=i * per)
+        path = f"{root}/staging/{run}/scores-{run}-{i:05d}.parquet"
+        write(with_partition_day(table, PARTITION_COLUMN, shard_day or day), path)
+        files["scores"].append(path)
+    path = f"{root}/staging/{run}/rejects-{run}-00000.parquet"
+    write(with_partition_day(_rejects(rejected, start=10**6), PARTITION_COLUMN, day), path)
+    files["rejects"].append(path)
+    properties = {
+        "run-id": run,
+        "model-version": model,
+        "rows-read": str(scored + rejected),
+        "rows-scored": str(scored),
+        "rows-rejected": str(rejected),
+    }
+    return day, files["scores"], files["rejects"], properties
+
+
+def write_local(table: pa.Table, path: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    pq.write_table(table, path)
+
+
+def day_rows(output: IcebergOutput, kind: str, day: str, snapshot_id=None) -> pa.Table:
+    table = output.catalog.load_table(output.table_names[kind])
+    return table.scan(row_filter=EqualTo("dt", day), snapshot_id=snapshot_id).to_arrow().sort_by("review_id")
+
+
+def current_snapshot(output: IcebergOutput, kind: str) -> int | None:
+    snapshot = output.catalog.load_table(output.table_names[kind]).current_snapshot()
+    return snapshot.snapshot_id if snapshot else None
+
+
+def data_files(output: IcebergOutput, kind: str, day: str) -> set[str]:
+    location = output.catalog.load_table(output.table_names[kind]).location().removeprefix("file://")
+    folder = f"{location}/data/dt={day}"
+    return set(os.listdir(folder)) if os.path.isdir(folder) else set()
+
+
+@pytest.fixture
+def output(tmp_path):
+    out = IcebergOutput(str(tmp_path / "out"))
+    out.prepare({"scores": SCORES, "rejects": REJECTS})
+    return out
+
+
+# ------------------------------------------------------------------------------------------- publish and read
+
+
+def test_the_default_catalog_is_sqlite_at_output_catalog_db_with_the_warehouse_beside_it(tmp_path, output):
+    day, scores, rejects, props = stage(tmp_path, DAYS[0], "run-a", 5, 1, write=write_local)
+    output.publish(day, scores, rejects, props)
+    assert (tmp_path / "out" / "catalog.db").is_file()
+    location = output.catalog.load_table("sentiment.review_scores").location()
+    assert location.startswith(f"file://{tmp_path / 'out' / 'warehouse'}/")
+    assert data_files(output, "scores", day) == {os.path.basename(p) for p in scores}
+    assert not any(os.path.exists(p) for p in scores + rejects)  # moved in, not copied
+
+
+def test_an_object_store_output_without_a_catalog_is_refused():
+    with pytest.raises(ValueError, match=r"output s3://bucket/out: the embedded Iceberg catalog .* set catalog:"):
+        IcebergOutput("s3://bucket/out")
+
+
+def test_three_days_are_published_and_read_back_with_their_snapshot_facts(tmp_path, output):
+    for n, day in enumerate(DAYS):
+        output.publish(*stage(tmp_path, day, f"run-{n}", 100 + n, n, write=write_local))
+    for n, day in enumerate(DAYS):
+        scores = day_rows(output, "scores", day)
+        assert scores.num_rows == 100 + n
+        want = _scores(100 + n, "v1")
+        assert scores.select(want.column_names).cast(want.schema).equals(want)
+        assert set(scores["dt"].to_pylist()) == {dt_module.date.fromisoformat(day)}
+        assert day_rows(output, "rejects", day).num_rows == n
+        complete, message = output.verify(day)
+        assert complete, message
+        assert f"{100 + n} scored + {n} rejected = {100 + 2 * n} read" in message and f"run run-{n}" in message
+        assert output.published_model_version(day) == "v1"
+    table = output.catalog.load_table("sentiment.review_scores")
+    assert len(table.metadata.snapshots) == 3
+    summary = table.current_snapshot().summary.additional_properties
+    assert summary["sentiment.run-id"] == "run-2" and summary["sentiment.partition"] == DAYS[2]
+    assert summary["sentiment.rows-read"] == "104" and summary["sentiment.model-version"] == "v1"
+
+
+def test_a_day_never_published_is_incomplete(tmp_path, output):
+    output.publish(*stage(tmp_path, DAYS[0], "run-a", 10, 0, write=write_local))
+    complete, message = output.verify(DAYS[1])
+    assert not complete
+    assert message == f"{DAYS[1]}: table sentiment.review_scores has no snapshot for this day: not published"
+    assert output.published_model_version(DAYS[1]) is None
+    assert IcebergOutput(str(tmp_path / "empty")).verify(DAYS[0]) == (
+        False,
+        f"{DAYS[0]}: table sentiment.review_scores does not exist: not published",
+    )
+
+
+def test_a_day_without_rejects_publishes_an_empty_rejects_day(tmp_path, output):
+    output.publish(*stage(tmp_path, DAYS[0], "run-a", 10, 0, write=write_local))
+    assert day_rows(output, "rejects", DAYS[0]).num_rows == 0
+    assert output.verify(DAYS[0])[0]
+    assert data_files(output, "rejects", DAYS[0]) == set()  # the empty shard is not added
+
+
+# ------------------------------------------------------------------------------------------- rerun, time travel
+
+
+def test_a_rerun_replaces_the_day_in_one_snapshot_and_the_previous_night_stays_readable(tmp_path, output):
+    for n, day in enumerate(DAYS):
+        output.publish(*stage(tmp_path, day, f"run-{n}", 50, 2, write=write_local))
+    before = current_snapshot(output, "scores")
+    old_files = data_files(output, "scores", DAYS[1])
+    snapshots = len(output.catalog.load_table("sentiment.review_scores").metadata.snapshots)
+
+    output.publish(*stage(tmp_path, DAYS[1], "run-again", 50, 2, model="v2", write=write_local))
+
+    table = output.catalog.load_table("sentiment.review_scores")
+    assert len(table.metadata.snapshots) == snapshots + 1
+    assert table.current_snapshot().parent_snapshot_id == before
+    for day in DAYS:
+        assert day_rows(output, "scores", day).num_rows == 50  # replaced, not doubled
+    assert set(day_rows(output, "scores", DAYS[1])["model_version"].to_pylist()) == {"v2"}
+    assert set(day_rows(output, "scores", DAYS[0])["model_version"].to_pylist()) == {"v1"}
+    assert output.published_model_version(DAYS[1]) == "v2"
+    # Time travel: the night before the rerun, by snapshot id, from files the cleanup kept.
+    previous = day_rows(output, "scores", DAYS[1], snapshot_id=before)
+    assert previous.num_rows == 50 and set(previous["model_version"].to_pylist()) == {"v1"}
+    assert old_files < data_files(output, "scores", DAYS[1])
+
+
+def test_rolling_back_a_bad_night_restores_the_previous_facts(tmp_path, output):
+    output.publish(*stage(tmp_path, DAYS[0], "run-good", 30, 1, write=write_local))
+    good = {kind: current_snapshot(output, kind) for kind in ("scores", "rejects")}
+    output.publish(*stage(tmp_path, DAYS[0], "run-bad", 20, 3, model="v-bad", write=write_local))
+    assert output.published_model_version(DAYS[0]) == "v-bad"
+    for kind, snapshot_id in good.items():
+        table = output.catalog.load_table(output.table_names[kind])
+        table.manage_snapshots().rollback_to_snapshot(snapshot_id).commit()
+    assert output.published_model_version(DAYS[0]) == "v1"
+    assert day_rows(output, "scores", DAYS[0]).num_rows == 30
+
+
+def test_a_shard_of_another_day_is_refused_and_the_table_is_unchanged(tmp_path, output):
+    output.publish(*stage(tmp_path, DAYS[0], "run-a", 10, 1, write=write_local))
+    before = current_snapshot(output, "scores")
+    args = stage(tmp_path, DAYS[0], "run-b", 10, 1, shard_day=DAYS[1], write=write_local)
+    with pytest.raises(IcebergPublishError, match=rf"scores-run-b-00000.parquet: its dt column holds {DAYS[1]}, not"):
+        output.publish(*args)
+    assert current_snapshot(output, "scores") == before
+    assert output.verify(DAYS[0])[0]
+
+
+def test_counts_that_do_not_match_the_shards_are_refused(tmp_path, output):
+    day, scores, rejects, props = stage(tmp_path, DAYS[0], "run-a", 10, 1, write=write_local)
+    with pytest.raises(
+        IcebergPublishError, match=r"review_scores, 2026-03-01: the shards hold 10 rows, the run says 9"
+    ):
+        output.publish(day, scores, rejects, {**props, "rows-scored": "9"})
+    assert current_snapshot(output, "scores") is None
+
+
+def test_properties_without_the_run_facts_are_refused(tmp_path, output):
+    day, scores, rejects, props = stage(tmp_path, DAYS[0], "run-a", 10, 1, write=write_local)
+    del props["model-version"]
+    with pytest.raises(ValueError, match="properties lack model-version"):
+        output.publish(day, scores, rejects, props)
+
+
+# ------------------------------------------------------------------------------------------- crashes
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_a_crash_at_each_step_keeps_the_previous_snapshot_and_the_next_publish_cleans_up(tmp_path, output, step):
+    output.publish(*stage(tmp_path, DAYS[0], "run-old", 40, 2, write=write_local))
+    before = {kind: current_snapshot(output, kind) for kind in ("scores", "rejects")}
+    old_files = data_files(output, "scores", DAYS[0])
+
+    def crash_at(name):
+        if name == step:
+            raise Crash(name)
+
+    day, scores, rejects, props = stage(tmp_path, DAYS[0], "run-crashed", 25, 5, model="v2", write=write_local)
+    with pytest.raises(Crash):
+        output.publish(day, scores, rejects, props, on_step=crash_at)
+    committed = STEPS[: STEPS.index(step) + 1]
+    for kind in ("scores", "rejects"):
+        landed = f"{kind}-committed" in committed
+        assert (current_snapshot(output, kind) != before[kind]) is landed, kind
+        assert day_rows(output, kind, DAYS[0]).num_rows == ({"scores": 25, "rejects": 5} if landed else {}).get(
+            kind, {"scores": 40, "rejects": 2}[kind]
+        )
+    complete, message = output.verify(DAYS[0])
+    if "rejects-committed" in committed and "scores-committed" not in committed:
+        assert not complete
+        assert "scores are from run run-old, rejects from run run-crashed" in message
+        assert output.published_model_version(DAYS[0]) is None
+    else:
+        assert complete, message
+    crashed_files = {os.path.basename(p) for p in scores}
+
+    output.publish(*stage(tmp_path, DAYS[0], "run-next", 30, 3, write=write_local))
+    assert output.verify(DAYS[0]) == (
+        True,
+        f"{DAYS[0]}: complete: 30 scored + 3 rejected = 33 read in 3 file(s), run run-next, model v1",
+    )
+    left = data_files(output, "scores", DAYS[0])
+    assert old_files <= left  # an older snapshot still reads them
+    if "scores-committed" in committed:
+        assert crashed_files <= left  # the crashed run's night is a snapshot too
+    else:
+        assert not crashed_files & left  # never referenced: removed
+    table = output.catalog.load_table("sentiment.review_scores")
+    for snapshot in table.metadata.snapshots:  # every snapshot still reads
+        assert table.scan(snapshot_id=snapshot.snapshot_id).to_arrow().num_rows > 0
+
+
+def test_a_publish_retried_by_the_same_run_after_a_crash_lands_once(tmp_path, output):
+    args = stage(tmp_path, DAYS[0], "run-a", 20, 2, write=write_local)
+
+    def crash_after_scores(name):
+        if name == "scores-committed":
+            raise Crash(name)
+
+    with pytest.raises(Crash):
+        output.publish(*args, on_step=crash_after_scores)
+    snapshots = len(output.catalog.load_table("sentiment.review_scores").metadata.snapshots)
+    output.publish(*args)  # staged files are gone now: taken from where the first attempt moved them
+    assert len(output.catalog.load_table("sentiment.review_scores").metadata.snapshots) == snapshots
+    assert day_rows(output, "scores", DAYS[0]).num_rows == 20
+    assert output.verify(DAYS[0])[0]
+
+
+def test_a_staged_shard_that_is_gone_is_an_error_not_an_empty_day(tmp_path, output):
+    day, scores, rejects, props = stage(tmp_path, DAYS[0], "run-a", 20, 2, write=write_local)
+    os.remove(scores[0])
+    with pytest.raises(FileNotFoundError, match="scores-run-a-00000.parquet: staged shard is gone"):
+        output.publish(day, scores, rejects, props)
+    assert current_snapshot(output, "scores") is None
+
+
+# ------------------------------------------------------------------------------------------- verify
+
+
+def test_verify_names_a_deleted_data_file(tmp_path, output):
+    day, scores, rejects, props = stage(tmp_path, DAYS[0], "run-a", 20, 2, write=write_local)
+    output.publish(day, scores, rejects, props)
+    assert output.verify(day)[0]
+    location = output.catalog.load_table("sentiment.review_scores").location().removeprefix("file://")
+    gone = f"{location}/data/dt={day}/{os.path.basename(scores[1])}"
+    os.remove(gone)
+    complete, message = output.verify(day)
+    assert not complete
+    assert message == f"{day}: table sentiment.review_scores: data file file://{gone} is missing"
+    assert output.published_model_version(day) is None
+
+
+def test_verify_names_a_truncated_data_file(tmp_path, output):
+    day, scores, rejects, props = stage(tmp_path, DAYS[0], "run-a", 20, 2, write=write_local)
+    output.publish(day, scores, rejects, props)
+    location = output.catalog.load_table("sentiment.review_scores").location().removeprefix("file://")
+    path = f"{location}/data/dt={day}/{os.path.basename(scores[0])}"
+    with open(path, "r+b") as f:
+        f.truncate(100)
+    complete, message = output.verify(day)
+    assert not complete and "has 100 bytes, the table lists" in message
+
+
+# ------------------------------------------------------------------------------------------- schemas
+
+
+def test_string_ids_make_string_tables_and_large_string_matches_them(tmp_path):
+    string_ids = pa.schema([pa.field(f.name, pa.string()) if f.name.endswith("_id") else f for f in SCORES])
+    out = IcebergOutput(str(tmp_path / "out"))
+    out.prepare({"scores": string_ids})
+    table = out.catalog.load_table("sentiment.review_scores")
+    assert str(table.schema().find_field("review_id").field_type) == "string"
+    assert str(table.schema().find_field("dt").field_type) == "date"
+    assert [f.name for f in table.spec().fields] == ["dt"]
+    large = pa.schema([pa.field(f.name, pa.large_string()) if f.type == pa.string() else f for f in string_ids])
+    out.prepare({"scores": large})  # the same Iceberg type: no error
+
+
+def test_a_run_whose_columns_do_not_match_the_table_fails_naming_table_and_column(tmp_path, output):
+    string_ids = pa.schema([pa.field(f.name, pa.string()) if f.name == "review_id" else f for f in SCORES])
+    with pytest.raises(
+        IcebergSchemaError,
+        match=r"^table sentiment.review_scores: column review_id is string in "
+        r"this run, long in the table$",
+    ):
+        output.prepare({"scores": string_ids})
+    with pytest.raises(
+        IcebergSchemaError,
+        match=r"^table sentiment.review_rejects: column purchase_history \(double\)"
+        r" is missing in this run$",
+    ):
+        output.prepare({"rejects": REJECTS.remove(REJECTS.get_field_index("purchase_history"))})
+    with pytest.raises(IcebergSchemaError, match=r"^table sentiment.review_scores: column extra in this run is not"):
+        output.prepare({"scores": SCORES.append(pa.field("extra", pa.int32()))})
+
+
+def test_a_staged_shard_with_other_columns_is_refused_naming_the_table_before_anything_moves(tmp_path, output):
+    day, scores, rejects, props = stage(tmp_path, DAYS[0], "run-a", 10, 1, write=write_local)
+    table = pq.read_table(scores[1])
+    pq.write_table(table.set_column(0, "review_id", pc.cast(table["review_id"], pa.string())), scores[1])
+    with pytest.raises(IcebergSchemaError, match="table sentiment.review_scores: column review_id is string in /"):
+        output.publish(day, scores, rejects, props)
+    assert all(os.path.exists(p) for p in scores)
+    assert data_files(output, "scores", day) == set()
+
+
+# ------------------------------------------------------------------------------------------- two processes
+
+
+def _publish_in_process(root, args, barrier, planned, committed, results, key):
+    """One process publishing one day. With planned/committed (the forced conflict): it plans its scores commit,
+    says so, and waits until the other process has committed before committing itself."""
+    out = IcebergOutput(root)
+
+    def step(name):
+        if name == "scores-planned" and planned is not None and not planned.is_set():
+            planned.set()
+            committed.wait(timeout=60)
+
+    barrier.wait(timeout=60)
+    try:
+        results.put((key, ("ok", out.publish(*args, on_step=step)["scores"])))
+    except Exception as e:  # reported to the test, which names it
+        results.put((key, (type(e).__name__, str(e))))
+    finally:
+        if planned is not None:
+            planned.set()
+
+
+def _publish_after_the_other_planned(root, args, barrier, planned, committed, results):
+    barrier.wait(timeout=60)
+    planned.wait(timeout=60)
+    try:
+        results.put(("second", ("ok", IcebergOutput(root).publish(*args)["scores"])))
+    finally:
+        committed.set()
+
+
+def _run_two(tmp_path, output, conflict: bool, second_day: str = DAYS[1], root: str | None = None) -> dict:
+    # A queue, not a Manager: Beam's inference module (imported by earlier tests in the same process) replaces
+    # multiprocessing.managers.AutoProxy, and a spawn-context Manager's proxies then cannot be pickled.
+    ctx = multiprocessing.get_context("spawn")
+    barrier, planned, committed, results = ctx.Barrier(2), ctx.Event(), ctx.Event(), ctx.Queue()
+    first = stage(tmp_path, DAYS[0], "run-first", 60, 2, write=write_local)
+    second = stage(tmp_path, second_day, "run-second", 70, 3, write=write_local)
+    root = root or output.output
+    if conflict:
+        a_args = (root, first, barrier, planned, committed, results, "first")
+        b = ctx.Process(
+            target=_publish_after_the_other_planned, args=(root, second, barrier, planned, committed, results)
+        )
+    else:
+        a_args = (root, first, barrier, None, None, results, "first")
+        b = ctx.Process(target=_publish_in_process, args=(root, second, barrier, None, None, results, "second"))
+    a = ctx.Process(target=_publish_in_process, args=a_args)
+    a.start()
+    b.start()
+    collected = dict(results.get(timeout=180) for _ in range(2))
+    for p in (a, b):
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    return collected
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("conflict", [False, True], ids=["at-once", "forced-conflict"])
+def test_two_processes_committing_different_days_both_land(tmp_path, output, conflict):
+    results = _run_two(tmp_path, output, conflict)
+    assert results["first"][0] == "ok" and results["second"][0] == "ok", results
+    table = output.catalog.load_table("sentiment.review_scores")
+    if conflict:  # the first planned on the empty table, the second committed, the first landed on top of it
+        assert table.snapshot_by_id(results["first"][1]).parent_snapshot_id == results["second"][1]
+    for day, scored, rejected in ((DAYS[0], 60, 2), (DAYS[1], 70, 3)):
+        assert day_rows(output, "scores", day).num_rows == scored
+        assert day_rows(output, "rejects", day).num_rows == rejected
+        assert output.verify(day)[0], output.verify(day)
+    assert len(table.metadata.snapshots) == 2
+
+
+@pytest.mark.slow
+def test_two_processes_creating_the_catalog_and_tables_at_once_both_land(tmp_path, output):
+    """First use from two processes at once: one creates the SQLite catalog and each table, the other uses them."""
+    fresh = IcebergOutput(str(tmp_path / "fresh"))
+    results = _run_two(tmp_path, output, conflict=False, root=fresh.output)
+    assert results["first"][0] == "ok" and results["second"][0] == "ok", results
+    assert output.catalog.load_table("sentiment.review_scores").current_snapshot() is None  # the other output
+    for day, scored in ((DAYS[0], 60), (DAYS[1], 70)):
+        assert day_rows(fresh, "scores", day).num_rows == scored
+        assert fresh.verify(day)[0]
+
+
+def test_a_namespace_another_process_inserts_after_the_check_is_used(tmp_path, monkeypatch):
+    """The race CI hit in the test above: pyiceberg's SQL catalog checks that the namespace is absent, then inserts it;
+    when another process inserts in between, the insert fails on the UNIQUE constraint (IntegrityError, not
+    NamespaceAlreadyExistsError). The namespace exists all the same, so the tables are created in it."""
+    first, other = IcebergOutput(str(tmp_path / "fresh")), IcebergOutput(str(tmp_path / "fresh"))
+    namespace = tuple(first.table_names["scores"].split(".")[:-1])
+    real_check, calls = first.catalog.namespace_exists, []
+
+    def check_then_lose_the_race(ns):
+        calls.append(ns)
+        if len(calls) == 1:  # this process's check sees no namespace; the other process creates it right after
+            other.catalog.create_namespace(namespace)
+            return False
+        return real_check(ns)
+
+    monkeypatch.setattr(first.catalog, "namespace_exists", check_then_lose_the_race)
+    first.prepare({"scores": SCORES, "rejects": REJECTS})
+    for kind in ("scores", "rejects"):
+        assert other.catalog.load_table(other.table_names[kind]).current_snapshot() is None
+    assert len(calls) >= 2  # the lost race was seen and checked, not skipped
+
+
+def test_a_namespace_insert_that_fails_while_the_namespace_is_absent_still_fails(tmp_path, monkeypatch):
+    """The failure twin: an IntegrityError that the namespace's existence does not explain is not swallowed."""
+    from sqlalchemy.exc import IntegrityError
+
+    first, other = IcebergOutput(str(tmp_path / "fresh")), IcebergOutput(str(tmp_path / "fresh"))
+    namespace = tuple(first.table_names["scores"].split(".")[:-1])
+    other.catalog.create_namespace(namespace)  # the insert will fail on the constraint...
+    monkeypatch.setattr(first.catalog, "namespace_exists", lambda ns: False)  # ...and the catalog says it is absent
+    with pytest.raises(IntegrityError):
+        first.prepare({"scores": SCORES, "rejects": REJECTS})
+
+
+@pytest.mark.slow
+def test_a_concurrent_publish_of_the_same_day_is_refused_not_doubled(tmp_path, output):
+    """The failure twin: what the lease prevents. The second process replaces the same day while the first waits to
+    commit: the first is refused naming the day, and the table holds the second's day alone."""
+    results = _run_two(tmp_path, output, conflict=True, second_day=DAYS[0])
+    assert results["second"][0] == "ok", results
+    assert results["first"][0] == "IcebergPublishError", results
+    assert "table sentiment.review_scores, 2026-03-01: another publish changed this day" in results["first"][1]
+    assert day_rows(output, "scores", DAYS[0]).num_rows == 70
+    assert output.verify(DAYS[0]) == (
+        True,
+        f"{DAYS[0]}: complete: 70 scored + 3 rejected = 73 read in 3 file(s), run run-second, model v1",
+    )
+
+
+# ------------------------------------------------------------------------------------------- S3
+
+
+@pytest.fixture
+def s3_output(s3_endpoint, tmp_path):
+    bucket = f"iceberg-{uuid.uuid4().hex[:8]}"
+    s3_client(s3_endpoint).create_bucket(Bucket=bucket)
+    catalog = {
+        "name": "sentiment-on-s3",  # taken out before the rest goes to pyiceberg: the SQL rows are keyed by it
+        "type": "sql",
+        "uri": f"sqlite:///{tmp_path / 'catalog.db'}",
+        "warehouse": f"s3://{bucket}/warehouse",
+        "s3.endpoint": s3_endpoint,
+        "s3.access-key-id": S3_ACCESS_KEY,
+        "s3.secret-access-key": S3_SECRET_KEY,
+        "s3.region": S3_REGION,
+    }
+    out = IcebergOutput(f"s3://{bucket}/out", catalog=catalog)
+    out.prepare({"scores": SCORES, "rejects": REJECTS})
+    return out, bucket, s3_client(s3_endpoint)
+
+
+@pytest.mark.slow
+def test_a_warehouse_on_s3_publishes_reruns_travels_and_verifies(s3_output):
+    out, bucket, client = s3_output
+    fs, _ = out._fs(f"s3://{bucket}/x")
+
+    def write_s3(table, path):
+        pq.write_table(table, path.removeprefix("s3://"), filesystem=fs)
+
+    root = f"s3://{bucket}/out"
+    for n, day in enumerate(DAYS[:2]):
+        out.publish(*stage(root, day, f"run-{n}", 40 + n, n, write=write_s3))
+    before = current_snapshot(out, "scores")
+
+    def crash(name):
+        if name == "rejects-planned":
+            raise Crash(name)
+
+    with pytest.raises(Crash):
+        out.publish(*stage(root, DAYS[0], "run-crashed", 10, 0, write=write_s3), on_step=crash)
+    out.publish(*stage(root, DAYS[0], "run-again", 45, 1, model="v2", write=write_s3))
+
+    assert day_rows(out, "scores", DAYS[0]).num_rows == 45 and day_rows(out, "scores", DAYS[1]).num_rows == 41
+    assert day_rows(out, "scores", DAYS[0], snapshot_id=before).num_rows == 40
+    assert out.published_model_version(DAYS[0]) == "v2"
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="warehouse/")["Contents"]]
+    # (pyarrow leaves empty folder markers, "…/", behind the objects it moves: not files)
+    day_keys = [k for k in keys if f"/data/dt={DAYS[0]}/" in k and "/review_scores/" in k and not k.endswith("/")]
+    assert not [k for k in day_keys if "run-crashed" in k]  # the crashed run's moved shards were cleaned
+    assert len(day_keys) == 4  # run-0's two (time travel) and run-again's two
+    staged = client.list_objects_v2(Bucket=bucket, Prefix="out/staging/").get("Contents", [])
+    assert [o["Key"] for o in staged if "/scores-" in o["Key"]] == []  # all moved in (0-row shards stay)
+    current = next(k for k in day_keys if "run-again" in k)
+    client.delete_object(Bucket=bucket, Key=current)
+    complete, message = out.verify(DAYS[0])
+    assert not complete and message.endswith(f"s3://{bucket}/{current} is missing")

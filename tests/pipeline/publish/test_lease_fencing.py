@@ -1,0 +1,197 @@
+"""The lease fences the publish: a run that no longer holds the newest generation publishes nothing, expiry is judged
+by the store's clock, and a publish interleaved with another run's never leaves a manifest without its files."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.publish import lease
+from pipeline.publish.commit import CommitPartition
+from pipeline.publish.parquet import ParquetFolders, check_partition, publish_partition, read_manifest
+from tests.conftest import clean_processes
+from transforms.schema import RunSchema
+
+DATE = "2026-03-01"
+SCHEMA = RunSchema()
+
+
+def _stage(staging: str, run: str, ids: list[int]) -> list[dict]:
+    """A scores shard and an empty rejects shard of the run's schema, as the writers leave them."""
+    os.makedirs(staging, exist_ok=True)
+    scores = pa.table(
+        {
+            "review_id": pa.array(ids, pa.int64()),
+            "customer_id": pa.array([1] * len(ids), pa.int64()),
+            "sentiment_score": pa.array([0.5] * len(ids), pa.float32()),
+            "model_version": pa.array(["m"] * len(ids)),
+        },
+        schema=SCHEMA.scores_schema(),
+    )
+    paths = {kind: os.path.join(staging, f"{kind}-{run}-0000.parquet") for kind in ("scores", "rejects")}
+    pq.write_table(scores, paths["scores"])
+    pq.write_table(SCHEMA.rejects_schema().empty_table(), paths["rejects"])
+    return [
+        {"kind": "scores", "path": paths["scores"], "rows": len(ids)},
+        {"kind": "rejects", "path": paths["rejects"], "rows": 0},
+    ]
+
+
+def _facts(run: str, rows: int) -> dict:
+    return {
+        "run_id": run,
+        "model_version": "m",
+        "partition": DATE,
+        "rows": {"read": rows, "scored": rows, "rejected": 0},
+    }
+
+
+def test_a_publish_overtaken_by_another_run_removes_its_files_and_leaves_the_other_complete(tmp_path):
+    """The interleaving that once left a `_SUCCESS` listing no data files: run A is paused after its shards and
+    reports are in place, run B takes the partition over and publishes, then A resumes."""
+    control, partition = str(tmp_path / "out.staging"), str(tmp_path / "out" / f"dt={DATE}")
+    a = lease.acquire(control, DATE, "run-a", time.time(), 3600)
+
+    def b_takes_over(step):
+        if step == "reports":
+            b = lease.acquire(control, DATE, "run-b", time.time(), 3600, take_over=True)
+            shards = _stage(str(tmp_path / "staging-b"), "run-b", [7, 8, 9])
+            publish_partition(
+                shards, partition, _facts("run-b", 3), {"summary.json": b"{}"},
+                fence=lambda: lease.fence(control, DATE, "run-b", b.generation),
+            )  # fmt: skip
+
+    shards = _stage(str(tmp_path / "staging-a"), "run-a", [1, 2])
+    with pytest.raises(lease.LeaseLost, match="run run-a no longer holds the lease of dt=2026-03-01"):
+        publish_partition(
+            shards, partition, _facts("run-a", 2), {"summary.json": b"{}"}, on_step=b_takes_over,
+            fence=lambda: lease.fence(control, DATE, "run-a", a.generation),
+        )  # fmt: skip
+    check = check_partition(partition)
+    assert check.complete and check.manifest["run_id"] == "run-b", check.message
+    assert not [n for n in os.listdir(partition) if "run-a" in n]
+    assert sorted(os.listdir(os.path.join(partition, "_report"))) == ["run-b"]
+    assert not [n for n in os.listdir(os.path.join(partition, "_rejects")) if "run-a" in n]
+
+
+def test_a_publish_whose_lease_is_still_the_newest_goes_through(tmp_path):
+    """The twin: the fence passes for the holder of the newest generation."""
+    control, partition = str(tmp_path / "out.staging"), str(tmp_path / "out" / f"dt={DATE}")
+    held = lease.acquire(control, DATE, "run-a", time.time(), 3600)
+    shards = _stage(str(tmp_path / "staging-a"), "run-a", [1, 2])
+    publish_partition(
+        shards, partition, _facts("run-a", 2), {}, fence=lambda: lease.fence(control, DATE, "run-a", held.generation)
+    )
+    assert read_manifest(partition)["run_id"] == "run-a"
+
+
+def _commit(tmp_path, leases: dict) -> CommitPartition:
+    info = {
+        "run_id": "run-a",
+        "started_at": time.time(),
+        "model_version": "m",
+        "model_dir": "model",
+        "review_files": {DATE: []},
+        "customer_files": [],
+        "leases": leases,
+        "lease_expiry_seconds": 60.0,
+    }
+    schemas = {"scores": SCHEMA.scores_schema(), "rejects": SCHEMA.rejects_schema()}
+    return CommitPartition(
+        ParquetFolders(str(tmp_path / "out")), str(tmp_path / "out.staging" / "run-a"), info, {DATE: 2}, schemas, 0.2
+    )
+
+
+def _records(tmp_path) -> tuple[str, list[dict]]:
+    staged = _stage(str(tmp_path / "out.staging" / "run-a" / f"dt={DATE}"), "run-a", [1, 2])
+    return DATE, [{"kind": "partition"}, *staged]
+
+
+def test_a_run_whose_lease_lapsed_and_was_taken_publishes_nothing(tmp_path):
+    """Expiry on the store's clock, driven by an injected store time: run A's lease lapsed, run B took it, and A's
+    commit step (the real DoFn) refuses the partition naming the lost lease."""
+    control = str(tmp_path / "out.staging")
+    a = lease.acquire(control, DATE, "run-a", time.time(), 60)
+    b = lease.acquire(control, DATE, "run-b", time.time(), 3600, now=a.expires_at + 1)
+    assert b.generation == a.generation + 1
+    [result] = _commit(tmp_path, {DATE: a.generation}).process(_records(tmp_path), customers_summary={})
+    assert result["status"] == "failed" and "run run-a lost the lease" in result["message"]
+    assert not os.path.exists(tmp_path / "out" / f"dt={DATE}" / "_SUCCESS")
+    assert lease.current(control, DATE).run_id == "run-b" and not lease.current(control, DATE).released
+
+
+def test_a_run_whose_lease_lapsed_but_was_not_taken_renews_it_and_publishes(tmp_path):
+    """The twin: a lapsed lease nobody took is still the newest generation: the commit renews it and publishes."""
+    control = str(tmp_path / "out.staging")
+    a = lease.acquire(control, DATE, "run-a", time.time(), 60)
+    [result] = _commit(tmp_path, {DATE: a.generation}).process(_records(tmp_path), customers_summary={})
+    assert result["status"] == "published", result["message"]
+    assert check_partition(str(tmp_path / "out" / f"dt={DATE}")).complete
+    assert lease.current(control, DATE).released  # given back once published
+
+
+def test_expiry_is_judged_by_the_stores_clock_not_the_holders(tmp_path, monkeypatch):
+    """A holder whose host clock runs 10 h behind: comparing its clock with ours would call its fresh lease expired
+    (the old rule: expires_at = the holder's time.time() + expiry). The store stamps the lease when it is written."""
+    control = str(tmp_path / "out.staging")
+    real_time = time.time
+    with monkeypatch.context() as m:
+        m.setattr(lease.time, "time", lambda: real_time() - 10 * 3600)
+        lease.acquire(control, DATE, "skewed-holder", time.time(), 6 * 3600)
+    with pytest.raises(lease.LeaseHeld, match="run skewed-holder"):
+        lease.acquire(control, DATE, "other", real_time(), 6 * 3600)
+    assert lease.store_now(control) == pytest.approx(real_time(), abs=120)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A write that fails while publishing (a full disk, a file size limit): the previous partition stays, nothing is
+# left half written, the lease is given back, and the reason names the path.
+
+
+def _commit_under_file_size_limit(tmp_path, records, limit: int, results) -> None:
+    """In a forked child: the kernel refuses writes past `limit` bytes (EFBIG, as ENOSPC would on a full disk)."""
+    import resource
+    import signal
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+    control = str(tmp_path / "out.staging")
+    held = lease.current(control, DATE)
+    outputs = list(_commit(tmp_path, {DATE: held.generation}).process(records, customers_summary={}))
+    results.put([{k: v for k, v in o.items() if k != "summary"} for o in outputs])
+
+
+@pytest.mark.parametrize("limit", [1_000, 10**9], ids=["writes-fail", "twin-writes-fit"])
+def test_a_write_that_fails_while_publishing_refuses_the_partition_and_keeps_the_previous_one(tmp_path, limit):
+    control, partition = str(tmp_path / "out.staging"), str(tmp_path / "out" / f"dt={DATE}")
+    old = lease.acquire(control, DATE, "run-old", time.time(), 3600)
+    old_shards = _stage(str(tmp_path / "staging-old"), "run-old", [1, 2, 3])
+    publish_partition(old_shards, partition, _facts("run-old", 3), {"summary.json": b"{}"}, fence=None)
+    lease.release(control, DATE, "run-old")
+    assert old.generation == 0
+    lease.acquire(control, DATE, "run-a", time.time(), 3600)
+    records = _records(tmp_path)  # run-a's shards are staged before the limit applies
+    context = clean_processes()
+    results = context.Queue()
+    child = context.Process(target=_commit_under_file_size_limit, args=(tmp_path, records, limit, results))
+    child.start()
+    child.join(120)
+    assert child.exitcode == 0
+    [result] = results.get(timeout=10)
+    leftovers = [p for p in (tmp_path / "out").rglob("*") if ".tmp-" in p.name]
+    assert leftovers == []
+    assert lease.current(control, DATE).released  # given back either way
+    if limit == 1_000:
+        assert result["status"] == "failed"
+        assert "publishing failed" in result["message"] and f"{partition}/_report/run-a/" in result["message"]
+        assert "File too large" in result["message"]
+        check = check_partition(partition)
+        assert check.complete and check.manifest["run_id"] == "run-old"  # the previous partition, intact
+        assert not [n for n in os.listdir(partition) if "run-a" in n]
+    else:
+        assert result["status"] == "published", result["message"]
+        assert read_manifest(partition)["run_id"] == "run-a"
