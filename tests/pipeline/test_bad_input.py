@@ -25,10 +25,11 @@ from pipeline.run.launcher import execute
 from tests.conftest import corrupt_first_page_header, partition_summary
 from transforms.broadcast_join import join_customers
 from transforms.customer_table import build_customer_table
-from transforms.featurize import Featurizer
-from transforms.isolation import score_with_isolation
-from transforms.schema import FILE_INDEX, ROW_INDEX, Columns, RunSchema, conform
-from transforms.validate import REASONS, check_rows, duplicate_row_keys
+from transforms.featurize import NUMERIC, TOKENS, Featurizer, matrix_column
+from transforms.inference import score_table
+from transforms.isolation import MAX_FAILED_CALLS
+from transforms.schema import FILE_INDEX, ROW_INDEX, SCORE, Columns, RunSchema, conform
+from transforms.validate import INVALID_SCORE, REASONS, check_rows, duplicate_row_keys
 
 DATE = "2026-03-01"
 CUSTOMER_SCHEMA = pa.schema([("customer_id", pa.int64()), ("age", pa.float64()), ("purchase_history", pa.float64())])
@@ -716,10 +717,13 @@ def test_fuzzed_batches_are_scored_or_rejected_exactly_once(
     assert tokens.size == 0 or (tokens.min() >= 0 and tokens.max() < bundle.vocab_size)
     assert 0 <= oov <= words
 
-    scores, failed, error, _ = score_with_isolation(fuzz_scorer.predict, numeric, tokens)
-    assert not failed.any(), error  # in-range token ids never make the model fail
-    in_range = (scores >= 0.0) & (scores <= 1.0)
-    # What the Infer step does: scores outside [0, 1] (NaN from an overflowing feature) become invalid_score rejects.
-    scored = scores[in_range]
+    # The Infer step itself on the featurized rows: every row comes out once, as a score in [0, 1] or a reject
+    # (a NaN from an overflowing feature becomes invalid_score), never as a score outside [0, 1].
+    featurized = valid.append_column(NUMERIC, matrix_column(numeric)).append_column(TOKENS, matrix_column(tokens))
+    result = score_table(fuzz_scorer, "p", featurized, schema, MAX_FAILED_CALLS)
+    assert result.failure is None, result.failure
+    scored = np.zeros(0, np.float32) if result.scores is None else result.scores[SCORE].to_numpy()
+    score_rejects = [] if result.rejects is None else result.rejects["reason"].to_pylist()
+    assert set(score_rejects) <= {INVALID_SCORE}  # in-range token ids never make the model fail
     assert np.all(np.isfinite(scored)) and np.all((scored >= 0) & (scored <= 1))
-    assert len(scored) + int((~in_range).sum()) + rejects.num_rows == n
+    assert len(scored) + len(score_rejects) + rejects.num_rows == n
