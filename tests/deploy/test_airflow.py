@@ -20,8 +20,9 @@ import pytest
 from pipeline.run.config import load_config
 from tests.conftest import partition_summary
 
-# Every test here is slow (make test-fast skips them): real Airflow in its own virtualenv, running the DAG's tasks.
-pytestmark = pytest.mark.slow
+# Every test here is slow (make test-fast skips them) and an install (make test-quick skips them): real Airflow,
+# installed into its own virtualenv on first use, running the DAG's tasks.
+pytestmark = [pytest.mark.slow, pytest.mark.install]
 
 REPO = Path(__file__).resolve().parents[2]
 DAG_DIR = REPO / "deploy" / "airflow"
