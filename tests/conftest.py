@@ -89,36 +89,19 @@ def retrained_bundle(bundle, directory) -> str:
     return save_bundle(str(directory), model, bundle.vocabulary, bundle.tokenizer, bundle.scaler).model_version
 
 
-def paths_config(paths: dict, bundle_dir, **extra):
-    """A run config over {"customers", "reviews", "output"} paths and a bundle, on FnApiRunner, with overrides."""
+def run_config(paths: dict, model_dir, **settings):
+    """The tests' one run-config builder: {"customers", "reviews", "output"} paths (local or s3://) and a bundle, on
+    FnApiRunner (no Prism download); any other setting (date, runtime, output_format, ...) as a keyword."""
     from pipeline.run.config import build_config
 
-    return build_config(
-        {
-            "customers": paths["customers"],
-            "reviews": paths["reviews"],
-            "model_dir": str(bundle_dir),
-            "output": paths["output"],
-            "beam": {"runner": "FnApiRunner"},
-            **extra,
-        }
-    )
+    inputs = {name: str(paths[name]) for name in ("customers", "reviews", "output")}
+    return build_config({**inputs, "model_dir": str(model_dir), "beam": {"runner": "FnApiRunner"}, **settings})
 
 
-def sample_config(sample_dir, bundle_dir, output, **extra):
-    """A run config over the sample data and bundle, on FnApiRunner (no Prism download), with overrides."""
-    from pipeline.run.config import build_config
-
-    return build_config(
-        {
-            "customers": str(sample_dir / "customers"),
-            "reviews": str(sample_dir / "reviews"),
-            "model_dir": str(bundle_dir),
-            "output": str(output),
-            "beam": {"runner": "FnApiRunner"},
-            **extra,
-        }
-    )
+def sample_config(sample_dir, bundle_dir, output, **settings):
+    """run_config over the session's sample data."""
+    paths = {"customers": sample_dir / "customers", "reviews": sample_dir / "reviews", "output": output}
+    return run_config(paths, bundle_dir, **settings)
 
 
 def corrupt_first_page_header(path) -> None:

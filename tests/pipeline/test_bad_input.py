@@ -19,10 +19,8 @@ from hypothesis import strategies as st
 
 from model.bundle import BundleError, load_bundle
 from model.runtime import TensorflowRuntime as ModelScorer
-from pipeline.errors import ConfigError
-from pipeline.run.config import build_config
 from pipeline.run.launcher import execute
-from tests.conftest import corrupt_first_page_header, partition_summary
+from tests.conftest import corrupt_first_page_header, partition_summary, run_config
 from transforms.broadcast_join import join_customers
 from transforms.customer_table import build_customer_table
 from transforms.featurize import NUMERIC, TOKENS, Featurizer, matrix_column
@@ -67,10 +65,10 @@ def write_good_dataset(root) -> dict:
     return {"customers": f"{root}/customers", "reviews": f"{root}/reviews", "output": f"{root}/out"}
 
 
-def make_config(**settings_):
+def make_config(customers, reviews, model_dir, output, **settings_):
     # These inputs are mostly bad rows on purpose; the reject ceiling has its own tests (max_reject_fraction).
-    base = {"beam": {"runner": "FnApiRunner"}, "runtime": "litert", "date": DATE, "max_reject_fraction": 1.0}
-    return build_config({**base, **settings_})
+    paths = {"customers": customers, "reviews": reviews, "output": output}
+    return run_config(paths, model_dir, **{"runtime": "litert", "date": DATE, "max_reject_fraction": 1.0, **settings_})
 
 
 def run(capsys, **settings_) -> tuple[int, list[str]]:
@@ -490,24 +488,6 @@ def test_output_that_is_a_regular_file(tmp_path, capsys, bundle_dir):
     assert "failed" not in lines[0], lines  # a start-up error, not a failed run
     assert blocker.read_text() == "a file where the output folder should be"
     assert not os.path.exists(str(blocker) + ".staging")
-
-
-@pytest.mark.parametrize(
-    ("settings_", "named"),
-    [
-        ({"bogus_setting": 1}, "'bogus_setting'"),
-        ({"inference_batch_size": "big"}, "'inference_batch_size'"),
-        ({"jit_compile": "yes"}, "'jit_compile'"),
-        ({"allow_empty": 1}, "'allow_empty'"),
-        ({"read_batch_size": 0}, "'read_batch_size'"),
-        ({"beam": "FnApiRunner"}, "'beam'"),
-        ({"columns": {"review_txt": "text"}}, "'columns.review_txt'"),
-        ({"date": "2026-02-30"}, "'date'"),
-    ],
-)
-def test_invalid_config_names_the_setting(settings_, named):
-    with pytest.raises(ConfigError, match=named):
-        build_config({"customers": "c", "reviews": "r", "model_dir": "m", "output": "o", **settings_})
 
 
 @pytest.mark.slow
