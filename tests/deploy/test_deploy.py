@@ -355,16 +355,7 @@ def test_launcher_main_calls_the_cli_from_the_repo_root(launcher, monkeypatch, t
     assert seen["level"] == logging.INFO
 
 
-def cli_available() -> bool:
-    try:
-        return importlib.util.find_spec("pipeline.cli.main") is not None
-    except ImportError:
-        return False
-
-
 def run_real_launcher(script: Path, argv: list[str], tmp_path) -> subprocess.CompletedProcess:
-    if not cli_available():
-        pytest.skip("pipeline.cli.main is not importable here")
     return subprocess.run(
         [sys.executable, str(script), *argv], cwd=tmp_path, capture_output=True, text=True, timeout=120
     )
@@ -446,12 +437,9 @@ def test_every_template_parameter_reaches_the_job_not_beam(launcher):
 
 
 def test_metadata_date_regex():
+    # The template refuses a date before launching anything; the job's own spelling check is tested in test_edges.
     (date_param,) = [p for p in metadata()["parameters"] if p["name"] == "date"]
     assert date_param["regexes"] == [r"^\d{4}-\d{2}-\d{2}$"]
-    (regex,) = date_param["regexes"]
-    assert re.search(regex, "2026-11-28")
-    for bad in ("2026/11/28", "26-11-28", "2026-11-28x", "x2026-11-28", ""):
-        assert not re.search(regex, bad), bad
 
 
 def test_metadata_path_regexes_want_cloud_storage():
