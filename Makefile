@@ -11,7 +11,7 @@ MODEL := data/model
 RUN_DATE ?= 2026-11-28
 PYTEST_ARGS ?=
 
-.PHONY: run test test-fast lint format bench bench-quick clean install
+.PHONY: run test test-fast test-quick lint format bench bench-quick clean install
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,11 @@ test: lint
 # the slow ones run a pipeline, a subprocess, a server (S3, portable runner), Airflow or many hypothesis examples.
 test-fast: lint
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# Everything but the installs: lint, then every test not marked install (the sdist and wheel into fresh venvs, the
+# Airflow venv and DAG), pipeline runs, subprocesses and servers included.
+test-quick: lint
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -m "not install" $(PYTEST_ARGS)
 
 # Throughput and memory against baselines, by hand (never in make test); see benchmarks/README.md.
 bench: $(TEST_INSTALLED)

@@ -30,8 +30,9 @@ setup(
         "pyyaml>=6.0",
         # The per-partition report's score histogram (Agg backend, no display).
         "matplotlib>=3.8",
-        # The Iceberg output (pipeline/publish/iceberg.py): catalogs, add_files and snapshot summaries; 0.12 is the
-        # release the tests run on (transaction-level delete + add_files, snapshot_properties on both).
+        # The Iceberg output (pipeline/publish/iceberg.py): catalogs, overwrite snapshots of existing data files and
+        # snapshot summaries; 0.12 is the release the tests run on (a transaction's overwrite() with
+        # delete_by_predicate, delete_data_file and append_data_file, snapshot_properties on it).
         "pyiceberg[pyarrow]>=0.12,<0.13",
         # pyiceberg's SQL catalog (the embedded SQLite default, or Postgres); its sql-* extras only add this.
         "sqlalchemy>=2.0.18,<3",

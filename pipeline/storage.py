@@ -9,6 +9,7 @@ import uuid
 
 from apache_beam.io.filesystems import FileSystems
 
+LOCAL_SCHEME = "file://"
 # Marks a temporary file written beside its target (write_atomically); a publish removes any it finds.
 TEMP_MARK = ".tmp-"
 
@@ -26,11 +27,19 @@ def _named(path: str, error: OSError) -> StorageError:
 
 
 def is_remote(path: str) -> bool:
-    """Whether path is on an object store (s3://, gs://) rather than local disk."""
-    return "://" in path
+    """Whether path is on an object store (s3://, gs://) rather than local disk (a plain path or file://)."""
+    return "://" in path and not path.startswith(LOCAL_SCHEME)
+
+
+def _native(path: str) -> str:
+    """The path as os and Beam's FileSystems take it: Beam has no file:// filesystem, so a file:// URL (as pyiceberg
+    writes local locations) is handed on as the plain path it names."""
+    return path.removeprefix(LOCAL_SCHEME)
 
 
 def join(*parts: str) -> str:
+    if parts[0].startswith(LOCAL_SCHEME):
+        return LOCAL_SCHEME + FileSystems.join(_native(parts[0]), *parts[1:])
     return FileSystems.join(*parts)
 
 
@@ -41,10 +50,11 @@ def basename(path: str) -> str:
 def list_paths(pattern: str, strict: bool = False) -> list[str]:
     """The files a pattern matches; empty when nothing does. Some stores raise instead of matching nothing, so a
     failed listing is empty too, unless strict: then a failure other than a missing folder raises StorageError."""
+    prefix = LOCAL_SCHEME if pattern.startswith(LOCAL_SCHEME) else ""  # paths come back spelt as the pattern is
     try:
-        return [m.path for r in FileSystems.match([pattern]) for m in r.metadata_list]
+        return [prefix + m.path for r in FileSystems.match([_native(pattern)]) for m in r.metadata_list]
     except Exception as e:
-        if not strict or (not is_remote(pattern) and not os.path.isdir(pattern.rsplit("/", 1)[0])):
+        if not strict or (not is_remote(pattern) and not os.path.isdir(_native(pattern).rsplit("/", 1)[0])):
             return []
         raise StorageError(f"{pattern}: cannot list ({type(e).__name__}: {e})") from None
 
@@ -52,14 +62,14 @@ def list_paths(pattern: str, strict: bool = False) -> list[str]:
 def sizes(pattern: str) -> dict[str, int]:
     """{basename: bytes} of the files a pattern matches."""
     try:
-        results = FileSystems.match([pattern])
+        results = FileSystems.match([_native(pattern)])
     except Exception:
         return {}
     return {basename(m.path): m.size_in_bytes for r in results for m in r.metadata_list}
 
 
 def exists(path: str) -> bool:
-    return FileSystems.exists(path)
+    return FileSystems.exists(_native(path))
 
 
 def write_atomically(path: str, data: bytes) -> None:
@@ -73,6 +83,7 @@ def write_atomically(path: str, data: bytes) -> None:
         with FileSystems.create(path) as f:
             f.write(data)
         return
+    path = _native(path)
     temp = f"{path}{TEMP_MARK}{uuid.uuid4().hex[:8]}"
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -98,7 +109,7 @@ def write_json(path: str, record: dict) -> None:
 def read_json(path: str) -> dict | None:
     """The JSON object in a file, or None when it is missing or not readable JSON."""
     try:
-        with FileSystems.open(path) as f:
+        with FileSystems.open(_native(path)) as f:
             return json.loads(f.read().decode("utf-8"))
     except Exception:
         return None
@@ -108,8 +119,8 @@ def move(source: str, destination: str) -> None:
     """Renames a file (an object store copies, then deletes); the destination's folder is made on local disk."""
     try:
         if not is_remote(source):
-            os.makedirs(os.path.dirname(os.path.abspath(destination)), exist_ok=True)
-            os.replace(source, destination)
+            os.makedirs(os.path.dirname(os.path.abspath(_native(destination))), exist_ok=True)
+            os.replace(_native(source), _native(destination))
         else:
             FileSystems.rename([source], [destination])
     except OSError as e:
@@ -118,13 +129,13 @@ def move(source: str, destination: str) -> None:
 
 def delete(paths: list[str]) -> None:
     if paths:
-        FileSystems.delete(paths)
+        FileSystems.delete([_native(p) for p in paths])
 
 
 def delete_tree(folder: str) -> None:
     """Deletes a folder and everything below it (on an object store: every object under its prefix)."""
     if not is_remote(folder):
-        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(_native(folder), ignore_errors=True)
         return
     delete(list_paths(join(folder, "**")))
 
@@ -132,10 +143,10 @@ def delete_tree(folder: str) -> None:
 def sync_to_disk(paths: list[str], folders: list[str]) -> None:
     """Flushes files and then their folders' entries to the disk (local only: an object store's PUT is durable
     when it returns), so a manifest written after this never lists a file that power loss could leave short."""
-    for path in [*paths, *(f for f in folders if is_remote(f) or os.path.isdir(f))]:
+    for path in [*paths, *(f for f in folders if is_remote(f) or os.path.isdir(_native(f)))]:
         if is_remote(path):
             continue
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(_native(path), os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
@@ -148,6 +159,7 @@ def create_if_absent(path: str, data: bytes) -> bool:
     if not is_remote(path):
         # The whole content is written first, then linked under the name: link(2) fails if the name exists, and a
         # reader never sees the lease half written (an O_EXCL create would show it empty for a moment).
+        path = _native(path)
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         temp = f"{path}{TEMP_MARK}{uuid.uuid4().hex[:8]}"
         with open(temp, "wb") as f:

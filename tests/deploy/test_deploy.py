@@ -8,10 +8,10 @@ import json
 import logging
 import os
 import re
+import select
 import shutil
 import subprocess
 import sys
-import time
 import types
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -43,26 +43,24 @@ def load_module(path: Path, name: str) -> types.ModuleType:
 
 @pytest.fixture
 def fake_job(tmp_path):
-    """A stand-in for `sentiment-score`: logs its argv, marks that it started, exits FAKE_RC.
+    """A stand-in for `sentiment-score`: logs its argv, exits FAKE_RC.
 
-    With FAKE_HOLD=1 it keeps running (sleeping) until the test creates the `release` file, at most 30 s, so a
-    test decides when it ends instead of racing a fixed sleep on a busy machine.
+    With FAKE_HOLD=1 it prints `started` on stdout and keeps running until a line (or EOF) arrives on its stdin, at
+    most 30 s, so a test awaits its start and decides when it ends instead of racing a fixed sleep on a busy machine.
     """
     calls = tmp_path / "calls.log"
-    started = tmp_path / "started"
-    release = tmp_path / "release"
     script = tmp_path / "fake-sentiment-score"
     script.write_text(
         "#!/usr/bin/env bash\n"
         f'printf "%s\\n" "$*" >> "{calls}"\n'
-        f'touch "{started}"\n'
         'if [[ "${FAKE_HOLD:-0}" == 1 ]]; then\n'
-        f'    for _ in $(seq 300); do [[ -e "{release}" ]] && break; sleep 0.1; done\n'
+        "    echo started\n"
+        "    read -r -t 30 _ || true\n"
         "fi\n"
         'exit "${FAKE_RC:-0}"\n'
     )
     script.chmod(0o755)
-    return types.SimpleNamespace(path=script, calls=calls, started=started, release=release)
+    return types.SimpleNamespace(path=script, calls=calls)
 
 
 def wrapper_env(tmp_path, **overrides) -> dict[str, str]:
@@ -169,16 +167,16 @@ def test_lock_prevents_overlapping_runs(tmp_path, fake_job):
         [str(CRON_SCRIPT)],
         env=wrapper_env(tmp_path, SCORE_DATE="2026-11-27", SENTIMENT_SCORE=fake_job.path, FAKE_HOLD=1),
         cwd=tmp_path,
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
-        deadline = time.monotonic() + 15
-        while not fake_job.started.exists():  # the job starts only once the wrapper holds the lock
-            assert first.poll() is None, first.communicate()
-            assert time.monotonic() < deadline, "the first run never started its job"
-            time.sleep(0.05)
+        # The job starts only once the wrapper holds the lock; it says so on the stdout it shares with the wrapper.
+        ready, _, _ = select.select([first.stdout], [], [], 15)
+        assert ready, "the first run never started its job"
+        assert first.stdout.readline() == "started\n", first.communicate()
 
         second = run_wrapper(tmp_path, SCORE_DATE="2026-11-28", SENTIMENT_SCORE=fake_job.path)
         assert second.returncode == 75
@@ -186,8 +184,7 @@ def test_lock_prevents_overlapping_runs(tmp_path, fake_job):
         assert second.stdout == ""
         assert first.poll() is None, "the second run must not disturb the first"
 
-        fake_job.release.touch()
-        _, first_err = first.communicate(timeout=30)
+        _, first_err = first.communicate(input="release\n", timeout=30)
         assert first.returncode == 0, first_err
     finally:
         if first.poll() is None:
@@ -358,16 +355,7 @@ def test_launcher_main_calls_the_cli_from_the_repo_root(launcher, monkeypatch, t
     assert seen["level"] == logging.INFO
 
 
-def cli_available() -> bool:
-    try:
-        return importlib.util.find_spec("pipeline.cli.main") is not None
-    except ImportError:
-        return False
-
-
 def run_real_launcher(script: Path, argv: list[str], tmp_path) -> subprocess.CompletedProcess:
-    if not cli_available():
-        pytest.skip("pipeline.cli.main is not importable here")
     return subprocess.run(
         [sys.executable, str(script), *argv], cwd=tmp_path, capture_output=True, text=True, timeout=120
     )
@@ -449,12 +437,9 @@ def test_every_template_parameter_reaches_the_job_not_beam(launcher):
 
 
 def test_metadata_date_regex():
+    # The template refuses a date before launching anything; the job's own spelling check is tested in test_edges.
     (date_param,) = [p for p in metadata()["parameters"] if p["name"] == "date"]
     assert date_param["regexes"] == [r"^\d{4}-\d{2}-\d{2}$"]
-    (regex,) = date_param["regexes"]
-    assert re.search(regex, "2026-11-28")
-    for bad in ("2026/11/28", "26-11-28", "2026-11-28x", "x2026-11-28", ""):
-        assert not re.search(regex, bad), bad
 
 
 def test_metadata_path_regexes_want_cloud_storage():

@@ -1,4 +1,4 @@
-"""The built model matches the specified two-input architecture, layer by layer."""
+"""The built model has the two-input signature bundles are checked against and one score in [0, 1] per row."""
 
 import pytest
 
@@ -16,23 +16,11 @@ def test_inputs_are_numeric_then_text_with_names_shapes_and_dtypes(model):
     assert (text.name, tuple(text.shape), text.dtype) == (TEXT_INPUT, (None, 50), "int32")
 
 
-def test_layers_types_and_units(model):
-    layers = {layer.name: layer for layer in model.layers}
-    assert [layers[n].units for n in ("numeric_dense_0", "numeric_dense_1")] == [16, 8]
-    assert layers["embedding"].input_dim == 10000 and layers["embedding"].output_dim == 16
-    assert layers["lstm"].__class__.__name__ == "LSTM" and layers["lstm"].units == 32
-    assert layers["concat"].__class__.__name__ == "Concatenate"
-    assert layers["head_dense"].units == 16 and layers["head_dense"].activation.__name__ == "relu"
-    assert layers["sentiment"].units == 1 and layers["sentiment"].activation.__name__ == "sigmoid"
+def test_the_output_is_one_sigmoid_score_per_row(model):
+    # What scoring relies on: one score per row, squashed into [0, 1]. The layers in between are the architecture
+    # module's own business (a test restating each Keras layer and the compile settings would only repeat it).
     assert tuple(model.outputs[0].shape) == (None, 1)
-
-
-def test_compiled_with_adam_binary_crossentropy_accuracy_and_auc(model):
-    config = model.get_compile_config()
-    assert config["optimizer"]["class_name"] == "Adam"
-    assert config["loss"] == "binary_crossentropy"
-    metrics = [m if isinstance(m, str) else m["config"]["name"] for m in config["metrics"]]
-    assert metrics == ["accuracy", "auc"]
+    assert model.layers[-1].activation.__name__ == "sigmoid"
 
 
 def test_parameterized_spec_changes_sizes():

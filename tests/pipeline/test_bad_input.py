@@ -19,16 +19,15 @@ from hypothesis import strategies as st
 
 from model.bundle import BundleError, load_bundle
 from model.runtime import TensorflowRuntime as ModelScorer
-from pipeline.errors import ConfigError
-from pipeline.run.config import build_config
 from pipeline.run.launcher import execute
-from tests.conftest import corrupt_first_page_header, partition_summary
+from tests.conftest import corrupt_first_page_header, partition_summary, run_config
 from transforms.broadcast_join import join_customers
 from transforms.customer_table import build_customer_table
-from transforms.featurize import Featurizer
-from transforms.isolation import score_with_isolation
-from transforms.schema import FILE_INDEX, ROW_INDEX, Columns, RunSchema, conform
-from transforms.validate import REASONS, check_rows, duplicate_row_keys
+from transforms.featurize import NUMERIC, TOKENS, Featurizer, matrix_column
+from transforms.inference import score_table
+from transforms.isolation import MAX_FAILED_CALLS
+from transforms.schema import FILE_INDEX, ROW_INDEX, SCORE, Columns, RunSchema, conform
+from transforms.validate import INVALID_SCORE, REASONS, check_rows, duplicate_row_keys
 
 DATE = "2026-03-01"
 CUSTOMER_SCHEMA = pa.schema([("customer_id", pa.int64()), ("age", pa.float64()), ("purchase_history", pa.float64())])
@@ -66,10 +65,10 @@ def write_good_dataset(root) -> dict:
     return {"customers": f"{root}/customers", "reviews": f"{root}/reviews", "output": f"{root}/out"}
 
 
-def make_config(**settings_):
+def make_config(customers, reviews, model_dir, output, **settings_):
     # These inputs are mostly bad rows on purpose; the reject ceiling has its own tests (max_reject_fraction).
-    base = {"beam": {"runner": "FnApiRunner"}, "runtime": "litert", "date": DATE, "max_reject_fraction": 1.0}
-    return build_config({**base, **settings_})
+    paths = {"customers": customers, "reviews": reviews, "output": output}
+    return run_config(paths, model_dir, **{"runtime": "litert", "date": DATE, "max_reject_fraction": 1.0, **settings_})
 
 
 def run(capsys, **settings_) -> tuple[int, list[str]]:
@@ -491,24 +490,6 @@ def test_output_that_is_a_regular_file(tmp_path, capsys, bundle_dir):
     assert not os.path.exists(str(blocker) + ".staging")
 
 
-@pytest.mark.parametrize(
-    ("settings_", "named"),
-    [
-        ({"bogus_setting": 1}, "'bogus_setting'"),
-        ({"inference_batch_size": "big"}, "'inference_batch_size'"),
-        ({"jit_compile": "yes"}, "'jit_compile'"),
-        ({"allow_empty": 1}, "'allow_empty'"),
-        ({"read_batch_size": 0}, "'read_batch_size'"),
-        ({"beam": "FnApiRunner"}, "'beam'"),
-        ({"columns": {"review_txt": "text"}}, "'columns.review_txt'"),
-        ({"date": "2026-02-30"}, "'date'"),
-    ],
-)
-def test_invalid_config_names_the_setting(settings_, named):
-    with pytest.raises(ConfigError, match=named):
-        build_config({"customers": "c", "reviews": "r", "model_dir": "m", "output": "o", **settings_})
-
-
 @pytest.mark.slow
 def test_cli_unknown_config_key_exits_2_naming_it(tmp_path, bundle_dir):
     paths = write_good_dataset(tmp_path)
@@ -716,10 +697,13 @@ def test_fuzzed_batches_are_scored_or_rejected_exactly_once(
     assert tokens.size == 0 or (tokens.min() >= 0 and tokens.max() < bundle.vocab_size)
     assert 0 <= oov <= words
 
-    scores, failed, error, _ = score_with_isolation(fuzz_scorer.predict, numeric, tokens)
-    assert not failed.any(), error  # in-range token ids never make the model fail
-    in_range = (scores >= 0.0) & (scores <= 1.0)
-    # What the Infer step does: scores outside [0, 1] (NaN from an overflowing feature) become invalid_score rejects.
-    scored = scores[in_range]
+    # The Infer step itself on the featurized rows: every row comes out once, as a score in [0, 1] or a reject
+    # (a NaN from an overflowing feature becomes invalid_score), never as a score outside [0, 1].
+    featurized = valid.append_column(NUMERIC, matrix_column(numeric)).append_column(TOKENS, matrix_column(tokens))
+    result = score_table(fuzz_scorer, "p", featurized, schema, MAX_FAILED_CALLS)
+    assert result.failure is None, result.failure
+    scored = np.zeros(0, np.float32) if result.scores is None else result.scores[SCORE].to_numpy()
+    score_rejects = [] if result.rejects is None else result.rejects["reason"].to_pylist()
+    assert set(score_rejects) <= {INVALID_SCORE}  # in-range token ids never make the model fail
     assert np.all(np.isfinite(scored)) and np.all((scored >= 0) & (scored <= 1))
-    assert len(scored) + int((~in_range).sum()) + rejects.num_rows == n
+    assert len(scored) + len(score_rejects) + rejects.num_rows == n

@@ -18,7 +18,7 @@ from pipeline.publish.parquet import check_partition, read_manifest
 from pipeline.run.config import build_config, validate_date
 from pipeline.run.launcher import execute
 from pipeline.training.sample_data import write_sample_data
-from tests.conftest import partition_summary, paths_config, retrained_bundle
+from tests.conftest import partition_summary, retrained_bundle, run_config
 from transforms.io import resolve_files
 
 DAYS = ["2026-02-27", "2026-02-28", "2026-03-01"]
@@ -37,10 +37,6 @@ def _copy(three_days, tmp_path) -> dict:
     shutil.copytree(three_days, tmp_path / "in")
     root = tmp_path / "in"
     return {"customers": str(root / "customers"), "reviews": str(root / "reviews"), "output": str(tmp_path / "out")}
-
-
-def _config(paths: dict, bundle_dir, **extra):
-    return paths_config(paths, bundle_dir, **extra)
 
 
 def _day_file(paths: dict, day: str) -> str:
@@ -97,7 +93,7 @@ def test_a_bad_file_in_one_day_fails_that_day_at_start_up_and_the_others_publish
     spoil, reason = DAMAGE[damage]
     spoil(bad)
     capsys.readouterr()
-    assert execute(_config(paths, bundle_dir), DAYS, [], backfill=True) == 1
+    assert execute(run_config(paths, bundle_dir), DAYS, [], backfill=True) == 1
     err = capsys.readouterr().err.strip().splitlines()
     last = err[-1]
     assert last.startswith("sentiment-score: error: 1 of 3 partition(s) not published"), last
@@ -119,7 +115,7 @@ def test_the_same_bad_file_in_a_single_date_run_stops_it_at_start_up_naming_the_
     bad = _day_file(paths, BAD_DAY)
     _truncate(bad)
     capsys.readouterr()
-    assert execute(_config(paths, bundle_dir, date=BAD_DAY), [BAD_DAY], []) == 1
+    assert execute(run_config(paths, bundle_dir, date=BAD_DAY), [BAD_DAY], []) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and bad in err[0] and "not a readable Parquet file" in err[0]
     assert not os.path.exists(paths["output"] + f"/dt={BAD_DAY}")
@@ -134,20 +130,20 @@ def test_a_day_whose_ids_are_of_another_kind_fails_that_day_only_in_the_plan(thr
     table = pq.read_table(path)
     index = table.column_names.index("review_id")
     pq.write_table(table.set_column(index, "review_id", table["review_id"].cast(pa.string())), path)
-    plan = plan_run(_config(paths, bundle_dir), DAYS, backfill=True)
+    plan = plan_run(run_config(paths, bundle_dir), DAYS, backfill=True)
     assert plan.partitions == [DAYS[0], DAYS[2]] and plan.schema.review_id_kind == "int"
     assert list(plan.failed) == [BAD_DAY] and "column 'review_id' is string here but int in" in plan.failed[BAD_DAY]
     # The twins: that day alone is a valid run of string ids; outside a backfill the mismatch stops the run.
-    assert plan_run(_config(paths, bundle_dir), [BAD_DAY], backfill=False).schema.review_id_kind == "string"
+    assert plan_run(run_config(paths, bundle_dir), [BAD_DAY], backfill=False).schema.review_id_kind == "string"
     with pytest.raises(ValueError, match="column 'review_id' is string here"):
-        plan_run(_config(paths, bundle_dir), DAYS, backfill=False)
+        plan_run(run_config(paths, bundle_dir), DAYS, backfill=False)
 
 
 def test_customers_that_cannot_be_read_still_stop_a_backfill_at_start_up(three_days, bundle_dir, tmp_path, capsys):
     paths = _copy(three_days, tmp_path)
     _truncate(sorted(glob.glob(f"{paths['customers']}/*.parquet"))[0])
     capsys.readouterr()
-    assert execute(_config(paths, bundle_dir), DAYS, [], backfill=True) == 1
+    assert execute(run_config(paths, bundle_dir), DAYS, [], backfill=True) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "customers" in err[0] and "not a readable Parquet file" in err[0]
     assert not os.path.exists(paths["output"])
@@ -202,7 +198,7 @@ def test_a_stale_temporary_copy_is_not_read_and_does_not_win_over_the_committed_
     committed = _day_file(paths, BAD_DAY)
     rows = pq.read_metadata(committed).num_rows
     _leftovers(os.path.dirname(committed), committed)
-    assert execute(_config(paths, bundle_dir, date=BAD_DAY), [BAD_DAY], []) == 0
+    assert execute(run_config(paths, bundle_dir, date=BAD_DAY), [BAD_DAY], []) == 0
     manifest = read_manifest(f"{paths['output']}/dt={BAD_DAY}")
     assert manifest["rows"]["read"] == rows  # not rows x 4, and no duplicate_review_id rejects from the copies
     summary = partition_summary(f"{paths['output']}/dt={BAD_DAY}")
@@ -218,7 +214,7 @@ def test_a_backfill_that_finds_no_input_for_any_day_exits_1_naming_the_root(thre
     paths = _copy(three_days, tmp_path)
     paths["reviews"] += "-mistyped"
     capsys.readouterr()
-    assert execute(_config(paths, bundle_dir), DAYS, [], backfill=True) == 1
+    assert execute(run_config(paths, bundle_dir), DAYS, [], backfill=True) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and paths["reviews"] in err[0] and "no review files for any day" in err[0]
 
@@ -227,7 +223,7 @@ def test_a_backfill_that_finds_no_input_for_any_day_exits_1_naming_the_root(thre
 def test_a_few_empty_days_in_a_range_are_reported_not_fatal(three_days, bundle_dir, tmp_path, caplog):
     paths = _copy(three_days, tmp_path)
     days = ["2026-02-25", "2026-02-26", *DAYS]  # two days before the data starts
-    assert execute(_config(paths, bundle_dir, backfill_chunk_days=7), days, [], backfill=True) == 0
+    assert execute(run_config(paths, bundle_dir, backfill_chunk_days=7), days, [], backfill=True) == 0
     assert "skipping dt=2026-02-25: no review files" in caplog.text
     assert all(check_partition(f"{paths['output']}/dt={day}").complete for day in DAYS)
 
@@ -236,7 +232,7 @@ def test_a_few_empty_days_in_a_range_are_reported_not_fatal(three_days, bundle_d
 def test_an_empty_range_with_allow_empty_writes_empty_partitions(three_days, bundle_dir, tmp_path):
     paths = _copy(three_days, tmp_path)
     days = ["2026-01-01", "2026-01-02"]
-    assert execute(_config(paths, bundle_dir, allow_empty=True), days, [], backfill=True) == 0
+    assert execute(run_config(paths, bundle_dir, allow_empty=True), days, [], backfill=True) == 0
     assert [read_manifest(f"{paths['output']}/dt={d}")["rows"]["read"] for d in days] == [0, 0]
 
 
@@ -248,15 +244,15 @@ def test_an_empty_range_with_allow_empty_writes_empty_partitions(three_days, bun
 def test_skip_existing_rescores_days_published_by_another_model_version(three_days, bundle, bundle_dir, tmp_path):
     paths = _copy(three_days, tmp_path)
     days = DAYS[:2]
-    assert execute(_config(paths, bundle_dir), days, [], backfill=True) == 0
+    assert execute(run_config(paths, bundle_dir), days, [], backfill=True) == 0
     first = {d: read_manifest(f"{paths['output']}/dt={d}")["run_id"] for d in days}
     # The same model again: every day is skipped.
-    assert execute(_config(paths, bundle_dir, skip_existing=True), days, [], backfill=True) == 0
+    assert execute(run_config(paths, bundle_dir, skip_existing=True), days, [], backfill=True) == 0
     assert {d: read_manifest(f"{paths['output']}/dt={d}")["run_id"] for d in days} == first
     # A new model: every day is scored again, by it.
     new_model = tmp_path / "model-v2"
     version = retrained_bundle(bundle, new_model)
-    assert execute(_config(paths, new_model, skip_existing=True), days, [], backfill=True) == 0
+    assert execute(run_config(paths, new_model, skip_existing=True), days, [], backfill=True) == 0
     for day in days:
         manifest = read_manifest(f"{paths['output']}/dt={day}")
         assert manifest["model_version"] == version and manifest["run_id"] != first[day]
@@ -280,16 +276,16 @@ def test_no_skip_existing_overrides_the_config_on_the_command_line(tmp_path):
 @pytest.mark.slow
 def test_a_run_without_date_into_a_dated_root_is_refused_and_the_reverse(three_days, bundle_dir, tmp_path, capsys):
     paths = _copy(three_days, tmp_path)
-    assert execute(_config(paths, bundle_dir, date=DAYS[0]), [DAYS[0]], []) == 0
+    assert execute(run_config(paths, bundle_dir, date=DAYS[0]), [DAYS[0]], []) == 0
     undated = dict(paths, reviews=f"{paths['reviews']}/dt={DAYS[1]}")
     with pytest.raises(ConfigError, match=f"output {paths['output']} holds dt= partitions"):
-        execute(_config(undated, bundle_dir), None, [])
+        execute(run_config(undated, bundle_dir), None, [])
     assert sorted(os.listdir(paths["output"])) == [f"dt={DAYS[0]}"]
     # The reverse: a dated run into a root holding an unpartitioned output.
     flat = dict(undated, output=str(tmp_path / "flat"))
-    assert execute(_config(flat, bundle_dir), None, []) == 0
+    assert execute(run_config(flat, bundle_dir), None, []) == 0
     with pytest.raises(ConfigError, match=f"output {flat['output']} holds an unpartitioned output"):
-        execute(_config(dict(paths, output=flat["output"]), bundle_dir, date=DAYS[0]), [DAYS[0]], [])
+        execute(run_config(dict(paths, output=flat["output"]), bundle_dir, date=DAYS[0]), [DAYS[0]], [])
     assert not glob.glob(f"{flat['output']}/dt=*")
 
 
@@ -315,10 +311,23 @@ def test_the_layout_refusal_exits_2_from_the_command_line(tmp_path, capsys, bund
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# 9. Dates are YYYY-MM-DD only.
+# 9. Dates are YYYY-MM-DD only. The one home of the job's date spelling: the check itself, each command, the config.
 
 
-@pytest.mark.parametrize("spelling", ["20261126", "2026-W48-4", "2026-11-26T00:00", "2026-11-31", "26-11-2026", ""])
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        "20261126",
+        "2026-W48-4",
+        "2026-11-26T00:00",
+        "2026-11-31",
+        "2026-02-30",
+        "2026-13-01",
+        "26-11-2026",
+        "28/11/2026",
+        "",
+    ],
+)
 def test_a_date_in_any_other_spelling_is_refused(spelling):
     with pytest.raises(ConfigError, match="must be a date YYYY-MM-DD"):
         validate_date(spelling, "--date")
@@ -371,7 +380,7 @@ def test_an_output_that_overlaps_an_input_is_refused_before_anything_is_written(
         "model": str(model / "scores"),
     }[where]
     customers = f"{paths['customers']}/*.parquet" if where == "inside-customers-glob" else paths["customers"]
-    config = _config(dict(paths, output=output, customers=customers), model, date=BAD_DAY)
+    config = run_config(dict(paths, output=output, customers=customers), model, date=BAD_DAY)
     with pytest.raises(ConfigError, match="setting 'output' .* (is|is inside|holds) the .* input"):
         execute(config, [BAD_DAY], [])
     assert sorted(glob.glob(f"{tmp_path}/**", recursive=True)) == before
@@ -382,7 +391,7 @@ def test_an_output_beside_the_inputs_is_accepted(three_days, bundle_dir, tmp_pat
     from pipeline.run.plan import _check_output_apart
 
     paths = _copy(three_days, tmp_path)
-    _check_output_apart(_config(dict(paths, output=paths["reviews"] + "-scores"), bundle_dir))
+    _check_output_apart(run_config(dict(paths, output=paths["reviews"] + "-scores"), bundle_dir))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -402,7 +411,7 @@ def test_a_uint64_id_beyond_int64_fails_its_day_naming_file_and_column(three_day
     _uint64_ids(bad, 2**63 + 5)
     _uint64_ids(_day_file(paths, DAYS[0]), 2**63 - 1)  # the twin: uint64 ids that fit int64 score as usual
     capsys.readouterr()
-    assert execute(_config(paths, bundle_dir), DAYS, [], backfill=True) == 1
+    assert execute(run_config(paths, bundle_dir), DAYS, [], backfill=True) == 1
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("sentiment-score: error: 1 of 3 partition(s) not published") and f"dt={BAD_DAY}" in last
     with open(last.rsplit("run summary ", 1)[1], encoding="utf-8") as f:
@@ -433,7 +442,7 @@ def test_a_run_without_date_leaves_a_live_dated_runs_staging_alone(three_days, b
         os.makedirs(os.path.dirname(path))
         open(path, "wb").close()
     undated = dict(paths, reviews=f"{paths['reviews']}/dt={DAYS[0]}")
-    assert execute(_config(undated, bundle_dir), None, []) == 0
+    assert execute(run_config(undated, bundle_dir), None, []) == 0
     assert os.path.exists(live) and not os.path.exists(dead)
 
 
@@ -451,7 +460,7 @@ def test_an_unwritable_run_summary_is_one_line_and_the_lease_is_given_back(three
     with open(f"{control}/_runs", "w") as f:  # a file where the run records' folder belongs
         f.write("in the way")
     capsys.readouterr()
-    assert execute(_config(paths, bundle_dir), DAYS[:2], [], backfill=True) == 1
+    assert execute(run_config(paths, bundle_dir), DAYS[:2], [], backfill=True) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("sentiment-score: error: cannot write the run summary:"), err
     assert f"{control}/_runs/" in err[0]

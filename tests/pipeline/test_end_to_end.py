@@ -221,12 +221,3 @@ def test_cli_subprocess_scores_and_reports(sample_dir, bundle_dir, tmp_path):
     assert f"dt={SAMPLE_DATE}: read 300" in result.stdout
     assert "done:" in result.stdout and "= 300 read" in result.stdout
     assert (tmp_path / "o" / f"dt={SAMPLE_DATE}" / "_SUCCESS").exists()
-
-
-@pytest.mark.slow
-def test_cli_subprocess_bad_date_is_a_usage_error(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeline", "score", "--date", "2026-13-01"], capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 2
-    assert "'--date' must be a date YYYY-MM-DD" in result.stderr

@@ -12,10 +12,9 @@ import pytest
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline.run.config import build_config
 from pipeline.run.launcher import execute
 from pipeline.run.plan import plan_run
-from tests.conftest import SAMPLE_DATE, s3_client
+from tests.conftest import SAMPLE_DATE, run_config, s3_client
 from transforms.io import SMALL_OBJECT_BYTES, ReadParquetBatches, RowGroupRanges, inspect_files, plan_read_tasks
 from transforms.schema import InputError, RunSchema
 
@@ -63,16 +62,8 @@ def bucket(s3_endpoint, sample_dir, bundle_dir):
 
 
 def _config(output: str, date: str = SAMPLE_DATE):
-    return build_config(
-        {
-            "customers": f"s3://{BUCKET}/in/customers",
-            "reviews": f"s3://{BUCKET}/in/reviews",
-            "model_dir": f"s3://{BUCKET}/model",
-            "output": output,
-            "date": date,
-            "beam": {"runner": "FnApiRunner"},
-        }
-    )
+    paths = {"customers": f"s3://{BUCKET}/in/customers", "reviews": f"s3://{BUCKET}/in/reviews", "output": output}
+    return run_config(paths, f"s3://{BUCKET}/model", date=date)
 
 
 def test_a_thousand_files_are_planned_from_their_footers_in_order(bucket, s3_flags):

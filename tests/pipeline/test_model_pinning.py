@@ -11,26 +11,14 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from model.bundle import BundleError, resolve_model_dir
-from pipeline.run.config import build_config
 from pipeline.run.graph import build_pipeline
 from pipeline.run.launcher import execute
 from pipeline.run.plan import plan_run
-from tests.conftest import SAMPLE_DATE, retrained_bundle
+from tests.conftest import SAMPLE_DATE, retrained_bundle, sample_config
 
 
 def _config(sample_dir, model_dir, output, **extra):
-    return build_config(
-        {
-            "customers": str(sample_dir / "customers"),
-            "reviews": str(sample_dir / "reviews"),
-            "model_dir": str(model_dir),
-            "output": str(output),
-            "date": SAMPLE_DATE,
-            "runtime": "litert",
-            "beam": {"runner": "FnApiRunner"},
-            **extra,
-        }
-    )
+    return sample_config(sample_dir, model_dir, output, **{"date": SAMPLE_DATE, "runtime": "litert", **extra})
 
 
 @pytest.fixture(scope="module")

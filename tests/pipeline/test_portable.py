@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -15,10 +14,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.run.launcher import execute
-from tests.conftest import SAMPLE_DATE, sample_config, score_args
+from tests.conftest import SAMPLE_DATE, LoggedProcess, sample_config, score_args
 
 # Every test here is slow (make test-fast skips them): Beam's job service and a worker pool, and pipeline runs on them.
 pytestmark = pytest.mark.slow
+
+# What Beam's local job service logs when a job's pipeline has returned or raised (local_job_service.py, _run_job).
+JOB_ENDED = r"Completed job in \S+ seconds with state|Error running pipeline"
 
 
 def _free_port() -> int:
@@ -27,60 +29,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_for_port(port: int, process: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"service exited with {process.returncode}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"nothing listening on port {port}")
-
-
 @pytest.fixture
 def portable_services(tmp_path):
-    """Beam's local job service and an external SDK worker pool, each its own process, on loopback."""
+    """Beam's local job service and an external SDK worker pool, each its own process, on loopback, each awaited
+    until it says it listens; their output goes to job.log and pool.log. Yields (job port, pool port, job service,
+    pool process)."""
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     job_port, pool_port = _free_port(), _free_port()
-    job_log, pool_log = open(tmp_path / "job.log", "wb"), open(tmp_path / "pool.log", "wb")  # noqa: SIM115
-    processes = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "apache_beam.runners.portability.local_job_service_main",
-                "--port",
-                str(job_port),
-                "--staging_dir",
-                str(tmp_path / "staging"),
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=job_log,
-        ),
-        subprocess.Popen(
-            [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main", "--service_port", str(pool_port)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=pool_log,
-        ),
-    ]
+    job_service_main = "apache_beam.runners.portability.local_job_service_main"
+    job_command = [sys.executable, "-m", job_service_main, "--port", str(job_port)]
+    job_command += ["--staging_dir", str(tmp_path / "staging")]
+    pool_command = [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main"]
+    pool_command += ["--service_port", str(pool_port)]
+    job_service = LoggedProcess(job_command, tmp_path / "job.log", env=env)
+    pool = LoggedProcess(pool_command, tmp_path / "pool.log", env=env)
     try:
-        _wait_for_port(job_port, processes[0])
-        _wait_for_port(pool_port, processes[1])
-        yield job_port, pool_port, processes[1]
+        # Each logs this line once its gRPC server has started (local_job_service.py, worker_pool_main.py).
+        job_service.wait_for(rf"Grpc server started at \S+ on port {job_port}\b", timeout=60)
+        pool.wait_for(rf"Started worker pool servicer at port: \S+:{pool_port}\b", timeout=60)
+        yield job_port, pool_port, job_service, pool.process
     finally:
-        for p in processes:
-            p.terminate()
-        for p in processes:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        job_log.close()
-        pool_log.close()
+        for service in (job_service, pool):
+            service.process.terminate()
+        for service in (job_service, pool):
+            service.stop()
 
 
 def _scores(directory):
@@ -94,7 +66,7 @@ def _rejects(directory):
 
 
 def test_portable_runner_matches_direct_runner(sample_dir, bundle_dir, tmp_path, portable_services):
-    job_port, pool_port, _ = portable_services
+    job_port, pool_port, _, _ = portable_services
 
     def config(output):
         return sample_config(sample_dir, bundle_dir, output)
@@ -131,7 +103,7 @@ def test_portable_runner_without_a_job_service_fails_cleanly(sample_dir, bundle_
 def test_no_wait_returns_before_a_portable_job_ends_and_the_job_publishes_by_itself(
     sample_dir, bundle_dir, tmp_path, portable_services
 ):
-    job_port, pool_port, pool = portable_services
+    job_port, pool_port, job_service, pool = portable_services
     output = tmp_path / "out"
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     endpoints = [f"--job_endpoint=localhost:{job_port}", "--environment_type=EXTERNAL"]
@@ -151,12 +123,9 @@ def test_no_wait_returns_before_a_portable_job_ends_and_the_job_publishes_by_its
     assert "job " in submitted.stdout and "(the runner gave no job id)" not in submitted.stdout
 
     assert first.returncode == 1, first.stdout  # the launcher returned before the job published
-    deadline = time.time() + 300
-    while True:
-        done = subprocess.run(verify, capture_output=True, text=True, cwd=tmp_path, timeout=120)
-        if done.returncode == 0 or time.time() > deadline:
-            break
-        time.sleep(2)
+    # The job publishes in its last step; the job service logs one of these lines once the job has ended.
+    job_service.wait_for(JOB_ENDED, timeout=300)
+    done = subprocess.run(verify, capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert done.returncode == 0, done.stdout + (tmp_path / "job.log").read_text(errors="replace")[-3000:]
     assert (
         _scores(output / f"dt={SAMPLE_DATE}").num_rows
@@ -177,6 +146,22 @@ def _jobs(job_port: int) -> list[tuple[str, str]]:
         return [(j.job_id, beam_job_api_pb2.JobState.Enum.Name(j.state)) for j in infos]
 
 
+def _await_job_state(job_port: int, job_id: str, state: str, timeout: float) -> None:
+    """Returns once the job has reached state, awaited on the Job API's state stream (its history, then changes)."""
+    import grpc
+    from apache_beam.portability.api import beam_job_api_pb2, beam_job_api_pb2_grpc
+
+    wanted = beam_job_api_pb2.JobState.Enum.Value(state)
+    request = beam_job_api_pb2.GetJobStateRequest(job_id=job_id)
+    with grpc.insecure_channel(f"localhost:{job_port}") as channel:
+        seen = []
+        for event in beam_job_api_pb2_grpc.JobServiceStub(channel).GetStateStream(request, timeout=timeout):
+            if event.state == wanted:
+                return
+            seen.append(beam_job_api_pb2.JobState.Enum.Name(event.state))
+    pytest.fail(f"job {job_id} ended without reaching {state}: {seen}")
+
+
 @pytest.mark.slow
 def test_sigterm_to_a_launcher_waiting_on_a_portable_job_cancels_it_and_nothing_is_published(
     sample_dir, bundle_dir, tmp_path, portable_services
@@ -185,7 +170,7 @@ def test_sigterm_to_a_launcher_waiting_on_a_portable_job_cancels_it_and_nothing_
     SIGTERM (no race with the job's speed). The launcher cancels the job, then gives its lease back. Beam's local
     job service marks the job cancelled without stopping it, so when the pool resumes the job runs on: the released
     lease fences it out (its commit refuses the partition), which the old launcher did not do (it published)."""
-    job_port, pool_port, pool = portable_services
+    job_port, pool_port, job_service, pool = portable_services
     output = tmp_path / "out"
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     flags = ["--runner=PortableRunner", f"--job_endpoint=localhost:{job_port}", "--environment_type=EXTERNAL"]
@@ -196,11 +181,10 @@ def test_sigterm_to_a_launcher_waiting_on_a_portable_job_cancels_it_and_nothing_
         launcher = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path
         )
-        deadline = time.time() + 240
-        while not _jobs(job_port):  # submitted: the job service has it
-            assert launcher.poll() is None, launcher.communicate()[1][-3000:]
-            assert time.time() < deadline, "the launcher never submitted the job"
-            time.sleep(0.5)
+        # Submitted, and RUNNING: Beam's local job service marks a job cancelled for good only from there (a cancel
+        # while it is still starting is overwritten by RUNNING).
+        job_id = job_service.wait_for(r"Running job '([^']+)'", timeout=240).group(1)
+        _await_job_state(job_port, job_id, "RUNNING", timeout=120)
         launcher.send_signal(signal.SIGTERM)
         _, err = launcher.communicate(timeout=120)
     finally:
@@ -211,11 +195,8 @@ def test_sigterm_to_a_launcher_waiting_on_a_portable_job_cancels_it_and_nothing_
     assert state == "CANCELLED"
     lease_files = list((tmp_path / "out.staging" / "_leases" / f"dt={SAMPLE_DATE}").glob("lease-*.json"))
     assert len(lease_files) == 1 and json.loads(lease_files[0].read_text())["released"] is True
-    # The job goes on in the local job service; it ends by writing its run summary (bounded wait, not a race: the
-    # assertions below hold whenever it ends, and the summary is its last step).
-    deadline = time.time() + 240
-    while not list((tmp_path / "out.staging" / "_runs").glob("*.json")) and time.time() < deadline:
-        time.sleep(1)
+    # The job goes on in the local job service (its run summary is its last step); the service logs when it ended.
+    job_service.wait_for(JOB_ENDED, timeout=240)
     [summary] = list((tmp_path / "out.staging" / "_runs").glob("*.json"))
     [partition] = json.loads(summary.read_text())["partitions"]
     assert partition["status"] == "failed" and "lease" in partition["message"], partition

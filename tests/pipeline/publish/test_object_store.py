@@ -12,9 +12,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.publish import lease
 from pipeline.publish.parquet import STEPS, check_partition, publish_partition, published_summary, read_manifest
-from pipeline.run.config import build_config
 from pipeline.run.launcher import execute
-from tests.conftest import SAMPLE_DATE, clean_processes, race_for_lease
+from tests.conftest import SAMPLE_DATE, clean_processes, race_for_lease, run_config, sample_config
 from tests.conftest import s3_client as _client
 
 # Every test here is slow (make test-fast skips them): a loopback S3 server (moto) and pipeline runs against it.
@@ -62,17 +61,8 @@ def _shards(keys: list[str], kind: str) -> list[str]:
 
 
 def _config(output: str, model_dir: str = f"s3://{BUCKET}/model", **extra):
-    return build_config(
-        {
-            "customers": f"s3://{BUCKET}/in/customers",
-            "reviews": f"s3://{BUCKET}/in/reviews",
-            "model_dir": model_dir,
-            "output": output,
-            "date": SAMPLE_DATE,
-            "beam": {"runner": "FnApiRunner"},
-            **extra,
-        }
-    )
+    paths = {"customers": f"s3://{BUCKET}/in/customers", "reviews": f"s3://{BUCKET}/in/reviews", "output": output}
+    return run_config(paths, model_dir, **{"date": SAMPLE_DATE, **extra})
 
 
 def _snapshot(client, code: int) -> dict:
@@ -117,16 +107,7 @@ def rerun(s3, s3_flags, first_run):
 def local_scores(sample_dir, bundle_dir, tmp_path_factory):
     """The same inputs and bundle scored on a local disk: the reference the s3:// run must equal."""
     output = tmp_path_factory.mktemp("local") / "out"
-    config = build_config(
-        {
-            "customers": str(sample_dir / "customers"),
-            "reviews": str(sample_dir / "reviews"),
-            "model_dir": str(bundle_dir),
-            "output": str(output),
-            "date": SAMPLE_DATE,
-            "beam": {"runner": "FnApiRunner"},
-        }
-    )
+    config = sample_config(sample_dir, bundle_dir, output, date=SAMPLE_DATE)
     assert execute(config, [SAMPLE_DATE], []) == 0
     partition = output / f"dt={SAMPLE_DATE}"
     return pa.concat_tables([pq.read_table(p) for p in sorted(partition.glob("scores-*.parquet"))])

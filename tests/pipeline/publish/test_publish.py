@@ -28,7 +28,7 @@ from pipeline.publish.parquet import (
 )
 from pipeline.run.launcher import execute
 from pipeline.training.sample_data import write_sample_data
-from tests.conftest import clean_processes, corrupt_first_page_header, paths_config, race_for_lease, run_bundle
+from tests.conftest import clean_processes, corrupt_first_page_header, race_for_lease, run_bundle, run_config
 
 DATE = "2026-03-01"
 IDS = pa.schema([("review_id", pa.int64())])
@@ -206,7 +206,7 @@ def test_a_held_lease_names_its_run_and_start_and_lapses_at_expiry(tmp_path):
 
 
 def _config(paths: dict, bundle_dir, **extra):
-    return paths_config(paths, bundle_dir, **{"runtime": "litert", **extra})
+    return run_config(paths, bundle_dir, **{"runtime": "litert", **extra})
 
 
 def _recursive_read(root) -> pa.Table:
