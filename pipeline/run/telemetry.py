@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 import uuid
 
@@ -49,8 +50,21 @@ def check_signals(config: ScoreConfig) -> None:
     if config.pushgateway is not None and not config.pushgateway:
         raise ConfigError("setting 'pushgateway' must be a URL")
     check_lineage_block(config.lineage)
+    if config.lineage_file is not None:
+        _check_folder_can_exist("lineage_file", config.lineage_file)
     if config.lineage_parent:
         parse_parent(config.lineage_parent)
+
+
+def _check_folder_can_exist(setting: str, path: str) -> None:
+    """Raises ConfigError naming the setting when a local file's folder cannot be made: a regular file is in the way."""
+    if storage.is_remote(path):
+        return
+    existing = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConfigError(f"setting '{setting}' {path}: {existing} is not a folder")
 
 
 class RunSignals:

@@ -121,6 +121,14 @@ def test_a_metrics_file_the_textfile_collector_would_not_read_is_a_config_error(
         check_signals(build_config({"metrics_file": "/var/lib/node_exporter/sentiment.txt"}))
 
 
+def test_a_lineage_file_under_a_regular_file_is_a_config_error_naming_both(tmp_path):
+    check_signals(build_config({"lineage_file": str(tmp_path / "new" / "folders" / "lineage.jsonl")}))
+    (tmp_path / "plain").write_text("a file, not a folder")
+    path = tmp_path / "plain" / "events" / "lineage.jsonl"
+    with pytest.raises(ConfigError, match=f"setting 'lineage_file' {path}: {tmp_path / 'plain'} is not a folder"):
+        check_signals(build_config({"lineage_file": str(path)}))
+
+
 # --- lineage, as functions ---
 
 
