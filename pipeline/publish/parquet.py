@@ -28,7 +28,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline import storage
 from pipeline.errors import ConfigError
-from pipeline.publish.publisher import PartitionCheck, Publisher
+from pipeline.publish.publisher import PARQUET, PartitionCheck, Publisher
 from transforms.io import partition_path
 
 SUCCESS_FILE = "_SUCCESS"
@@ -267,9 +267,20 @@ def remove_unlisted(partition_dir: str, manifest: dict) -> list[str]:
     return stale
 
 
+def holds_parquet_output(root: str) -> bool:
+    """Whether a root holds this format's files: a manifest or shards at the top, or dt= partitions (reads only)."""
+    return bool(
+        storage.exists(storage.join(root, SUCCESS_FILE))
+        or storage.list_paths(storage.join(root, "*.parquet"))
+        or storage.list_paths(storage.join(root, "dt=*", "*"))
+    )
+
+
 class ParquetFolders(Publisher):
     """Parquet partitions in Hive-style folders (OUTPUT/dt=D/, or OUTPUT/ itself without a date), each published by
     the protocol above and checked against its `_SUCCESS` manifest."""
+
+    format = PARQUET
 
     def __init__(self, output: str):
         self.output = output
@@ -277,7 +288,10 @@ class ParquetFolders(Publisher):
     def name(self, partition: str) -> str:
         return partition_path(self.output, partition)
 
-    def check_layout(self, dated: bool) -> None:
+    def holds_output(self) -> bool:
+        return holds_parquet_output(self.output)
+
+    def check_partitioning(self, dated: bool) -> None:
         """One root holds either dt= partitions or one unpartitioned output, never both: a run without --date into
         a dated root would publish every day's rows beside the partitions (a Hive reader sees them twice)."""
         unpartitioned = storage.exists(storage.join(self.output, SUCCESS_FILE)) or storage.list_paths(
@@ -298,6 +312,9 @@ class ParquetFolders(Publisher):
         publish_partition(shards, self.name(partition), facts, reports, fence=fence)
 
     def check(self, partition: str, count_rows: bool = True) -> PartitionCheck:
+        state = self.state()
+        if not state.exists:
+            return PartitionCheck(self.name(partition), False, state.message)
         return check_partition(self.name(partition), count_rows)
 
     def published_summary(self, partition: str) -> dict | None:

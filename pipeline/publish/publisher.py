@@ -1,4 +1,8 @@
-"""The output formats behind one interface: the commit step, verify and --skip-existing talk to a Publisher."""
+"""The output formats behind one interface: the commit step, verify and --skip-existing talk to a Publisher.
+
+Inspection (state, check, published_version, the summaries) reads only, whatever it is pointed at: it creates no
+folder, catalog or table, and says so when the root holds nothing or another format's output. Only prepare and
+publish write."""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyarrow as pa
+
+from pipeline.errors import ConfigError
 
 PARQUET, ICEBERG = "parquet", "iceberg"
 FORMATS = (PARQUET, ICEBERG)
@@ -22,6 +28,19 @@ class PartitionCheck:
     manifest: dict | None = None
 
 
+@dataclass(frozen=True)
+class OutputState:
+    """What an output root holds, found by reading only: what verify and the layout checks go by.
+
+    exists: the root holds an output of the publisher's format. other_format: another format whose output the root
+    holds (a root holds one format), or None. message: the fact in words, naming the root.
+    """
+
+    exists: bool
+    other_format: str | None
+    message: str
+
+
 class Publisher(abc.ABC):
     """Where a run's partitions are published and how: one implementation per output format.
 
@@ -32,8 +51,13 @@ class Publisher(abc.ABC):
     """
 
     output: str
+    # The output_format this publisher publishes.
+    format: str
     # A column the shards must carry holding the partition's day (a table format that places files by their values).
     partition_column: str | None = None
+    # Whether the root holds each other format's output, {format: holds(root) -> bool}: set by the factory, which
+    # knows every format (this module imports none).
+    other_formats: dict[str, Callable[[str], bool]] = {}
 
     def shard_schemas(self, run_schema) -> dict:
         """The Arrow schemas the writers stage shards in: the run's scores and rejects (+ partition_column)."""
@@ -52,7 +76,32 @@ class Publisher(abc.ABC):
         """How messages name a partition of this output."""
 
     @abc.abstractmethod
+    def holds_output(self) -> bool:
+        """Whether the root holds an output of this format (reads only)."""
+
+    def state(self) -> OutputState:
+        """What the root holds, found without writing anything."""
+        if self.holds_output():
+            return OutputState(True, None, f"{self.output}: holds output_format {self.format}")
+        for other, holds in self.other_formats.items():
+            if holds(self.output):
+                return OutputState(False, other, f"{self.output} holds output_format {other}, not {self.format}")
+        return OutputState(False, None, f"{self.output}: no such output")
+
     def check_layout(self, dated: bool) -> None:
+        """Raises ConfigError, before anything is written, when the root holds another format's output (a root
+        holds one format: readers of either break on the other's files) or cannot take partitions of this kind."""
+        other = self.state().other_format
+        if other is not None:
+            raise ConfigError(
+                f"output {self.output} holds output_format {other}: a run with output_format {self.format} would "
+                f"put its files beside them and break both formats' readers; choose another output, or run with "
+                f"--output-format {other}"
+            )
+        self.check_partitioning(dated)
+
+    @abc.abstractmethod
+    def check_partitioning(self, dated: bool) -> None:
         """Raises ConfigError when the output cannot take partitions of this kind (dated or not)."""
 
     @abc.abstractmethod
