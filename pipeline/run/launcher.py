@@ -279,7 +279,7 @@ def _execute(
     # (credentials, endpoints, project) the way Beam gives them to its workers.
     FileSystems.set_options(options)
     try:
-        plan = plan_run(config, dates, backfill)
+        plan = plan_run(config, dates, backfill, run_id=signals.run_id)
     except (BundleError, InputError, OutputError) as e:
         signals.fail(str(e))
         return _fatal(str(e))

@@ -19,6 +19,7 @@ from pipeline.errors import ConfigError, OutputError
 from pipeline.publish.factory import publisher_for
 from pipeline.publish.publisher import Publisher
 from pipeline.run.config import ScoreConfig
+from pipeline.run.telemetry import new_run_id
 from transforms.io import InputFile, inspect_files, resolve_files
 from transforms.schema import InputError, RunSchema, id_kind, is_number, text_kind
 
@@ -191,14 +192,17 @@ def _published_by(publisher: Publisher, partition: str, model_version: str) -> s
     return f"already published, complete and scored by model {model_version} (--skip-existing)"
 
 
-def plan_run(config: ScoreConfig, dates: list[str] | None, backfill: bool = False) -> RunPlan:
+def plan_run(
+    config: ScoreConfig, dates: list[str] | None, backfill: bool = False, run_id: str | None = None
+) -> RunPlan:
     """Checks the model, inputs and output, and decides what to read; raises on any fatal problem.
 
     Problems of the run (config, model, customers, output) raise. In a backfill, a problem that belongs to one day's
-    input fails that day only (RunPlan.failed); a single-partition run raises naming the file.
+    input fails that day only (RunPlan.failed); a single-partition run raises naming the file. run_id: the id the
+    run's signals already carry (a new one when None).
     """
     started = time.time()
-    run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started)) + "-" + uuid.uuid4().hex[:8]
+    run_id = run_id or new_run_id(started)
     _check_output_apart(config)
     publisher = publisher_for(config.output, config.output_format, config.catalog, config.iceberg_tables)
     publisher.check_layout(dates is not None)

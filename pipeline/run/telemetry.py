@@ -35,6 +35,11 @@ class RunOutcome:
         return max(self.ended_at - self.started_at, 0.0)
 
 
+def new_run_id(started_at: float) -> str:
+    """A run id: the start time (UTC) and 8 random hex digits, e.g. 20261128T020000Z-1a2b3c4d."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started_at)) + "-" + uuid.uuid4().hex[:8]
+
+
 def check_signals(config: ScoreConfig) -> None:
     """The signal settings, checked at start-up; a wrong one fails naming it."""
     from pipeline.signals.lineage import check_lineage_block, parse_parent
@@ -93,18 +98,18 @@ class RunSignals:
 
     @property
     def run_id(self) -> str:
+        """The run's id, known from the start: the launcher plans the run under it, so a run stopped at start-up
+        names the same id in its metrics and events as it would have in its outputs."""
         if self.plan is not None:
             return self.plan.run_id
-        # A run stopped before it was planned has no run id of its own: one in the same form, for its events.
         if not hasattr(self, "_startup_id"):
-            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.started_at))
-            self._startup_id = f"{stamp}-{uuid.uuid4().hex[:8]}"
+            self._startup_id = new_run_id(self.started_at)
         return self._startup_id
 
     def start(self, plan) -> None:
         """The run is planned: its partitions, inputs and run id are known. Emits START."""
         self.plan = plan
-        self.partitions = list(plan.partitions)
+        self.partitions = sorted([*plan.partitions, *plan.failed])  # days refused at start-up were planned too
         if self.lineage is not None:
             from pipeline.signals.lineage import input_datasets
 
@@ -125,7 +130,7 @@ class RunSignals:
         self.ended = True
         outcome = RunOutcome(
             command=self.command,
-            run_id=self.plan.run_id if self.plan is not None else None,
+            run_id=self.run_id,
             model_version=self.plan.model_version if self.plan is not None else None,
             partitions=self.partitions,
             results=self.results,
