@@ -54,7 +54,7 @@ import pyarrow.parquet as pq
 
 from pipeline import storage
 from pipeline.errors import ConfigError, OutputError
-from pipeline.publish.publisher import ICEBERG, PartitionCheck, Publisher
+from pipeline.publish.publisher import ICEBERG, OutputDataset, PartitionCheck, Publisher
 
 _LOG = logging.getLogger(__name__)
 
@@ -235,6 +235,15 @@ class IcebergOutput:
             except Exception:
                 return uri.split("://", 1)[0] + "://..."
         return f"catalog {self.catalog_properties.get('name', CATALOG_NAME)}"
+
+    def identity(self) -> str:
+        """Where the tables' names are defined, for lineage: the embedded catalog by its warehouse (it lives beside
+        it, as a Hadoop catalog is its warehouse), a configured one by its uri (no password), else its warehouse."""
+        if self.catalog_file:
+            return self.catalog_properties["warehouse"]
+        if "uri" in self.catalog_properties:
+            return self._where()
+        return self.catalog_properties.get("warehouse") or self._where()
 
     def _open(self, properties: dict):
         from pyiceberg.catalog import load_catalog
@@ -699,11 +708,32 @@ class IcebergTables(Publisher):
         return holds_iceberg_output(self.output)
 
     def _nothing_to_read(self) -> str | None:
-        """Why inspection has nothing to read (the root holds another format, or no embedded catalog), or None."""
+        """Why inspection has nothing to read (no embedded catalog: the root holds nothing, or another format), or
+        None. A configured catalog is read as it is (read-only), whatever the root holds."""
+        if self._catalog is not None:
+            return None
         state = self.state()
-        if state.other_format or (not state.exists and self._catalog is None):
-            return state.message
-        return None
+        return None if state.exists else state.message
+
+    def output_datasets(self) -> list[OutputDataset]:
+        """Each table by its location, with its name in the catalog (read-only; tables not created yet left out)."""
+        from pyiceberg.exceptions import NoSuchTableError
+
+        if self._nothing_to_read():
+            return []
+        try:
+            reader = self.tables.reader
+        except OutputError:
+            return []
+        datasets = []
+        for kind in ("scores", "rejects"):
+            name = self._names[kind]
+            try:
+                location = reader.load_table(name).location()
+            except NoSuchTableError:
+                continue
+            datasets.append(OutputDataset((kind,), location, name, self.tables.identity(), PARTITION_COLUMN))
+        return datasets
 
     def check_partitioning(self, dated: bool) -> None:
         if not dated:
@@ -781,10 +811,11 @@ class IcebergTables(Publisher):
         check = self.check(partition, count_rows=False)
         if not check.complete:
             return None
-        return storage.read_json(storage.join(self._reports_dir(partition, check.manifest["run_id"]), "summary.json"))
+        folder = self._reports_dir(partition, check.manifest["run_id"])
+        return storage.read_json(storage.join(folder, self.summary_report))
 
     def previous_summary(self, partition: str) -> dict | None:
-        summaries = storage.list_paths(storage.join(self.output, REPORTS_DIR, "dt=*", "*", "summary.json"))
+        summaries = storage.list_paths(storage.join(self.output, REPORTS_DIR, "dt=*", "*", self.summary_report))
         days = sorted({p.split("/dt=")[-1].split("/")[0] for p in summaries} - {partition})
         earlier = [d for d in days if d < partition]
         return self.published_summary(earlier[-1]) if earlier else None

@@ -29,6 +29,24 @@ class PartitionCheck:
 
 
 @dataclass(frozen=True)
+class OutputDataset:
+    """One dataset a run publishes into, as lineage names it: by where it lives (a folder dataset by its root, a
+    table by its location; never one per partition), and for a catalog table the catalog's name for it.
+
+    kinds: what it holds, ("scores",), ("rejects",) or both (the first is what its readers read). location: a path or
+    URI. table: the catalog's name (namespace.table), or None.
+    catalog: where that name is defined (the catalog's uri, or its warehouse), or None. partition_key: the
+    dimension a partition of the dataset is named by (its day), or None for an unpartitioned output.
+    """
+
+    kinds: tuple[str, ...]
+    location: str
+    table: str | None = None
+    catalog: str | None = None
+    partition_key: str | None = None
+
+
+@dataclass(frozen=True)
 class OutputState:
     """What an output root holds, found by reading only: what verify and the layout checks go by.
 
@@ -59,6 +77,9 @@ class Publisher(abc.ABC):
     # knows every format (this module imports none).
     other_formats: dict[str, Callable[[str], bool]] = {}
 
+    # The name of the run's summary among the reports publish() is given (what published_summary reads back).
+    summary_report = "summary.json"
+
     def shard_schemas(self, run_schema) -> dict:
         """The Arrow schemas the writers stage shards in: the run's scores and rejects (+ partition_column)."""
         schemas = {"scores": run_schema.scores_schema(), "rejects": run_schema.rejects_schema()}
@@ -75,13 +96,28 @@ class Publisher(abc.ABC):
     def name(self, partition: str) -> str:
         """How messages name a partition of this output."""
 
+    def staging_dir(self, staging_root: str, partition: str) -> str:
+        """The folder below a run's staging root where its writers stage one partition's shards: each partition's
+        own (RUN/dt=D, or RUN/_output without a date), so a cleanup can name one partition's staging without
+        touching another's (staging_root may be a glob over runs)."""
+        from pipeline import storage  # Beam's FileSystems: not imported with the interface (the CLI imports it first)
+
+        return storage.join(staging_root, f"dt={partition}" if partition else "_output")
+
+    @abc.abstractmethod
+    def output_datasets(self) -> list[OutputDataset]:
+        """The datasets this output publishes into, as lineage names them (reads only; a table not created yet is
+        left out). The writers report them as Beam Lineage sinks, the run's events as its outputs."""
+
     @abc.abstractmethod
     def holds_output(self) -> bool:
         """Whether the root holds an output of this format (reads only)."""
 
     def state(self) -> OutputState:
-        """What the root holds, found without writing anything."""
-        if self.holds_output():
+        """What the root holds, found without writing anything. Once found holding this format's output, that is
+        kept (a run only adds to its output), so asking per day lists the root once."""
+        if getattr(self, "_holds", False) or self.holds_output():
+            self._holds = True
             return OutputState(True, None, f"{self.output}: holds output_format {self.format}")
         for other, holds in self.other_formats.items():
             if holds(self.output):

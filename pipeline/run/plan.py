@@ -20,7 +20,7 @@ from pipeline.publish.factory import publisher_for
 from pipeline.publish.publisher import Publisher
 from pipeline.run.config import ScoreConfig
 from pipeline.run.telemetry import new_run_id
-from transforms.io import InputFile, inspect_files, resolve_files
+from transforms.io import InputFile, inspect_files, partition_path, resolve_files
 from transforms.schema import InputError, RunSchema, id_kind, is_number, text_kind
 
 _LOG = logging.getLogger(__name__)
@@ -49,6 +49,9 @@ class RunPlan:
     model_dir: str = ""
     # Where and how the partitions are published (pipeline/publish/publisher.py).
     publisher: Publisher | None = None
+    # The inputs as datasets (lineage, Beam Lineage): a folder dataset by its root, never one per day folder.
+    customers_root: str = ""
+    reviews_root: str = ""
     # The lease generation this run holds per partition (its fencing token), filled in once the leases are taken.
     leases: dict[str, int] = field(default_factory=dict)
     lease_expiry_seconds: float = 6 * 3600.0
@@ -228,7 +231,7 @@ def plan_run(
             if done:
                 skipped[day] = done
                 continue
-            day_root = FileSystems.join(config.reviews.rstrip("/"), f"dt={day}")
+            day_root = partition_path(config.reviews.rstrip("/"), day)
             paths = resolve_files(day_root)
             if not paths and not config.allow_empty:
                 if backfill:
@@ -279,5 +282,7 @@ def plan_run(
         staging_root=staging_root,
         model_dir=model_dir,
         publisher=publisher,
+        customers_root=_input_root(config.customers).rstrip("/"),
+        reviews_root=(config.reviews if dates is not None else _input_root(config.reviews)).rstrip("/"),
         lease_expiry_seconds=config.lease_expiry_hours * 3600,
     )

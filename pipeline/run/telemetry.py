@@ -111,9 +111,7 @@ class RunSignals:
         self.plan = plan
         self.partitions = sorted([*plan.partitions, *plan.failed])  # days refused at start-up were planned too
         if self.lineage is not None:
-            from pipeline.signals.lineage import input_datasets
-
-            self.lineage.emit("START", plan.run_id, input_datasets(plan), [])
+            self.lineage.emit("START", plan.run_id, self._inputs(), [], days=self.partitions)
 
     def record(self, results: list[dict]) -> None:
         """The per-partition results: {"partition", "status", "message", "rows": {read, scored, rejected}, ...}."""
@@ -166,26 +164,48 @@ class RunSignals:
             except Exception as e:
                 _LOG.warning("could not push metrics to %s: %s", self.config.pushgateway, e)
 
+    def _inputs(self) -> list:
+        """The planned run's inputs by their roots, the reviews' days in a facet (nothing before it is planned)."""
+        from pipeline.signals.lineage import input_datasets
+        from transforms.io import INPUT_PARTITION_KEY
+
+        plan = self.plan
+        if plan is None:
+            return []
+        customers = (plan.customers_root, plan.schema.customers_schema()) if plan.customers_root else None
+        days = [p for p in plan.partitions if p]
+        return input_datasets(customers, (plan.reviews_root, plan.schema.reviews_schema()), days, INPUT_PARTITION_KEY)
+
+    def _outputs(self, results: list[dict]) -> list:
+        """What the run published into, named by the publisher (pipeline/publish/publisher.py, OutputDataset)."""
+        from pipeline.signals.lineage import output_datasets
+
+        if self.plan is None or not any(r.get("status") == "published" for r in results):
+            return []
+        schemas = {"scores": self.plan.schema.scores_schema(), "rejects": self.plan.schema.rejects_schema()}
+        return output_datasets(self.plan.publisher.output_datasets(), results, schemas)
+
     def _emit_end(self, outcome: RunOutcome) -> None:
         if self.lineage is None:
             return
-        from pipeline.signals.lineage import input_datasets, output_datasets
-
-        inputs = input_datasets(self.plan) if self.plan is not None else []
-        output = self.plan.output if self.plan is not None else self.config.output
-        schema = self.plan.schema.scores_schema() if self.plan is not None else None
-        outputs = output_datasets(output, outcome.results, schema)
+        inputs, days = self._inputs(), self.partitions
         if self.plan is None:  # stopped at start-up: START was never sent
-            self.lineage.emit("START", self.run_id, [], [])
+            self.lineage.emit("START", self.run_id, [], [], days=days)
         if outcome.submitted:  # the job runs on; its end is not this process's to report
-            self.lineage.emit("RUNNING", self.run_id, inputs, [])
+            self.lineage.emit("RUNNING", self.run_id, inputs, [], days=days)
             return
+        try:
+            outputs = self._outputs(outcome.results)
+        except Exception as e:  # reporting never fails the run: the event goes out without its outputs
+            _LOG.warning("could not name the run's outputs for lineage: %s", e)
+            outputs = []
         if outcome.exit_code == 0:
-            self.lineage.emit("COMPLETE", self.run_id, inputs, outputs)
+            self.lineage.emit("COMPLETE", self.run_id, inputs, outputs, days=days)
             return
         failed = [r for r in outcome.results if r.get("status") != "published"]
         message = self.error or "; ".join(f"{r['partition'] or 'output'}: {r.get('message', '')}" for r in failed)
-        self.lineage.emit("FAIL", self.run_id, inputs, outputs, message or f"exit status {outcome.exit_code}")
+        error = message or f"exit status {outcome.exit_code}"
+        self.lineage.emit("FAIL", self.run_id, inputs, outputs, error, days=days)
 
 
 def signal_startup_failure(overrides: dict, command: str, message: str, exit_code: int) -> None:

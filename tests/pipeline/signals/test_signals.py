@@ -23,6 +23,7 @@ from pipeline.run.telemetry import RunOutcome, RunSignals, check_signals
 from pipeline.signals import metrics
 from pipeline.signals.lineage import check_lineage_block, lineage_run_id, parse_parent
 from tests.conftest import SAMPLE_DATE, partition_summary, score_args
+from tests.pipeline.signals.test_lineage import validate
 from transforms.schema import RunSchema
 
 # Lines a clean run printed before issue 20, each from a library; none may come back.
@@ -412,11 +413,14 @@ def test_a_clean_runs_lineage_holds_start_and_complete_with_inputs_and_outputs(c
     assert (start["eventType"], complete["eventType"]) == ("START", "COMPLETE")
     assert start["run"]["runId"] == complete["run"]["runId"]
     inputs = {d["name"] for d in complete["inputs"]}
-    assert inputs == {str(sample_dir / "customers"), str(sample_dir / "reviews" / f"dt={SAMPLE_DATE}")}
+    assert inputs == {str(sample_dir / "customers"), str(sample_dir / "reviews")}  # roots, the day in a facet
     assert all(d["facets"]["schema"]["fields"] for d in complete["inputs"])
     (output,) = complete["outputs"]
-    assert output["name"] == str(root / "out" / f"dt={SAMPLE_DATE}")
+    assert output["name"] == str(root / "out")
+    assert output["outputFacets"]["subset"]["outputCondition"]["partitions"][0]["dimensions"] == {"dt": SAMPLE_DATE}
     assert output["outputFacets"]["outputStatistics"]["rowCount"] > 0
+    for event in (start, complete):
+        validate(event)  # against the vendored OpenLineage schema
     summary = partition_summary(root / "out" / f"dt={SAMPLE_DATE}")
     assert start["run"]["runId"] == lineage_run_id(summary["run_id"])
 
@@ -451,6 +455,8 @@ def test_a_start_up_error_still_writes_metrics_and_a_fail_event(sample_dir, bund
     start, fail = _events(tmp_path / "lineage.jsonl")
     assert (start["eventType"], fail["eventType"]) == ("START", "FAIL")
     assert "no-such-reviews" in fail["run"]["facets"]["errorMessage"]["message"]
+    (info,) = samples["sentiment_score_run_info"]  # the run id, named in the metrics and the events alike
+    assert info.labels["run_id"] and fail["run"]["runId"] == lineage_run_id(info.labels["run_id"])
 
 
 @pytest.mark.slow
