@@ -267,13 +267,18 @@ def test_a_lineage_file_under_a_regular_file_is_a_config_error_naming_it(sample_
 
 
 @pytest.mark.slow
-def test_an_iceberg_score_into_a_path_with_uri_characters_writes_only_inside_it(sample_dir, bundle_dir, tmp_path):
+@pytest.mark.parametrize("output_format", [PARQUET, ICEBERG])
+def test_a_score_into_a_path_with_uri_characters_writes_only_inside_it(sample_dir, bundle_dir, tmp_path, output_format):
     root = tmp_path / URI_SPECIAL
-    result = _cli(*score_args(sample_dir, bundle_dir, root, "--runner=FnApiRunner", "--output-format", ICEBERG))
+    args = score_args(sample_dir, bundle_dir, root, "--runner=FnApiRunner", "--output-format", output_format)
+    result = _cli(*args)
     assert result.returncode == 0, result.stderr
     assert sorted(os.listdir(tmp_path)) == sorted([URI_SPECIAL, f"{URI_SPECIAL}.staging"])
-    verified = _cli("verify", "--output", str(root), "--output-format", ICEBERG, "--date", SAMPLE_DATE)
+    verified = _cli("verify", "--output", str(root), "--output-format", output_format, "--date", SAMPLE_DATE)
     assert verified.returncode == 0, verified.stdout
+    if output_format == PARQUET:
+        assert ds.dataset(str(root), format="parquet", partitioning="hive").to_table().num_rows > 0
+        return
     table = IcebergOutput(str(root)).catalog.load_table("sentiment.review_scores")
     assert table.scan().to_arrow().num_rows > 0
     assert all(str(root) in task.file.file_path for task in table.scan().plan_files())
