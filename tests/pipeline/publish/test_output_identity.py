@@ -115,6 +115,26 @@ def test_inspecting_a_published_iceberg_day_finds_it_complete_and_changes_no_byt
     assert _tree(root) == before
 
 
+def test_a_configured_sqlite_catalog_is_inspected_read_only_and_a_missing_one_is_not_created(tmp_path):
+    catalog = {
+        "type": "sql",
+        "uri": f"sqlite:///{tmp_path / 'shared' / 'catalog.db'}",
+        "warehouse": f"file://{tmp_path}/wh",
+    }
+    (tmp_path / "shared").mkdir()
+    output = IcebergOutput(str(tmp_path / "out"), catalog=catalog)
+    output.prepare({"scores": SCORES, "rejects": REJECTS})
+    output.publish(*stage(tmp_path, DAY, "run-c", 5, 1, write=write_local))
+    before = _tree(tmp_path)
+    check = publisher_for(str(tmp_path / "out"), ICEBERG, catalog).check(DAY)
+    assert check.complete, check.message
+    assert _tree(tmp_path) == before
+    missing = {**catalog, "uri": f"sqlite:///{tmp_path / 'nowhere' / 'catalog.db'}"}
+    check = publisher_for(str(tmp_path / "out"), ICEBERG, missing).check(DAY)
+    assert not check.complete
+    assert not (tmp_path / "nowhere").exists()
+
+
 # ---------------------------------------------------------------------------------------- one format per root (4)
 
 
