@@ -17,7 +17,10 @@ Interface (what the commit step calls):
   day's current data files and adds the new ones (metadata only: footers are read, the data is not), rejects table
   first, scores table last. ``properties`` must hold ``run-id``, ``model-version``, ``rows-read``, ``rows-scored``,
   ``rows-rejected``; each snapshot's summary carries them as ``sentiment.<key>`` with ``sentiment.partition``.
-- ``verify(partition) -> (complete, message)`` and ``published_model_version(partition) -> str | None``.
+- ``verify(partition) -> (complete, message)`` and ``published_model_version(partition) -> str | None``: read only,
+  through ``reader`` (the catalog opened read-only: SQLite ``mode=ro``, no catalog tables created); ``catalog`` is
+  the catalog opened to write, which refuses a missing or empty embedded ``catalog.db`` beside a warehouse that
+  holds tables, and names one that is not SQLite (OutputError).
 
 What a staged shard must be: a Parquet file with the table's columns by name (any order; ``string`` or
 ``large_string``; int ids as ``int64``), a ``dt`` column of type ``date32`` holding the partition day in every row,
