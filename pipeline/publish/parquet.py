@@ -28,11 +28,12 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline import storage
 from pipeline.errors import ConfigError
-from pipeline.publish.publisher import PartitionCheck, Publisher
-from transforms.io import partition_path
+from pipeline.publish.publisher import PARQUET, OutputDataset, PartitionCheck, Publisher
 
 SUCCESS_FILE = "_SUCCESS"
-SUMMARY_FILE = "summary.json"
+SUMMARY_FILE = Publisher.summary_report
+# Partitions are Hive-style folders named by this key: OUTPUT/dt=D.
+PARTITION_KEY = "dt"
 MANIFEST_FORMAT = "sentiment-partition-manifest/2"
 # The layout before rejects and reports moved under "_" names: rescored once, never read as complete.
 _OLD_FORMATS = ("sentiment-partition-manifest/1",)
@@ -267,17 +268,36 @@ def remove_unlisted(partition_dir: str, manifest: dict) -> list[str]:
     return stale
 
 
+def holds_parquet_output(root: str) -> bool:
+    """Whether a root holds this format's files: a manifest or shards at the top, or dt= partitions (reads only)."""
+    return bool(
+        storage.exists(storage.join(root, SUCCESS_FILE))
+        or storage.list_paths(storage.join(root, "*.parquet"))
+        or storage.list_paths(storage.join(root, f"{PARTITION_KEY}=*", "*"))
+    )
+
+
 class ParquetFolders(Publisher):
     """Parquet partitions in Hive-style folders (OUTPUT/dt=D/, or OUTPUT/ itself without a date), each published by
     the protocol above and checked against its `_SUCCESS` manifest."""
+
+    format = PARQUET
 
     def __init__(self, output: str):
         self.output = output
 
     def name(self, partition: str) -> str:
-        return partition_path(self.output, partition)
+        return storage.join(self.output, f"{PARTITION_KEY}={partition}") if partition else self.output
 
-    def check_layout(self, dated: bool) -> None:
+    def holds_output(self) -> bool:
+        return holds_parquet_output(self.output)
+
+    def output_datasets(self) -> list[OutputDataset]:
+        """One dataset, the root: Hive-convention readers read its scores; the rejects are published in the same
+        partitions under `_rejects/` (which those readers skip), so they have no root of their own to name."""
+        return [OutputDataset(("scores", "rejects"), self.output, partition_key=PARTITION_KEY)]
+
+    def check_partitioning(self, dated: bool) -> None:
         """One root holds either dt= partitions or one unpartitioned output, never both: a run without --date into
         a dated root would publish every day's rows beside the partitions (a Hive reader sees them twice)."""
         unpartitioned = storage.exists(storage.join(self.output, SUCCESS_FILE)) or storage.list_paths(
@@ -298,7 +318,12 @@ class ParquetFolders(Publisher):
         publish_partition(shards, self.name(partition), facts, reports, fence=fence)
 
     def check(self, partition: str, count_rows: bool = True) -> PartitionCheck:
-        return check_partition(self.name(partition), count_rows)
+        check = check_partition(self.name(partition), count_rows)
+        if not check.complete:  # say so when there is no output at all
+            state = self.state()
+            if not state.exists:
+                return PartitionCheck(self.name(partition), False, state.message)
+        return check
 
     def published_summary(self, partition: str) -> dict | None:
         return published_summary(self.name(partition))

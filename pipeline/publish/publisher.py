@@ -1,4 +1,8 @@
-"""The output formats behind one interface: the commit step, verify and --skip-existing talk to a Publisher."""
+"""The output formats behind one interface: the commit step, verify and --skip-existing talk to a Publisher.
+
+Inspection (state, check, published_version, the summaries) reads only, whatever it is pointed at: it creates no
+folder, catalog or table, and says so when the root holds nothing or another format's output. Only prepare and
+publish write."""
 
 from __future__ import annotations
 
@@ -8,8 +12,13 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from pipeline.errors import ConfigError
+
 PARQUET, ICEBERG = "parquet", "iceberg"
 FORMATS = (PARQUET, ICEBERG)
+# The staging folder of an unpartitioned output's shards: a named folder like a day's, so every partition's staging
+# is one folder that a cleanup can name without touching another partition's.
+UNPARTITIONED_STAGING = "_output"
 
 
 @dataclass(frozen=True)
@@ -22,6 +31,37 @@ class PartitionCheck:
     manifest: dict | None = None
 
 
+@dataclass(frozen=True)
+class OutputDataset:
+    """One dataset a run publishes into, as lineage names it: by where it lives (a folder dataset by its root, a
+    table by its location; never one per partition), and for a catalog table the catalog's name for it.
+
+    kinds: what it holds, ("scores",), ("rejects",) or both (the first is what its readers read). location: a path or
+    URI. table: the catalog's name (namespace.table), or None.
+    catalog: where that name is defined (the catalog's uri, or its warehouse), or None. partition_key: the
+    dimension a partition of the dataset is named by (its day), or None for an unpartitioned output.
+    """
+
+    kinds: tuple[str, ...]
+    location: str
+    table: str | None = None
+    catalog: str | None = None
+    partition_key: str | None = None
+
+
+@dataclass(frozen=True)
+class OutputState:
+    """What an output root holds, found by reading only: what verify and the layout checks go by.
+
+    exists: the root holds an output of the publisher's format. other_format: another format whose output the root
+    holds (a root holds one format), or None. message: the fact in words, naming the root.
+    """
+
+    exists: bool
+    other_format: str | None
+    message: str
+
+
 class Publisher(abc.ABC):
     """Where a run's partitions are published and how: one implementation per output format.
 
@@ -32,8 +72,16 @@ class Publisher(abc.ABC):
     """
 
     output: str
+    # The output_format this publisher publishes.
+    format: str
     # A column the shards must carry holding the partition's day (a table format that places files by their values).
     partition_column: str | None = None
+    # Whether the root holds each other format's output, {format: holds(root) -> bool}: set by the factory, which
+    # knows every format (this module imports none).
+    other_formats: dict[str, Callable[[str], bool]] = {}
+
+    # The name of the run's summary among the reports publish() is given (what published_summary reads back).
+    summary_report = "summary.json"
 
     def shard_schemas(self, run_schema) -> dict:
         """The Arrow schemas the writers stage shards in: the run's scores and rejects (+ partition_column)."""
@@ -51,8 +99,48 @@ class Publisher(abc.ABC):
     def name(self, partition: str) -> str:
         """How messages name a partition of this output."""
 
+    def staging_dir(self, staging_root: str, partition: str) -> str:
+        """The folder below a run's staging root where its writers stage one partition's shards: each partition's
+        own (RUN/dt=D, or RUN/_output without a date), so a cleanup can name one partition's staging without
+        touching another's (staging_root may be a glob over runs)."""
+        from pipeline import storage  # Beam's FileSystems: not imported with the interface (the CLI imports it first)
+
+        return storage.join(staging_root, f"dt={partition}" if partition else UNPARTITIONED_STAGING)
+
     @abc.abstractmethod
+    def output_datasets(self) -> list[OutputDataset]:
+        """The datasets this output publishes into, as lineage names them (reads only; a table not created yet is
+        left out). The writers report them as Beam Lineage sinks, the run's events as its outputs."""
+
+    @abc.abstractmethod
+    def holds_output(self) -> bool:
+        """Whether the root holds an output of this format (reads only)."""
+
+    def state(self) -> OutputState:
+        """What the root holds, found without writing anything. Once found holding this format's output, that is
+        kept (a run only adds to its output), so asking per day lists the root once."""
+        if getattr(self, "_holds", False) or self.holds_output():
+            self._holds = True
+            return OutputState(True, None, f"{self.output}: holds output_format {self.format}")
+        for other, holds in self.other_formats.items():
+            if holds(self.output):
+                return OutputState(False, other, f"{self.output} holds output_format {other}, not {self.format}")
+        return OutputState(False, None, f"{self.output}: no such output")
+
     def check_layout(self, dated: bool) -> None:
+        """Raises ConfigError, before anything is written, when the root holds another format's output (a root
+        holds one format: readers of either break on the other's files) or cannot take partitions of this kind."""
+        other = self.state().other_format
+        if other is not None:
+            raise ConfigError(
+                f"output {self.output} holds output_format {other}: a run with output_format {self.format} would "
+                f"put its files beside them and break both formats' readers; choose another output, or run with "
+                f"--output-format {other}"
+            )
+        self.check_partitioning(dated)
+
+    @abc.abstractmethod
+    def check_partitioning(self, dated: bool) -> None:
         """Raises ConfigError when the output cannot take partitions of this kind (dated or not)."""
 
     @abc.abstractmethod

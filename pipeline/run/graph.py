@@ -132,7 +132,12 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig, plan: RunPlan) 
     customers = (
         pipeline
         | "ReadCustomers"
-        >> ReadTables(customer_tasks, schema.customers_schema(), max(config.read_batch_size, CUSTOMER_BATCH_ROWS))
+        >> ReadTables(
+            customer_tasks,
+            schema.customers_schema(),
+            max(config.read_batch_size, CUSTOMER_BATCH_ROWS),
+            dataset=plan.customers_root or None,
+        )
     )["tables"] | "CustomerTables" >> beam.Values()
     # The id pass reads the reviews' ids on its own: reading reviews from the same PCollection as the ids would fuse
     # the full read into the ids' stage, which has to finish (the duplicates side input) before Validate runs, so
@@ -141,7 +146,11 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig, plan: RunPlan) 
         review_tasks, _id_schema(schema, join_plan), max(config.read_batch_size, ID_BATCH_ROWS), isolate_failures=True
     )
     reviews = pipeline | "ReadReviews" >> ReadTables(
-        review_tasks, schema.reviews_schema(), config.read_batch_size, isolate_failures=True
+        review_tasks,
+        schema.reviews_schema(),
+        config.read_batch_size,
+        isolate_failures=True,
+        dataset=plan.reviews_root or None,
     )
     duplicates = ids["tables"] | "FindDuplicateReviews" >> FindDuplicateReviews(columns, plan.rows_by_partition)
     join = reviews["tables"] | "JoinCustomers" >> JoinCustomers(customers, ids["tables"], columns, join_plan)
@@ -160,17 +169,20 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig, plan: RunPlan) 
         featurized[FAILURES],
         inferred[FAILURES],
     ) | "CollectFailures" >> beam.Flatten()
+    # Where each partition stages and which dataset each kind of shard is published into: the publisher's names.
     shards, day = plan.publisher.shard_schemas(schema), plan.publisher.partition_column
+    staging = {p: plan.publisher.staging_dir(plan.staging_root, p) for p in plan.partitions}
+    sinks = {kind: d.location for d in plan.publisher.output_datasets() for kind in d.kinds}
     score_shards = inferred.scores | "WriteScores" >> beam.ParDo(
         WriteParquetShards(
-            "scores", plan.staging_root, shards["scores"], plan.run_id, partition_column=day, output_root=plan.output
+            "scores", staging, shards["scores"], plan.run_id, partition_column=day, dataset=sinks.get("scores")
         )
     )
     if os.environ.get(TEST_STOP_ENV) == TEST_STOP_AFTER_SCORE_SHARD:
         score_shards = score_shards | "TestStopAfterScoreShard" >> beam.Map(_stop_this_process_once)
     reject_shards = rejects | "WriteRejects" >> beam.ParDo(
         WriteParquetShards(
-            "rejects", plan.staging_root, shards["rejects"], plan.run_id, partition_column=day, output_root=plan.output
+            "rejects", staging, shards["rejects"], plan.run_id, partition_column=day, dataset=sinks.get("rejects")
         )
     )
     committed = {

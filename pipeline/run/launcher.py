@@ -29,7 +29,6 @@ from pipeline.run.plan import RunPlan, days_between, plan_run
 from pipeline.run.telemetry import RunSignals
 from pipeline.storage import basename, delete_tree, is_remote, join, list_paths, read_json
 from transforms.beam_compat import add_pipeline_option_flags, runner_job_id
-from transforms.io import staging_dir
 from transforms.schema import InputError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LEASE_HELD = 0, 1, 2, 3
@@ -71,12 +70,13 @@ def _fatal(message: str) -> int:
 def _clean_dead_staging(plan: RunPlan, partitions: list[str]) -> None:
     """Removes other runs' staging of the partitions this run holds the lease of: no live run can be writing it.
 
-    Each run stages a partition in its own folder (transforms.io.staging_dir), so the cleanup names exactly those
+    Each run stages a partition in its own folder (Publisher.staging_dir), so the cleanup names exactly those
     folders, on every filesystem; a partition whose lease this run does not hold is never touched, so a live run's
     staging is never deleted.
     """
     control = control_root(plan.staging_root)
     current = basename(plan.staging_root)
+    staging_dir = plan.publisher.staging_dir
     for partition in partitions:
         folder = basename(staging_dir(control, partition))
         runs = set()
@@ -279,7 +279,7 @@ def _execute(
     # (credentials, endpoints, project) the way Beam gives them to its workers.
     FileSystems.set_options(options)
     try:
-        plan = plan_run(config, dates, backfill)
+        plan = plan_run(config, dates, backfill, run_id=signals.run_id)
     except (BundleError, InputError, OutputError) as e:
         signals.fail(str(e))
         return _fatal(str(e))

@@ -19,7 +19,8 @@ from pipeline.errors import ConfigError, OutputError
 from pipeline.publish.factory import publisher_for
 from pipeline.publish.publisher import Publisher
 from pipeline.run.config import ScoreConfig
-from transforms.io import InputFile, inspect_files, resolve_files
+from pipeline.run.telemetry import new_run_id
+from transforms.io import InputFile, inspect_files, partition_path, resolve_files
 from transforms.schema import InputError, RunSchema, id_kind, is_number, text_kind
 
 _LOG = logging.getLogger(__name__)
@@ -48,6 +49,9 @@ class RunPlan:
     model_dir: str = ""
     # Where and how the partitions are published (pipeline/publish/publisher.py).
     publisher: Publisher | None = None
+    # The inputs as datasets (lineage, Beam Lineage): a folder dataset by its root, never one per day folder.
+    customers_root: str = ""
+    reviews_root: str = ""
     # The lease generation this run holds per partition (its fencing token), filled in once the leases are taken.
     leases: dict[str, int] = field(default_factory=dict)
     lease_expiry_seconds: float = 6 * 3600.0
@@ -191,14 +195,17 @@ def _published_by(publisher: Publisher, partition: str, model_version: str) -> s
     return f"already published, complete and scored by model {model_version} (--skip-existing)"
 
 
-def plan_run(config: ScoreConfig, dates: list[str] | None, backfill: bool = False) -> RunPlan:
+def plan_run(
+    config: ScoreConfig, dates: list[str] | None, backfill: bool = False, run_id: str | None = None
+) -> RunPlan:
     """Checks the model, inputs and output, and decides what to read; raises on any fatal problem.
 
     Problems of the run (config, model, customers, output) raise. In a backfill, a problem that belongs to one day's
-    input fails that day only (RunPlan.failed); a single-partition run raises naming the file.
+    input fails that day only (RunPlan.failed); a single-partition run raises naming the file. run_id: the id the
+    run's signals already carry (a new one when None).
     """
     started = time.time()
-    run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started)) + "-" + uuid.uuid4().hex[:8]
+    run_id = run_id or new_run_id(started)
     _check_output_apart(config)
     publisher = publisher_for(config.output, config.output_format, config.catalog, config.iceberg_tables)
     publisher.check_layout(dates is not None)
@@ -224,7 +231,7 @@ def plan_run(config: ScoreConfig, dates: list[str] | None, backfill: bool = Fals
             if done:
                 skipped[day] = done
                 continue
-            day_root = FileSystems.join(config.reviews.rstrip("/"), f"dt={day}")
+            day_root = partition_path(config.reviews.rstrip("/"), day)
             paths = resolve_files(day_root)
             if not paths and not config.allow_empty:
                 if backfill:
@@ -275,5 +282,7 @@ def plan_run(config: ScoreConfig, dates: list[str] | None, backfill: bool = Fals
         staging_root=staging_root,
         model_dir=model_dir,
         publisher=publisher,
+        customers_root=_input_root(config.customers).rstrip("/"),
+        reviews_root=(config.reviews if dates is not None else _input_root(config.reviews)).rstrip("/"),
         lease_expiry_seconds=config.lease_expiry_hours * 3600,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 import uuid
 
@@ -34,6 +35,11 @@ class RunOutcome:
         return max(self.ended_at - self.started_at, 0.0)
 
 
+def new_run_id(started_at: float) -> str:
+    """A run id: the start time (UTC) and 8 random hex digits, e.g. 20261128T020000Z-1a2b3c4d."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started_at)) + "-" + uuid.uuid4().hex[:8]
+
+
 def check_signals(config: ScoreConfig) -> None:
     """The signal settings, checked at start-up; a wrong one fails naming it."""
     from pipeline.signals.lineage import check_lineage_block, parse_parent
@@ -49,8 +55,21 @@ def check_signals(config: ScoreConfig) -> None:
     if config.pushgateway is not None and not config.pushgateway:
         raise ConfigError("setting 'pushgateway' must be a URL")
     check_lineage_block(config.lineage)
+    if config.lineage_file is not None:
+        _check_folder_can_exist("lineage_file", config.lineage_file)
     if config.lineage_parent:
         parse_parent(config.lineage_parent)
+
+
+def _check_folder_can_exist(setting: str, path: str) -> None:
+    """Raises ConfigError naming the setting when a local file's folder cannot be made: a regular file is in the way."""
+    if storage.is_remote(path):
+        return
+    existing = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConfigError(f"setting '{setting}' {path}: {existing} is not a folder")
 
 
 class RunSignals:
@@ -79,22 +98,20 @@ class RunSignals:
 
     @property
     def run_id(self) -> str:
+        """The run's id, known from the start: the launcher plans the run under it, so a run stopped at start-up
+        names the same id in its metrics and events as it would have in its outputs."""
         if self.plan is not None:
             return self.plan.run_id
-        # A run stopped before it was planned has no run id of its own: one in the same form, for its events.
         if not hasattr(self, "_startup_id"):
-            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.started_at))
-            self._startup_id = f"{stamp}-{uuid.uuid4().hex[:8]}"
+            self._startup_id = new_run_id(self.started_at)
         return self._startup_id
 
     def start(self, plan) -> None:
         """The run is planned: its partitions, inputs and run id are known. Emits START."""
         self.plan = plan
-        self.partitions = list(plan.partitions)
+        self.partitions = sorted([*plan.partitions, *plan.failed])  # days refused at start-up were planned too
         if self.lineage is not None:
-            from pipeline.signals.lineage import input_datasets
-
-            self.lineage.emit("START", plan.run_id, input_datasets(plan), [])
+            self.lineage.emit("START", plan.run_id, self._inputs(), [], days=self.partitions)
 
     def record(self, results: list[dict]) -> None:
         """The per-partition results: {"partition", "status", "message", "rows": {read, scored, rejected}, ...}."""
@@ -111,7 +128,7 @@ class RunSignals:
         self.ended = True
         outcome = RunOutcome(
             command=self.command,
-            run_id=self.plan.run_id if self.plan is not None else None,
+            run_id=self.run_id,
             model_version=self.plan.model_version if self.plan is not None else None,
             partitions=self.partitions,
             results=self.results,
@@ -147,26 +164,48 @@ class RunSignals:
             except Exception as e:
                 _LOG.warning("could not push metrics to %s: %s", self.config.pushgateway, e)
 
+    def _inputs(self) -> list:
+        """The planned run's inputs by their roots, the reviews' days in a facet (nothing before it is planned)."""
+        from pipeline.signals.lineage import input_datasets
+        from transforms.io import INPUT_PARTITION_KEY
+
+        plan = self.plan
+        if plan is None:
+            return []
+        customers = (plan.customers_root, plan.schema.customers_schema()) if plan.customers_root else None
+        days = [p for p in plan.partitions if p]
+        return input_datasets(customers, (plan.reviews_root, plan.schema.reviews_schema()), days, INPUT_PARTITION_KEY)
+
+    def _outputs(self, results: list[dict]) -> list:
+        """What the run published into, named by the publisher (pipeline/publish/publisher.py, OutputDataset)."""
+        from pipeline.signals.lineage import output_datasets
+
+        if self.plan is None or not any(r.get("status") == "published" for r in results):
+            return []
+        schemas = {"scores": self.plan.schema.scores_schema(), "rejects": self.plan.schema.rejects_schema()}
+        return output_datasets(self.plan.publisher.output_datasets(), results, schemas)
+
     def _emit_end(self, outcome: RunOutcome) -> None:
         if self.lineage is None:
             return
-        from pipeline.signals.lineage import input_datasets, output_datasets
-
-        inputs = input_datasets(self.plan) if self.plan is not None else []
-        output = self.plan.output if self.plan is not None else self.config.output
-        schema = self.plan.schema.scores_schema() if self.plan is not None else None
-        outputs = output_datasets(output, outcome.results, schema)
+        inputs, days = self._inputs(), self.partitions
         if self.plan is None:  # stopped at start-up: START was never sent
-            self.lineage.emit("START", self.run_id, [], [])
+            self.lineage.emit("START", self.run_id, [], [], days=days)
         if outcome.submitted:  # the job runs on; its end is not this process's to report
-            self.lineage.emit("RUNNING", self.run_id, inputs, [])
+            self.lineage.emit("RUNNING", self.run_id, inputs, [], days=days)
             return
+        try:
+            outputs = self._outputs(outcome.results)
+        except Exception as e:  # reporting never fails the run: the event goes out without its outputs
+            _LOG.warning("could not name the run's outputs for lineage: %s", e)
+            outputs = []
         if outcome.exit_code == 0:
-            self.lineage.emit("COMPLETE", self.run_id, inputs, outputs)
+            self.lineage.emit("COMPLETE", self.run_id, inputs, outputs, days=days)
             return
         failed = [r for r in outcome.results if r.get("status") != "published"]
         message = self.error or "; ".join(f"{r['partition'] or 'output'}: {r.get('message', '')}" for r in failed)
-        self.lineage.emit("FAIL", self.run_id, inputs, outputs, message or f"exit status {outcome.exit_code}")
+        error = message or f"exit status {outcome.exit_code}"
+        self.lineage.emit("FAIL", self.run_id, inputs, outputs, error, days=days)
 
 
 def signal_startup_failure(overrides: dict, command: str, message: str, exit_code: int) -> None:

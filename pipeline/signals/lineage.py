@@ -10,7 +10,6 @@ import uuid
 import pyarrow as pa
 
 from pipeline.errors import ConfigError
-from transforms.io import partition_path
 from transforms.schema import FILE_INDEX, ROW_INDEX
 
 _LOG = logging.getLogger("sentiment-score")
@@ -55,23 +54,46 @@ def parse_parent(value: str) -> tuple[str, str, str]:
     return parts[0], parts[1], parts[2]
 
 
-def dataset_name(path: str) -> tuple[str, str]:
-    """(namespace, name) of a file or folder by OpenLineage's naming: scheme://bucket and the key, or file and the
-    absolute path."""
-    if "://" in path:
-        scheme, rest = path.split("://", 1)
-        bucket, _, key = rest.partition("/")
-        return f"{scheme}://{bucket}", "/" + key
-    return "file", os.path.abspath(path)
+# Object stores OpenLineage names by scheme://bucket and the key (s3a and s3n are s3).
+_OBJECT_STORES = {"s3": "s3", "s3a": "s3", "s3n": "s3", "gs": "gs", "gcs": "gs"}
 
 
-def common_folder(paths: list[str]) -> str:
-    """The deepest folder holding every path (a partition's review files share their dt= folder)."""
-    folders = {p.rsplit("/", 1)[0] for p in paths}
-    if len(folders) == 1:
-        return folders.pop()
-    prefix = os.path.commonprefix(sorted(folders))
-    return prefix.rsplit("/", 1)[0] if not prefix.endswith("/") else prefix.rstrip("/")
+def dataset_name(location: str) -> tuple[str, str]:
+    """(namespace, name) of a file, folder or table location by OpenLineage's naming: `file` and the absolute path
+    on local disk (a file:// URI too), scheme://bucket and the key on an object store, scheme://authority and the
+    path otherwise. A folder dataset is named by its root: callers never pass a partition's folder."""
+    if location.startswith("file://"):
+        location = location[len("file://") :]
+    elif location.startswith("file:"):
+        location = location[len("file:") :]
+    if "://" not in location:
+        return "file", os.path.abspath(location)
+    scheme, rest = location.split("://", 1)
+    authority, _, path = rest.partition("/")
+    if scheme in _OBJECT_STORES:
+        return f"{_OBJECT_STORES[scheme]}://{authority}", path.strip("/") or "/"
+    return f"{scheme}://{authority}", "/" + path.strip("/")
+
+
+def symlink_namespace(catalog: str) -> str:
+    """The namespace of a catalog table's name (a symlink): a warehouse on local disk as file:PATH, as OpenLineage's
+    file naming gives a Hadoop catalog's tables; a warehouse in a bucket or a catalog service by its URI."""
+    if catalog.startswith("file:") or "://" not in catalog:
+        return f"file:{dataset_name(catalog)[1]}"
+    return catalog.rstrip("/")
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return {"version": version("apache-beam"), "openlineageAdapterVersion": version("openlineage-python")}
+    except PackageNotFoundError:  # not installed as a distribution (a source tree on the path)
+        return {"version": "unknown"}
+
+
+# The processing engine facet: the job runs on Apache Beam, reporting through openlineage-python.
+_ENGINE = {"name": "Apache Beam", **_versions()}
 
 
 class Lineage:
@@ -102,11 +124,17 @@ class Lineage:
                 http["auth"] = ApiKeyTokenProvider({"api_key": block["api_key"]})
             self.clients.append(OpenLineageClient(transport=HttpTransport(HttpConfig(**http))))
 
-    def _run(self, run_id: str, error: str | None):
+    def _run(self, run_id: str, error: str | None, days: list[str]):
         from openlineage.client.event_v2 import Run
-        from openlineage.client.facet_v2 import error_message_run, parent_run
+        from openlineage.client.facet_v2 import error_message_run, nominal_time_run, parent_run, processing_engine_run
 
-        facets = {}
+        facets = {"processing_engine": processing_engine_run.ProcessingEngineRunFacet(**_ENGINE)}
+        if days:  # the days the run scores: from the first's start to the last's end, whenever it actually ran
+            first, last = min(days), max(days)
+            end = dt.date.fromisoformat(last) + dt.timedelta(days=1)
+            facets["nominalTime"] = nominal_time_run.NominalTimeRunFacet(
+                nominalStartTime=f"{first}T00:00:00Z", nominalEndTime=f"{end.isoformat()}T00:00:00Z"
+            )
         if self.parent:
             namespace, name, parent_id = self.parent
             facets["parent"] = parent_run.ParentRunFacet(
@@ -116,15 +144,26 @@ class Lineage:
             facets["errorMessage"] = error_message_run.ErrorMessageRunFacet(message=error, programmingLanguage="python")
         return Run(runId=lineage_run_id(run_id), facets=facets)
 
-    def emit(self, state: str, run_id: str, inputs: list, outputs: list, error: str | None = None) -> None:
-        """Sends one RunEvent (state START, COMPLETE or FAIL) to every transport."""
+    def emit(
+        self,
+        state: str,
+        run_id: str,
+        inputs: list,
+        outputs: list,
+        error: str | None = None,
+        days: list[str] | None = None,
+    ) -> None:
+        """Sends one RunEvent (state START, COMPLETE, FAIL or RUNNING) to every transport. days: the days the run
+        scores (its nominal time), [] or None for an unpartitioned run."""
         from openlineage.client.event_v2 import Job, RunEvent, RunState
+        from openlineage.client.facet_v2 import job_type_job
 
+        job_type = job_type_job.JobTypeJobFacet(processingType="BATCH", integration="APACHE_BEAM", jobType="JOB")
         event = RunEvent(
             eventType=RunState[state],
             eventTime=dt.datetime.now(dt.UTC).isoformat(),
-            run=self._run(run_id, error),
-            job=Job(namespace=self.namespace, name=self.job_name),
+            run=self._run(run_id, error, [d for d in days or [] if d]),
+            job=Job(namespace=self.namespace, name=self.job_name, facets={"jobType": job_type}),
             inputs=inputs,
             outputs=outputs,
             producer=PRODUCER,
@@ -146,39 +185,64 @@ def schema_facet(schema: pa.Schema):
     )
 
 
-def input_datasets(plan) -> list:
-    """The customers and each partition's review files (one dataset per partition folder), with their schemas."""
+def _partitions(key: str, partitions: list[str]):
+    """The partitions of a dataset a run read or wrote, by their key (the day): what the subset facet carries, so a
+    folder dataset keeps its root's name instead of one dataset per key=value folder."""
+    from openlineage.client.facet_v2 import base_subset_dataset
+
+    return base_subset_dataset.PartitionSubsetCondition(
+        partitions=[base_subset_dataset.Partition(dimensions={key: p}, identifier=f"{key}={p}") for p in partitions]
+    )
+
+
+def input_datasets(customers: tuple[str, pa.Schema] | None, reviews: tuple[str, pa.Schema], days: list[str], key: str):
+    """The customers and the reviews, each by its root with its schema; the days read in the reviews' subset facet.
+
+    customers, reviews: (root, schema). days: the planned days ([] for an unpartitioned run), named by key."""
     from openlineage.client.event_v2 import InputDataset
+    from openlineage.client.facet_v2 import base_subset_dataset
 
     datasets = []
-    customers = [f.path for f in plan.customer_files]
-    if customers:
-        namespace, name = dataset_name(common_folder(customers))
-        facets = {"schema": schema_facet(plan.schema.customers_schema())}
-        datasets.append(InputDataset(namespace=namespace, name=name, facets=facets))
-    reviews = plan.schema.reviews_schema()
-    for partition in plan.partitions:
-        files = plan.files_by_partition.get(partition) or []
-        if not files:
-            continue
-        namespace, name = dataset_name(common_folder(files))
-        datasets.append(InputDataset(namespace=namespace, name=name, facets={"schema": schema_facet(reviews)}))
+    if customers is not None:
+        namespace, name = dataset_name(customers[0])
+        datasets.append(InputDataset(namespace=namespace, name=name, facets={"schema": schema_facet(customers[1])}))
+    namespace, name = dataset_name(reviews[0])
+    input_facets = {}
+    if days:
+        input_facets["subset"] = base_subset_dataset.InputSubsetInputDatasetFacet(inputCondition=_partitions(key, days))
+    facets = {"schema": schema_facet(reviews[1])}
+    datasets.append(InputDataset(namespace=namespace, name=name, facets=facets, inputFacets=input_facets))
     return datasets
 
 
-def output_datasets(output: str, results: list[dict], schema=None) -> list:
-    """Each published partition with its row count (scored rows) in an outputStatistics facet."""
+def output_datasets(datasets: list, results: list[dict], schemas: dict[str, pa.Schema] | None = None) -> list:
+    """The datasets published into (pipeline/publish's OutputDataset records: kinds, location, table, catalog,
+    partition_key), once at least one partition was published: each by its location, a catalog table's name in a
+    symlinks facet, the published days in a subset facet, its rows (of its first kind) in outputStatistics."""
     from openlineage.client.event_v2 import OutputDataset
-    from openlineage.client.facet_v2 import output_statistics_output_dataset
+    from openlineage.client.facet_v2 import base_subset_dataset, output_statistics_output_dataset, symlinks_dataset
 
-    datasets = []
-    for result in results:
-        if result["status"] != "published":
-            continue
-        namespace, name = dataset_name(partition_path(output, result["partition"]))
-        rows = (result.get("rows") or {}).get("scored")
-        statistics = output_statistics_output_dataset.OutputStatisticsOutputDatasetFacet(rowCount=rows)
-        facets = {"schema": schema_facet(schema)} if schema is not None else {}
-        outputs = {"outputStatistics": statistics}
-        datasets.append(OutputDataset(namespace=namespace, name=name, facets=facets, outputFacets=outputs))
-    return datasets
+    published = [r for r in results if r["status"] == "published"]
+    if not published:
+        return []
+    days = sorted(r["partition"] for r in published if r["partition"])
+    outputs = []
+    for dataset in datasets:
+        kind = dataset.kinds[0]
+        rows = sum((r.get("rows") or {}).get("scored" if kind == "scores" else "rejected", 0) for r in published)
+        facets = {"schema": schema_facet(schemas[kind])} if schemas else {}
+        if dataset.table:
+            identifier = symlinks_dataset.Identifier(
+                namespace=symlink_namespace(dataset.catalog), name=dataset.table, type="TABLE"
+            )
+            facets["symlinks"] = symlinks_dataset.SymlinksDatasetFacet(identifiers=[identifier])
+        output_facets = {
+            "outputStatistics": output_statistics_output_dataset.OutputStatisticsOutputDatasetFacet(rowCount=rows)
+        }
+        if dataset.partition_key and days:
+            output_facets["subset"] = base_subset_dataset.OutputSubsetOutputDatasetFacet(
+                outputCondition=_partitions(dataset.partition_key, days)
+            )
+        namespace, name = dataset_name(dataset.location)
+        outputs.append(OutputDataset(namespace=namespace, name=name, facets=facets, outputFacets=output_facets))
+    return outputs

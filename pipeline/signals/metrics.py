@@ -68,8 +68,8 @@ def build_registry(
         ["partition"],
         registry=registry,
     )
-    fraction = Gauge(
-        f"{PREFIX}_reject_fraction", "Fraction of the partition's rows rejected", ["partition"], registry=registry
+    ratio = Gauge(
+        f"{PREFIX}_reject_ratio", "Share of the partition's rows rejected (0 to 1)", ["partition"], registry=registry
     )
     psi = Gauge(
         f"{PREFIX}_score_psi",
@@ -95,12 +95,14 @@ def build_registry(
     )
 
     carried = carried or {"job": {}, "partition": {}}
-    this_run = {partition_label(p) for p in outcome.partitions}
+    # Every partition the run planned or reported on has series: one refused at start-up or failed mid-run says
+    # partition_published 0 and keeps its last success from the file this one replaces.
+    this_run = {partition_label(p) for p in [*outcome.partitions, *(r["partition"] for r in outcome.results)]}
     for label, when in carried["partition"].items():
         if label in this_run:
             partition_success.labels(partition=label).set(when)
-    for partition in outcome.partitions:
-        published.labels(partition=partition_label(partition)).set(0)
+    for label in sorted(this_run):
+        published.labels(partition=label).set(0)
     for result in outcome.results:
         label = partition_label(result["partition"])
         state = "published" if result["status"] == "published" else "failed"
@@ -110,7 +112,7 @@ def build_registry(
             scored.labels(partition=label, outcome=state).set(rows.get("scored", 0))
             rejected.labels(partition=label, outcome=state).set(rows.get("rejected", 0))
             if rows.get("read"):
-                fraction.labels(partition=label).set(rows.get("rejected", 0) / rows["read"])
+                ratio.labels(partition=label).set(rows.get("rejected", 0) / rows["read"])
         summary = result.get("summary") or {}
         for reason, count in (summary.get("rejected_by_reason") or {}).items():
             by_reason.labels(partition=label, reason=reason).set(count)

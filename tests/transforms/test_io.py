@@ -96,7 +96,7 @@ def test_a_row_group_that_cannot_be_read_names_the_file(tmp_path):
         _read(ReadParquetBatches(SCHEMA), task)
 
 
-def _lineage_of_a_read_and_write(files, tmp_path, output_root):
+def _lineage_of_a_read_and_write(files, tmp_path, source, sink):
     """Runs ReadTables into WriteParquetShards on FnApiRunner; returns the Beam Lineage sources and sinks."""
     import apache_beam as beam
     from apache_beam.metrics.metric import Lineage
@@ -105,8 +105,9 @@ def _lineage_of_a_read_and_write(files, tmp_path, output_root):
     from transforms.io import ReadTables, WriteParquetShards
 
     pipeline = beam.Pipeline(runner=FnApiRunner())
-    tables = (pipeline | "Read" >> ReadTables(plan_read_tasks(files, 1000), SCHEMA, 1000))["tables"]
-    writer = WriteParquetShards("scores", str(tmp_path / "staging"), SCHEMA, "r1", 1000, output_root=output_root)
+    tables = (pipeline | "Read" >> ReadTables(plan_read_tasks(files, 1000), SCHEMA, 1000, dataset=source))["tables"]
+    staging = {"2026-11-28": str(tmp_path / "staging" / "day")}
+    writer = WriteParquetShards("scores", staging, SCHEMA, "r1", 1000, dataset=sink)
     _ = tables | "Write" >> beam.ParDo(writer)
     result = pipeline.run()
     result.wait_until_finish()
@@ -114,14 +115,14 @@ def _lineage_of_a_read_and_write(files, tmp_path, output_root):
 
 
 @pytest.mark.slow
-def test_the_parquet_source_and_sink_report_beam_lineage(files, tmp_path):
-    sources, sinks = _lineage_of_a_read_and_write(files, tmp_path, str(tmp_path / "out"))
-    assert sources == {f"filesystem:localhost.{f.path}" for f in files}
-    (sink,) = sinks  # one shard of the one partition, named as it will be published
-    assert sink.startswith(f"filesystem:localhost.{tmp_path / 'out' / 'dt=2026-11-28'}/scores-r1-")
+def test_the_parquet_source_and_sink_report_their_datasets_by_root_as_beam_lineage(files, tmp_path):
+    sources, sinks = _lineage_of_a_read_and_write(files, tmp_path, str(tmp_path), f"file://{tmp_path / 'out'}")
+    assert sources == {f"filesystem:localhost.{tmp_path}"}  # the dataset's root, not each file or day folder
+    assert sinks == {f"filesystem:localhost.{tmp_path / 'out'}"}  # what the shards are published into
 
 
 @pytest.mark.slow
-def test_a_writer_told_no_output_reports_no_sink(files, tmp_path):
-    sources, sinks = _lineage_of_a_read_and_write(files, tmp_path, None)
-    assert sources and sinks == set()
+def test_a_reader_told_no_dataset_reports_each_file_and_a_writer_told_none_reports_no_sink(files, tmp_path):
+    sources, sinks = _lineage_of_a_read_and_write(files, tmp_path, None, None)
+    assert sources == {f"filesystem:localhost.{f.path}" for f in files}
+    assert sinks == set()

@@ -139,10 +139,12 @@ def test_a_day_never_published_is_incomplete(tmp_path, output):
     assert not complete
     assert message == f"{DAYS[1]}: table sentiment.review_scores has no snapshot for this day: not published"
     assert output.published_model_version(DAYS[1]) is None
-    assert IcebergOutput(str(tmp_path / "empty")).verify(DAYS[0]) == (
+    empty = tmp_path / "empty"
+    assert IcebergOutput(str(empty)).verify(DAYS[0]) == (
         False,
-        f"{DAYS[0]}: table sentiment.review_scores does not exist: not published",
+        f"{empty}: no such output (no Iceberg catalog at {empty / 'catalog.db'})",
     )
+    assert not empty.exists()  # verify reads only
 
 
 def test_a_day_without_rejects_publishes_an_empty_rejects_day(tmp_path, output):

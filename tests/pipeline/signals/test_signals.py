@@ -16,11 +16,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from model.native_output import VERBOSE_ENV, quiet_native_stderr
 from pipeline.cli.worker_site import sitecustomize
 from pipeline.errors import ConfigError
+from pipeline.publish.factory import publisher_for
 from pipeline.run.config import build_config
-from pipeline.run.telemetry import RunOutcome, check_signals
+from pipeline.run.plan import RunPlan
+from pipeline.run.telemetry import RunOutcome, RunSignals, check_signals
 from pipeline.signals import metrics
 from pipeline.signals.lineage import check_lineage_block, lineage_run_id, parse_parent
 from tests.conftest import SAMPLE_DATE, partition_summary, score_args
+from tests.pipeline.signals.test_lineage import validate
+from transforms.schema import RunSchema
 
 # Lines a clean run printed before issue 20, each from a library; none may come back.
 NOISE = (
@@ -78,7 +82,8 @@ def test_metrics_of_a_published_partition_parse_and_carry_its_label():
     assert _value(samples, "sentiment_score_rows_read", partition=SAMPLE_DATE, outcome="published") == 300
     assert _value(samples, "sentiment_score_rows_rejected", partition=SAMPLE_DATE, outcome="published") == 10
     assert _value(samples, "sentiment_score_rows_rejected_by_reason", reason="missing_customer") == 6
-    assert _value(samples, "sentiment_score_reject_fraction", partition=SAMPLE_DATE) == pytest.approx(10 / 300)
+    assert _value(samples, "sentiment_score_reject_ratio", partition=SAMPLE_DATE) == pytest.approx(10 / 300)
+    assert "sentiment_score_reject_fraction" not in samples  # a share is a _ratio in Prometheus' naming
     assert _value(samples, "sentiment_score_score_psi", partition=SAMPLE_DATE) == 0.05
     assert _value(samples, "sentiment_score_partition_published", partition=SAMPLE_DATE) == 1
     assert _value(samples, "sentiment_score_last_success_timestamp_seconds") == 1060
@@ -107,6 +112,69 @@ def test_a_failed_run_keeps_the_last_success_of_the_file_it_replaces(tmp_path):
     assert [p for p in os.listdir(tmp_path)] == ["job.prom"]  # written through a temporary file, renamed
 
 
+def _plan(tmp_path, partitions: list[str], failed: dict[str, str]) -> RunPlan:
+    """A planned run as plan_run returns it: days to score, and days refused at start-up with why."""
+    return RunPlan(
+        run_id="20261128T000000Z-feedf00d",
+        started_at=1000.0,
+        schema=RunSchema(),
+        model_version="sha256-0123",
+        customer_files=[],
+        review_files=[],
+        partitions=partitions,
+        rows_by_partition={p: 0 for p in partitions},
+        files_by_partition={p: [] for p in partitions},
+        failed=failed,
+        output=str(tmp_path / "out"),
+        publisher=publisher_for(str(tmp_path / "out")),
+    )
+
+
+def test_a_day_refused_at_start_up_has_partition_published_0_and_keeps_its_last_success(tmp_path):
+    path = str(tmp_path / "job.prom")
+    days = ["2026-11-27", SAMPLE_DATE]
+    metrics.write_metrics_file(path, _outcome(partitions=days, results=[], ended_at=500.0))
+    earlier = [{"partition": d, "status": "published", "message": "", "rows": {}} for d in days]
+    metrics.write_metrics_file(path, _outcome(partitions=days, results=earlier, ended_at=700.0))
+    signals = RunSignals(build_config({"metrics_file": path}), "backfill", days)
+    plan = _plan(tmp_path, [SAMPLE_DATE], {"2026-11-27": "f.parquet: not a readable Parquet file"})
+    signals.start(plan)
+    refused = {"partition": "2026-11-27", "status": "failed", "message": "refused at start-up: f.parquet", "rows": {}}
+    published = {"partition": SAMPLE_DATE, "status": "published", "message": "", "rows": {"read": 2, "scored": 2}}
+    signals.record([refused, published])
+    signals.end(1)
+    samples = _samples(Path(path).read_text())
+    assert _value(samples, "sentiment_score_partition_published", partition="2026-11-27") == 0
+    assert _value(samples, "sentiment_score_partition_published", partition=SAMPLE_DATE) == 1
+    last = "sentiment_score_partition_last_success_timestamp_seconds"
+    assert _value(samples, last, partition="2026-11-27") == 700  # carried over from the file it replaces
+    assert _value(samples, last, partition=SAMPLE_DATE) > 700  # published by this run
+
+
+def test_a_day_that_failed_mid_run_has_partition_published_0_and_keeps_its_last_success(tmp_path):
+    path = str(tmp_path / "job.prom")
+    earlier = [{"partition": SAMPLE_DATE, "status": "published", "message": "", "rows": {}}]
+    metrics.write_metrics_file(path, _outcome(results=earlier, ended_at=700.0))
+    signals = RunSignals(build_config({"metrics_file": path}), "score", [SAMPLE_DATE])
+    signals.start(_plan(tmp_path, [SAMPLE_DATE], {}))
+    signals.record([{"partition": SAMPLE_DATE, "status": "failed", "message": "run failed", "rows": {}}])
+    signals.end(1)
+    samples = _samples(Path(path).read_text())
+    assert _value(samples, "sentiment_score_partition_published", partition=SAMPLE_DATE) == 0
+    assert _value(samples, "sentiment_score_partition_last_success_timestamp_seconds", partition=SAMPLE_DATE) == 700
+
+
+def test_a_run_stopped_before_its_plan_still_names_its_run_id(tmp_path):
+    path = str(tmp_path / "job.prom")
+    signals = RunSignals(build_config({"metrics_file": path}), "score", [SAMPLE_DATE])
+    signals.fail("customers: no customer files match")
+    signals.end(1)
+    samples = _samples(Path(path).read_text())
+    (info,) = samples["sentiment_score_run_info"]
+    assert info.labels["run_id"] == signals.run_id != ""
+    assert _value(samples, "sentiment_score_partition_published", partition=SAMPLE_DATE) == 0
+
+
 def test_a_later_success_replaces_the_last_success(tmp_path):
     path = str(tmp_path / "job.prom")
     metrics.write_metrics_file(path, _outcome())
@@ -119,6 +187,14 @@ def test_a_metrics_file_the_textfile_collector_would_not_read_is_a_config_error(
     check_signals(build_config({"metrics_file": "/var/lib/node_exporter/sentiment.prom"}))
     with pytest.raises(ConfigError, match="'metrics_file' must end in .prom"):
         check_signals(build_config({"metrics_file": "/var/lib/node_exporter/sentiment.txt"}))
+
+
+def test_a_lineage_file_under_a_regular_file_is_a_config_error_naming_both(tmp_path):
+    check_signals(build_config({"lineage_file": str(tmp_path / "new" / "folders" / "lineage.jsonl")}))
+    (tmp_path / "plain").write_text("a file, not a folder")
+    path = tmp_path / "plain" / "events" / "lineage.jsonl"
+    with pytest.raises(ConfigError, match=f"setting 'lineage_file' {path}: {tmp_path / 'plain'} is not a folder"):
+        check_signals(build_config({"lineage_file": str(path)}))
 
 
 # --- lineage, as functions ---
@@ -337,11 +413,14 @@ def test_a_clean_runs_lineage_holds_start_and_complete_with_inputs_and_outputs(c
     assert (start["eventType"], complete["eventType"]) == ("START", "COMPLETE")
     assert start["run"]["runId"] == complete["run"]["runId"]
     inputs = {d["name"] for d in complete["inputs"]}
-    assert inputs == {str(sample_dir / "customers"), str(sample_dir / "reviews" / f"dt={SAMPLE_DATE}")}
+    assert inputs == {str(sample_dir / "customers"), str(sample_dir / "reviews")}  # roots, the day in a facet
     assert all(d["facets"]["schema"]["fields"] for d in complete["inputs"])
     (output,) = complete["outputs"]
-    assert output["name"] == str(root / "out" / f"dt={SAMPLE_DATE}")
+    assert output["name"] == str(root / "out")
+    assert output["outputFacets"]["subset"]["outputCondition"]["partitions"][0]["dimensions"] == {"dt": SAMPLE_DATE}
     assert output["outputFacets"]["outputStatistics"]["rowCount"] > 0
+    for event in (start, complete):
+        validate(event)  # against the vendored OpenLineage schema
     summary = partition_summary(root / "out" / f"dt={SAMPLE_DATE}")
     assert start["run"]["runId"] == lineage_run_id(summary["run_id"])
 
@@ -376,6 +455,8 @@ def test_a_start_up_error_still_writes_metrics_and_a_fail_event(sample_dir, bund
     start, fail = _events(tmp_path / "lineage.jsonl")
     assert (start["eventType"], fail["eventType"]) == ("START", "FAIL")
     assert "no-such-reviews" in fail["run"]["facets"]["errorMessage"]["message"]
+    (info,) = samples["sentiment_score_run_info"]  # the run id, named in the metrics and the events alike
+    assert info.labels["run_id"] and fail["run"]["runId"] == lineage_run_id(info.labels["run_id"])
 
 
 @pytest.mark.slow
