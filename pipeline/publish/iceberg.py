@@ -50,6 +50,7 @@ import pyarrow.parquet as pq
 
 from pipeline import storage
 from pipeline.errors import ConfigError, OutputError
+from pipeline.publish.iceberg_compat import iceberg_schema
 from pipeline.publish.publisher import PartitionCheck, Publisher
 
 _LOG = logging.getLogger(__name__)
@@ -78,13 +79,6 @@ class IcebergPublishError(RuntimeError):
     """A day that cannot be published as given (bad shard, wrong day, counts that do not add up); names what."""
 
 
-def _iceberg_schema(arrow_schema: pa.Schema):
-    """The Iceberg schema (fresh field ids) an Arrow schema stands for; string and large_string are one type."""
-    from pyiceberg.catalog import Catalog
-
-    return Catalog._convert_schema_if_needed(arrow_schema)
-
-
 def _with_partition_column(arrow_schema: pa.Schema) -> pa.Schema:
     if PARTITION_COLUMN in arrow_schema.names:
         return arrow_schema
@@ -93,7 +87,7 @@ def _with_partition_column(arrow_schema: pa.Schema) -> pa.Schema:
 
 def check_schema(table_name: str, table_schema, arrow_schema: pa.Schema, where: str = "this run") -> None:
     """Raises IcebergSchemaError naming the table and the first column that differs between a table and a run."""
-    given = {f.name: f.field_type for f in _iceberg_schema(_with_partition_column(arrow_schema)).fields}
+    given = {f.name: f.field_type for f in iceberg_schema(_with_partition_column(arrow_schema)).fields}
     wanted = {f.name: f.field_type for f in table_schema.fields}
     for name, field_type in wanted.items():
         if name not in given:
@@ -193,7 +187,7 @@ class IcebergOutput:
                     _retry_racing_creation(lambda: self.catalog.create_namespace(namespace))
                 except NamespaceAlreadyExistsError:
                     pass
-            schema = _iceberg_schema(_with_partition_column(arrow_schema))
+            schema = iceberg_schema(_with_partition_column(arrow_schema))
             source = schema.find_field(PARTITION_COLUMN)
             spec = PartitionSpec(
                 PartitionField(source_id=source.field_id, field_id=1000, transform=IdentityTransform(), name="dt")
