@@ -50,8 +50,9 @@ import pyarrow.parquet as pq
 
 from pipeline import storage
 from pipeline.errors import ConfigError, OutputError
-from pipeline.publish.iceberg_compat import iceberg_schema
+from pipeline.publish.iceberg_compat import append_checked, iceberg_schema
 from pipeline.publish.publisher import PartitionCheck, Publisher
+from transforms.schema import DETAIL, MODEL_VERSION, REASON, SCORE
 
 _LOG = logging.getLogger(__name__)
 
@@ -87,14 +88,20 @@ def _with_partition_column(arrow_schema: pa.Schema) -> pa.Schema:
 
 def check_schema(table_name: str, table_schema, arrow_schema: pa.Schema, where: str = "this run") -> None:
     """Raises IcebergSchemaError naming the table and the first column that differs between a table and a run."""
-    given = {f.name: f.field_type for f in iceberg_schema(_with_partition_column(arrow_schema)).fields}
-    wanted = {f.name: f.field_type for f in table_schema.fields}
-    for name, field_type in wanted.items():
+    given = {f.name: f for f in iceberg_schema(_with_partition_column(arrow_schema)).fields}
+    wanted = {f.name: f for f in table_schema.fields}
+    for name, field in wanted.items():
         if name not in given:
-            raise IcebergSchemaError(f"table {table_name}: column {name} ({field_type}) is missing in {where}")
-        if given[name] != field_type:
+            raise IcebergSchemaError(f"table {table_name}: column {name} ({field.field_type}) is missing in {where}")
+        if given[name].field_type != field.field_type:
             raise IcebergSchemaError(
-                f"table {table_name}: column {name} is {given[name]} in {where}, {field_type} in the table"
+                f"table {table_name}: column {name} is {given[name].field_type} in {where}, {field.field_type} in "
+                f"the table"
+            )
+        if field.required and not given[name].required:  # a required column in a run is fine in an optional one
+            raise IcebergSchemaError(
+                f"table {table_name}: column {name} is optional in {where}, required in the table (it never holds "
+                f"nulls)"
             )
     extra = sorted(set(given) - set(wanted))
     if extra:
@@ -169,8 +176,9 @@ class IcebergOutput:
         for kind, schema in schemas.items():
             self._table(kind, schema)
 
-    def _table(self, kind: str, arrow_schema: pa.Schema | None = None):
-        """The table of one kind; created from arrow_schema when absent, else checked against it."""
+    def _table(self, kind: str, arrow_schema: pa.Schema | None = None, where: str | None = None):
+        """The table of one kind; created from arrow_schema when absent, else checked against it (`where` names
+        what the schema is of in a message: a shard, or this run)."""
         from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError, TableAlreadyExistsError
         from pyiceberg.partitioning import PartitionField, PartitionSpec
         from pyiceberg.transforms import IdentityTransform
@@ -198,7 +206,7 @@ class IcebergOutput:
             except TableAlreadyExistsError:  # another process created it first: use theirs, checked below
                 table = self.catalog.load_table(name)
         if arrow_schema is not None:
-            check_schema(name, table.schema(), arrow_schema)
+            check_schema(name, table.schema(), arrow_schema, where=where or "this run")
         return table
 
     def _data_dir(self, table, partition: str) -> str:
@@ -232,7 +240,7 @@ class IcebergOutput:
         for kind in ("rejects", "scores"):
             first = next((p for p in staged[kind] if _exists(p, self)), None)
             schema = self._footer(first).schema.to_arrow_schema() if first else None
-            tables[kind] = self._table(kind, schema)
+            tables[kind] = self._table(kind, schema, where=first)
             placed[kind] = self._move_in(kind, tables[kind], partition, staged[kind])
         on_step("moved")
 
@@ -325,8 +333,9 @@ class IcebergOutput:
         return added
 
     def _commit_day(self, kind: str, partition: str, paths: list[str], added: list, summary: dict, on_step) -> int:
-        """One overwrite snapshot that removes the day's data files and adds the run's; retried on conflicts with
-        other processes, re-planned each time on the refreshed table. Returns the new snapshot's id.
+        """One snapshot that adds the run's data files for the day: an append when the table holds none of the day,
+        else an overwrite that also removes the day's current ones; retried on conflicts with other processes,
+        re-planned each time on the refreshed table. Returns the new snapshot's id.
 
         on_step(f"{kind}-planned") runs once per attempt, between planning on the loaded table and committing.
         """
@@ -353,14 +362,21 @@ class IcebergOutput:
                 rows = sum(f.record_count for f in added)
                 added = self._new_data_files(kind, table, tx.table_metadata, paths, partition, rows)
             planned_on = layout
-            with tx.update_snapshot(snapshot_properties=summary).overwrite() as overwrite:
-                # Scopes the conflict check of a retried commit to this day: other days committed meanwhile are
-                # rebased over; a change to this day by someone else (a publish without the lease) is refused.
-                overwrite.delete_by_predicate(EqualTo(PARTITION_COLUMN, partition))
+            # A day the table does not hold yet only adds files: an `append` snapshot, which incremental readers
+            # (Spark streaming, incremental append scans) take; a rescore replaces files: an `overwrite`. Either
+            # way the day's filter scopes the conflict check of a retried commit: other days committed meanwhile
+            # are rebased over; a change to this day by someone else (a publish without the lease) is refused.
+            day = EqualTo(PARTITION_COLUMN, partition)
+            if current:
+                update = tx.update_snapshot(snapshot_properties=summary).overwrite()
+                update.delete_by_predicate(day)
+            else:
+                update = append_checked(table, tx, summary, day)
+            with update:
                 for data_file in current:
-                    overwrite.delete_data_file(data_file)
+                    update.delete_data_file(data_file)
                 for data_file in added:
-                    overwrite.append_data_file(data_file)
+                    update.append_data_file(data_file)
             on_step(f"{kind}-planned")
             try:
                 committed = tx.commit_transaction()
@@ -535,6 +551,17 @@ def _retry_racing_creation(make: Callable, attempts: int = 5):
 # ---------------------------------------------------------------------------------------------------------------------
 # The Publisher for output_format: iceberg (pipeline/publish/publisher.py)
 
+
+def required_columns(columns) -> dict[str, set[str]]:
+    """The columns of each table that never hold nulls (transforms/validate.py rejects a row with a null id, and one
+    whose score is not a number): the scores' ids, score, model version and day; the rejects' reason, detail and day.
+    A reject's ids and raw inputs may be null: that can be why it was rejected."""
+    return {
+        "scores": {columns.review_id, columns.customer_id, SCORE, MODEL_VERSION, PARTITION_COLUMN},
+        "rejects": {REASON, DETAIL, PARTITION_COLUMN},
+    }
+
+
 REPORTS_DIR = "reports"
 
 
@@ -547,6 +574,16 @@ class IcebergTables(Publisher):
     """
 
     partition_column = PARTITION_COLUMN
+
+    def shard_schemas(self, run_schema) -> dict:
+        """The run's shard schemas with the columns that never hold nulls non-nullable, so the tables created from
+        them mark those columns `required` (readers and engines rely on it: no null checks, NOT NULL in SQL)."""
+        schemas = super().shard_schemas(run_schema)
+        never_null = required_columns(run_schema.columns)
+        return {
+            kind: pa.schema([f.with_nullable(f.name not in never_null[kind]) for f in schema])
+            for kind, schema in schemas.items()
+        }
 
     def __init__(self, output: str, catalog: dict | None = None, table_names: dict | None = None):
         self.output = output

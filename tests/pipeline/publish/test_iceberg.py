@@ -17,6 +17,7 @@ from pipeline.publish.iceberg import (
     IcebergOutput,
     IcebergPublishError,
     IcebergSchemaError,
+    IcebergTables,
 )
 from tests.conftest import S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY, s3_client
 from transforms.io import with_partition_day
@@ -214,6 +215,111 @@ def test_properties_without_the_run_facts_are_refused(tmp_path, output):
     del props["model-version"]
     with pytest.raises(ValueError, match="properties lack model-version"):
         output.publish(day, scores, rejects, props)
+
+
+# ------------------------------------------------------------------------------------------- snapshot kinds
+
+
+def _operation(output: IcebergOutput, kind: str) -> str:
+    return output.catalog.load_table(output.table_names[kind]).current_snapshot().summary.operation.value
+
+
+def test_a_new_day_is_an_append_snapshot_and_only_a_rescore_an_overwrite(tmp_path, output):
+    """Spark streaming reads refuse overwrite snapshots and incremental append scans skip them: a day the table does
+    not hold yet only adds files, so it is an append; a rescore replaces files, so it is an overwrite."""
+    output.publish(*stage(tmp_path, DAYS[0], "run-0", 40, 2, write=write_local))
+    assert {kind: _operation(output, kind) for kind in ("scores", "rejects")} == {
+        "scores": "append",
+        "rejects": "append",
+    }
+    first = current_snapshot(output, "scores")
+    output.publish(*stage(tmp_path, DAYS[1], "run-1", 30, 1, write=write_local))
+    assert _operation(output, "scores") == "append"
+    table = output.catalog.load_table("sentiment.review_scores")
+    new_rows = table.incremental_append_scan(from_snapshot_id_exclusive=first).to_arrow()
+    assert new_rows.num_rows == 30 and set(new_rows["dt"].to_pylist()) == {dt_module.date.fromisoformat(DAYS[1])}
+
+    output.publish(*stage(tmp_path, DAYS[0], "run-again", 35, 3, model="v2", write=write_local))
+    assert {kind: _operation(output, kind) for kind in ("scores", "rejects")} == {
+        "scores": "overwrite",
+        "rejects": "overwrite",
+    }
+    assert day_rows(output, "scores", DAYS[0]).num_rows == 35 and day_rows(output, "scores", DAYS[1]).num_rows == 30
+    assert output.verify(DAYS[0]) == (
+        True,
+        f"{DAYS[0]}: complete: 35 scored + 3 rejected = 38 read in 3 file(s), run run-again, model v2",
+    )
+
+
+def test_an_append_of_a_day_another_run_published_meanwhile_is_refused_not_doubled(tmp_path, output):
+    """The twin: an append is checked like an overwrite. Another run publishes the same (new) day between this
+    run's planning and its commit (what the lease prevents): pyiceberg's commit retry must not rebase the append over
+    it, so this run is refused and the day holds the other run's rows alone."""
+    other = IcebergOutput(output.output)
+    late = stage(tmp_path, DAYS[0], "run-late", 20, 1, write=write_local)
+    meanwhile = stage(tmp_path, DAYS[0], "run-meanwhile", 25, 2, write=write_local)
+
+    def publish_meanwhile(step):
+        if step == "scores-planned":
+            other.publish(*meanwhile)
+
+    with pytest.raises(IcebergPublishError, match="review_scores, 2026-03-01: another publish changed this day"):
+        output.publish(*late, on_step=publish_meanwhile)
+    assert day_rows(output, "scores", DAYS[0]).num_rows == 25
+    assert output.verify(DAYS[0]) == (
+        True,
+        f"{DAYS[0]}: complete: 25 scored + 2 rejected = 27 read in 3 file(s), run run-meanwhile, model v1",
+    )
+
+
+# Never null: the scores' ids, score, model version and day (null ids and invalid scores are rejected rows); the
+# rejects' reason, detail and day. The rejects' ids and raw inputs can be null: they are why a row was rejected.
+REQUIRED = {
+    "scores": ["review_id", "customer_id", "sentiment_score", "model_version", "dt"],
+    "rejects": ["reason", "detail", "dt"],
+}
+
+
+def _publisher_shards(tmp_path):
+    """The job's Iceberg publisher, its tables prepared from the shard schemas the writers use, and a write function
+    that stages shards in those schemas."""
+    publisher = IcebergTables(str(tmp_path / "out"))
+    schemas = publisher.shard_schemas(RunSchema())
+    publisher.prepare(schemas)
+
+    def write(table, path):
+        kind = "scores" if os.path.basename(path).startswith("scores-") else "rejects"
+        write_local(table.cast(schemas[kind]), path)
+
+    return publisher, schemas, write
+
+
+def test_columns_that_are_never_null_are_required_in_the_tables_and_the_rows_read_back(tmp_path):
+    publisher, _, write = _publisher_shards(tmp_path)
+    tables = publisher.tables
+    for kind, required in REQUIRED.items():
+        schema = tables.catalog.load_table(tables.table_names[kind]).schema()
+        assert sorted(f.name for f in schema.fields if f.required) == sorted(required), kind
+    tables.publish(*stage(tmp_path, DAYS[0], "run-a", 30, 2, write=write))
+    scores = day_rows(tables, "scores", DAYS[0])
+    want = _scores(30, "v1")
+    assert scores.select(want.column_names).cast(want.schema).equals(want)
+    assert day_rows(tables, "rejects", DAYS[0]).num_rows == 2
+    assert tables.verify(DAYS[0])[0]
+
+
+def test_a_shard_with_a_nullable_column_the_table_requires_is_refused_naming_it(tmp_path):
+    """The twin: a shard that could hold nulls where the table requires values is refused before anything moves."""
+    publisher, _, write = _publisher_shards(tmp_path)
+    tables = publisher.tables
+    day, scores, rejects, props = stage(tmp_path, DAYS[0], "run-a", 10, 1, write=write)
+    write_local(pq.read_table(scores[0]).cast(with_partition_day(_scores(0, "v1"), "dt", day).schema), scores[0])
+    with pytest.raises(
+        IcebergSchemaError, match=r"table sentiment.review_scores: column review_id is optional in /.*, required in"
+    ):
+        tables.publish(day, scores, rejects, props)
+    assert all(os.path.exists(p) for p in scores)
+    assert current_snapshot(tables, "scores") is None
 
 
 # ------------------------------------------------------------------------------------------- crashes

@@ -59,6 +59,15 @@ def test_a_backfill_publishes_each_day_into_the_tables_with_its_rows_and_facts(p
     assert int(snapshot["sentiment.rows-read"]) == summary["rows"]["read"]
     # No Parquet folders, no _SUCCESS: the tables are the output.
     assert not glob.glob(f"{published}/dt=*")
+    # Each day was new to the tables: append snapshots, which incremental readers take.
+    for table in (scores, rejects):
+        assert {s.summary.operation.value for s in table.snapshots()} == {"append"}
+    # Columns that never hold nulls are required.
+    required = [{f.name for f in t.schema().fields if f.required} for t in (scores, rejects)]
+    assert required == [
+        {"review_id", "customer_id", "sentiment_score", "model_version", "dt"},
+        {"reason", "detail", "dt"},
+    ]
 
 
 def test_verify_reads_the_tables_and_names_a_day_never_published(published, capsys):
@@ -82,6 +91,7 @@ def test_a_rerun_replaces_the_day_in_one_more_snapshot_and_the_previous_night_st
     table = _catalog(published).load_table("sentiment.review_scores")
     assert _day_rows(table, SAMPLE_DATE) == rows  # replaced, not doubled
     assert len(table.metadata.snapshots) == snapshots + 1
+    assert table.current_snapshot().summary.operation.value == "overwrite"  # a rescore replaces
     assert _day_rows(table, SAMPLE_DATE, snapshot_id=before) == rows  # time travel to the night before
     assert len(glob.glob(f"{published}/reports/dt={SAMPLE_DATE}/*/summary.json")) == 1  # the current run's reports
 
