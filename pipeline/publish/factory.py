@@ -6,13 +6,18 @@ from pipeline.publish.publisher import ICEBERG, PARQUET, Publisher
 
 
 def publisher_for(
-    output: str, output_format: str = PARQUET, catalog: dict | None = None, tables: dict | None = None
+    output: str,
+    output_format: str = PARQUET,
+    catalog: dict | None = None,
+    tables: dict | None = None,
+    retention_days: float | None = None,
 ) -> Publisher:
-    """The publisher of an output root in a format (config `output_format`, `catalog`, `iceberg_tables`)."""
+    """The publisher of an output root in a format (config `output_format`, `catalog`, `iceberg_tables`,
+    `snapshot_retention_days`)."""
     if output_format == ICEBERG:
         from pipeline.publish.iceberg import IcebergTables
 
-        return IcebergTables(output, catalog, tables)
+        return IcebergTables(output, catalog, tables, retention_days)
     from pipeline.publish.parquet import ParquetFolders
 
     return ParquetFolders(output)

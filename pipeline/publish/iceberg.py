@@ -38,6 +38,7 @@ lease), as for the Parquet output.
 from __future__ import annotations
 
 import datetime as dt_module
+import json
 import logging
 import os
 import random
@@ -59,6 +60,8 @@ _LOG = logging.getLogger(__name__)
 PARTITION_COLUMN = "dt"
 CATALOG_NAME = "sentiment"
 SUMMARY_PREFIX = "sentiment."
+# A table property per published day, `sentiment.day.YYYY-MM-DD`: that day's facts (JSON), set by its commit.
+DAY_PROPERTY_PREFIX = "sentiment.day."
 REQUIRED_PROPERTIES = ("run-id", "model-version", "rows-read", "rows-scored", "rows-rejected")
 DEFAULT_TABLES = {"scores": "sentiment.review_scores", "rejects": "sentiment.review_rejects"}
 # Which property counts each table's rows.
@@ -128,10 +131,15 @@ class IcebergOutput:
         catalog: dict | None = None,
         scores_table: str = DEFAULT_TABLES["scores"],
         rejects_table: str = DEFAULT_TABLES["rejects"],
+        retention_days: float | None = None,
+        clock: Callable[[], float] = time.time,
     ):
         self.output = output
         self.table_names = {"scores": scores_table, "rejects": rejects_table}
         self.catalog_properties = dict(catalog) if catalog else self.default_catalog(output)
+        # After each publish, snapshots older than this are expired (None: never); clock() is now, in seconds.
+        self.retention_days = retention_days
+        self._clock = clock
         self._catalog = None
 
     @staticmethod
@@ -259,7 +267,50 @@ class IcebergOutput:
         for kind in ("rejects", "scores"):
             self._remove_unreferenced(self.catalog.load_table(self.table_names[kind]), partition)
         on_step("cleaned")
+        if self.retention_days is not None:
+            cutoff = dt_module.datetime.fromtimestamp(self._clock(), dt_module.UTC)
+            self.expire_snapshots(cutoff - dt_module.timedelta(days=self.retention_days))
         return snapshots
+
+    def expire_snapshots(self, older_than: dt_module.datetime) -> dict[str, int]:
+        """Expires each table's snapshots taken before older_than, except the one that was current then (so time
+        travel to any moment since keeps working), the current one and branch or tag heads; then deletes the data
+        files that only the expired snapshots referenced. Returns {kind: snapshots expired}.
+
+        Best effort, after the day is published: a failure (a concurrent commit, a file that cannot be deleted) is
+        logged, and the next publish expires what is left. The days' facts stay (table properties).
+        """
+        expired = {}
+        for kind, name in self.table_names.items():
+            try:
+                expired[kind] = self._expire(self.catalog.load_table(name), older_than)
+            except Exception as e:  # maintenance must not fail a published day
+                _LOG.warning("table %s: snapshots not expired this time (%s: %s)", name, type(e).__name__, e)
+                expired[kind] = 0
+        return expired
+
+    def _expire(self, table, older_than: dt_module.datetime) -> int:
+        metadata = table.metadata
+        cutoff_ms = int(older_than.timestamp() * 1000)
+        history, snapshot = [], table.current_snapshot()
+        while snapshot is not None:
+            history.append(snapshot)
+            snapshot = metadata.snapshot_by_id(snapshot.parent_snapshot_id) if snapshot.parent_snapshot_id else None
+        current_at_cutoff = next((s.snapshot_id for s in history if s.timestamp_ms < cutoff_ms), None)
+        keep = {current_at_cutoff} | {ref.snapshot_id for ref in metadata.refs.values()}
+        expire = {s.snapshot_id for s in metadata.snapshots if s.timestamp_ms < cutoff_ms} - keep
+        if not expire:
+            return 0
+        kept = [s for s in metadata.snapshots if s.snapshot_id not in expire]
+        unreferenced = _data_files(table, [s for s in metadata.snapshots if s.snapshot_id in expire])
+        unreferenced -= _data_files(table, kept)
+        table.maintenance.expire_snapshots().by_ids(sorted(expire)).commit()
+        _LOG.info("table %s: expired %d snapshot(s) taken before %s", table.name(), len(expire), older_than)
+        for path in sorted(unreferenced):
+            fs, fs_path = self._fs(path)
+            if fs.get_file_info(fs_path).type == pafs.FileType.File:  # a day's publish may have removed it already
+                fs.delete_file(fs_path)
+        return len(expire)
 
     def _fs(self, path: str) -> tuple[pafs.FileSystem, str]:
         """The Arrow filesystem the catalog's FileIO uses for a path (its credentials, its endpoint) and the path
@@ -377,6 +428,9 @@ class IcebergOutput:
                     update.delete_data_file(data_file)
                 for data_file in added:
                     update.append_data_file(data_file)
+            # The day's facts, in the same commit as its rows: they outlive the snapshot (expiry removes snapshots,
+            # never properties). The snapshot id tells a rollback past this commit (verify then walks the history).
+            tx.set_properties(**{DAY_PROPERTY_PREFIX + partition: _day_property(summary, tx.table_metadata)})
             on_step(f"{kind}-planned")
             try:
                 committed = tx.commit_transaction()
@@ -426,7 +480,7 @@ class IcebergOutput:
                 table = self.catalog.load_table(name)
             except NoSuchTableError:
                 return False, f"{partition}: table {name} does not exist: not published"
-            summary = _day_summary(table, partition)
+            summary = _day_facts(table, partition)
             if summary is None:
                 return False, f"{partition}: table {name} has no snapshot for this day: not published"
             files = [t.file for t in table.scan(row_filter=EqualTo(PARTITION_COLUMN, partition)).plan_files()]
@@ -469,7 +523,42 @@ class IcebergOutput:
         if not complete:
             return None
         table = self.catalog.load_table(self.table_names["scores"])
-        return _day_summary(table, partition)[SUMMARY_PREFIX + "model-version"]
+        return _day_facts(table, partition)[SUMMARY_PREFIX + "model-version"]
+
+
+def _day_property(summary: dict[str, str], metadata) -> str:
+    """The table property value that records a day's facts: the publish's summary properties (without the prefix)
+    and the id of the snapshot the commit makes (pyiceberg keeps it across its commit retries)."""
+    facts = {key.removeprefix(SUMMARY_PREFIX): value for key, value in summary.items()}
+    facts["snapshot-id"] = str(metadata.current_snapshot().snapshot_id)
+    return json.dumps(facts, sort_keys=True, separators=(",", ":"))
+
+
+def _day_facts(table, partition: str) -> dict | None:
+    """The facts of the publish whose rows the table holds for the day, as summary properties (`sentiment.` keys),
+    or None when the day is not published.
+
+    From the table property the publish set in its own commit, which snapshot expiry keeps; except when the
+    snapshot it names is still in the table but no longer in the current snapshot's history (a rollback undid that
+    commit): then from the newest snapshot of that history that published the day. Tables published before the
+    property existed are read from the history too."""
+    recorded = table.properties.get(DAY_PROPERTY_PREFIX + partition)
+    if recorded:
+        facts = json.loads(recorded)
+        snapshot_id = int(facts.pop("snapshot-id"))
+        if table.metadata.snapshot_by_id(snapshot_id) is None or _in_history(table, snapshot_id):
+            return {SUMMARY_PREFIX + key: value for key, value in facts.items()}
+    return _day_summary(table, partition)
+
+
+def _in_history(table, snapshot_id: int) -> bool:
+    """Whether the snapshot is the current one or one of its ancestors."""
+    metadata, snapshot = table.metadata, table.current_snapshot()
+    while snapshot is not None:
+        if snapshot.snapshot_id == snapshot_id:
+            return True
+        snapshot = metadata.snapshot_by_id(snapshot.parent_snapshot_id) if snapshot.parent_snapshot_id else None
+    return False
 
 
 def _day_summary(table, partition: str) -> dict | None:
@@ -485,8 +574,22 @@ def _day_summary(table, partition: str) -> dict | None:
 
 
 def _day_run(table, partition: str) -> str | None:
-    summary = _day_summary(table, partition)
+    summary = _day_facts(table, partition)
     return summary.get(SUMMARY_PREFIX + "run-id") if summary else None
+
+
+def _data_files(table, snapshots) -> set[str]:
+    """Every data file path the snapshots reference, also as deleted entries (a changelog read of a snapshot reads
+    the files it removed); each manifest is read once."""
+    seen, paths = set(), set()
+    for snapshot in snapshots:
+        for manifest in snapshot.manifests(table.io):
+            if manifest.manifest_path not in seen:
+                seen.add(manifest.manifest_path)
+                paths.update(
+                    e.data_file.file_path for e in manifest.fetch_manifest_entry(table.io, discard_deleted=False)
+                )
+    return paths
 
 
 def _referenced_files(table, partition: str) -> set[str]:
@@ -585,10 +688,17 @@ class IcebergTables(Publisher):
             for kind, schema in schemas.items()
         }
 
-    def __init__(self, output: str, catalog: dict | None = None, table_names: dict | None = None):
+    def __init__(
+        self,
+        output: str,
+        catalog: dict | None = None,
+        table_names: dict | None = None,
+        retention_days: float | None = None,
+    ):
         self.output = output
         self._catalog = dict(catalog) if catalog else None
         self._names = dict(table_names or DEFAULT_TABLES)
+        self._retention_days = retention_days
         self._tables: IcebergOutput | None = None
 
     def __getstate__(self):
@@ -597,7 +707,9 @@ class IcebergTables(Publisher):
     @property
     def tables(self) -> IcebergOutput:
         if self._tables is None:
-            self._tables = IcebergOutput(self.output, self._catalog, self._names["scores"], self._names["rejects"])
+            self._tables = IcebergOutput(
+                self.output, self._catalog, self._names["scores"], self._names["rejects"], self._retention_days
+            )
         return self._tables
 
     def name(self, partition: str) -> str:
@@ -662,7 +774,7 @@ class IcebergTables(Publisher):
             return PartitionCheck(name, False, f"{name}: cannot read the tables ({type(e).__name__}: {e})")
         if not complete:
             return PartitionCheck(name, False, message)
-        summary = _day_summary(self.tables.catalog.load_table(self.tables.table_names["scores"]), partition)
+        summary = _day_facts(self.tables.catalog.load_table(self.tables.table_names["scores"]), partition)
         facts = {
             "run_id": summary[SUMMARY_PREFIX + "run-id"],
             "model_version": summary[SUMMARY_PREFIX + "model-version"],

@@ -200,7 +200,9 @@ def plan_run(config: ScoreConfig, dates: list[str] | None, backfill: bool = Fals
     started = time.time()
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started)) + "-" + uuid.uuid4().hex[:8]
     _check_output_apart(config)
-    publisher = publisher_for(config.output, config.output_format, config.catalog, config.iceberg_tables)
+    publisher = publisher_for(
+        config.output, config.output_format, config.catalog, config.iceberg_tables, config.snapshot_retention_days
+    )
     publisher.check_layout(dates is not None)
     model_dir = resolve_model_dir(config.model_dir)
     bundle = check_bundle(model_dir)  # no TensorFlow: workers load the runtime and check its parity

@@ -1,8 +1,10 @@
 """The Iceberg output on a real pyiceberg SQL catalog (SQLite): publish, rerun, time travel, crashes, races, S3."""
 
 import datetime as dt_module
+import json
 import multiprocessing
 import os
+import time
 import uuid
 
 import pyarrow as pa
@@ -320,6 +322,157 @@ def test_a_shard_with_a_nullable_column_the_table_requires_is_refused_naming_it(
         tables.publish(day, scores, rejects, props)
     assert all(os.path.exists(p) for p in scores)
     assert current_snapshot(tables, "scores") is None
+
+
+# ------------------------------------------------------------------------------------------- snapshot expiry
+
+
+def _expire_all_but_current(output: IcebergOutput) -> None:
+    """Routine table maintenance as an operator runs it: expire every snapshot but the current one."""
+    for kind in ("scores", "rejects"):
+        table = output.catalog.load_table(output.table_names[kind])
+        table.maintenance.expire_snapshots().older_than(dt_module.datetime.now() + dt_module.timedelta(days=1)).commit()
+        assert len(output.catalog.load_table(output.table_names[kind]).metadata.snapshots) == 1
+
+
+def test_a_days_facts_survive_snapshot_expiry(tmp_path, output):
+    """verify and --skip-existing read a day's run, model version and rows; expiring the snapshot that published
+    the day (routine maintenance) must not un-publish it."""
+    output.publish(*stage(tmp_path, DAYS[0], "run-0", 40, 2, write=write_local))
+    output.publish(*stage(tmp_path, DAYS[1], "run-1", 30, 1, model="v2", write=write_local))
+    output.publish(*stage(tmp_path, DAYS[0], "run-again", 35, 3, write=write_local))
+    _expire_all_but_current(output)
+    table = output.catalog.load_table("sentiment.review_scores")
+    recorded = json.loads(table.properties[f"sentiment.day.{DAYS[0]}"])  # readable by any Iceberg client
+    assert recorded["run-id"] == "run-again" and recorded["snapshot-id"] == str(table.current_snapshot().snapshot_id)
+    assert output.verify(DAYS[1]) == (
+        True,
+        f"{DAYS[1]}: complete: 30 scored + 1 rejected = 31 read in 3 file(s), run run-1, model v2",
+    )
+    assert output.verify(DAYS[0]) == (
+        True,
+        f"{DAYS[0]}: complete: 35 scored + 3 rejected = 38 read in 3 file(s), run run-again, model v1",
+    )
+    assert output.published_model_version(DAYS[1]) == "v2"
+    check = IcebergTables(output.output).check(DAYS[1])
+    assert check.complete and check.manifest == {
+        "run_id": "run-1",
+        "model_version": "v2",
+        "rows": {"read": 31, "scored": 30, "rejected": 1},
+    }
+    assert day_rows(output, "scores", DAYS[1]).num_rows == 30 and day_rows(output, "scores", DAYS[0]).num_rows == 35
+
+
+def test_after_expiry_a_day_whose_rows_differ_from_its_facts_is_still_incomplete(tmp_path, output):
+    """The twin: the facts that survive expiry are checked against the rows, not trusted. A day deleted by hand
+    after expiry is incomplete, and a day never published stays not published."""
+    output.publish(*stage(tmp_path, DAYS[0], "run-0", 40, 2, write=write_local))
+    output.publish(*stage(tmp_path, DAYS[1], "run-1", 30, 1, write=write_local))
+    _expire_all_but_current(output)
+    output.catalog.load_table("sentiment.review_scores").delete(f"dt = '{DAYS[0]}'")
+    assert output.verify(DAYS[0]) == (
+        False,
+        f"{DAYS[0]}: table sentiment.review_scores holds 0 rows for the day, its snapshot says 40",
+    )
+    assert output.published_model_version(DAYS[0]) is None
+    assert output.verify(DAYS[2]) == (
+        False,
+        f"{DAYS[2]}: table sentiment.review_scores has no snapshot for this day: not published",
+    )
+
+
+def test_a_rollback_past_a_rescore_restores_the_facts_of_the_snapshot_rolled_back_to(tmp_path, output):
+    """The facts recorded by a commit that a rollback undid are not the day's facts any more."""
+    output.publish(*stage(tmp_path, DAYS[0], "run-good", 30, 1, write=write_local))
+    good = {kind: current_snapshot(output, kind) for kind in ("scores", "rejects")}
+    output.publish(*stage(tmp_path, DAYS[1], "run-other", 10, 0, write=write_local))
+    output.publish(*stage(tmp_path, DAYS[0], "run-bad", 20, 3, model="v-bad", write=write_local))
+    for kind, snapshot_id in good.items():
+        output.catalog.load_table(output.table_names[kind]).manage_snapshots().rollback_to_snapshot(
+            snapshot_id
+        ).commit()
+    assert output.verify(DAYS[0])[1].endswith("run run-good, model v1")
+    assert output.verify(DAYS[1])[0] is False  # rolled back past it: not in the table any more
+
+
+class Clock:
+    """An injected clock: now() is the real time plus what the test advanced it by."""
+
+    def __init__(self):
+        self.ahead = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.ahead
+
+
+def _snapshot_ids(output: IcebergOutput, kind: str) -> list[int]:
+    return [s.snapshot_id for s in output.catalog.load_table(output.table_names[kind]).metadata.snapshots]
+
+
+def _retained(tmp_path, retention_days):
+    """An output with snapshot retention and an injected clock, three publishes in: two days, one rescored."""
+    clock = Clock()
+    out = IcebergOutput(str(tmp_path / "out"), retention_days=retention_days, clock=clock)
+    out.prepare({"scores": SCORES, "rejects": REJECTS})
+    out.publish(*stage(tmp_path, DAYS[0], "run-0", 40, 2, write=write_local))
+    first_files = data_files(out, "scores", DAYS[0])
+    out.publish(*stage(tmp_path, DAYS[1], "run-1", 30, 1, write=write_local))
+    out.publish(*stage(tmp_path, DAYS[0], "run-again", 35, 3, model="v2", write=write_local))
+    return out, clock, first_files
+
+
+def test_retention_expires_snapshots_older_than_the_setting_after_a_publish_and_keeps_the_facts(tmp_path):
+    out, clock, first_files = _retained(tmp_path, retention_days=1)
+    rescore_files = data_files(out, "scores", DAYS[0]) - first_files
+    clock.ahead = 2 * 86400  # two days later: every snapshot so far is older than a day
+    out.publish(*stage(tmp_path, DAYS[2], "run-2", 20, 0, write=write_local))
+
+    for kind in ("scores", "rejects"):
+        assert _snapshot_ids(out, kind) == [current_snapshot(out, kind)]
+    for day, line in (
+        (DAYS[0], "35 scored + 3 rejected = 38 read in 3 file(s), run run-again, model v2"),
+        (DAYS[1], "30 scored + 1 rejected = 31 read in 3 file(s), run run-1, model v1"),
+        (DAYS[2], "20 scored + 0 rejected = 20 read in 2 file(s), run run-2, model v1"),
+    ):
+        assert out.verify(day) == (True, f"{day}: complete: {line}")
+    assert out.published_model_version(DAYS[0]) == "v2"
+    assert [day_rows(out, "scores", day).num_rows for day in DAYS] == [35, 30, 20]
+    # The first night of DAYS[0] was only in expired snapshots: its files are gone, the rescore's are there.
+    assert data_files(out, "scores", DAYS[0]) == rescore_files
+
+
+def test_expiry_keeps_the_snapshot_current_at_the_cutoff_so_time_travel_reaches_back_that_far(tmp_path):
+    out, _, first_files = _retained(tmp_path, retention_days=1)
+    table = out.catalog.load_table("sentiment.review_scores")
+    rescore = table.current_snapshot()
+    out.publish(*stage(tmp_path, DAYS[2], "run-2", 20, 0, write=write_local))  # within retention: nothing expires
+    assert len(_snapshot_ids(out, "scores")) == 4
+    cutoff = dt_module.datetime.fromtimestamp((rescore.timestamp_ms + 1) / 1000, dt_module.UTC)
+    assert out.expire_snapshots(cutoff) == {"scores": 2, "rejects": 2}
+    assert _snapshot_ids(out, "scores") == [rescore.snapshot_id, current_snapshot(out, "scores")]
+    assert day_rows(out, "scores", DAYS[0], snapshot_id=rescore.snapshot_id).num_rows == 35  # as it was then
+    assert day_rows(out, "scores", DAYS[2], snapshot_id=rescore.snapshot_id).num_rows == 0
+    # The first night's files stay while the snapshot that removed them is kept (a changelog read of it reads them).
+    assert first_files < data_files(out, "scores", DAYS[0])
+    table = out.catalog.load_table("sentiment.review_scores")
+    for snapshot in table.metadata.snapshots:  # every kept snapshot still reads
+        assert table.scan(snapshot_id=snapshot.snapshot_id).to_arrow().num_rows > 0
+    assert all(out.verify(day)[0] for day in DAYS)
+
+
+def test_without_retention_or_within_it_no_snapshot_is_expired(tmp_path):
+    """The twins: unset retention never expires; a publish within the retention window expires nothing."""
+    never, clock, first_files = _retained(tmp_path / "never", retention_days=None)
+    clock.ahead = 365 * 86400
+    never.publish(*stage(tmp_path / "never", DAYS[2], "run-2", 20, 0, write=write_local))
+    assert len(_snapshot_ids(never, "scores")) == 4
+    assert first_files < data_files(never, "scores", DAYS[0])  # the first night is still there for time travel
+
+    within, clock, first_files = _retained(tmp_path / "within", retention_days=1)
+    clock.ahead = 3600  # an hour later
+    within.publish(*stage(tmp_path / "within", DAYS[2], "run-2", 20, 0, write=write_local))
+    assert len(_snapshot_ids(within, "scores")) == 4
+    assert first_files < data_files(within, "scores", DAYS[0])
 
 
 # ------------------------------------------------------------------------------------------- crashes
