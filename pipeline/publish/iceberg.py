@@ -175,14 +175,36 @@ class IcebergOutput:
 
     # ------------------------------------------------------------------------------------------------ tables
 
-    def prepare(self, schemas: dict[str, pa.Schema]) -> None:
+    def prepare(self, schemas: dict[str, pa.Schema], create: bool = True) -> None:
         """Creates each table on first use from the run's Arrow schema (plus `dt`), or checks the existing one.
 
         schemas: {"scores": ..., "rejects": ...}, the writers' schemas (with or without `dt`). Meant for start-up,
-        so a run whose columns do not match the tables stops before it scores anything.
+        so a run whose columns do not match the tables stops before it scores anything. create=False: the schemas
+        are a guess (no input file behind them), so only existing tables are checked and none is created from them.
         """
+        from pyiceberg.exceptions import NoSuchTableError
+
         for kind, schema in schemas.items():
-            self._table(kind, schema)
+            if create:
+                self._table(kind, schema)
+                continue
+            try:
+                check_schema(self.table_names[kind], self.catalog.load_table(self.table_names[kind]).schema(), schema)
+            except NoSuchTableError:
+                pass
+
+    def stored_schemas(self) -> dict[str, pa.Schema]:
+        """The Arrow schemas of the tables that exist (without `dt`)."""
+        from pyiceberg.exceptions import NoSuchTableError
+
+        schemas = {}
+        for kind, name in self.table_names.items():
+            try:
+                schema = self.catalog.load_table(name).schema().as_arrow()
+            except NoSuchTableError:
+                continue
+            schemas[kind] = schema.remove(schema.get_field_index(PARTITION_COLUMN))
+        return schemas
 
     def _table(self, kind: str, arrow_schema: pa.Schema | None = None, where: str | None = None):
         """The table of one kind; created from arrow_schema when absent, else checked against it (`where` names
@@ -217,6 +239,14 @@ class IcebergOutput:
             check_schema(name, table.schema(), arrow_schema, where=where or "this run")
         return table
 
+    def _exists_table(self, kind: str) -> bool:
+        return self.catalog.table_exists(self.table_names[kind])
+
+    def _has_rows(self, staged: dict[str, list[str]]) -> bool:
+        """Whether any staged shard holds a row: only rows fix a table's column types (a shard already moved by a
+        retried publish sits in a table that exists)."""
+        return any(self._footer(p).num_rows > 0 for paths in staged.values() for p in paths if _exists(p, self))
+
     def _data_dir(self, table, partition: str) -> str:
         return f"{table.location().rstrip('/')}/data/{PARTITION_COLUMN}={partition}"
 
@@ -248,6 +278,12 @@ class IcebergOutput:
         for kind in ("rejects", "scores"):
             first = next((p for p in staged[kind] if _exists(p, self)), None)
             schema = self._footer(first).schema.to_arrow_schema() if first else None
+            if not self._exists_table(kind) and not self._has_rows(staged):
+                raise IcebergPublishError(
+                    f"table {self.table_names[kind]} does not exist yet and {partition} has no rows to take its "
+                    f"column types from: not published (the first day with rows creates the tables; score this day "
+                    f"again after it)"
+                )
             tables[kind] = self._table(kind, schema, where=first)
             placed[kind] = self._move_in(kind, tables[kind], partition, staged[kind])
         on_step("moved")
@@ -725,11 +761,14 @@ class IcebergTables(Publisher):
         except ValueError as e:
             raise ConfigError(f"setting 'catalog': {e}") from None
 
-    def prepare(self, schemas: dict[str, pa.Schema]) -> None:
+    def prepare(self, schemas: dict[str, pa.Schema], create: bool = True) -> None:
         try:
-            self.tables.prepare(schemas)
+            self.tables.prepare(schemas, create)
         except IcebergSchemaError as e:
             raise OutputError(str(e)) from None
+
+    def stored_schemas(self) -> dict[str, pa.Schema]:
+        return self.tables.stored_schemas()
 
     def _reports_dir(self, partition: str, run_id: str | None = None) -> str:
         folder = storage.join(self.output, REPORTS_DIR, f"dt={partition}")

@@ -589,6 +589,36 @@ def test_string_ids_make_string_tables_and_large_string_matches_them(tmp_path):
     out.prepare({"scores": large})  # the same Iceberg type: no error
 
 
+def test_schemas_given_with_no_file_behind_them_create_no_table_and_an_empty_day_is_refused(tmp_path):
+    """A run with no review file knows no id kind: its schemas are a guess, so they create no table (the next night's
+    string ids would be refused by long columns). An empty day into tables that do not exist is refused naming
+    why; the first day with rows creates the tables from its shards."""
+    from pyiceberg.exceptions import NoSuchTableError
+
+    out = IcebergOutput(str(tmp_path / "out"))
+    out.prepare({"scores": SCORES, "rejects": REJECTS}, create=False)
+    with pytest.raises(NoSuchTableError):
+        out.catalog.load_table("sentiment.review_scores")
+    with pytest.raises(
+        IcebergPublishError,
+        match=r"^table sentiment.review_rejects does not exist yet and 2026-03-01 has no rows to take its column "
+        r"types from: not published",
+    ):
+        out.publish(*stage(tmp_path, DAYS[0], "run-empty", 0, 0, shards=1, write=write_local))
+    with pytest.raises(NoSuchTableError):
+        out.catalog.load_table("sentiment.review_scores")
+
+    def write_string_ids(table, path):
+        ids = pa.schema([pa.field(f.name, pa.string()) if f.name.endswith("_id") else f for f in table.schema])
+        write_local(table.cast(ids), path)
+
+    out.publish(*stage(tmp_path, DAYS[1], "run-rows", 20, 1, write=write_string_ids))
+    table = out.catalog.load_table("sentiment.review_scores")
+    assert str(table.schema().find_field("review_id").field_type) == "string"
+    assert day_rows(out, "scores", DAYS[1])["review_id"].to_pylist()[:2] == ["0", "1"]
+    assert out.verify(DAYS[1])[0]
+
+
 def test_a_run_whose_columns_do_not_match_the_table_fails_naming_table_and_column(tmp_path, output):
     string_ids = pa.schema([pa.field(f.name, pa.string()) if f.name == "review_id" else f for f in SCORES])
     with pytest.raises(

@@ -124,6 +124,53 @@ def test_skip_existing_still_skips_the_days_after_their_snapshots_are_expired(
     )
 
 
+def test_an_empty_first_night_leaves_the_column_types_to_the_first_night_with_rows(
+    sample_dir, bundle_dir, tmp_path, capsys, caplog
+):
+    """An empty night on a fresh output has no file to take the id kind from: it creates no table and is refused
+    (exit 1, saying why), so the next night's string ids make string columns; the empty night then publishes into
+    the tables with their kinds. The twin: a night of integer ids is then refused naming the column."""
+    import pyarrow.parquet as pq
+    from pyiceberg.exceptions import NoSuchTableError
+
+    empty_day = "2026-11-26"
+    reviews = tmp_path / "reviews"
+    day = pq.read_table(sample_dir / "reviews" / f"dt={SAMPLE_DATE}")
+    (reviews / f"dt={SAMPLE_DATE}").mkdir(parents=True)
+    pq.write_table(
+        day.set_column(0, "review_id", day["review_id"].cast("string")), reviews / f"dt={SAMPLE_DATE}/r.parquet"
+    )
+    output = tmp_path / "out"
+
+    def run(date, reviews_root=reviews):
+        config = sample_config(
+            sample_dir,
+            bundle_dir,
+            output,
+            reviews=str(reviews_root),
+            output_format="iceberg",
+            allow_empty=True,
+            date=date,
+        )
+        return execute(config, [date], [])
+
+    assert run(empty_day) == 1
+    assert "table sentiment.review_rejects does not exist yet and 2026-11-26 has no rows" in caplog.text
+    with pytest.raises(NoSuchTableError):
+        _catalog(output).load_table("sentiment.review_scores")
+    assert run(SAMPLE_DATE) == 0
+    scores = _catalog(output).load_table("sentiment.review_scores")
+    assert str(scores.schema().find_field("review_id").field_type) == "string"
+    assert _day_rows(scores, SAMPLE_DATE) == _summary(output, SAMPLE_DATE)["rows"]["scored"] > 0
+    assert run(empty_day) == 0  # the kinds of the tables that exist now
+    assert main(["verify", "--output", str(output), "--output-format", "iceberg", "--date", empty_day]) == 0
+    assert _day_rows(_catalog(output).load_table("sentiment.review_scores"), empty_day) == 0
+
+    capsys.readouterr()
+    assert run(SAMPLE_DATE, reviews_root=sample_dir / "reviews") == 1
+    assert "column review_id is long in this run, string in the table" in capsys.readouterr().err
+
+
 def test_iceberg_needs_a_date_and_a_catalog_for_an_object_store(sample_dir, bundle_dir, tmp_path):
     undated = sample_config(sample_dir, bundle_dir, tmp_path / "o", output_format="iceberg")
     with pytest.raises(ConfigError, match="output_format iceberg publishes dt= partitions"):
