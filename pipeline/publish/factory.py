@@ -15,9 +15,9 @@ def publisher_for(
     """The publisher of an output root in a format (config `output_format`, `catalog`, `iceberg_tables`,
     `snapshot_retention_days`)."""
     if output_format == ICEBERG:
-        from pipeline.publish.iceberg import IcebergTables
+        from pipeline.publish.iceberg import IcebergPublisher
 
-        return IcebergTables(output, catalog, tables, retention_days)
+        return IcebergPublisher(output, catalog, tables, retention_days)
     from pipeline.publish.parquet import ParquetFolders
 
     return ParquetFolders(output)

@@ -1,23 +1,28 @@
 """Publishing a day's staged Parquet shards into Apache Iceberg tables: one snapshot per table replaces the day.
 
-Interface (what the commit step calls):
+Interface (what the commit step calls, through IcebergPublisher), split as pyiceberg splits Table from Transaction:
 
-- ``IcebergOutput(output, catalog=None, scores_table=..., rejects_table=...)``. ``catalog`` is a mapping of pyiceberg
-  catalog properties, passed to ``pyiceberg.catalog.load_catalog`` unchanged (SQL on Postgres or SQLite, REST, Glue,
-  Hive), except an optional ``name`` (default ``sentiment``): a SQL catalog keys its rows by it, so Spark's or
-  Trino's catalog over the same database must carry the same name. Without it, a local ``output`` gets the embedded
-  default: a SQLite SQL catalog at exactly ``OUTPUT/catalog.db`` with its warehouse at exactly ``OUTPUT/warehouse``.
-  A non-local ``output`` (``s3://``, ``gs://``) without ``catalog`` is refused: SQLite cannot live in an object
-  store, and a catalog file on the
-  launcher's disk for a warehouse in a bucket would be a table nobody else can find.
-- ``prepare({"scores": arrow_schema, "rejects": arrow_schema})``: creates the tables on first use (identity
-  partition on ``dt``) or checks them; a schema that does not match fails naming the table and the column.
-- ``publish(partition, scores_files, rejects_files, properties, on_step=None)``: moves the staged shards into
-  ``TABLE_LOCATION/data/dt=D/`` (same names), then per table one commit of one ``overwrite`` snapshot that removes the
-  day's current data files and adds the new ones (metadata only: footers are read, the data is not), rejects table
-  first, scores table last. ``properties`` must hold ``run-id``, ``model-version``, ``rows-read``, ``rows-scored``,
-  ``rows-rejected``; each snapshot's summary carries them as ``sentiment.<key>`` with ``sentiment.partition``.
-- ``verify(partition) -> (complete, message)`` and ``published_model_version(partition) -> str | None``.
+- ``OutputTables(output, catalog=None, scores_table=..., rejects_table=...)`` reads and inspects. ``catalog`` is a
+  mapping of pyiceberg catalog properties, passed to ``pyiceberg.catalog.load_catalog`` unchanged (SQL on Postgres or
+  SQLite, REST, Glue, Hive), except an optional ``name`` (default ``sentiment``): a SQL catalog keys its rows by it,
+  so Spark's or Trino's catalog over the same database must carry the same name. Without it, a local ``output`` gets
+  the embedded default: a SQLite SQL catalog at exactly ``OUTPUT/catalog.db`` with its warehouse at exactly
+  ``OUTPUT/warehouse``. A non-local ``output`` (``s3://``, ``gs://``) without ``catalog`` is refused: SQLite cannot
+  live in an object store, and a catalog file on the launcher's disk for a warehouse in a bucket would be a table
+  nobody else can find. ``verify(partition) -> (complete, message)``, ``published_model_version(partition) -> str |
+  None``, ``stored_schemas()``.
+- ``OutputTables.day_commit(retention_days=None) -> DayCommit`` changes:
+  ``prepare({"scores": arrow_schema, "rejects": arrow_schema}, create=True)`` creates the tables on first use
+  (identity partition on ``dt``; non-nullable Arrow fields become required columns) or checks them; a schema that
+  does not match fails naming the table and the column; create=False (a guessed schema) creates nothing.
+  ``publish(partition, scores_files, rejects_files, properties, on_step=None)`` moves the staged shards into
+  ``TABLE_LOCATION/data/dt=D/`` (same names), then per table one commit (metadata only: footers are read, the data is
+  not), rejects table first, scores table last: an ``append`` snapshot when the table holds no file of the day, else
+  an ``overwrite`` that also removes the day's current files. ``properties`` must hold ``run-id``,
+  ``model-version``, ``rows-read``, ``rows-scored``, ``rows-rejected``; each snapshot's summary carries them as
+  ``sentiment.<key>`` with ``sentiment.partition``, and the same commit sets the table property
+  ``sentiment.day.<partition>`` to them (with the snapshot id), which snapshot expiry keeps. With a retention, the
+  publish then expires older snapshots (``expire_snapshots``).
 
 What a staged shard must be: a Parquet file with the table's columns by name (any order; ``string`` or
 ``large_string``; int ids as ``int64``), a ``dt`` column of type ``date32`` holding the partition day in every row,
@@ -122,8 +127,10 @@ def _basename(path: str) -> str:
     return path.rstrip("/").rsplit("/", 1)[-1]
 
 
-class IcebergOutput:
-    """The two tables of the job's output in one catalog, and the per-day commit protocol over them."""
+class OutputTables:
+    """The job's two tables (scores, rejects) in one catalog, read and inspected: a day's facts, verify, the published
+    model version, the tables' schemas. Changes go through a DayCommit (day_commit()), as pyiceberg's Table reads and
+    its Transaction changes."""
 
     def __init__(
         self,
@@ -131,15 +138,10 @@ class IcebergOutput:
         catalog: dict | None = None,
         scores_table: str = DEFAULT_TABLES["scores"],
         rejects_table: str = DEFAULT_TABLES["rejects"],
-        retention_days: float | None = None,
-        clock: Callable[[], float] = time.time,
     ):
         self.output = output
         self.table_names = {"scores": scores_table, "rejects": rejects_table}
         self.catalog_properties = dict(catalog) if catalog else self.default_catalog(output)
-        # After each publish, snapshots older than this are expired (None: never); clock() is now, in seconds.
-        self.retention_days = retention_days
-        self._clock = clock
         self._catalog = None
 
     @staticmethod
@@ -173,7 +175,134 @@ class IcebergOutput:
             self._catalog = _retry_racing_creation(lambda: load_catalog(name, **properties))
         return self._catalog
 
-    # ------------------------------------------------------------------------------------------------ tables
+    def stored_schemas(self) -> dict[str, pa.Schema]:
+        """The Arrow schemas of the tables that exist (without `dt`)."""
+        from pyiceberg.exceptions import NoSuchTableError
+
+        schemas = {}
+        for kind, name in self.table_names.items():
+            try:
+                schema = self.catalog.load_table(name).schema().as_arrow()
+            except NoSuchTableError:
+                continue
+            schemas[kind] = schema.remove(schema.get_field_index(PARTITION_COLUMN))
+        return schemas
+
+    def _data_dir(self, table, partition: str) -> str:
+        return f"{table.location().rstrip('/')}/data/{PARTITION_COLUMN}={partition}"
+
+    def _fs(self, path: str) -> tuple[pafs.FileSystem, str]:
+        """The Arrow filesystem the catalog's FileIO uses for a path (its credentials, its endpoint) and the path
+        in it."""
+        from pyiceberg.io.pyarrow import PyArrowFileIO
+
+        io = PyArrowFileIO(self.catalog_properties)
+        scheme, netloc, fs_path = io.parse_location(path)
+        return _cached_fs(io, scheme, netloc), fs_path
+
+    def _footer(self, path: str) -> pq.FileMetaData:
+        fs, fs_path = self._fs(path)
+        with fs.open_input_file(fs_path) as f:
+            return pq.read_metadata(f)
+
+    def verify(self, partition: str, check_files: bool = True) -> tuple[bool, str]:
+        """Whether the current snapshots hold the day as its last publish wrote it: each table's rows for the day
+        equal the counts in that publish's snapshot summary, both tables from the same run, scored + rejected =
+        read, and (check_files) every data file there with its size."""
+        from pyiceberg.exceptions import NoSuchTableError
+        from pyiceberg.expressions import EqualTo
+
+        _partition_date(partition)
+        facts = {}
+        for kind in ("scores", "rejects"):
+            name = self.table_names[kind]
+            try:
+                table = self.catalog.load_table(name)
+            except NoSuchTableError:
+                return False, f"{partition}: table {name} does not exist: not published"
+            summary = _day_facts(table, partition)
+            if summary is None:
+                return False, f"{partition}: table {name} has no snapshot for this day: not published"
+            files = [t.file for t in table.scan(row_filter=EqualTo(PARTITION_COLUMN, partition)).plan_files()]
+            rows = sum(f.record_count for f in files)
+            want = int(summary[SUMMARY_PREFIX + ROWS_PROPERTY[kind]])
+            if rows != want:
+                return False, f"{partition}: table {name} holds {rows} rows for the day, its snapshot says {want}"
+            if check_files:
+                for data_file in files:
+                    fs, fs_path = self._fs(data_file.file_path)
+                    info = fs.get_file_info(fs_path)
+                    if info.type != pafs.FileType.File:
+                        return False, f"{partition}: table {name}: data file {data_file.file_path} is missing"
+                    if info.size != data_file.file_size_in_bytes:
+                        return False, (
+                            f"{partition}: table {name}: data file {data_file.file_path} has {info.size} bytes, "
+                            f"the table lists {data_file.file_size_in_bytes}"
+                        )
+            facts[kind] = (summary, len(files))
+        (scores, n_scores), (rejects, n_rejects) = facts["scores"], facts["rejects"]
+        run, other = scores[SUMMARY_PREFIX + "run-id"], rejects[SUMMARY_PREFIX + "run-id"]
+        if run != other:
+            return False, (
+                f"{partition}: scores are from run {run}, rejects from run {other}: a publish stopped between the "
+                f"two tables; rescore the day"
+            )
+        read, scored, rejected = (
+            int(scores[SUMMARY_PREFIX + k]) for k in ("rows-read", "rows-scored", "rows-rejected")
+        )
+        if scored + rejected != read:
+            return False, f"{partition}: snapshot says scored {scored} + rejected {rejected} != read {read}"
+        return True, (
+            f"{partition}: complete: {scored} scored + {rejected} rejected = {read} read in {n_scores + n_rejects} "
+            f"file(s), run {run}, model {scores[SUMMARY_PREFIX + 'model-version']}"
+        )
+
+    def published_model_version(self, partition: str) -> str | None:
+        """The model version the day's published rows were scored with, or None when the day is not complete."""
+        complete, _ = self.verify(partition)
+        if not complete:
+            return None
+        table = self.catalog.load_table(self.table_names["scores"])
+        return _day_facts(table, partition)[SUMMARY_PREFIX + "model-version"]
+
+    def day_commit(self, retention_days: float | None = None, clock: Callable[[], float] = time.time) -> DayCommit:
+        """What changes these tables: creates them, publishes a day, expires snapshots."""
+        return DayCommit(self, retention_days, clock)
+
+
+class DayCommit:
+    """Changes the job's tables (OutputTables): creates them, publishes a day by the commit protocol (the module's
+    docstring), expires snapshots after it when a retention is set."""
+
+    def __init__(
+        self, tables: OutputTables, retention_days: float | None = None, clock: Callable[[], float] = time.time
+    ):
+        self.tables = tables
+        # After each publish, snapshots older than this are expired (None: never); clock() is now, in seconds.
+        self.retention_days = retention_days
+        self._clock = clock
+
+    # What the commit reads through its tables, as a pyiceberg Transaction reads through its Table.
+    @property
+    def output(self) -> str:
+        return self.tables.output
+
+    @property
+    def catalog(self):
+        return self.tables.catalog
+
+    @property
+    def table_names(self) -> dict[str, str]:
+        return self.tables.table_names
+
+    def _fs(self, path: str) -> tuple[pafs.FileSystem, str]:
+        return self.tables._fs(path)
+
+    def _footer(self, path: str) -> pq.FileMetaData:
+        return self.tables._footer(path)
+
+    def _data_dir(self, table, partition: str) -> str:
+        return self.tables._data_dir(table, partition)
 
     def prepare(self, schemas: dict[str, pa.Schema], create: bool = True) -> None:
         """Creates each table on first use from the run's Arrow schema (plus `dt`), or checks the existing one.
@@ -192,19 +321,6 @@ class IcebergOutput:
                 check_schema(self.table_names[kind], self.catalog.load_table(self.table_names[kind]).schema(), schema)
             except NoSuchTableError:
                 pass
-
-    def stored_schemas(self) -> dict[str, pa.Schema]:
-        """The Arrow schemas of the tables that exist (without `dt`)."""
-        from pyiceberg.exceptions import NoSuchTableError
-
-        schemas = {}
-        for kind, name in self.table_names.items():
-            try:
-                schema = self.catalog.load_table(name).schema().as_arrow()
-            except NoSuchTableError:
-                continue
-            schemas[kind] = schema.remove(schema.get_field_index(PARTITION_COLUMN))
-        return schemas
 
     def _table(self, kind: str, arrow_schema: pa.Schema | None = None, where: str | None = None):
         """The table of one kind; created from arrow_schema when absent, else checked against it (`where` names
@@ -246,11 +362,6 @@ class IcebergOutput:
         """Whether any staged shard holds a row: only rows fix a table's column types (a shard already moved by a
         retried publish sits in a table that exists)."""
         return any(self._footer(p).num_rows > 0 for paths in staged.values() for p in paths if _exists(p, self))
-
-    def _data_dir(self, table, partition: str) -> str:
-        return f"{table.location().rstrip('/')}/data/{PARTITION_COLUMN}={partition}"
-
-    # ------------------------------------------------------------------------------------------------ publish
 
     def publish(
         self,
@@ -347,20 +458,6 @@ class IcebergOutput:
             if fs.get_file_info(fs_path).type == pafs.FileType.File:  # a day's publish may have removed it already
                 fs.delete_file(fs_path)
         return len(expire)
-
-    def _fs(self, path: str) -> tuple[pafs.FileSystem, str]:
-        """The Arrow filesystem the catalog's FileIO uses for a path (its credentials, its endpoint) and the path
-        in it."""
-        from pyiceberg.io.pyarrow import PyArrowFileIO
-
-        io = PyArrowFileIO(self.catalog_properties)
-        scheme, netloc, fs_path = io.parse_location(path)
-        return _cached_fs(io, scheme, netloc), fs_path
-
-    def _footer(self, path: str) -> pq.FileMetaData:
-        fs, fs_path = self._fs(path)
-        with fs.open_input_file(fs_path) as f:
-            return pq.read_metadata(f)
 
     def _move_in(self, kind: str, table, partition: str, sources: list[str]) -> list[str]:
         """Moves staged shards into the table's folder for the day under the same names; returns the new paths of
@@ -499,68 +596,6 @@ class IcebergOutput:
             _LOG.info("table %s, %s: removed %d file(s) no snapshot references", table.name(), partition, len(stale))
         return stale
 
-    # ------------------------------------------------------------------------------------------------ verify
-
-    def verify(self, partition: str, check_files: bool = True) -> tuple[bool, str]:
-        """Whether the current snapshots hold the day as its last publish wrote it: each table's rows for the day
-        equal the counts in that publish's snapshot summary, both tables from the same run, scored + rejected =
-        read, and (check_files) every data file there with its size."""
-        from pyiceberg.exceptions import NoSuchTableError
-        from pyiceberg.expressions import EqualTo
-
-        _partition_date(partition)
-        facts = {}
-        for kind in ("scores", "rejects"):
-            name = self.table_names[kind]
-            try:
-                table = self.catalog.load_table(name)
-            except NoSuchTableError:
-                return False, f"{partition}: table {name} does not exist: not published"
-            summary = _day_facts(table, partition)
-            if summary is None:
-                return False, f"{partition}: table {name} has no snapshot for this day: not published"
-            files = [t.file for t in table.scan(row_filter=EqualTo(PARTITION_COLUMN, partition)).plan_files()]
-            rows = sum(f.record_count for f in files)
-            want = int(summary[SUMMARY_PREFIX + ROWS_PROPERTY[kind]])
-            if rows != want:
-                return False, f"{partition}: table {name} holds {rows} rows for the day, its snapshot says {want}"
-            if check_files:
-                for data_file in files:
-                    fs, fs_path = self._fs(data_file.file_path)
-                    info = fs.get_file_info(fs_path)
-                    if info.type != pafs.FileType.File:
-                        return False, f"{partition}: table {name}: data file {data_file.file_path} is missing"
-                    if info.size != data_file.file_size_in_bytes:
-                        return False, (
-                            f"{partition}: table {name}: data file {data_file.file_path} has {info.size} bytes, "
-                            f"the table lists {data_file.file_size_in_bytes}"
-                        )
-            facts[kind] = (summary, len(files))
-        (scores, n_scores), (rejects, n_rejects) = facts["scores"], facts["rejects"]
-        run, other = scores[SUMMARY_PREFIX + "run-id"], rejects[SUMMARY_PREFIX + "run-id"]
-        if run != other:
-            return False, (
-                f"{partition}: scores are from run {run}, rejects from run {other}: a publish stopped between the "
-                f"two tables; rescore the day"
-            )
-        read, scored, rejected = (
-            int(scores[SUMMARY_PREFIX + k]) for k in ("rows-read", "rows-scored", "rows-rejected")
-        )
-        if scored + rejected != read:
-            return False, f"{partition}: snapshot says scored {scored} + rejected {rejected} != read {read}"
-        return True, (
-            f"{partition}: complete: {scored} scored + {rejected} rejected = {read} read in {n_scores + n_rejects} "
-            f"file(s), run {run}, model {scores[SUMMARY_PREFIX + 'model-version']}"
-        )
-
-    def published_model_version(self, partition: str) -> str | None:
-        """The model version the day's published rows were scored with, or None when the day is not complete."""
-        complete, _ = self.verify(partition)
-        if not complete:
-            return None
-        table = self.catalog.load_table(self.table_names["scores"])
-        return _day_facts(table, partition)[SUMMARY_PREFIX + "model-version"]
-
 
 def _day_property(summary: dict[str, str], metadata) -> str:
     """The table property value that records a day's facts: the publish's summary properties (without the prefix)
@@ -664,7 +699,7 @@ def _cached_fs(io, scheme: str, netloc: str) -> pafs.FileSystem:
     return _FS_CACHE[key]
 
 
-def _exists(path: str, output: IcebergOutput) -> bool:
+def _exists(path: str, output: OutputTables | DayCommit) -> bool:
     fs, fs_path = output._fs(path)
     return fs.get_file_info(fs_path).type == pafs.FileType.File
 
@@ -704,8 +739,9 @@ def required_columns(columns) -> dict[str, set[str]]:
 REPORTS_DIR = "reports"
 
 
-class IcebergTables(Publisher):
-    """Publishes each day into the Iceberg tables (IcebergOutput) and its reports into OUTPUT/reports/dt=D/RUN/.
+class IcebergPublisher(Publisher):
+    """Publishes each day into the Iceberg tables (a DayCommit over OutputTables) and its reports into
+    OUTPUT/reports/dt=D/RUN/; checks a day by reading the tables (OutputTables).
 
     The reports of the run whose snapshot is current for a day are the day's reports: a publish writes them before
     its commit (so a crash leaves no summary without its rows), and removes other runs' report folders of that day
@@ -713,16 +749,6 @@ class IcebergTables(Publisher):
     """
 
     partition_column = PARTITION_COLUMN
-
-    def shard_schemas(self, run_schema) -> dict:
-        """The run's shard schemas with the columns that never hold nulls non-nullable, so the tables created from
-        them mark those columns `required` (readers and engines rely on it: no null checks, NOT NULL in SQL)."""
-        schemas = super().shard_schemas(run_schema)
-        never_null = required_columns(run_schema.columns)
-        return {
-            kind: pa.schema([f.with_nullable(f.name not in never_null[kind]) for f in schema])
-            for kind, schema in schemas.items()
-        }
 
     def __init__(
         self,
@@ -735,18 +761,31 @@ class IcebergTables(Publisher):
         self._catalog = dict(catalog) if catalog else None
         self._names = dict(table_names or DEFAULT_TABLES)
         self._retention_days = retention_days
-        self._tables: IcebergOutput | None = None
+        self._tables: OutputTables | None = None
 
     def __getstate__(self):
         return {**self.__dict__, "_tables": None}
 
     @property
-    def tables(self) -> IcebergOutput:
+    def tables(self) -> OutputTables:
+        """The tables, to read and inspect."""
         if self._tables is None:
-            self._tables = IcebergOutput(
-                self.output, self._catalog, self._names["scores"], self._names["rejects"], self._retention_days
-            )
+            self._tables = OutputTables(self.output, self._catalog, self._names["scores"], self._names["rejects"])
         return self._tables
+
+    def day_commit(self) -> DayCommit:
+        """What changes the tables, with the run's retention."""
+        return self.tables.day_commit(self._retention_days)
+
+    def shard_schemas(self, run_schema) -> dict:
+        """The run's shard schemas with the columns that never hold nulls non-nullable, so the tables created from
+        them mark those columns `required` (readers and engines rely on it: no null checks, NOT NULL in SQL)."""
+        schemas = super().shard_schemas(run_schema)
+        never_null = required_columns(run_schema.columns)
+        return {
+            kind: pa.schema([f.with_nullable(f.name not in never_null[kind]) for f in schema])
+            for kind, schema in schemas.items()
+        }
 
     def name(self, partition: str) -> str:
         return f"{self._names['scores']} dt={partition}" if partition else self._names["scores"]
@@ -763,7 +802,7 @@ class IcebergTables(Publisher):
 
     def prepare(self, schemas: dict[str, pa.Schema], create: bool = True) -> None:
         try:
-            self.tables.prepare(schemas, create)
+            self.day_commit().prepare(schemas, create)
         except IcebergSchemaError as e:
             raise OutputError(str(e)) from None
 
@@ -794,7 +833,9 @@ class IcebergTables(Publisher):
 
         fence()
         try:
-            self.tables.publish(partition, files["scores"], files["rejects"], properties, on_step=fence_before_commit)
+            self.day_commit().publish(
+                partition, files["scores"], files["rejects"], properties, on_step=fence_before_commit
+            )
         except (IcebergPublishError, IcebergSchemaError) as e:
             storage.delete_tree(self._reports_dir(partition, run_id))
             raise storage.StorageError(str(e)) from None
