@@ -536,6 +536,7 @@ class DayCommit:
                 f"{SUMMARY_PREFIX}run-id"
             ):
                 return table.current_snapshot().snapshot_id  # this run's commit landed before (a retried publish)
+            started_on = table.metadata.current_snapshot_id  # (pyiceberg's retries refresh `table` in place)
             tx = table.transaction()
             if tx.table_metadata.name_mapping() is None:  # how readers map the shards' columns (no field ids)
                 tx.set_properties(
@@ -574,6 +575,12 @@ class DayCommit:
                 time.sleep(random.uniform(0.01, 0.05 * min(attempt, 10)))
                 continue
             except ValidationException as e:
+                if started_on is not None and self.catalog.load_table(name).snapshot_by_id(started_on) is None:
+                    # Not a change to this day: the snapshot this commit planned on was expired meanwhile (another
+                    # process's retention, after committing on top of it), so pyiceberg cannot check what changed
+                    # since. Re-planned on the refreshed table, which checks this day afresh.
+                    _LOG.info("table %s, %s: planned on a snapshot expired meanwhile; re-planning", name, partition)
+                    continue
                 raise IcebergPublishError(
                     f"table {name}, {partition}: another publish changed this day while this one committed ({e}); "
                     f"nothing of this run was committed to {name}"

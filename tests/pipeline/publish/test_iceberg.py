@@ -476,6 +476,28 @@ def test_without_retention_or_within_it_no_snapshot_is_expired(tmp_path):
     assert first_files < data_files(within, "scores", DAYS[0])
 
 
+def test_a_publish_whose_starting_snapshot_another_process_expired_meanwhile_lands(tmp_path, output):
+    """Retention in another process may expire the snapshot this publish planned on (another day was committed on
+    top of it first). That is no conflict with this day: the publish re-plans on the refreshed table and lands."""
+    output.publish(*stage(tmp_path, DAYS[0], "run-0", 20, 1, write=write_local))
+    other = OutputTables(output.output).day_commit()
+    late = stage(tmp_path, DAYS[1], "run-late", 30, 2, write=write_local)
+    meanwhile = stage(tmp_path, DAYS[2], "run-meanwhile", 25, 0, write=write_local)
+
+    def publish_and_expire_meanwhile(step):
+        if step == "scores-planned" and other.tables.verify(DAYS[2])[0] is False:
+            planned_on = current_snapshot(output, "scores")
+            other.publish(*meanwhile)
+            other.catalog.load_table("sentiment.review_scores").maintenance.expire_snapshots().by_id(
+                planned_on
+            ).commit()
+
+    output.publish(*late, on_step=publish_and_expire_meanwhile)
+    for day, rows in zip(DAYS, (20, 30, 25)):
+        assert day_rows(output, "scores", day).num_rows == rows
+        assert output.tables.verify(day)[0], output.tables.verify(day)
+
+
 # ------------------------------------------------------------------------------------------- crashes
 
 
