@@ -4,7 +4,7 @@
     .venv/bin/python -m benchmarks.iceberg_publish --rows 20000 --repeat 1   # a smoke test
 
 For each night: the scores (and 1 % as many rejects) are written as the pipeline's writers write them (zstd
-Parquet with the `dt` column, --shards files) and timed; then `IcebergOutput.publish` of those files is timed (move
+Parquet with the `dt` column, --shards files) and timed; then `DayCommit.publish` of those files is timed (move
 into the table, one commit per table, orphan cleanup), then a rerun of the same night (the replace path: the day's
 old files deleted in the same snapshot), then `verify`. Nights run round-robin --repeat times into one growing
 catalog (SQLite at WORK/catalog.db), so later commits see a longer history. Prints each timing, the best of each,
@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from benchmarks.common import WORK
-from pipeline.publish.iceberg import PARTITION_COLUMN, IcebergOutput
+from pipeline.publish.iceberg import PARTITION_COLUMN, OutputTables
 from transforms.io import with_partition_day
 from transforms.schema import RunSchema
 
@@ -84,7 +84,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     shutil.rmtree(args.work, ignore_errors=True)
-    output = IcebergOutput(os.path.join(args.work, "out"))
+    output = OutputTables(os.path.join(args.work, "out")).day_commit()
     output.prepare({"scores": SCORES, "rejects": REJECTS})
     scores, rejects = _night(args.rows, max(args.rows // 100, 1), seed=0)
     days = [(datetime.date(2026, 11, 1) + datetime.timedelta(days=n)).isoformat() for n in range(args.nights)]
@@ -103,7 +103,7 @@ def main(argv=None) -> None:
             output.publish(day, **again)
             timings["republish"].append(time.perf_counter() - started)
             started = time.perf_counter()
-            complete, message = output.verify(day)
+            complete, message = output.tables.verify(day)
             timings["verify"].append(time.perf_counter() - started)
             assert complete, message
             print(

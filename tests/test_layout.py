@@ -73,3 +73,34 @@ def test_the_shared_modules_import_no_room():
     for name in sorted(SHARED):
         used = {m for m in imported_modules((ROOT / "pipeline" / f"{name}.py").read_text()) if m.startswith("pipeline")}
         assert used == set(), name
+
+
+# Private pyiceberg names are used in one module only, as transforms/beam_compat.py holds Beam's.
+PYICEBERG_COMPAT = ROOT / "pipeline" / "publish" / "iceberg_compat.py"
+
+
+def private_pyiceberg_uses(source: str) -> list[str]:
+    """`_`-prefixed names imported from pyiceberg, and `_`-prefixed attributes of names imported from it."""
+    tree = ast.parse(source)
+    imported, found = set(), []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "pyiceberg":
+            for alias in node.names:
+                imported.add(alias.asname or alias.name)
+                if alias.name.startswith("_"):
+                    found.append(f"{node.module}.{alias.name}")
+    for node in ast.walk(tree):
+        private = isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+        if private and isinstance(node.value, ast.Name) and node.value.id in imported:
+            found.append(f"{node.value.id}.{node.attr}")
+    return found
+
+
+def test_private_pyiceberg_names_are_used_only_in_the_compat_module():
+    offenders = {
+        str(path.relative_to(ROOT)): private_pyiceberg_uses(path.read_text())
+        for path in (ROOT / "pipeline").rglob("*.py")
+        if path != PYICEBERG_COMPAT
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+    assert private_pyiceberg_uses(PYICEBERG_COMPAT.read_text())  # the twin: the check sees what the module uses

@@ -1,26 +1,30 @@
 """Publishing a day's staged Parquet shards into Apache Iceberg tables: one snapshot per table replaces the day.
 
-Interface (what the commit step calls):
+Interface (what the commit step calls, through IcebergPublisher), split as pyiceberg splits Table from Transaction:
 
-- ``IcebergOutput(output, catalog=None, scores_table=..., rejects_table=...)``. ``catalog`` is a mapping of pyiceberg
-  catalog properties, passed to ``pyiceberg.catalog.load_catalog`` unchanged (SQL on Postgres or SQLite, REST, Glue,
-  Hive), except an optional ``name`` (default ``sentiment``): a SQL catalog keys its rows by it, so Spark's or
-  Trino's catalog over the same database must carry the same name. Without it, a local ``output`` gets the embedded
-  default: a SQLite SQL catalog at exactly ``OUTPUT/catalog.db`` with its warehouse at exactly ``OUTPUT/warehouse``.
-  A non-local ``output`` (``s3://``, ``gs://``) without ``catalog`` is refused: SQLite cannot live in an object
-  store, and a catalog file on the
-  launcher's disk for a warehouse in a bucket would be a table nobody else can find.
-- ``prepare({"scores": arrow_schema, "rejects": arrow_schema})``: creates the tables on first use (identity
-  partition on ``dt``) or checks them; a schema that does not match fails naming the table and the column.
-- ``publish(partition, scores_files, rejects_files, properties, on_step=None)``: moves the staged shards into
-  ``TABLE_LOCATION/data/dt=D/`` (same names), then per table one commit of one ``overwrite`` snapshot that removes the
-  day's current data files and adds the new ones (metadata only: footers are read, the data is not), rejects table
-  first, scores table last. ``properties`` must hold ``run-id``, ``model-version``, ``rows-read``, ``rows-scored``,
-  ``rows-rejected``; each snapshot's summary carries them as ``sentiment.<key>`` with ``sentiment.partition``.
-- ``verify(partition) -> (complete, message)`` and ``published_model_version(partition) -> str | None``: read only,
-  through ``reader`` (the catalog opened read-only: SQLite ``mode=ro``, no catalog tables created); ``catalog`` is
-  the catalog opened to write, which refuses a missing or empty embedded ``catalog.db`` beside a warehouse that
-  holds tables, and names one that is not SQLite (OutputError).
+- ``OutputTables(output, catalog=None, scores_table=..., rejects_table=...)`` reads and inspects. ``catalog`` is a
+  mapping of pyiceberg catalog properties, passed to ``pyiceberg.catalog.load_catalog`` unchanged (SQL on Postgres or
+  SQLite, REST, Glue, Hive), except an optional ``name`` (default ``sentiment``): a SQL catalog keys its rows by it,
+  so Spark's or Trino's catalog over the same database must carry the same name. Without it, a local ``output`` gets
+  the embedded default: a SQLite SQL catalog at exactly ``OUTPUT/catalog.db`` with its warehouse at exactly
+  ``OUTPUT/warehouse``. A non-local ``output`` (``s3://``, ``gs://``) without ``catalog`` is refused: SQLite cannot
+  live in an object store, and a catalog file on the launcher's disk for a warehouse in a bucket would be a table
+  nobody else can find. ``verify(partition) -> (complete, message)``, ``published_model_version(partition) -> str |
+  None``, ``stored_schemas()``: read only, through ``reader`` (the catalog opened read-only: SQLite ``mode=ro``, no
+  catalog tables created); ``catalog`` is the catalog opened to write, which refuses a missing or empty embedded
+  ``catalog.db`` beside a warehouse that holds tables, and names one that is not SQLite (OutputError).
+- ``OutputTables.day_commit(retention_days=None) -> DayCommit`` changes:
+  ``prepare({"scores": arrow_schema, "rejects": arrow_schema}, create=True)`` creates the tables on first use
+  (identity partition on ``dt``; non-nullable Arrow fields become required columns) or checks them; a schema that
+  does not match fails naming the table and the column; create=False (a guessed schema) creates nothing.
+  ``publish(partition, scores_files, rejects_files, properties, on_step=None)`` moves the staged shards into
+  ``TABLE_LOCATION/data/dt=D/`` (same names), then per table one commit (metadata only: footers are read, the data is
+  not), rejects table first, scores table last: an ``append`` snapshot when the table holds no file of the day, else
+  an ``overwrite`` that also removes the day's current files. ``properties`` must hold ``run-id``,
+  ``model-version``, ``rows-read``, ``rows-scored``, ``rows-rejected``; each snapshot's summary carries them as
+  ``sentiment.<key>`` with ``sentiment.partition``, and the same commit sets the table property
+  ``sentiment.day.<partition>`` to them (with the snapshot id), which snapshot expiry keeps. With a retention, the
+  publish then expires older snapshots (``expire_snapshots``).
 
 What a staged shard must be: a Parquet file with the table's columns by name (any order; ``string`` or
 ``large_string``; int ids as ``int64``), a ``dt`` column of type ``date32`` holding the partition day in every row,
@@ -43,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt_module
 import glob
+import json
 import logging
 import os
 import random
@@ -57,13 +62,17 @@ import pyarrow.parquet as pq
 
 from pipeline import storage
 from pipeline.errors import ConfigError, OutputError
+from pipeline.publish.iceberg_compat import append_checked, iceberg_schema
 from pipeline.publish.publisher import ICEBERG, OutputDataset, PartitionCheck, Publisher
+from transforms.schema import DETAIL, MODEL_VERSION, REASON, SCORE
 
 _LOG = logging.getLogger(__name__)
 
 PARTITION_COLUMN = "dt"
 CATALOG_NAME = "sentiment"
 SUMMARY_PREFIX = "sentiment."
+# A table property per published day, `sentiment.day.YYYY-MM-DD`: that day's facts (JSON), set by its commit.
+DAY_PROPERTY_PREFIX = "sentiment.day."
 REQUIRED_PROPERTIES = ("run-id", "model-version", "rows-read", "rows-scored", "rows-rejected")
 DEFAULT_TABLES = {"scores": "sentiment.review_scores", "rejects": "sentiment.review_rejects"}
 # Which property counts each table's rows.
@@ -85,13 +94,6 @@ class IcebergPublishError(RuntimeError):
     """A day that cannot be published as given (bad shard, wrong day, counts that do not add up); names what."""
 
 
-def _iceberg_schema(arrow_schema: pa.Schema):
-    """The Iceberg schema (fresh field ids) an Arrow schema stands for; string and large_string are one type."""
-    from pyiceberg.catalog import Catalog
-
-    return Catalog._convert_schema_if_needed(arrow_schema)
-
-
 def _with_partition_column(arrow_schema: pa.Schema) -> pa.Schema:
     if PARTITION_COLUMN in arrow_schema.names:
         return arrow_schema
@@ -100,14 +102,20 @@ def _with_partition_column(arrow_schema: pa.Schema) -> pa.Schema:
 
 def check_schema(table_name: str, table_schema, arrow_schema: pa.Schema, where: str = "this run") -> None:
     """Raises IcebergSchemaError naming the table and the first column that differs between a table and a run."""
-    given = {f.name: f.field_type for f in _iceberg_schema(_with_partition_column(arrow_schema)).fields}
-    wanted = {f.name: f.field_type for f in table_schema.fields}
-    for name, field_type in wanted.items():
+    given = {f.name: f for f in iceberg_schema(_with_partition_column(arrow_schema)).fields}
+    wanted = {f.name: f for f in table_schema.fields}
+    for name, field in wanted.items():
         if name not in given:
-            raise IcebergSchemaError(f"table {table_name}: column {name} ({field_type}) is missing in {where}")
-        if given[name] != field_type:
+            raise IcebergSchemaError(f"table {table_name}: column {name} ({field.field_type}) is missing in {where}")
+        if given[name].field_type != field.field_type:
             raise IcebergSchemaError(
-                f"table {table_name}: column {name} is {given[name]} in {where}, {field_type} in the table"
+                f"table {table_name}: column {name} is {given[name].field_type} in {where}, {field.field_type} in "
+                f"the table"
+            )
+        if field.required and not given[name].required:  # a required column in a run is fine in an optional one
+            raise IcebergSchemaError(
+                f"table {table_name}: column {name} is optional in {where}, required in the table (it never holds "
+                f"nulls)"
             )
     extra = sorted(set(given) - set(wanted))
     if extra:
@@ -184,13 +192,10 @@ def warehouse_holds_tables(path: str) -> bool:
     return next(glob.iglob(pattern, recursive=True), None) is not None
 
 
-class IcebergOutput:
-    """The two tables of the job's output in one catalog, and the per-day commit protocol over them.
-
-    `catalog` opens the catalog to write (creating the embedded one on first use); `reader` opens it to read only,
-    for verify and every other inspection: it creates no file, folder or table, and raises NoSuchOutput when the
-    embedded catalog does not exist.
-    """
+class OutputTables:
+    """The job's two tables (scores, rejects) in one catalog, read and inspected: a day's facts, verify, the published
+    model version, the tables' schemas. Changes go through a DayCommit (day_commit()), as pyiceberg's Table reads and
+    its Transaction changes."""
 
     def __init__(
         self,
@@ -287,19 +292,164 @@ class IcebergOutput:
             self._reader = self._open(_read_only(self.catalog_properties))
         return self._reader
 
-    # ------------------------------------------------------------------------------------------------ tables
+    def stored_schemas(self) -> dict[str, pa.Schema]:
+        """The Arrow schemas of the tables that exist (without `dt`)."""
+        from pyiceberg.exceptions import NoSuchTableError
 
-    def prepare(self, schemas: dict[str, pa.Schema]) -> None:
+        try:
+            reader = self.reader
+        except NoSuchOutput:
+            return {}
+        schemas = {}
+        for kind, name in self.table_names.items():
+            try:
+                schema = reader.load_table(name).schema().as_arrow()
+            except NoSuchTableError:
+                continue
+            schemas[kind] = schema.remove(schema.get_field_index(PARTITION_COLUMN))
+        return schemas
+
+    def _data_dir(self, table, partition: str) -> str:
+        return f"{table.location().rstrip('/')}/data/{PARTITION_COLUMN}={partition}"
+
+    def _fs(self, path: str) -> tuple[pafs.FileSystem, str]:
+        """The Arrow filesystem the catalog's FileIO uses for a path (its credentials, its endpoint) and the path
+        in it."""
+        from pyiceberg.io.pyarrow import PyArrowFileIO
+
+        io = PyArrowFileIO(self.catalog_properties)
+        scheme, netloc, fs_path = io.parse_location(path)
+        return _cached_fs(io, scheme, netloc), fs_path
+
+    def _footer(self, path: str) -> pq.FileMetaData:
+        fs, fs_path = self._fs(path)
+        with fs.open_input_file(fs_path) as f:
+            return pq.read_metadata(f)
+
+    def verify(self, partition: str, check_files: bool = True) -> tuple[bool, str]:
+        """Whether the current snapshots hold the day as its last publish wrote it: each table's rows for the day
+        equal the counts in that publish's snapshot summary, both tables from the same run, scored + rejected =
+        read, and (check_files) every data file there with its size. Reads only (the reader catalog)."""
+        from pyiceberg.exceptions import NoSuchTableError
+        from pyiceberg.expressions import EqualTo
+
+        _partition_date(partition)
+        try:
+            reader = self.reader
+        except NoSuchOutput as e:
+            return False, str(e)
+        facts = {}
+        for kind in ("scores", "rejects"):
+            name = self.table_names[kind]
+            try:
+                table = reader.load_table(name)
+            except NoSuchTableError:
+                return False, f"{partition}: table {name} does not exist: not published"
+            summary = _day_facts(table, partition)
+            if summary is None:
+                return False, f"{partition}: table {name} has no snapshot for this day: not published"
+            files = [t.file for t in table.scan(row_filter=EqualTo(PARTITION_COLUMN, partition)).plan_files()]
+            rows = sum(f.record_count for f in files)
+            want = int(summary[SUMMARY_PREFIX + ROWS_PROPERTY[kind]])
+            if rows != want:
+                return False, f"{partition}: table {name} holds {rows} rows for the day, its snapshot says {want}"
+            if check_files:
+                for data_file in files:
+                    fs, fs_path = self._fs(data_file.file_path)
+                    info = fs.get_file_info(fs_path)
+                    if info.type != pafs.FileType.File:
+                        return False, f"{partition}: table {name}: data file {data_file.file_path} is missing"
+                    if info.size != data_file.file_size_in_bytes:
+                        return False, (
+                            f"{partition}: table {name}: data file {data_file.file_path} has {info.size} bytes, "
+                            f"the table lists {data_file.file_size_in_bytes}"
+                        )
+            facts[kind] = (summary, len(files))
+        (scores, n_scores), (rejects, n_rejects) = facts["scores"], facts["rejects"]
+        run, other = scores[SUMMARY_PREFIX + "run-id"], rejects[SUMMARY_PREFIX + "run-id"]
+        if run != other:
+            return False, (
+                f"{partition}: scores are from run {run}, rejects from run {other}: a publish stopped between the "
+                f"two tables; rescore the day"
+            )
+        read, scored, rejected = (
+            int(scores[SUMMARY_PREFIX + k]) for k in ("rows-read", "rows-scored", "rows-rejected")
+        )
+        if scored + rejected != read:
+            return False, f"{partition}: snapshot says scored {scored} + rejected {rejected} != read {read}"
+        return True, (
+            f"{partition}: complete: {scored} scored + {rejected} rejected = {read} read in {n_scores + n_rejects} "
+            f"file(s), run {run}, model {scores[SUMMARY_PREFIX + 'model-version']}"
+        )
+
+    def published_model_version(self, partition: str) -> str | None:
+        """The model version the day's published rows were scored with, or None when the day is not complete."""
+        complete, _ = self.verify(partition)
+        if not complete:
+            return None
+        table = self.reader.load_table(self.table_names["scores"])
+        return _day_facts(table, partition)[SUMMARY_PREFIX + "model-version"]
+
+    def day_commit(self, retention_days: float | None = None, clock: Callable[[], float] = time.time) -> DayCommit:
+        """What changes these tables: creates them, publishes a day, expires snapshots."""
+        return DayCommit(self, retention_days, clock)
+
+
+class DayCommit:
+    """Changes the job's tables (OutputTables): creates them, publishes a day by the commit protocol (the module's
+    docstring), expires snapshots after it when a retention is set."""
+
+    def __init__(
+        self, tables: OutputTables, retention_days: float | None = None, clock: Callable[[], float] = time.time
+    ):
+        self.tables = tables
+        # After each publish, snapshots older than this are expired (None: never); clock() is now, in seconds.
+        self.retention_days = retention_days
+        self._clock = clock
+
+    # What the commit reads through its tables, as a pyiceberg Transaction reads through its Table.
+    @property
+    def output(self) -> str:
+        return self.tables.output
+
+    @property
+    def catalog(self):
+        return self.tables.catalog
+
+    @property
+    def table_names(self) -> dict[str, str]:
+        return self.tables.table_names
+
+    def _fs(self, path: str) -> tuple[pafs.FileSystem, str]:
+        return self.tables._fs(path)
+
+    def _footer(self, path: str) -> pq.FileMetaData:
+        return self.tables._footer(path)
+
+    def _data_dir(self, table, partition: str) -> str:
+        return self.tables._data_dir(table, partition)
+
+    def prepare(self, schemas: dict[str, pa.Schema], create: bool = True) -> None:
         """Creates each table on first use from the run's Arrow schema (plus `dt`), or checks the existing one.
 
         schemas: {"scores": ..., "rejects": ...}, the writers' schemas (with or without `dt`). Meant for start-up,
-        so a run whose columns do not match the tables stops before it scores anything.
+        so a run whose columns do not match the tables stops before it scores anything. create=False: the schemas
+        are a guess (no input file behind them), so only existing tables are checked and none is created from them.
         """
-        for kind, schema in schemas.items():
-            self._table(kind, schema)
+        from pyiceberg.exceptions import NoSuchTableError
 
-    def _table(self, kind: str, arrow_schema: pa.Schema | None = None):
-        """The table of one kind; created from arrow_schema when absent, else checked against it."""
+        for kind, schema in schemas.items():
+            if create:
+                self._table(kind, schema)
+                continue
+            try:
+                check_schema(self.table_names[kind], self.catalog.load_table(self.table_names[kind]).schema(), schema)
+            except NoSuchTableError:
+                pass
+
+    def _table(self, kind: str, arrow_schema: pa.Schema | None = None, where: str | None = None):
+        """The table of one kind; created from arrow_schema when absent, else checked against it (`where` names
+        what the schema is of in a message: a shard, or this run)."""
         from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError, TableAlreadyExistsError
         from pyiceberg.partitioning import PartitionField, PartitionSpec
         from pyiceberg.transforms import IdentityTransform
@@ -316,7 +466,7 @@ class IcebergOutput:
                     _retry_racing_creation(lambda: self.catalog.create_namespace(namespace))
                 except NamespaceAlreadyExistsError:
                     pass
-            schema = _iceberg_schema(_with_partition_column(arrow_schema))
+            schema = iceberg_schema(_with_partition_column(arrow_schema))
             source = schema.find_field(PARTITION_COLUMN)
             spec = PartitionSpec(
                 PartitionField(source_id=source.field_id, field_id=1000, transform=IdentityTransform(), name="dt")
@@ -327,13 +477,16 @@ class IcebergOutput:
             except TableAlreadyExistsError:  # another process created it first: use theirs, checked below
                 table = self.catalog.load_table(name)
         if arrow_schema is not None:
-            check_schema(name, table.schema(), arrow_schema)
+            check_schema(name, table.schema(), arrow_schema, where=where or "this run")
         return table
 
-    def _data_dir(self, table, partition: str) -> str:
-        return f"{table.location().rstrip('/')}/data/{PARTITION_COLUMN}={partition}"
+    def _exists_table(self, kind: str) -> bool:
+        return self.catalog.table_exists(self.table_names[kind])
 
-    # ------------------------------------------------------------------------------------------------ publish
+    def _has_rows(self, staged: dict[str, list[str]]) -> bool:
+        """Whether any staged shard holds a row: only rows fix a table's column types (a shard already moved by a
+        retried publish sits in a table that exists)."""
+        return any(self._footer(p).num_rows > 0 for paths in staged.values() for p in paths if _exists(p, self))
 
     def publish(
         self,
@@ -361,7 +514,13 @@ class IcebergOutput:
         for kind in ("rejects", "scores"):
             first = next((p for p in staged[kind] if _exists(p, self)), None)
             schema = self._footer(first).schema.to_arrow_schema() if first else None
-            tables[kind] = self._table(kind, schema)
+            if not self._exists_table(kind) and not self._has_rows(staged):
+                raise IcebergPublishError(
+                    f"table {self.table_names[kind]} does not exist yet and {partition} has no rows to take its "
+                    f"column types from: not published (the first day with rows creates the tables; score this day "
+                    f"again after it)"
+                )
+            tables[kind] = self._table(kind, schema, where=first)
             placed[kind] = self._move_in(kind, tables[kind], partition, staged[kind])
         on_step("moved")
 
@@ -380,21 +539,50 @@ class IcebergOutput:
         for kind in ("rejects", "scores"):
             self._remove_unreferenced(self.catalog.load_table(self.table_names[kind]), partition)
         on_step("cleaned")
+        if self.retention_days is not None:
+            cutoff = dt_module.datetime.fromtimestamp(self._clock(), dt_module.UTC)
+            self.expire_snapshots(cutoff - dt_module.timedelta(days=self.retention_days))
         return snapshots
 
-    def _fs(self, path: str) -> tuple[pafs.FileSystem, str]:
-        """The Arrow filesystem the catalog's FileIO uses for a path (its credentials, its endpoint) and the path
-        in it."""
-        from pyiceberg.io.pyarrow import PyArrowFileIO
+    def expire_snapshots(self, older_than: dt_module.datetime) -> dict[str, int]:
+        """Expires each table's snapshots taken before older_than, except the one that was current then (so time
+        travel to any moment since keeps working), the current one and branch or tag heads; then deletes the data
+        files that only the expired snapshots referenced. Returns {kind: snapshots expired}.
 
-        io = PyArrowFileIO(self.catalog_properties)
-        scheme, netloc, fs_path = io.parse_location(path)
-        return _cached_fs(io, scheme, netloc), fs_path
+        Best effort, after the day is published: a failure (a concurrent commit, a file that cannot be deleted) is
+        logged, and the next publish expires what is left. The days' facts stay (table properties).
+        """
+        expired = {}
+        for kind, name in self.table_names.items():
+            try:
+                expired[kind] = self._expire(self.catalog.load_table(name), older_than)
+            except Exception as e:  # maintenance must not fail a published day
+                _LOG.warning("table %s: snapshots not expired this time (%s: %s)", name, type(e).__name__, e)
+                expired[kind] = 0
+        return expired
 
-    def _footer(self, path: str) -> pq.FileMetaData:
-        fs, fs_path = self._fs(path)
-        with fs.open_input_file(fs_path) as f:
-            return pq.read_metadata(f)
+    def _expire(self, table, older_than: dt_module.datetime) -> int:
+        metadata = table.metadata
+        cutoff_ms = int(older_than.timestamp() * 1000)
+        history, snapshot = [], table.current_snapshot()
+        while snapshot is not None:
+            history.append(snapshot)
+            snapshot = metadata.snapshot_by_id(snapshot.parent_snapshot_id) if snapshot.parent_snapshot_id else None
+        current_at_cutoff = next((s.snapshot_id for s in history if s.timestamp_ms < cutoff_ms), None)
+        keep = {current_at_cutoff} | {ref.snapshot_id for ref in metadata.refs.values()}
+        expire = {s.snapshot_id for s in metadata.snapshots if s.timestamp_ms < cutoff_ms} - keep
+        if not expire:
+            return 0
+        kept = [s for s in metadata.snapshots if s.snapshot_id not in expire]
+        unreferenced = _data_files(table, [s for s in metadata.snapshots if s.snapshot_id in expire])
+        unreferenced -= _data_files(table, kept)
+        table.maintenance.expire_snapshots().by_ids(sorted(expire)).commit()
+        _LOG.info("table %s: expired %d snapshot(s) taken before %s", table.name(), len(expire), older_than)
+        for path in sorted(unreferenced):
+            fs, fs_path = self._fs(path)
+            if fs.get_file_info(fs_path).type == pafs.FileType.File:  # a day's publish may have removed it already
+                fs.delete_file(fs_path)
+        return len(expire)
 
     def _move_in(self, kind: str, table, partition: str, sources: list[str]) -> list[str]:
         """Moves staged shards into the table's folder for the day under the same names; returns the new paths of
@@ -454,8 +642,9 @@ class IcebergOutput:
         return added
 
     def _commit_day(self, kind: str, partition: str, paths: list[str], added: list, summary: dict, on_step) -> int:
-        """One overwrite snapshot that removes the day's data files and adds the run's; retried on conflicts with
-        other processes, re-planned each time on the refreshed table. Returns the new snapshot's id.
+        """One snapshot that adds the run's data files for the day: an append when the table holds none of the day,
+        else an overwrite that also removes the day's current ones; retried on conflicts with other processes,
+        re-planned each time on the refreshed table. Returns the new snapshot's id.
 
         on_step(f"{kind}-planned") runs once per attempt, between planning on the loaded table and committing.
         """
@@ -472,6 +661,7 @@ class IcebergOutput:
                 f"{SUMMARY_PREFIX}run-id"
             ):
                 return table.current_snapshot().snapshot_id  # this run's commit landed before (a retried publish)
+            started_on = table.metadata.current_snapshot_id  # (pyiceberg's retries refresh `table` in place)
             tx = table.transaction()
             if tx.table_metadata.name_mapping() is None:  # how readers map the shards' columns (no field ids)
                 tx.set_properties(
@@ -482,14 +672,24 @@ class IcebergOutput:
                 rows = sum(f.record_count for f in added)
                 added = self._new_data_files(kind, table, tx.table_metadata, paths, partition, rows)
             planned_on = layout
-            with tx.update_snapshot(snapshot_properties=summary).overwrite() as overwrite:
-                # Scopes the conflict check of a retried commit to this day: other days committed meanwhile are
-                # rebased over; a change to this day by someone else (a publish without the lease) is refused.
-                overwrite.delete_by_predicate(EqualTo(PARTITION_COLUMN, partition))
+            # A day the table does not hold yet only adds files: an `append` snapshot, which incremental readers
+            # (Spark streaming, incremental append scans) take; a rescore replaces files: an `overwrite`. Either
+            # way the day's filter scopes the conflict check of a retried commit: other days committed meanwhile
+            # are rebased over; a change to this day by someone else (a publish without the lease) is refused.
+            day = EqualTo(PARTITION_COLUMN, partition)
+            if current:
+                update = tx.update_snapshot(snapshot_properties=summary).overwrite()
+                update.delete_by_predicate(day)
+            else:
+                update = append_checked(table, tx, summary, day)
+            with update:
                 for data_file in current:
-                    overwrite.delete_data_file(data_file)
+                    update.delete_data_file(data_file)
                 for data_file in added:
-                    overwrite.append_data_file(data_file)
+                    update.append_data_file(data_file)
+            # The day's facts, in the same commit as its rows: they outlive the snapshot (expiry removes snapshots,
+            # never properties). The snapshot id tells a rollback past this commit (verify then walks the history).
+            tx.set_properties(**{DAY_PROPERTY_PREFIX + partition: _day_property(summary, tx.table_metadata)})
             on_step(f"{kind}-planned")
             try:
                 committed = tx.commit_transaction()
@@ -500,6 +700,12 @@ class IcebergOutput:
                 time.sleep(random.uniform(0.01, 0.05 * min(attempt, 10)))
                 continue
             except ValidationException as e:
+                if started_on is not None and self.catalog.load_table(name).snapshot_by_id(started_on) is None:
+                    # Not a change to this day: the snapshot this commit planned on was expired meanwhile (another
+                    # process's retention, after committing on top of it), so pyiceberg cannot check what changed
+                    # since. Re-planned on the refreshed table, which checks this day afresh.
+                    _LOG.info("table %s, %s: planned on a snapshot expired meanwhile; re-planning", name, partition)
+                    continue
                 raise IcebergPublishError(
                     f"table {name}, {partition}: another publish changed this day while this one committed ({e}); "
                     f"nothing of this run was committed to {name}"
@@ -522,71 +728,40 @@ class IcebergOutput:
             _LOG.info("table %s, %s: removed %d file(s) no snapshot references", table.name(), partition, len(stale))
         return stale
 
-    # ------------------------------------------------------------------------------------------------ verify
 
-    def verify(self, partition: str, check_files: bool = True) -> tuple[bool, str]:
-        """Whether the current snapshots hold the day as its last publish wrote it: each table's rows for the day
-        equal the counts in that publish's snapshot summary, both tables from the same run, scored + rejected =
-        read, and (check_files) every data file there with its size. Reads only (the reader catalog)."""
-        from pyiceberg.exceptions import NoSuchTableError
-        from pyiceberg.expressions import EqualTo
+def _day_property(summary: dict[str, str], metadata) -> str:
+    """The table property value that records a day's facts: the publish's summary properties (without the prefix)
+    and the id of the snapshot the commit makes (pyiceberg keeps it across its commit retries)."""
+    facts = {key.removeprefix(SUMMARY_PREFIX): value for key, value in summary.items()}
+    facts["snapshot-id"] = str(metadata.current_snapshot().snapshot_id)
+    return json.dumps(facts, sort_keys=True, separators=(",", ":"))
 
-        _partition_date(partition)
-        try:
-            reader = self.reader
-        except NoSuchOutput as e:
-            return False, str(e)
-        facts = {}
-        for kind in ("scores", "rejects"):
-            name = self.table_names[kind]
-            try:
-                table = reader.load_table(name)
-            except NoSuchTableError:
-                return False, f"{partition}: table {name} does not exist: not published"
-            summary = _day_summary(table, partition)
-            if summary is None:
-                return False, f"{partition}: table {name} has no snapshot for this day: not published"
-            files = [t.file for t in table.scan(row_filter=EqualTo(PARTITION_COLUMN, partition)).plan_files()]
-            rows = sum(f.record_count for f in files)
-            want = int(summary[SUMMARY_PREFIX + ROWS_PROPERTY[kind]])
-            if rows != want:
-                return False, f"{partition}: table {name} holds {rows} rows for the day, its snapshot says {want}"
-            if check_files:
-                for data_file in files:
-                    fs, fs_path = self._fs(data_file.file_path)
-                    info = fs.get_file_info(fs_path)
-                    if info.type != pafs.FileType.File:
-                        return False, f"{partition}: table {name}: data file {data_file.file_path} is missing"
-                    if info.size != data_file.file_size_in_bytes:
-                        return False, (
-                            f"{partition}: table {name}: data file {data_file.file_path} has {info.size} bytes, "
-                            f"the table lists {data_file.file_size_in_bytes}"
-                        )
-            facts[kind] = (summary, len(files))
-        (scores, n_scores), (rejects, n_rejects) = facts["scores"], facts["rejects"]
-        run, other = scores[SUMMARY_PREFIX + "run-id"], rejects[SUMMARY_PREFIX + "run-id"]
-        if run != other:
-            return False, (
-                f"{partition}: scores are from run {run}, rejects from run {other}: a publish stopped between the "
-                f"two tables; rescore the day"
-            )
-        read, scored, rejected = (
-            int(scores[SUMMARY_PREFIX + k]) for k in ("rows-read", "rows-scored", "rows-rejected")
-        )
-        if scored + rejected != read:
-            return False, f"{partition}: snapshot says scored {scored} + rejected {rejected} != read {read}"
-        return True, (
-            f"{partition}: complete: {scored} scored + {rejected} rejected = {read} read in {n_scores + n_rejects} "
-            f"file(s), run {run}, model {scores[SUMMARY_PREFIX + 'model-version']}"
-        )
 
-    def published_model_version(self, partition: str) -> str | None:
-        """The model version the day's published rows were scored with, or None when the day is not complete."""
-        complete, _ = self.verify(partition)
-        if not complete:
-            return None
-        table = self.reader.load_table(self.table_names["scores"])
-        return _day_summary(table, partition)[SUMMARY_PREFIX + "model-version"]
+def _day_facts(table, partition: str) -> dict | None:
+    """The facts of the publish whose rows the table holds for the day, as summary properties (`sentiment.` keys),
+    or None when the day is not published.
+
+    From the table property the publish set in its own commit, which snapshot expiry keeps; except when the
+    snapshot it names is still in the table but no longer in the current snapshot's history (a rollback undid that
+    commit): then from the newest snapshot of that history that published the day. Tables published before the
+    property existed are read from the history too."""
+    recorded = table.properties.get(DAY_PROPERTY_PREFIX + partition)
+    if recorded:
+        facts = json.loads(recorded)
+        snapshot_id = int(facts.pop("snapshot-id"))
+        if table.metadata.snapshot_by_id(snapshot_id) is None or _in_history(table, snapshot_id):
+            return {SUMMARY_PREFIX + key: value for key, value in facts.items()}
+    return _day_summary(table, partition)
+
+
+def _in_history(table, snapshot_id: int) -> bool:
+    """Whether the snapshot is the current one or one of its ancestors."""
+    metadata, snapshot = table.metadata, table.current_snapshot()
+    while snapshot is not None:
+        if snapshot.snapshot_id == snapshot_id:
+            return True
+        snapshot = metadata.snapshot_by_id(snapshot.parent_snapshot_id) if snapshot.parent_snapshot_id else None
+    return False
 
 
 def _day_summary(table, partition: str) -> dict | None:
@@ -602,8 +777,22 @@ def _day_summary(table, partition: str) -> dict | None:
 
 
 def _day_run(table, partition: str) -> str | None:
-    summary = _day_summary(table, partition)
+    summary = _day_facts(table, partition)
     return summary.get(SUMMARY_PREFIX + "run-id") if summary else None
+
+
+def _data_files(table, snapshots) -> set[str]:
+    """Every data file path the snapshots reference, also as deleted entries (a changelog read of a snapshot reads
+    the files it removed); each manifest is read once."""
+    seen, paths = set(), set()
+    for snapshot in snapshots:
+        for manifest in snapshot.manifests(table.io):
+            if manifest.manifest_path not in seen:
+                seen.add(manifest.manifest_path)
+                paths.update(
+                    e.data_file.file_path for e in manifest.fetch_manifest_entry(table.io, discard_deleted=False)
+                )
+    return paths
 
 
 def _referenced_files(table, partition: str) -> set[str]:
@@ -642,7 +831,7 @@ def _cached_fs(io, scheme: str, netloc: str) -> pafs.FileSystem:
     return _FS_CACHE[key]
 
 
-def _exists(path: str, output: IcebergOutput) -> bool:
+def _exists(path: str, output: OutputTables | DayCommit) -> bool:
     fs, fs_path = output._fs(path)
     return fs.get_file_info(fs_path).type == pafs.FileType.File
 
@@ -668,6 +857,17 @@ def _retry_racing_creation(make: Callable, attempts: int = 5):
 # ---------------------------------------------------------------------------------------------------------------------
 # The Publisher for output_format: iceberg (pipeline/publish/publisher.py)
 
+
+def required_columns(columns) -> dict[str, set[str]]:
+    """The columns of each table that never hold nulls (transforms/validate.py rejects a row with a null id, and one
+    whose score is not a number): the scores' ids, score, model version and day; the rejects' reason, detail and day.
+    A reject's ids and raw inputs may be null: that can be why it was rejected."""
+    return {
+        "scores": {columns.review_id, columns.customer_id, SCORE, MODEL_VERSION, PARTITION_COLUMN},
+        "rejects": {REASON, DETAIL, PARTITION_COLUMN},
+    }
+
+
 REPORTS_DIR = "reports"
 
 
@@ -678,8 +878,9 @@ def holds_iceberg_output(root: str) -> bool:
     return any(os.path.exists(os.path.join(root, name)) for name in (CATALOG_FILE, WAREHOUSE_DIR, REPORTS_DIR))
 
 
-class IcebergTables(Publisher):
-    """Publishes each day into the Iceberg tables (IcebergOutput) and its reports into OUTPUT/reports/dt=D/RUN/.
+class IcebergPublisher(Publisher):
+    """Publishes each day into the Iceberg tables (a DayCommit over OutputTables) and its reports into
+    OUTPUT/reports/dt=D/RUN/; checks a day by reading the tables (OutputTables).
 
     The reports of the run whose snapshot is current for a day are the day's reports: a publish writes them before
     its commit (so a crash leaves no summary without its rows), and removes other runs' report folders of that day
@@ -689,20 +890,42 @@ class IcebergTables(Publisher):
     format = ICEBERG
     partition_column = PARTITION_COLUMN
 
-    def __init__(self, output: str, catalog: dict | None = None, table_names: dict | None = None):
+    def __init__(
+        self,
+        output: str,
+        catalog: dict | None = None,
+        table_names: dict | None = None,
+        retention_days: float | None = None,
+    ):
         self.output = output
         self._catalog = dict(catalog) if catalog else None
         self._names = dict(table_names or DEFAULT_TABLES)
-        self._tables: IcebergOutput | None = None
+        self._retention_days = retention_days
+        self._tables: OutputTables | None = None
 
     def __getstate__(self):
         return {**self.__dict__, "_tables": None}
 
     @property
-    def tables(self) -> IcebergOutput:
+    def tables(self) -> OutputTables:
+        """The tables, to read and inspect."""
         if self._tables is None:
-            self._tables = IcebergOutput(self.output, self._catalog, self._names["scores"], self._names["rejects"])
+            self._tables = OutputTables(self.output, self._catalog, self._names["scores"], self._names["rejects"])
         return self._tables
+
+    def day_commit(self) -> DayCommit:
+        """What changes the tables, with the run's retention."""
+        return self.tables.day_commit(self._retention_days)
+
+    def shard_schemas(self, run_schema) -> dict:
+        """The run's shard schemas with the columns that never hold nulls non-nullable, so the tables created from
+        them mark those columns `required` (readers and engines rely on it: no null checks, NOT NULL in SQL)."""
+        schemas = super().shard_schemas(run_schema)
+        never_null = required_columns(run_schema.columns)
+        return {
+            kind: pa.schema([f.with_nullable(f.name not in never_null[kind]) for f in schema])
+            for kind, schema in schemas.items()
+        }
 
     def name(self, partition: str) -> str:
         return f"{self._names['scores']} dt={partition}" if partition else self._names["scores"]
@@ -748,11 +971,14 @@ class IcebergTables(Publisher):
         except ValueError as e:
             raise ConfigError(f"setting 'catalog': {e}") from None
 
-    def prepare(self, schemas: dict[str, pa.Schema]) -> None:
+    def prepare(self, schemas: dict[str, pa.Schema], create: bool = True) -> None:
         try:
-            self.tables.prepare(schemas)
+            self.day_commit().prepare(schemas, create)
         except IcebergSchemaError as e:
             raise OutputError(str(e)) from None
+
+    def stored_schemas(self) -> dict[str, pa.Schema]:
+        return self.tables.stored_schemas()
 
     def _reports_dir(self, partition: str, run_id: str | None = None) -> str:
         folder = storage.join(self.output, REPORTS_DIR, f"dt={partition}")
@@ -778,7 +1004,9 @@ class IcebergTables(Publisher):
 
         fence()
         try:
-            self.tables.publish(partition, files["scores"], files["rejects"], properties, on_step=fence_before_commit)
+            self.day_commit().publish(
+                partition, files["scores"], files["rejects"], properties, on_step=fence_before_commit
+            )
         except (IcebergPublishError, IcebergSchemaError) as e:
             storage.delete_tree(self._reports_dir(partition, run_id))
             raise storage.StorageError(str(e)) from None
@@ -802,7 +1030,7 @@ class IcebergTables(Publisher):
             return PartitionCheck(name, False, f"{name}: cannot read the tables ({type(e).__name__}: {e})")
         if not complete:
             return PartitionCheck(name, False, message)
-        summary = _day_summary(self.tables.reader.load_table(self.tables.table_names["scores"]), partition)
+        summary = _day_facts(self.tables.reader.load_table(self.tables.table_names["scores"]), partition)
         facts = {
             "run_id": summary[SUMMARY_PREFIX + "run-id"],
             "model_version": summary[SUMMARY_PREFIX + "model-version"],

@@ -90,10 +90,18 @@ class Publisher(abc.ABC):
             schemas = {k: s.append(pa.field(self.partition_column, pa.date32())) for k, s in schemas.items()}
         return schemas
 
-    def prepare(self, schemas: dict) -> None:
+    def prepare(self, schemas: dict, create: bool = True) -> None:
         """Checked at start-up with the shard schemas: creates what the output needs, or raises OutputError naming
-        what does not fit (an existing table with other columns). Folders need nothing made ahead."""
+        what does not fit (an existing table with other columns). create=False when the schemas' kinds are a guess
+        (no input file to take them from): what exists is checked, nothing is made from them. Folders need nothing
+        made ahead."""
         return None
+
+    def stored_schemas(self) -> dict:
+        """{"scores" | "rejects": the Arrow schema the output already holds}, for a run with no input file to take
+        the id and text kinds from; empty when the output holds no typed store (folders: each partition stands
+        alone)."""
+        return {}
 
     @abc.abstractmethod
     def name(self, partition: str) -> str:

@@ -78,6 +78,10 @@ class ScoreConfig:
     iceberg_tables: dict[str, Any] = field(
         default_factory=lambda: {"scores": "sentiment.review_scores", "rejects": "sentiment.review_rejects"}
     )
+    # output_format iceberg: after each publish, expire the tables' snapshots older than this many days (keeping the
+    # one current then, so time travel reaches back this far) and delete the data files only they referenced. The
+    # days' facts (run, model version, rows) are table properties and stay. Unset: never expire.
+    snapshot_retention_days: float | None = None
     # Options for Beam's PipelineOptions, e.g. runner, direct_num_workers, project, temp_location.
     beam: dict[str, Any] = field(default_factory=lambda: {"runner": "DirectRunner"})
     # What a run tells the systems that watch it (pipeline/run/telemetry.py), written at the end of every run,
@@ -192,6 +196,16 @@ def build_config(data: dict, source: str = "config") -> ScoreConfig:
         )
     if config.catalog is not None and config.output_format != ICEBERG:
         raise ConfigError(f"{source}: setting 'catalog' is for output_format iceberg, not {config.output_format}")
+    if config.snapshot_retention_days is not None:
+        if config.output_format != ICEBERG:
+            raise ConfigError(
+                f"{source}: setting 'snapshot_retention_days' is for output_format iceberg, not {config.output_format}"
+            )
+        if config.snapshot_retention_days <= 0:
+            raise ConfigError(
+                f"{source}: setting 'snapshot_retention_days' must be positive (or unset: never expire), got "
+                f"{config.snapshot_retention_days}"
+            )
     tables = config.iceberg_tables
     if sorted(tables) != ["rejects", "scores"] or not all(isinstance(v, str) and "." in v for v in tables.values()):
         raise ConfigError(

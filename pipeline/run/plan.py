@@ -182,6 +182,18 @@ def _check_output_apart(config: ScoreConfig) -> None:
             )
 
 
+def _stored_kinds(publisher: Publisher, config: ScoreConfig) -> dict[str, str]:
+    """The review id and text kinds of what the output already holds (an Iceberg table's columns), for a run with
+    no review file to take them from; {} when it holds none."""
+    stored, c = publisher.stored_schemas(), config.columns
+    kinds = {}
+    if "scores" in stored and c.review_id in stored["scores"].names:
+        kinds["review_id"] = id_kind(stored["scores"].field(c.review_id).type)
+    if "rejects" in stored and c.review_text in stored["rejects"].names:
+        kinds["review_text"] = text_kind(stored["rejects"].field(c.review_text).type)
+    return {column: kind for column, kind in kinds.items() if kind is not None}
+
+
 def _published_by(publisher: Publisher, partition: str, model_version: str) -> str | None:
     """Why --skip-existing may skip a partition (complete and scored by this model version), or None."""
     published = publisher.published_version(partition)
@@ -207,7 +219,9 @@ def plan_run(
     started = time.time()
     run_id = run_id or new_run_id(started)
     _check_output_apart(config)
-    publisher = publisher_for(config.output, config.output_format, config.catalog, config.iceberg_tables)
+    publisher = publisher_for(
+        config.output, config.output_format, config.catalog, config.iceberg_tables, config.snapshot_retention_days
+    )
     publisher.check_layout(dates is not None)
     model_dir = resolve_model_dir(config.model_dir)
     bundle = check_bundle(model_dir)  # no TensorFlow: workers load the runtime and check its parity
@@ -253,13 +267,15 @@ def plan_run(
     review_files, kinds = _inspect_reviews(paths_by_partition, config, customer_kind, failed)
     if failed and not backfill:
         raise InputError(next(iter(failed.values())))
+    if "review_id" not in kinds:  # no review file: the kinds the output already holds, never a guess
+        kinds = {**_stored_kinds(publisher, config), **kinds}
     schema = RunSchema(
         columns=config.columns,
         review_id_kind=kinds.get("review_id", "int"),
         customer_id_kind=kinds["customer_id"],
         text_kind=kinds.get("review_text", "string"),
     )
-    publisher.prepare(publisher.shard_schemas(schema))
+    publisher.prepare(publisher.shard_schemas(schema), create="review_id" in kinds)
     partitions = [p for p in paths_by_partition if p not in failed]
     rows = {p: 0 for p in partitions}
     for f in review_files:

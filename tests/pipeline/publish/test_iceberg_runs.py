@@ -59,6 +59,15 @@ def test_a_backfill_publishes_each_day_into_the_tables_with_its_rows_and_facts(p
     assert int(snapshot["sentiment.rows-read"]) == summary["rows"]["read"]
     # No Parquet folders, no _SUCCESS: the tables are the output.
     assert not glob.glob(f"{published}/dt=*")
+    # Each day was new to the tables: append snapshots, which incremental readers take.
+    for table in (scores, rejects):
+        assert {s.summary.operation.value for s in table.snapshots()} == {"append"}
+    # Columns that never hold nulls are required.
+    required = [{f.name for f in t.schema().fields if f.required} for t in (scores, rejects)]
+    assert required == [
+        {"review_id", "customer_id", "sentiment_score", "model_version", "dt"},
+        {"reason", "detail", "dt"},
+    ]
 
 
 def test_verify_reads_the_tables_and_names_a_day_never_published(published, capsys):
@@ -82,6 +91,7 @@ def test_a_rerun_replaces_the_day_in_one_more_snapshot_and_the_previous_night_st
     table = _catalog(published).load_table("sentiment.review_scores")
     assert _day_rows(table, SAMPLE_DATE) == rows  # replaced, not doubled
     assert len(table.metadata.snapshots) == snapshots + 1
+    assert table.current_snapshot().summary.operation.value == "overwrite"  # a rescore replaces
     assert _day_rows(table, SAMPLE_DATE, snapshot_id=before) == rows  # time travel to the night before
     assert len(glob.glob(f"{published}/reports/dt={SAMPLE_DATE}/*/summary.json")) == 1  # the current run's reports
 
@@ -90,6 +100,75 @@ def test_skip_existing_asks_the_tables(published, sample_dir, bundle_dir, caplog
     config = sample_config(sample_dir, bundle_dir, published, output_format="iceberg", skip_existing=True)
     assert execute(config, DAYS, [], backfill=True) == 0
     assert caplog.text.count("already published, complete and scored by model") == 2
+
+
+def test_skip_existing_still_skips_the_days_after_their_snapshots_are_expired(
+    published, sample_dir, bundle_dir, caplog
+):
+    """Routine maintenance (expiring every snapshot but the current one) un-published no day: their facts are table
+    properties. The twin of the test above after the snapshots that published the days are gone."""
+    catalog = _catalog(published)
+    for name in ("sentiment.review_scores", "sentiment.review_rejects"):
+        table = catalog.load_table(name)
+        current = table.current_snapshot().snapshot_id
+        table.maintenance.expire_snapshots().by_ids(
+            [s.snapshot_id for s in table.snapshots() if s.snapshot_id != current]
+        ).commit()
+        assert len(catalog.load_table(name).snapshots()) == 1
+    config = sample_config(sample_dir, bundle_dir, published, output_format="iceberg", skip_existing=True)
+    assert execute(config, DAYS, [], backfill=True) == 0
+    assert caplog.text.count("already published, complete and scored by model") == 2
+    assert (
+        main(["verify", "--output", str(published), "--output-format", "iceberg", "--start", DAYS[0], "--end", DAYS[1]])
+        == 0
+    )
+
+
+def test_an_empty_first_night_leaves_the_column_types_to_the_first_night_with_rows(
+    sample_dir, bundle_dir, tmp_path, capsys, caplog
+):
+    """An empty night on a fresh output has no file to take the id kind from: it creates no table and is refused
+    (exit 1, saying why), so the next night's string ids make string columns; the empty night then publishes into
+    the tables with their kinds. The twin: a night of integer ids is then refused naming the column."""
+    import pyarrow.parquet as pq
+    from pyiceberg.exceptions import NoSuchTableError
+
+    empty_day = "2026-11-26"
+    reviews = tmp_path / "reviews"
+    day = pq.read_table(sample_dir / "reviews" / f"dt={SAMPLE_DATE}")
+    (reviews / f"dt={SAMPLE_DATE}").mkdir(parents=True)
+    pq.write_table(
+        day.set_column(0, "review_id", day["review_id"].cast("string")), reviews / f"dt={SAMPLE_DATE}/r.parquet"
+    )
+    output = tmp_path / "out"
+
+    def run(date, reviews_root=reviews):
+        config = sample_config(
+            sample_dir,
+            bundle_dir,
+            output,
+            reviews=str(reviews_root),
+            output_format="iceberg",
+            allow_empty=True,
+            date=date,
+        )
+        return execute(config, [date], [])
+
+    assert run(empty_day) == 1
+    assert "table sentiment.review_rejects does not exist yet and 2026-11-26 has no rows" in caplog.text
+    with pytest.raises(NoSuchTableError):
+        _catalog(output).load_table("sentiment.review_scores")
+    assert run(SAMPLE_DATE) == 0
+    scores = _catalog(output).load_table("sentiment.review_scores")
+    assert str(scores.schema().find_field("review_id").field_type) == "string"
+    assert _day_rows(scores, SAMPLE_DATE) == _summary(output, SAMPLE_DATE)["rows"]["scored"] > 0
+    assert run(empty_day) == 0  # the kinds of the tables that exist now
+    assert main(["verify", "--output", str(output), "--output-format", "iceberg", "--date", empty_day]) == 0
+    assert _day_rows(_catalog(output).load_table("sentiment.review_scores"), empty_day) == 0
+
+    capsys.readouterr()
+    assert run(SAMPLE_DATE, reviews_root=sample_dir / "reviews") == 1
+    assert "column review_id is long in this run, string in the table" in capsys.readouterr().err
 
 
 def test_iceberg_needs_a_date_and_a_catalog_for_an_object_store(sample_dir, bundle_dir, tmp_path):

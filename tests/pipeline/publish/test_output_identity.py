@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.errors import ConfigError, OutputError
 from pipeline.publish.factory import publisher_for
-from pipeline.publish.iceberg import IcebergOutput
+from pipeline.publish.iceberg import DayCommit, OutputTables
 from pipeline.publish.publisher import ICEBERG, PARQUET
 from tests.conftest import SAMPLE_DATE, score_args
 from tests.pipeline.publish.test_iceberg import REJECTS, SCORES, day_rows, stage, write_local
@@ -53,9 +53,9 @@ def stage_scores(n: int) -> pa.Table:
     return pa.table([ids, ids, pa.array([0.5] * n, pa.float32()), pa.array(["v1"] * n)], schema=SCORES)
 
 
-def publish_iceberg(tmp_path, root, day: str = DAY, run: str = "run-i") -> IcebergOutput:
+def publish_iceberg(tmp_path, root, day: str = DAY, run: str = "run-i") -> DayCommit:
     """One real day published into the embedded catalog of root."""
-    output = IcebergOutput(str(root))
+    output = OutputTables(str(root)).day_commit()
     output.prepare({"scores": SCORES, "rejects": REJECTS})
     output.publish(*stage(tmp_path, day, run, 5, 1, write=write_local))
     return output
@@ -122,7 +122,7 @@ def test_a_configured_sqlite_catalog_is_inspected_read_only_and_a_missing_one_is
         "warehouse": f"file://{tmp_path}/wh",
     }
     (tmp_path / "shared").mkdir()
-    output = IcebergOutput(str(tmp_path / "out"), catalog=catalog)
+    output = OutputTables(str(tmp_path / "out"), catalog=catalog).day_commit()
     output.prepare({"scores": SCORES, "rejects": REJECTS})
     output.publish(*stage(tmp_path, DAY, "run-c", 5, 1, write=write_local))
     before = _tree(tmp_path)
@@ -196,7 +196,7 @@ def test_a_lost_catalog_beside_a_warehouse_is_refused_not_started_over(tmp_path,
         (root / "catalog.db").unlink()
     before = _tree(root)
     with pytest.raises(OutputError, match=rf"{root / 'catalog.db'} .*{root / 'warehouse'} holds Iceberg tables"):
-        IcebergOutput(str(root)).prepare({"scores": SCORES, "rejects": REJECTS})
+        OutputTables(str(root)).day_commit().prepare({"scores": SCORES, "rejects": REJECTS})
     assert _tree(root) == before
 
 
@@ -299,6 +299,6 @@ def test_a_score_into_a_path_with_uri_characters_writes_only_inside_it(sample_di
     if output_format == PARQUET:
         assert ds.dataset(str(root), format="parquet", partitioning="hive").to_table().num_rows > 0
         return
-    table = IcebergOutput(str(root)).catalog.load_table("sentiment.review_scores")
+    table = OutputTables(str(root)).catalog.load_table("sentiment.review_scores")
     assert table.scan().to_arrow().num_rows > 0
     assert all(str(root) in task.file.file_path for task in table.scan().plan_files())

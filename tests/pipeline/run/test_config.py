@@ -61,6 +61,8 @@ def test_defaults_without_a_file_are_the_documented_schema():
     config = build_config({})
     assert config.columns.features == ("age", "purchase_history")
     assert config.columns.review_id == "review_id" and config.inference_batch_size > 0
+    assert config.snapshot_retention_days is None  # snapshots are never expired unless asked
+    assert build_config({"output_format": "iceberg", "snapshot_retention_days": 7}).snapshot_retention_days == 7.0
 
 
 @pytest.mark.parametrize(
@@ -90,6 +92,12 @@ def test_defaults_without_a_file_are_the_documented_schema():
         ({"catalog": {"type": "sql"}}, "setting 'catalog' is for output_format iceberg, not parquet"),
         ({"output_format": "iceberg", "catalog": "sqlite"}, "setting 'catalog' must be a mapping"),
         ({"iceberg_tables": {"scores": "review_scores", "rejects": "r.j"}}, "setting 'iceberg_tables' must map"),
+        ({"snapshot_retention_days": 7}, "setting 'snapshot_retention_days' is for output_format iceberg, not parquet"),
+        (
+            {"output_format": "iceberg", "snapshot_retention_days": 0},
+            r"setting 'snapshot_retention_days' must be positive \(or unset: never expire\), got 0",
+        ),
+        ({"output_format": "iceberg", "snapshot_retention_days": "7d"}, "'snapshot_retention_days' must be float"),
     ],
 )
 def test_invalid_settings_are_named(data, message):
