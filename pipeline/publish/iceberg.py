@@ -207,8 +207,8 @@ class OutputTables:
 
     def verify(self, partition: str, check_files: bool = True) -> tuple[bool, str]:
         """Whether the current snapshots hold the day as its last publish wrote it: each table's rows for the day
-        equal the counts in that publish's snapshot summary, both tables from the same run, scored + rejected =
-        read, and (check_files) every data file there with its size."""
+        equal the counts of that publish (its facts: the day's table property, which outlives its snapshot), both
+        tables from the same run, scored + rejected = read, and (check_files) every data file there with its size."""
         from pyiceberg.exceptions import NoSuchTableError
         from pyiceberg.expressions import EqualTo
 
@@ -392,8 +392,8 @@ class DayCommit:
             if not self._exists_table(kind) and not self._has_rows(staged):
                 raise IcebergPublishError(
                     f"table {self.table_names[kind]} does not exist yet and {partition} has no rows to take its "
-                    f"column types from: not published (the first day with rows creates the tables; score this day "
-                    f"again after it)"
+                    f"column types from: not published (the first day with rows creates the tables, or state the "
+                    f"kinds: setting column_kinds; score this day again after that)"
                 )
             tables[kind] = self._table(kind, schema, where=first)
             placed[kind] = self._move_in(kind, tables[kind], partition, staged[kind])
