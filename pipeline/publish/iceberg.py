@@ -37,7 +37,8 @@ referenced by no snapshot and are deleted by the next publish of that day, which
 (also an older one, for time travel) references. A crash between the two tables' commits leaves the rejects table
 on the new run and the scores table on the old one: ``verify`` names that day incomplete (two run ids) and
 ``published_model_version`` returns None, so ``--skip-existing`` rescores it. One publish per day at a time (the
-lease), as for the Parquet output.
+lease), as for the Parquet output. Expiring snapshots (the retention, or an operator's maintenance) un-publishes no
+day: its facts are the day's table property; a publish that planned on a snapshot expired meanwhile re-plans.
 """
 
 from __future__ import annotations
@@ -577,7 +578,8 @@ class DayCommit:
                 time.sleep(random.uniform(0.01, 0.05 * min(attempt, 10)))
                 continue
             except ValidationException as e:
-                if started_on is not None and self.catalog.load_table(name).snapshot_by_id(started_on) is None:
+                expired_meanwhile = self.catalog.load_table(name).snapshot_by_id(started_on) is None
+                if started_on is not None and expired_meanwhile and attempt < COMMIT_ATTEMPTS:
                     # Not a change to this day: the snapshot this commit planned on was expired meanwhile (another
                     # process's retention, after committing on top of it), so pyiceberg cannot check what changed
                     # since. Re-planned on the refreshed table, which checks this day afresh.
