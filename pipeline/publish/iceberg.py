@@ -39,7 +39,8 @@ referenced by no snapshot and are deleted by the next publish of that day, which
 (also an older one, for time travel) references. A crash between the two tables' commits leaves the rejects table
 on the new run and the scores table on the old one: ``verify`` names that day incomplete (two run ids) and
 ``published_model_version`` returns None, so ``--skip-existing`` rescores it. One publish per day at a time (the
-lease), as for the Parquet output.
+lease), as for the Parquet output. Expiring snapshots (the retention, or an operator's maintenance) un-publishes no
+day: its facts are the day's table property; a publish that planned on a snapshot expired meanwhile re-plans.
 """
 
 from __future__ import annotations
@@ -328,8 +329,9 @@ class OutputTables:
 
     def verify(self, partition: str, check_files: bool = True) -> tuple[bool, str]:
         """Whether the current snapshots hold the day as its last publish wrote it: each table's rows for the day
-        equal the counts in that publish's snapshot summary, both tables from the same run, scored + rejected =
-        read, and (check_files) every data file there with its size. Reads only (the reader catalog)."""
+        equal the counts of that publish (its facts: the day's table property, which outlives its snapshot), both
+        tables from the same run, scored + rejected = read, and (check_files) every data file there with its size.
+        Reads only (the reader catalog)."""
         from pyiceberg.exceptions import NoSuchTableError
         from pyiceberg.expressions import EqualTo
 
@@ -517,8 +519,8 @@ class DayCommit:
             if not self._exists_table(kind) and not self._has_rows(staged):
                 raise IcebergPublishError(
                     f"table {self.table_names[kind]} does not exist yet and {partition} has no rows to take its "
-                    f"column types from: not published (the first day with rows creates the tables; score this day "
-                    f"again after it)"
+                    f"column types from: not published (the first day with rows creates the tables, or state the "
+                    f"kinds: setting column_kinds; score this day again after that)"
                 )
             tables[kind] = self._table(kind, schema, where=first)
             placed[kind] = self._move_in(kind, tables[kind], partition, staged[kind])
@@ -573,9 +575,11 @@ class DayCommit:
         expire = {s.snapshot_id for s in metadata.snapshots if s.timestamp_ms < cutoff_ms} - keep
         if not expire:
             return 0
-        kept = [s for s in metadata.snapshots if s.snapshot_id not in expire]
-        unreferenced = _data_files(table, [s for s in metadata.snapshots if s.snapshot_id in expire])
-        unreferenced -= _data_files(table, kept)
+        unreferenced = _files_only_in(
+            table,
+            expired=[s for s in metadata.snapshots if s.snapshot_id in expire],
+            kept=[s for s in metadata.snapshots if s.snapshot_id not in expire],
+        )
         table.maintenance.expire_snapshots().by_ids(sorted(expire)).commit()
         _LOG.info("table %s: expired %d snapshot(s) taken before %s", table.name(), len(expire), older_than)
         for path in sorted(unreferenced):
@@ -700,7 +704,8 @@ class DayCommit:
                 time.sleep(random.uniform(0.01, 0.05 * min(attempt, 10)))
                 continue
             except ValidationException as e:
-                if started_on is not None and self.catalog.load_table(name).snapshot_by_id(started_on) is None:
+                expired_meanwhile = self.catalog.load_table(name).snapshot_by_id(started_on) is None
+                if started_on is not None and expired_meanwhile and attempt < COMMIT_ATTEMPTS:
                     # Not a change to this day: the snapshot this commit planned on was expired meanwhile (another
                     # process's retention, after committing on top of it), so pyiceberg cannot check what changed
                     # since. Re-planned on the refreshed table, which checks this day afresh.
@@ -781,18 +786,42 @@ def _day_run(table, partition: str) -> str | None:
     return summary.get(SUMMARY_PREFIX + "run-id") if summary else None
 
 
-def _data_files(table, snapshots) -> set[str]:
-    """Every data file path the snapshots reference, also as deleted entries (a changelog read of a snapshot reads
-    the files it removed); each manifest is read once."""
-    seen, paths = set(), set()
-    for snapshot in snapshots:
-        for manifest in snapshot.manifests(table.io):
-            if manifest.manifest_path not in seen:
-                seen.add(manifest.manifest_path)
-                paths.update(
-                    e.data_file.file_path for e in manifest.fetch_manifest_entry(table.io, discard_deleted=False)
-                )
-    return paths
+def _files_only_in(table, expired: list, kept: list) -> set[str]:
+    """The data files the expired snapshots reference and the kept ones do not (a reference also counts as a deleted
+    entry: a changelog read of a kept snapshot reads the files it removed).
+
+    Reads the manifest list of every snapshot, but manifests only where needed: those no kept snapshot lists, and of
+    the kept ones those whose partition bounds hold a day of such a file. So an expiry reads about what it expires,
+    not the table's whole history (every day's append adds a manifest that later snapshots keep listing)."""
+    from pyiceberg.expressions import EqualTo, Or
+    from pyiceberg.expressions.visitors import inclusive_projection, manifest_evaluator
+
+    io = table.io
+    kept_manifests = {m.manifest_path: m for snapshot in kept for m in snapshot.manifests(io)}
+    candidates, seen = {}, set()
+    for snapshot in expired:
+        for manifest in snapshot.manifests(io):
+            if manifest.manifest_path in kept_manifests or manifest.manifest_path in seen:
+                continue
+            seen.add(manifest.manifest_path)
+            for entry in manifest.fetch_manifest_entry(io, discard_deleted=False):
+                candidates[entry.data_file.file_path] = entry.data_file.partition[0]
+    if not candidates:
+        return set()
+    days = sorted({_EPOCH + dt_module.timedelta(days=day) for day in candidates.values()})
+    row_filter = EqualTo(PARTITION_COLUMN, days[0].isoformat())
+    for day in days[1:]:
+        row_filter = Or(row_filter, EqualTo(PARTITION_COLUMN, day.isoformat()))
+    schema, specs, evaluators = table.schema(), table.specs(), {}
+    for manifest in kept_manifests.values():
+        spec_id = manifest.partition_spec_id
+        if spec_id not in evaluators:
+            spec = specs[spec_id]
+            evaluators[spec_id] = manifest_evaluator(spec, schema, inclusive_projection(schema, spec)(row_filter))
+        if evaluators[spec_id](manifest):
+            for entry in manifest.fetch_manifest_entry(io, discard_deleted=False):
+                candidates.pop(entry.data_file.file_path, None)
+    return set(candidates)
 
 
 def _referenced_files(table, partition: str) -> set[str]:

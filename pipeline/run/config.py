@@ -82,6 +82,10 @@ class ScoreConfig:
     # one current then, so time travel reaches back this far) and delete the data files only they referenced. The
     # days' facts (run, model version, rows) are table properties and stay. Unset: never expire.
     snapshot_retention_days: float | None = None
+    # The kinds of the review id (int or string) and text (string or binary) columns, when stated: a review file of
+    # another kind fails its partition, and an empty first night into Iceberg creates its tables with them (without
+    # them, and without a file or a table to take them from, it creates none). Unset: taken from the files.
+    column_kinds: dict[str, Any] = field(default_factory=dict)
     # Options for Beam's PipelineOptions, e.g. runner, direct_num_workers, project, temp_location.
     beam: dict[str, Any] = field(default_factory=lambda: {"runner": "DirectRunner"})
     # What a run tells the systems that watch it (pipeline/run/telemetry.py), written at the end of every run,
@@ -162,6 +166,10 @@ def validate_date(value: str, setting: str = "date") -> str:
     raise ConfigError(f"setting {setting!r} must be a date YYYY-MM-DD, got {value!r}") from None
 
 
+# The column kinds a config may state (setting column_kinds), and the kinds each may be.
+COLUMN_KINDS = {"review_id": ("int", "string"), "review_text": ("string", "binary")}
+
+
 def build_config(data: dict, source: str = "config") -> ScoreConfig:
     """A ScoreConfig from a mapping; an unknown key or a value of the wrong type fails naming it."""
     fields = {f.name: f for f in dataclasses.fields(ScoreConfig)}
@@ -205,6 +213,16 @@ def build_config(data: dict, source: str = "config") -> ScoreConfig:
             raise ConfigError(
                 f"{source}: setting 'snapshot_retention_days' must be positive (or unset: never expire), got "
                 f"{config.snapshot_retention_days}"
+            )
+    for column, kind in config.column_kinds.items():
+        allowed = COLUMN_KINDS.get(column)
+        if allowed is None:
+            raise ConfigError(
+                f"{source}: unknown setting 'column_kinds.{column}' (known: {', '.join(sorted(COLUMN_KINDS))})"
+            )
+        if kind not in allowed:
+            raise ConfigError(
+                f"{source}: setting 'column_kinds.{column}' must be one of {', '.join(allowed)}, got {kind!r}"
             )
     tables = config.iceberg_tables
     if sorted(tables) != ["rejects", "scores"] or not all(isinstance(v, str) and "." in v for v in tables.values()):

@@ -125,7 +125,11 @@ def _inspect_reviews(
         good.append((info, kinds))
     names = {"review_id": c.review_id, "customer_id": c.customer_id, "review_text": c.review_text}
     chosen = {"customer_id": customer_kind}
+    for column, kind in config.column_kinds.items():  # stated: every file must agree
+        chosen[column] = (kind, f"setting 'column_kinds.{column}'")
     for column in ("review_id", "review_text"):
+        if column in chosen:
+            continue
         counted = Counter(k[column] for _, k in good)
         if counted:
             kind = counted.most_common(1)[0][0]
@@ -267,7 +271,8 @@ def plan_run(
     review_files, kinds = _inspect_reviews(paths_by_partition, config, customer_kind, failed)
     if failed and not backfill:
         raise InputError(next(iter(failed.values())))
-    if "review_id" not in kinds:  # no review file: the kinds the output already holds, never a guess
+    typed = {"review_id", "review_text"}
+    if not typed <= kinds.keys():  # no review file: the kinds the output already holds, never a guess
         kinds = {**_stored_kinds(publisher, config), **kinds}
     schema = RunSchema(
         columns=config.columns,
@@ -275,7 +280,7 @@ def plan_run(
         customer_id_kind=kinds["customer_id"],
         text_kind=kinds.get("review_text", "string"),
     )
-    publisher.prepare(publisher.shard_schemas(schema), create="review_id" in kinds)
+    publisher.prepare(publisher.shard_schemas(schema), create=typed <= kinds.keys())
     partitions = [p for p in paths_by_partition if p not in failed]
     rows = {p: 0 for p in partitions}
     for f in review_files:

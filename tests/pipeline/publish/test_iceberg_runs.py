@@ -124,22 +124,29 @@ def test_skip_existing_still_skips_the_days_after_their_snapshots_are_expired(
     )
 
 
-def test_an_empty_first_night_leaves_the_column_types_to_the_first_night_with_rows(
-    sample_dir, bundle_dir, tmp_path, capsys, caplog
-):
-    """An empty night on a fresh output has no file to take the id kind from: it creates no table and is refused
-    (exit 1, saying why), so the next night's string ids make string columns; the empty night then publishes into
-    the tables with their kinds. The twin: a night of integer ids is then refused naming the column."""
+def _string_id_reviews(sample_dir, tmp_path):
+    """A reviews root holding the sample day with string review ids (and no other day)."""
     import pyarrow.parquet as pq
-    from pyiceberg.exceptions import NoSuchTableError
 
-    empty_day = "2026-11-26"
     reviews = tmp_path / "reviews"
     day = pq.read_table(sample_dir / "reviews" / f"dt={SAMPLE_DATE}")
     (reviews / f"dt={SAMPLE_DATE}").mkdir(parents=True)
     pq.write_table(
         day.set_column(0, "review_id", day["review_id"].cast("string")), reviews / f"dt={SAMPLE_DATE}/r.parquet"
     )
+    return reviews
+
+
+def test_an_empty_first_night_leaves_the_column_types_to_the_first_night_with_rows(
+    sample_dir, bundle_dir, tmp_path, capsys, caplog
+):
+    """An empty night on a fresh output has no file to take the id kind from: it creates no table and is refused
+    (exit 1, saying why), so the next night's string ids make string columns; the empty night then publishes into
+    the tables with their kinds. The twin: a night of integer ids is then refused naming the column."""
+    from pyiceberg.exceptions import NoSuchTableError
+
+    empty_day = "2026-11-26"
+    reviews = _string_id_reviews(sample_dir, tmp_path)
     output = tmp_path / "out"
 
     def run(date, reviews_root=reviews):
@@ -169,6 +176,37 @@ def test_an_empty_first_night_leaves_the_column_types_to_the_first_night_with_ro
     capsys.readouterr()
     assert run(SAMPLE_DATE, reviews_root=sample_dir / "reviews") == 1
     assert "column review_id is long in this run, string in the table" in capsys.readouterr().err
+
+
+def test_an_empty_first_night_creates_the_tables_with_the_kinds_the_config_states(
+    sample_dir, bundle_dir, tmp_path, capsys
+):
+    """Kinds the config states stand in for the files an empty first night lacks; the twin: a file of another
+    kind is refused naming the setting."""
+    reviews, output = _string_id_reviews(sample_dir, tmp_path), tmp_path / "out"
+
+    def run(date, review_id_kind):
+        config = sample_config(
+            sample_dir,
+            bundle_dir,
+            output,
+            reviews=str(reviews),
+            output_format="iceberg",
+            allow_empty=True,
+            date=date,
+            column_kinds={"review_id": review_id_kind, "review_text": "string"},
+        )
+        return execute(config, [date], [])
+
+    assert run("2026-11-26", "string") == 0
+    scores = _catalog(output).load_table("sentiment.review_scores")
+    assert str(scores.schema().find_field("review_id").field_type) == "string"
+    assert _day_rows(scores, "2026-11-26") == 0
+    assert run(SAMPLE_DATE, "string") == 0
+    assert _day_rows(_catalog(output).load_table("sentiment.review_scores"), SAMPLE_DATE) > 0
+    capsys.readouterr()
+    assert run(SAMPLE_DATE, "int") == 1
+    assert "column 'review_id' is string here but int in setting 'column_kinds.review_id'" in capsys.readouterr().err
 
 
 def test_iceberg_needs_a_date_and_a_catalog_for_an_object_store(sample_dir, bundle_dir, tmp_path):

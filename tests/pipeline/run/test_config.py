@@ -63,6 +63,8 @@ def test_defaults_without_a_file_are_the_documented_schema():
     assert config.columns.review_id == "review_id" and config.inference_batch_size > 0
     assert config.snapshot_retention_days is None  # snapshots are never expired unless asked
     assert build_config({"output_format": "iceberg", "snapshot_retention_days": 7}).snapshot_retention_days == 7.0
+    assert config.column_kinds == {}  # taken from the files
+    assert build_config({"column_kinds": {"review_id": "string"}}).column_kinds == {"review_id": "string"}
 
 
 @pytest.mark.parametrize(
@@ -98,6 +100,9 @@ def test_defaults_without_a_file_are_the_documented_schema():
             r"setting 'snapshot_retention_days' must be positive \(or unset: never expire\), got 0",
         ),
         ({"output_format": "iceberg", "snapshot_retention_days": "7d"}, "'snapshot_retention_days' must be float"),
+        ({"column_kinds": {"customer_id": "int"}}, r"unknown setting 'column_kinds.customer_id' \(known: review_id"),
+        ({"column_kinds": {"review_id": "long"}}, "setting 'column_kinds.review_id' must be one of int, string, got"),
+        ({"column_kinds": ["review_id"]}, "setting 'column_kinds' must be a mapping"),
     ],
 )
 def test_invalid_settings_are_named(data, message):
