@@ -137,7 +137,10 @@ class Publisher(abc.ABC):
 
     def check_layout(self, dated: bool) -> None:
         """Raises ConfigError, before anything is written, when the root holds another format's output (a root
-        holds one format: readers of either break on the other's files) or cannot take partitions of this kind."""
+        holds one format: readers of either break on the other's files) or cannot take partitions of this kind.
+        The partitioning first: it also refuses what cannot be an output at all (an object store without a catalog)
+        before the root is listed."""
+        self.check_partitioning(dated)
         other = self.state().other_format
         if other is not None:
             raise ConfigError(
@@ -145,7 +148,6 @@ class Publisher(abc.ABC):
                 f"put its files beside them and break both formats' readers; choose another output, or run with "
                 f"--output-format {other}"
             )
-        self.check_partitioning(dated)
 
     @abc.abstractmethod
     def check_partitioning(self, dated: bool) -> None:
