@@ -25,6 +25,11 @@ from transforms.schema import InputError, RunSchema, id_kind, is_number, text_ki
 _LOG = logging.getLogger(__name__)
 
 
+def new_run_id(started: float) -> str:
+    """A run's id: when it started (UTC, to the second) and 8 random hex digits, e.g. 20261128T020000Z-4f1c2a9e."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started)) + "-" + uuid.uuid4().hex[:8]
+
+
 @dataclass(frozen=True)
 class RunPlan:
     """What one run will read and write, decided and checked at start-up."""
@@ -198,7 +203,7 @@ def plan_run(config: ScoreConfig, dates: list[str] | None, backfill: bool = Fals
     input fails that day only (RunPlan.failed); a single-partition run raises naming the file.
     """
     started = time.time()
-    run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started)) + "-" + uuid.uuid4().hex[:8]
+    run_id = new_run_id(started)
     _check_output_apart(config)
     publisher = publisher_for(config.output, config.output_format, config.catalog, config.iceberg_tables)
     publisher.check_layout(dates is not None)

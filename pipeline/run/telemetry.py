@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-import uuid
 
 from pipeline import storage
 from pipeline.errors import ConfigError
 from pipeline.run.config import ScoreConfig
+from pipeline.run.plan import new_run_id
 
 _LOG = logging.getLogger("sentiment-score")
 
@@ -83,8 +83,7 @@ class RunSignals:
             return self.plan.run_id
         # A run stopped before it was planned has no run id of its own: one in the same form, for its events.
         if not hasattr(self, "_startup_id"):
-            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.started_at))
-            self._startup_id = f"{stamp}-{uuid.uuid4().hex[:8]}"
+            self._startup_id = new_run_id(self.started_at)
         return self._startup_id
 
     def start(self, plan) -> None:
