@@ -19,11 +19,15 @@ from pipeline.errors import ConfigError, OutputError
 from pipeline.publish.factory import publisher_for
 from pipeline.publish.publisher import Publisher
 from pipeline.run.config import ScoreConfig
-from pipeline.run.telemetry import new_run_id
 from transforms.io import InputFile, inspect_files, partition_path, resolve_files
 from transforms.schema import InputError, RunSchema, id_kind, is_number, text_kind
 
 _LOG = logging.getLogger(__name__)
+
+
+def new_run_id(started: float) -> str:
+    """A run's id: when it started (UTC, to the second) and 8 random hex digits, e.g. 20261128T020000Z-4f1c2a9e."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started)) + "-" + uuid.uuid4().hex[:8]
 
 
 @dataclass(frozen=True)

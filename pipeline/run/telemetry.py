@@ -6,11 +6,11 @@ import dataclasses
 import logging
 import os
 import time
-import uuid
 
 from pipeline import storage
 from pipeline.errors import ConfigError
 from pipeline.run.config import ScoreConfig
+from pipeline.run.plan import new_run_id
 
 _LOG = logging.getLogger("sentiment-score")
 
@@ -33,11 +33,6 @@ class RunOutcome:
     @property
     def duration(self) -> float:
         return max(self.ended_at - self.started_at, 0.0)
-
-
-def new_run_id(started_at: float) -> str:
-    """A run id: the start time (UTC) and 8 random hex digits, e.g. 20261128T020000Z-1a2b3c4d."""
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started_at)) + "-" + uuid.uuid4().hex[:8]
 
 
 def check_signals(config: ScoreConfig) -> None:
