@@ -1,7 +1,8 @@
 """Exclusive per-partition leases: at most one run writes a partition at a time.
 
 A lease is a small JSON object `lease-GGGGGGGG.json` in `OUTPUT.staging/_leases/<partition>/`, created with the
-store's create-if-absent primitive (local: O_EXCL; S3: `If-None-Match: *`; GCS: `ifGenerationMatch=0`). The highest
+store's create-if-absent primitive (local: link(2) of a fully written temporary file, which fails on an existing
+name; S3: `If-None-Match: *`; GCS: `ifGenerationMatch=0`; pipeline/storage.py `create_if_absent`). The highest
 generation is the current lease. A run takes a free partition (no lease, or the current one released or expired, or
 `take_over`) by creating the next generation: when two runs race for it only one create succeeds. Nothing is ever
 overwritten except by its own holder (to renew or release it).
