@@ -143,6 +143,21 @@ def _generations(directory: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
+def _read_newest(generations: list[tuple[int, str]], take_over: bool) -> Lease | None:
+    """The newest generation, read; None when there is none, or when it cannot be read and the run takes the lease
+    over (taking over needs only the newest generation's number, which its name gives). Without take_over an
+    unreadable newest lease is a LeaseError: nobody can tell whether its holder still writes."""
+    if not generations:
+        return None
+    generation, path = generations[-1]
+    try:
+        return _read(path, generation)
+    except LeaseError as e:
+        if take_over:
+            return None
+        raise LeaseError(f"{e}; if no run is writing this partition, pass --take-over-lease") from None
+
+
 def current(control_root: str, partition: str) -> Lease | None:
     """The newest lease generation of a partition, or None when it never had one."""
     generations = _generations(lease_dir(control_root, partition))
@@ -182,7 +197,7 @@ def acquire(
     name = partition_name(partition)
     for _ in range(3):
         generations = _generations(directory)
-        newest = _read(generations[-1][1], generations[-1][0]) if generations else None
+        newest = _read_newest(generations, take_over)
         if newest is not None and newest.run_id == run_id and not newest.released:
             return newest
         if newest is not None and not take_over and newest.live(store_now(directory) if now is None else now):
@@ -190,7 +205,7 @@ def acquire(
                 f"{name} is being written by {newest.describe()}; lease {newest.path} "
                 f"(wait for it, or pass --take-over-lease if that run is dead)"
             )
-        generation = newest.generation + 1 if newest is not None else 0
+        generation = generations[-1][0] + 1 if generations else 0
         path = FileSystems.join(directory, f"{_PREFIX}{generation:08d}{_SUFFIX}")
         # Older generations stay: deleting them while a rival lists the folder let the rival see no lease at all and
         # create generation 0 again, so both runs "won" (a few hundred bytes a generation; a partition has few).
@@ -204,6 +219,12 @@ def acquire(
 def fence(control_root: str, partition: str, run_id: str, generation: int | None) -> Lease:
     """The lease when run_id still holds `generation` and it is the newest; raises LeaseLost otherwise. Called
     immediately before a partition is published: the generation is the run's fencing token."""
+    generations = _generations(lease_dir(control_root, partition))
+    if generation is not None and generations and generations[-1][0] != generation:  # lost: no need to read it
+        raise LeaseLost(
+            f"run {run_id} no longer holds the lease of {partition_name(partition)} (its generation {generation}; "
+            f"now generation {generations[-1][0]}): not published by this run"
+        )
     newest = current(control_root, partition)
     lost = generation is not None and newest is not None and newest.generation != generation
     if newest is None or lost or newest.run_id != run_id or newest.released:

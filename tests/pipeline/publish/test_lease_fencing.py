@@ -195,3 +195,37 @@ def test_a_write_that_fails_while_publishing_refuses_the_partition_and_keeps_the
     else:
         assert result["status"] == "published", result["message"]
         assert read_manifest(partition)["run_id"] == "run-a"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A newest lease that cannot be read (a torn write, a disk fault, a hand edit)
+
+
+def _corrupt_newest_lease(control: str) -> lease.Lease:
+    held = lease.acquire(control, DATE, "run-dead", time.time(), 3600)
+    with open(held.path, "w", encoding="utf-8") as f:
+        f.write('{"run_id": "run-dead", "star')
+    return held
+
+
+def test_a_corrupt_newest_lease_is_taken_over_with_take_over(tmp_path):
+    """--take-over-lease is the way out when the holder is dead: it needs nothing from the newest lease but its
+    generation (from its name), so an unreadable one does not block the day (it used to: LeaseError, exit 1)."""
+    control = str(tmp_path / "out.staging")
+    dead = _corrupt_newest_lease(control)
+    taken = lease.acquire(control, DATE, "run-b", time.time(), 3600, take_over=True)
+    assert taken.generation == dead.generation + 1
+    assert lease.current(control, DATE).run_id == "run-b"
+    assert lease.fence(control, DATE, "run-b", taken.generation).run_id == "run-b"
+
+
+def test_a_corrupt_newest_lease_without_take_over_is_refused_naming_it_and_the_way_out(tmp_path):
+    """The twin: without --take-over-lease nobody can tell whether its holder lives, so the day is refused, naming the
+    file and the flag."""
+    control = str(tmp_path / "out.staging")
+    dead = _corrupt_newest_lease(control)
+    with pytest.raises(lease.LeaseError, match=rf"{dead.path}: unreadable lease .*--take-over-lease"):
+        lease.acquire(control, DATE, "run-b", time.time(), 3600)
+    assert [p.name for p in (tmp_path / "out.staging" / "_leases" / f"dt={DATE}").iterdir()] == [
+        os.path.basename(dead.path)
+    ]
