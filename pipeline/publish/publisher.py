@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import abc
+import os
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -10,6 +12,15 @@ import pyarrow as pa
 
 PARQUET, ICEBERG = "parquet", "iceberg"
 FORMATS = (PARQUET, ICEBERG)
+# A test hook, off unless the environment names its point (the variable pipeline/run/graph.py's hook reads too): with
+# SENTIMENT_SCORE_TEST_STOP_AT=publish-<step>, the process that publishes stops itself (SIGSTOP) right after that step
+# of a publish (iceberg.STEPS), so a test can signal, kill or race a run at a known point of its commit.
+TEST_STOP_ENV = "SENTIMENT_SCORE_TEST_STOP_AT"
+
+
+def stop_here_if_asked(step: str) -> None:
+    if os.environ.get(TEST_STOP_ENV) == f"publish-{step}":
+        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 @dataclass(frozen=True)
@@ -20,6 +31,15 @@ class PartitionCheck:
     complete: bool
     message: str
     manifest: dict | None = None
+
+
+@dataclass(frozen=True)
+class LeaseScope:
+    """One lease a partition's publish needs: `fences` names what it fences (for messages), `directory` is the lease
+    folder (pipeline/publish/lease.py) every run that publishes the same thing derives, whatever its --output."""
+
+    fences: str
+    directory: str
 
 
 class Publisher(abc.ABC):
@@ -50,6 +70,17 @@ class Publisher(abc.ABC):
     @abc.abstractmethod
     def name(self, partition: str) -> str:
         """How messages name a partition of this output."""
+
+    @abc.abstractmethod
+    def lease_scopes(self, partition: str) -> tuple[LeaseScope, ...]:
+        """The leases a run holds while it publishes the partition: keyed by what is published (a table's day, a
+        folder's real path), so two runs that reach it by different outputs share them. Called at start-up, after
+        prepare()."""
+
+    @abc.abstractmethod
+    def published_by(self, partition: str, run_id: str) -> list[str]:
+        """What of the partition holds run_id's rows now (the names of the tables or the folder), for a run stopped
+        while it published."""
 
     @abc.abstractmethod
     def check_layout(self, dated: bool) -> None:

@@ -48,8 +48,9 @@ class RunPlan:
     model_dir: str = ""
     # Where and how the partitions are published (pipeline/publish/publisher.py).
     publisher: Publisher | None = None
-    # The lease generation this run holds per partition (its fencing token), filled in once the leases are taken.
-    leases: dict[str, int] = field(default_factory=dict)
+    # The leases this run holds per partition, {lease folder: generation} (its fencing tokens; the publisher's
+    # LeaseScopes say which), filled in once the leases are taken.
+    leases: dict[str, dict[str, int]] = field(default_factory=dict)
     lease_expiry_seconds: float = 6 * 3600.0
 
 

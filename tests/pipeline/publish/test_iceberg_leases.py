@@ -1,0 +1,138 @@
+"""Two real `score` processes on one Iceberg catalog through different outputs: the lease is the table's day, so the
+second is refused while the first publishes, takes the day over only when told to, and the first, overtaken between
+its two table commits, publishes nothing more. pyiceberg then reads exactly the rows of the run verify names."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import yaml
+from pyiceberg.catalog import load_catalog
+from pyiceberg.expressions import EqualTo
+
+from pipeline.publish.publisher import TEST_STOP_ENV
+from pipeline.run.launcher import execute
+from tests.conftest import SAMPLE_DATE, sample_config
+
+pytestmark = pytest.mark.slow
+
+
+def _catalog(root) -> dict:
+    return {"type": "sql", "uri": f"sqlite:///{root}/catalog.db", "warehouse": f"file://{root}/warehouse"}
+
+
+def _settings(sample_dir, bundle_dir, output, catalog: dict) -> dict:
+    return {
+        "customers": str(sample_dir / "customers"),
+        "reviews": str(sample_dir / "reviews"),
+        "model_dir": str(bundle_dir),
+        "output": str(output),
+        "output_format": "iceberg",
+        "catalog": catalog,
+        "runtime": "litert",
+        "beam": {"runner": "FnApiRunner"},
+    }
+
+
+def start_paused(tmp_path, settings: dict, step: str, log_path) -> subprocess.Popen:
+    """`score` in a subprocess that stops itself (SIGSTOP) right after a publish step (publisher.TEST_STOP_ENV);
+    returned stopped there: waitpid(WUNTRACED) blocks until it stops, so nothing is raced or polled."""
+    config = tmp_path / f"{os.path.basename(settings['output'])}.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    command = [sys.executable, "-m", "pipeline", "score", "--config", str(config), "--date", SAMPLE_DATE]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", TEST_STOP_ENV: f"publish-{step}"}
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+    _, status = os.waitpid(process.pid, os.WUNTRACED)
+    if not os.WIFSTOPPED(status):
+        process.returncode = os.waitstatus_to_exitcode(status)
+        raise AssertionError(f"the run ended ({process.returncode}) before {step}:\n{log_path.read_text()[-3000:]}")
+    return process
+
+
+def resume(process: subprocess.Popen) -> int:
+    process.send_signal(signal.SIGCONT)
+    return process.wait(timeout=300)
+
+
+def day_rows(catalog: dict, table: str) -> int:
+    properties = dict(catalog)
+    loaded = load_catalog("sentiment", **properties).load_table(table)
+    return loaded.scan(row_filter=EqualTo("dt", SAMPLE_DATE)).to_arrow().num_rows
+
+
+def assert_published_by(publisher_output, catalog: dict, run_prefix: str | None = None) -> dict:
+    """verify's verdict on the day, and what pyiceberg reads: exactly the rows of the run verify names, every data
+    file there. Returns the run's facts."""
+    from pipeline.publish.factory import publisher_for
+
+    publisher = publisher_for(str(publisher_output), "iceberg", catalog)
+    check = publisher.check(SAMPLE_DATE)
+    assert check.complete, check.message
+    rows = check.manifest["rows"]
+    assert day_rows(catalog, "sentiment.review_scores") == rows["scored"] > 0
+    assert day_rows(catalog, "sentiment.review_rejects") == rows["rejected"]
+    return check.manifest
+
+
+@pytest.fixture
+def shared(tmp_path):
+    return _catalog(tmp_path / "shared")
+
+
+def test_a_second_output_on_the_same_catalog_waits_for_the_day_and_a_take_over_fences_the_first(
+    tmp_path, sample_dir, bundle_dir, shared, capsys
+):
+    log = tmp_path / "a.log"
+    first = start_paused(tmp_path, _settings(sample_dir, bundle_dir, tmp_path / "a", shared), "rejects-committed", log)
+    try:
+        # The first run has replaced the rejects table's day and is about to commit the scores table's.
+        second = sample_config(
+            sample_dir,
+            bundle_dir,
+            tmp_path / "b",
+            output_format="iceberg",
+            catalog=shared,
+            date=SAMPLE_DATE,
+            runtime="litert",
+        )
+        assert execute(second, [SAMPLE_DATE], []) == 3
+        err = capsys.readouterr().err
+        assert f"table sentiment.review_rejects (catalog sentiment) dt={SAMPLE_DATE} is being written by run" in err
+        assert "--take-over-lease" in err
+
+        assert execute(second, [SAMPLE_DATE], [], take_over_lease=True) == 0
+        taken_over = assert_published_by(tmp_path / "b", shared)
+    finally:
+        code = resume(first)
+    assert code == 1, log.read_text()[-3000:]
+    last = log.read_text().strip().splitlines()[-1]
+    assert "not published" in last and "no longer holds the lease of table sentiment.review_" in last, last
+    assert assert_published_by(tmp_path / "a", shared)["run_id"] == taken_over["run_id"]  # the first left it whole
+
+
+def test_outputs_with_their_own_catalogs_publish_the_same_day_at_once(tmp_path, sample_dir, bundle_dir):
+    """The twin: another catalog is another table, so its lease is another lease: both runs publish."""
+    log = tmp_path / "a.log"
+    own = _catalog(tmp_path / "a-catalog")
+    first = start_paused(tmp_path, _settings(sample_dir, bundle_dir, tmp_path / "a", own), "rejects-committed", log)
+    try:
+        other = _catalog(tmp_path / "b-catalog")
+        second = sample_config(
+            sample_dir,
+            bundle_dir,
+            tmp_path / "b",
+            output_format="iceberg",
+            catalog=other,
+            date=SAMPLE_DATE,
+            runtime="litert",
+        )
+        assert execute(second, [SAMPLE_DATE], []) == 0
+    finally:
+        code = resume(first)
+    assert code == 0, log.read_text()[-3000:]
+    assert assert_published_by(tmp_path / "a", own)["run_id"] != assert_published_by(tmp_path / "b", other)["run_id"]
