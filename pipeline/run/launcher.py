@@ -182,23 +182,24 @@ def _run_pipeline(
     """Runs one pipeline over plan's partitions; returns (per-partition results, job id when not waiting)."""
     total = sum(plan.rows_by_partition[p] for p in plan.partitions)
     started = time.time()
+    stop = threading.Event()
     try:
         pipeline = test_pipeline or beam.Pipeline(runner=make_runner(options), options=options)
         build_pipeline(pipeline, config, plan)
-        result = pipeline.run()
-        if not wait:  # Dataflow's result has job_id(); the portable runner's keeps the Job API's id
-            job_id = runner_job_id(result)
-            return [], job_id or "(the runner gave no job id)"
-        stop = threading.Event()
-        progress = threading.Thread(target=_report_progress, args=(result, stop, total, started), daemon=True)
-        renewal = threading.Thread(target=_keep_leases, args=(plan, stop), daemon=True)
-        progress.start()
-        renewal.start()
+        # Renewal starts before run(): a local runner's run() returns only once the job is done.
+        threading.Thread(target=_keep_leases, args=(plan, stop), daemon=True, name="RenewLeases").start()
         try:
-            state = result.wait_until_finish()
-        except BaseException as stopped:  # SIGTERM or Ctrl-C while a runner runs the job
-            _cancel(result, stopped)
-            raise
+            result = pipeline.run()
+            if not wait:  # Dataflow's result has job_id(); the portable runner's keeps the Job API's id
+                job_id = runner_job_id(result)
+                return [], job_id or "(the runner gave no job id)"
+            progress = threading.Thread(target=_report_progress, args=(result, stop, total, started), daemon=True)
+            progress.start()
+            try:
+                state = result.wait_until_finish()
+            except BaseException as stopped:  # SIGTERM or Ctrl-C while a runner runs the job
+                _cancel(result, stopped)
+                raise
         finally:
             stop.set()
         if state not in (None, PipelineState.DONE):
