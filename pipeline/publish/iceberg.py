@@ -611,6 +611,9 @@ class IcebergTables(Publisher):
             scopes.append(LeaseScope(f"table {name} (catalog {catalog}) {PARTITION_COLUMN}={partition}", folder))
         return tuple(scopes)
 
+    def partition_parts(self, partition: str) -> list[str]:
+        return [f"{self.tables.table_names[kind]} {PARTITION_COLUMN}={partition}" for kind in ("rejects", "scores")]
+
     def published_by(self, partition: str, run_id: str) -> list[str]:
         from pyiceberg.exceptions import NoSuchTableError
 

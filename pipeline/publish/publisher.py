@@ -82,6 +82,10 @@ class Publisher(abc.ABC):
         """What of the partition holds run_id's rows now (the names of the tables or the folder), for a run stopped
         while it published."""
 
+    def partition_parts(self, partition: str) -> list[str]:
+        """The names of what a partition's publish replaces, in published_by's terms (one folder; or each table)."""
+        return [self.name(partition)]
+
     @abc.abstractmethod
     def check_layout(self, dated: bool) -> None:
         """Raises ConfigError when the output cannot take partitions of this kind (dated or not)."""

@@ -339,7 +339,32 @@ def _execute(
             raise
         _release(plan, plan.partitions)
         remove_staging(plan.staging_root)
+        stopped.published = _published_when_stopped(plan)
         raise
+
+
+def _published_when_stopped(plan: RunPlan) -> str:
+    """What a run stopped mid-way (SIGTERM, Ctrl-C) had published, asked of the outputs, and what verify will say
+    of each partition it touched: a stop between an Iceberg day's two table commits leaves one table replaced."""
+    said = []
+    try:
+        for partition in plan.partitions:
+            published = plan.publisher.published_by(partition, plan.run_id)
+            if not published:
+                continue
+            check = plan.publisher.check(partition)
+            if check.complete:
+                said.append(f"run {plan.run_id} published {plan.publisher.name(partition)}; verify reports: OK")
+                continue
+            others = plan.publisher.partition_parts(partition)
+            missing = [name for name in others if name not in published]
+            said.append(
+                f"run {plan.run_id} published {', '.join(published)}, not {', '.join(missing) or 'the rest'}; "
+                f"verify reports: INCOMPLETE {check.message}"
+            )
+    except Exception as e:  # the outputs cannot be read now: say so rather than guess
+        return f"what was published cannot be told ({type(e).__name__}: {e}); run `sentiment-score verify`"
+    return "; ".join(said) or "nothing was published"
 
 
 def _launch(

@@ -136,3 +136,52 @@ def test_outputs_with_their_own_catalogs_publish_the_same_day_at_once(tmp_path, 
         code = resume(first)
     assert code == 0, log.read_text()[-3000:]
     assert assert_published_by(tmp_path / "a", own)["run_id"] != assert_published_by(tmp_path / "b", other)["run_id"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# SIGTERM (a scheduler's timeout) while a run publishes: the last line says what was published and what verify says
+
+
+def _stopped_by_sigterm(tmp_path, sample_dir, bundle_dir, step: str) -> str:
+    """A run into the embedded catalog, stopped by SIGTERM right after a publish step; its last line."""
+    log = tmp_path / "terminated.log"
+    output = tmp_path / "out"
+    process = start_paused(tmp_path, _settings(sample_dir, bundle_dir, output, None), step, log)
+    try:
+        process.send_signal(signal.SIGTERM)
+        assert resume(process) == 1, log.read_text()[-3000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=60)
+    text = log.read_text()
+    assert "stopped by signal 15 (SIGTERM)" in text
+    return text.strip().splitlines()[-1]
+
+
+def test_a_run_stopped_between_its_two_table_commits_says_what_it_published_and_what_verify_reports(
+    tmp_path, sample_dir, bundle_dir, capsys
+):
+    last = _stopped_by_sigterm(tmp_path, sample_dir, bundle_dir, "rejects-committed")
+    catalog = _catalog(tmp_path / "out")
+    rejects = load_catalog("sentiment", **catalog).load_table("sentiment.review_rejects")
+    run = rejects.current_snapshot().summary.additional_properties["sentiment.run-id"]
+    assert "nothing was published" not in last, last
+    assert f"run {run} published sentiment.review_rejects dt={SAMPLE_DATE}, not sentiment.review_scores" in last, last
+    rejected = day_rows(catalog, "sentiment.review_rejects")
+    assert rejected > 0 and day_rows(catalog, "sentiment.review_scores") == 0  # exactly what the line says
+    args = ["verify", "--output", str(tmp_path / "out"), "--output-format", "iceberg", "--date", SAMPLE_DATE]
+    from pipeline.cli.main import main
+
+    capsys.readouterr()
+    assert main(args) == 1
+    [verdict] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("INCOMPLETE ")]
+    assert f"verify reports: {verdict}" in last, (last, verdict)
+
+
+def test_a_run_stopped_before_its_first_commit_says_nothing_was_published(tmp_path, sample_dir, bundle_dir):
+    """The twin: stopped after its shards moved into the tables' folders, before either commit."""
+    last = _stopped_by_sigterm(tmp_path, sample_dir, bundle_dir, "moved")
+    assert last.endswith("nothing was published"), last
+    catalog = _catalog(tmp_path / "out")
+    assert day_rows(catalog, "sentiment.review_rejects") == day_rows(catalog, "sentiment.review_scores") == 0
