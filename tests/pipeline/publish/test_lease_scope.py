@@ -215,3 +215,24 @@ def test_a_runs_cleanup_removes_what_a_crashed_run_left_when_it_holds_the_day(tm
     a()
     _assert_published_by(a.publisher, "run-a", 40)
     assert not [n for n in os.listdir(f"{data}/data/dt={DAY}") if "run-crashed" in n]
+
+
+def test_a_partition_whose_second_lease_is_held_keeps_none_of_its_leases(tmp_path):
+    """All of a day's leases or none: a run that took the rejects table's lease and finds the scores table's held
+    (another config sharing only that table) gives the first back at once, so it blocks nobody."""
+    tables = _tables(tmp_path / "a", _catalog(tmp_path / "shared"))
+    rejects, scores = tables.lease_scopes(DAY)
+    lease.acquire(scores.directory, "other-job", time.time(), 3600)
+    with pytest.raises(lease.LeaseHeld, match="table sentiment.review_scores .* is being written by run other-job"):
+        lease.acquire_all(tables.lease_scopes(DAY), "run-a", time.time(), 3600)
+    assert lease.current(rejects.directory).released
+
+
+def test_a_partition_whose_leases_are_free_takes_them_all(tmp_path):
+    """The twin: both taken, one generation each, and given back together."""
+    tables = _tables(tmp_path / "a", _catalog(tmp_path / "shared"))
+    held = lease.acquire_all(tables.lease_scopes(DAY), "run-a", time.time(), 3600)
+    assert sorted(held) == _directories(tables) and set(held.values()) == {0}
+    lease.fence_all(held, "run-a")
+    lease.release_all(held, "run-a")
+    assert all(lease.current(directory).released for directory in held)
