@@ -8,7 +8,8 @@ written temporary file, which fails on an existing name; S3: `If-None-Match: *`;
 pipeline/storage.py `create_if_absent`). The highest generation is the current lease. A run takes a free lease (none,
 or the current one released or expired, or `take_over`, which needs only the newest generation's number, so an
 unreadable lease does not block it) by creating the next generation: when two runs race for it only one create
-succeeds. Nothing is ever overwritten except by its own holder (to renew or release it).
+succeeds. Nothing is ever overwritten except by its own holder (to renew or release it), and a release is a mark
+created beside the generation (`lease-GGGGGGGG.released`) that no renewal can undo.
 
 Expiry is judged by the store's clock: a lease lapses `expiry_seconds` after its object was last written (taken or
 renewed), by the object's modification time against the time the store gives a probe object written now, never by
@@ -111,6 +112,13 @@ class Lease:
         )
 
 
+def _release_mark(path: str) -> str:
+    """`lease-GGGGGGGG.released` beside a generation's file: created once when its run gives it back, never removed
+    or overwritten, so a renewal that read the lease just before (the launcher's, while the commit step releases
+    it) cannot mark it held again by rewriting the record."""
+    return path[: -len(_SUFFIX)] + ".released"
+
+
 def _read(path: str, generation: int) -> Lease:
     try:
         with FileSystems.open(path) as f:
@@ -126,7 +134,7 @@ def _read(path: str, generation: int) -> Lease:
             started,
             expiry,
             float(modified[0]) if modified else started,
-            bool(data.get("released", False)),
+            bool(data.get("released", False)) or storage.exists(_release_mark(path)),
             data.get("holder", "?"),
             data.get("fences", ""),
         )
@@ -275,8 +283,9 @@ def release(directory: str, run_id: str) -> bool:
         return False
     if newest is None or newest.run_id != run_id or newest.released:
         return False
+    _create(_release_mark(newest.path), f"released by run {run_id}".encode())
     record = _payload(run_id, newest.started_at, newest.expiry_seconds, newest.fences, released=True)
-    storage.write_atomically(newest.path, record)
+    storage.write_atomically(newest.path, record)  # for people reading the record; the mark is what counts
     return True
 
 

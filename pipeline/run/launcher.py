@@ -336,6 +336,7 @@ def _execute(
         left = getattr(stopped, "job_left_running", None)
         if left:  # the job may still publish: its leases and staging are its own
             print(f"sentiment-score: error: {left}; its leases and staging are left to it", file=sys.stderr)
+            stopped.published = "the job may still publish: check with `sentiment-score verify`"
             raise
         _release(plan, plan.partitions)
         remove_staging(plan.staging_root)

@@ -288,3 +288,36 @@ def test_a_cleanup_by_the_holder_removes_the_previous_runs_shards(tmp_path):
     )  # fmt: skip
     assert check_partition(partition).manifest["run_id"] == "run-a"
     assert not [n for n in os.listdir(partition) if "run-old" in n]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The launcher renews while the pipeline runs, and the pipeline's commit step releases: a release is never undone
+
+
+def test_a_renewal_that_read_the_lease_before_its_release_does_not_undo_the_release(tmp_path, monkeypatch):
+    """The renewal thread read the lease (held), then the commit step released it, then the renewal wrote it back:
+    a rewrite of the whole record used to mark it held again, blocking the next run until it expired."""
+    directory = lease.lease_dir(str(tmp_path / "out.staging"), DATE)
+    held = lease.acquire(directory, "run-a", time.time(), 3600)
+    real_holder = lease._holder
+
+    def read_then_released_meanwhile(*args):
+        found = real_holder(*args)
+        monkeypatch.setattr(lease, "_holder", real_holder)
+        assert lease.release(directory, "run-a")  # the commit step, between the renewal's read and its write
+        return found
+
+    monkeypatch.setattr(lease, "_holder", read_then_released_meanwhile)
+    lease.renew(directory, "run-a", 3600, held.generation)
+    assert lease.current(directory).released
+    assert lease.acquire(directory, "run-b", time.time(), 3600).run_id == "run-b"  # no need to wait or take over
+
+
+def test_a_renewal_of_a_lease_still_held_extends_it(tmp_path):
+    """The twin: with no release meanwhile, the renewal keeps the lease held, from the time it was written."""
+    directory = lease.lease_dir(str(tmp_path / "out.staging"), DATE)
+    held = lease.acquire(directory, "run-a", time.time(), 60)
+    renewed = lease.renew(directory, "run-a", 3600, held.generation)
+    assert not lease.current(directory).released and renewed.expires_at >= held.modified_at + 3600
+    with pytest.raises(lease.LeaseHeld, match="run run-a"):
+        lease.acquire(directory, "run-b", time.time(), 3600, now=held.expires_at + 1)

@@ -161,8 +161,9 @@ def test_s3_scores_equal_a_local_run(first_run, local_scores):
 
 def test_s3_run_leaves_nothing_in_staging_and_releases_its_lease(first_run):
     assert first_run["staging"] == []
-    (lease_key,) = first_run["leases"]
-    assert lease_key.startswith(f"{STAGING}_leases/dt={SAMPLE_DATE}/lease-")
+    lease_key, mark_key = sorted(first_run["leases"])  # the lease and the mark of its release
+    assert lease_key.startswith(f"{STAGING}_leases/dt={SAMPLE_DATE}/lease-") and lease_key.endswith(".json")
+    assert mark_key == lease_key.removesuffix(".json") + ".released"
 
 
 def test_s3_rerun_replaces_the_partition_completely(first_run, rerun):
