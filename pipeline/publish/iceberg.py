@@ -589,14 +589,19 @@ class IcebergTables(Publisher):
         it sits outside the location that orphan-file removal sweeps.
 
         Why files beside the table rather than the lease as a table property (taken, renewed and released by
-        catalog commits, so that the catalog's compare-and-swap fences a publish commit): each lease step would
-        rewrite the table's whole metadata file and conflict with every concurrent publish of another day of the
-        table, at a cost that grows with the table's history (benchmarks/lease_store_latency.py: see the README's
-        Iceberg section), and the catalog has no clock of its own to judge expiry by. The file lease keeps expiry
-        on the store's clock and the catalog's commits for data; the fence still holds at each commit's point of
-        no return: publish checks it after the table is loaded and before its commit, whose compare-and-swap
-        fails (and is re-validated for the day, see _commit_day) if anything changed the table in between, and
-        a new holder can only commit after it took the lease, that is after the check.
+        catalog commits, so that the catalog's compare-and-swap fences a publish commit), measured with
+        `python benchmarks/lease_store_latency.py --snapshots 0,365 --repeat 20` (SQLite catalog, local disk,
+        2-core host): a file lease taken and released costs 8.8 ms whatever the table holds; one lease step as a
+        property commit 36 ms on a new table and 121 ms once a year of nights (365 snapshots) has grown the
+        metadata file it rewrites to 240 KiB, with at least three steps per table-day and run (take, renew before
+        the commit, release), each a new metadata file, each contending for the same compare-and-swap as every
+        other day's publish of the table. Nor would it fence better: pyiceberg's own commit retry re-applies a
+        snapshot on the refreshed table without re-reading properties, and no catalog commit requirement asserts
+        a property (a REST catalog accepts none but its own); and a catalog has no clock to judge expiry by.
+        The fence still holds at each commit's point of no return: publish checks it after the table is loaded
+        and before its commit, whose compare-and-swap fails if anything changed the table in between (the retry
+        then refuses a change to this day, see _commit_day), and a new holder can only commit after it took the
+        lease, that is after the check.
         """
         catalog = self.tables.catalog_properties.get("name", CATALOG_NAME)
         scopes = []
