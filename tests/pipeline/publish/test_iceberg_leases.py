@@ -9,12 +9,15 @@ import signal
 import subprocess
 import sys
 
+import pyarrow.dataset
 import pytest
 import yaml
 from pyiceberg.catalog import load_catalog
 from pyiceberg.expressions import EqualTo
 
+from pipeline.publish.parquet import check_partition
 from pipeline.publish.publisher import TEST_STOP_ENV
+from pipeline.run.graph import TEST_STOP_AFTER_SCORE_SHARD
 from pipeline.run.launcher import execute
 from tests.conftest import SAMPLE_DATE, sample_config
 
@@ -25,26 +28,28 @@ def _catalog(root) -> dict:
     return {"type": "sql", "uri": f"sqlite:///{root}/catalog.db", "warehouse": f"file://{root}/warehouse"}
 
 
-def _settings(sample_dir, bundle_dir, output, catalog: dict) -> dict:
-    return {
+def _settings(sample_dir, bundle_dir, output, catalog: dict | None, output_format: str = "iceberg") -> dict:
+    settings = {
         "customers": str(sample_dir / "customers"),
         "reviews": str(sample_dir / "reviews"),
         "model_dir": str(bundle_dir),
         "output": str(output),
-        "output_format": "iceberg",
-        "catalog": catalog,
+        "output_format": output_format,
         "runtime": "litert",
         "beam": {"runner": "FnApiRunner"},
     }
+    return {**settings, "catalog": catalog} if output_format == "iceberg" else settings
 
 
 def start_paused(tmp_path, settings: dict, step: str, log_path) -> subprocess.Popen:
-    """`score` in a subprocess that stops itself (SIGSTOP) right after a publish step (publisher.TEST_STOP_ENV);
-    returned stopped there: waitpid(WUNTRACED) blocks until it stops, so nothing is raced or polled."""
+    """`score` in a subprocess that stops itself (SIGSTOP) right after a publish step (publisher.TEST_STOP_ENV;
+    `publish-STEP`, or graph.py's `score-shard-written`); returned stopped there: waitpid(WUNTRACED) blocks until it
+    stops, so nothing is raced or polled."""
     config = tmp_path / f"{os.path.basename(settings['output'])}.yaml"
     config.write_text(yaml.safe_dump(settings))
     command = [sys.executable, "-m", "pipeline", "score", "--config", str(config), "--date", SAMPLE_DATE]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", TEST_STOP_ENV: f"publish-{step}"}
+    stop_at = step if step == TEST_STOP_AFTER_SCORE_SHARD else f"publish-{step}"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", TEST_STOP_ENV: stop_at}
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
     _, status = os.waitpid(process.pid, os.WUNTRACED)
@@ -185,3 +190,41 @@ def test_a_run_stopped_before_its_first_commit_says_nothing_was_published(tmp_pa
     assert last.endswith("nothing was published"), last
     catalog = _catalog(tmp_path / "out")
     assert day_rows(catalog, "sentiment.review_rejects") == day_rows(catalog, "sentiment.review_scores") == 0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Parquet: the lease is the folder's real path
+
+
+def test_a_parquet_run_through_a_symlink_waits_for_the_run_writing_the_real_folder(tmp_path, sample_dir, bundle_dir):
+    real = tmp_path / "real"
+    real.mkdir()
+    os.symlink(real, tmp_path / "link")
+    log = tmp_path / "a.log"
+    settings = _settings(sample_dir, bundle_dir, real, None, output_format="parquet")
+    first = start_paused(tmp_path, settings, TEST_STOP_AFTER_SCORE_SHARD, log)
+    try:
+        through_link = sample_config(sample_dir, bundle_dir, tmp_path / "link", date=SAMPLE_DATE, runtime="litert")
+        assert execute(through_link, [SAMPLE_DATE], []) == 3  # it used to be 0: two runs in one folder at once
+    finally:
+        code = resume(first)
+    assert code == 0, log.read_text()[-3000:]
+    check = check_partition(str(real / f"dt={SAMPLE_DATE}"))
+    assert check.complete, check.message
+    scores = pyarrow.dataset.dataset(str(real), format="parquet", partitioning="hive").to_table()
+    assert scores.num_rows == check.manifest["rows"]["scored"]  # a Hive reader sees exactly the published scores
+
+
+def test_a_parquet_run_into_another_folder_goes_ahead(tmp_path, sample_dir, bundle_dir):
+    """The twin: a different real folder is a different lease."""
+    log = tmp_path / "a.log"
+    settings = _settings(sample_dir, bundle_dir, tmp_path / "a", None, output_format="parquet")
+    first = start_paused(tmp_path, settings, TEST_STOP_AFTER_SCORE_SHARD, log)
+    try:
+        other = sample_config(sample_dir, bundle_dir, tmp_path / "b", date=SAMPLE_DATE, runtime="litert")
+        assert execute(other, [SAMPLE_DATE], []) == 0
+    finally:
+        code = resume(first)
+    assert code == 0, log.read_text()[-3000:]
+    for output in ("a", "b"):
+        assert check_partition(str(tmp_path / output / f"dt={SAMPLE_DATE}")).complete
