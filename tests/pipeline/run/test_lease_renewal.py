@@ -54,19 +54,25 @@ def _lease_folder(output) -> str:
 
 
 def test_a_run_longer_than_its_lease_keeps_the_day_because_it_renews_while_the_pipeline_runs(
-    sample_dir, bundle_dir, tmp_path, renewed
+    sample_dir, bundle_dir, tmp_path, renewed, monkeypatch
 ):
     output = tmp_path / "out"
     config = sample_config(
         sample_dir, bundle_dir, output, date=SAMPLE_DATE, runtime="litert", lease_expiry_hours=EXPIRY_HOURS
     )
-    refused = []
+    refused, taken, real_acquire = [], [], lease.acquire
+
+    def acquire_and_keep(*args, **kwargs):  # the lease as the first run took it, before any renewal
+        taken.append(real_acquire(*args, **kwargs))
+        return taken[-1]
+
+    monkeypatch.setattr(lease, "acquire", acquire_and_keep)
 
     def second_run_asks_when_the_first_lease_would_have_lapsed():
-        held = lease.current(_lease_folder(output))
-        taken_at = held.started_at  # the renewals moved modified_at on; the day was taken at started_at or later
+        monkeypatch.setattr(lease, "acquire", real_acquire)
+        [first] = taken
         try:
-            lease.acquire(_lease_folder(output), "second", taken_at, 3600, now=taken_at + held.expiry_seconds + 0.1)
+            lease.acquire(_lease_folder(output), "second", first.started_at, 3600, now=first.expires_at + 0.1)
         except lease.LeaseHeld as e:
             refused.append(str(e))
 
