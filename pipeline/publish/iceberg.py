@@ -690,9 +690,10 @@ class IcebergTables(Publisher):
         except BaseException:
             storage.delete_tree(self._reports_dir(partition, run_id))
             raise
-        for path in storage.list_paths(storage.join(self._reports_dir(partition), "*", "*")):
-            if path.rsplit("/", 2)[-2] != run_id:
-                storage.delete([path])
+        listed = storage.list_paths(storage.join(self._reports_dir(partition), "*", "*"))
+        others = [path for path in listed if path.rsplit("/", 2)[-2] != run_id]
+        if others and holds_the_day():  # asked after the listing: a run that took the day wrote its reports after
+            storage.delete(others)
 
     def check(self, partition: str, count_rows: bool = True) -> PartitionCheck:
         name = self.name(partition)

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pytest
 from pyiceberg.expressions import EqualTo
 
+from pipeline import storage
 from pipeline.publish import iceberg, lease
 from pipeline.publish.iceberg import IcebergTables
 from pipeline.publish.parquet import ParquetFolders
@@ -236,3 +237,42 @@ def test_a_partition_whose_leases_are_free_takes_them_all(tmp_path):
     lease.fence_all(held, "run-a")
     lease.release_all(held, "run-a")
     assert all(lease.current(directory).released for directory in held)
+
+
+def _reports(publisher: IcebergTables) -> list[str]:
+    """The runs with report files for the day."""
+    folder = os.path.join(publisher.output, "reports", f"dt={DAY}")
+    runs = os.listdir(folder) if os.path.isdir(folder) else []
+    return sorted(run for run in runs if os.listdir(os.path.join(folder, run)))
+
+
+def test_a_runs_report_cleanup_leaves_the_reports_of_the_run_that_took_the_day(tmp_path, paused_after):
+    """Two runs into one output: A published; before it removed other runs' reports of the day, its lease lapsed and
+    run B took the day and wrote its reports (a publish writes them before its commit). A used to delete them, so
+    B's published day had no summary."""
+    shared = _catalog(tmp_path / "shared")
+    a = _Publish(tmp_path, "out", shared, "run-a", 40)
+    b = []
+
+    def b_writes_its_reports() -> None:
+        b.append(_Publish(tmp_path, "out", shared, "run-b", 70, take_over=True))
+        storage.write_atomically(
+            os.path.join(a.publisher.output, "reports", f"dt={DAY}", "run-b", "summary.json"), b"{}"
+        )
+
+    paused_after("cleaned", b_writes_its_reports)
+    a()
+    assert _reports(a.publisher) == ["run-a", "run-b"]
+    b[0]()
+    assert _reports(a.publisher) == ["run-b"]  # B, holding the day, removed A's
+    _assert_published_by(a.publisher, "run-b", 70)
+
+
+def test_a_run_that_holds_the_day_removes_the_reports_of_earlier_runs(tmp_path):
+    """The twin: the reports of the run whose snapshot is current are the day's only reports."""
+    shared = _catalog(tmp_path / "shared")
+    for run, scored in (("run-a", 40), ("run-b", 70)):
+        publish = _Publish(tmp_path, "out", shared, run, scored)
+        publish()
+        lease.release_all(publish.held, run)
+    assert _reports(publish.publisher) == ["run-b"]
