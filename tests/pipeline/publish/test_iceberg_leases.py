@@ -4,6 +4,8 @@ its two table commits, publishes nothing more. pyiceberg then reads exactly the 
 
 from __future__ import annotations
 
+import dataclasses
+import glob
 import os
 import signal
 import subprocess
@@ -15,6 +17,7 @@ import yaml
 from pyiceberg.catalog import load_catalog
 from pyiceberg.expressions import EqualTo
 
+from pipeline.publish.factory import publisher_for
 from pipeline.publish.parquet import check_partition
 from pipeline.publish.publisher import TEST_STOP_ENV
 from pipeline.run.graph import TEST_STOP_AFTER_SCORE_SHARD
@@ -73,8 +76,6 @@ def day_rows(catalog: dict, table: str) -> int:
 def assert_published_by(publisher_output, catalog: dict, run_prefix: str | None = None) -> dict:
     """verify's verdict on the day, and what pyiceberg reads: exactly the rows of the run verify names, every data
     file there. Returns the run's facts."""
-    from pipeline.publish.factory import publisher_for
-
     publisher = publisher_for(str(publisher_output), "iceberg", catalog)
     check = publisher.check(SAMPLE_DATE)
     assert check.complete, check.message
@@ -228,3 +229,36 @@ def test_a_parquet_run_into_another_folder_goes_ahead(tmp_path, sample_dir, bund
     assert code == 0, log.read_text()[-3000:]
     for output in ("a", "b"):
         assert check_partition(str(tmp_path / output / f"dt={SAMPLE_DATE}")).complete
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# An unreadable newest lease (a torn write, a disk fault): --take-over-lease takes the day
+
+
+def _corrupt_a_days_lease(tmp_path, sample_dir, bundle_dir):
+    """A run that published the day, then its newest lease of the scores table's day overwritten with half a record."""
+    config = sample_config(sample_dir, bundle_dir, tmp_path / "out", output_format="iceberg", date=SAMPLE_DATE)
+    config = dataclasses.replace(config, runtime="litert")
+    assert execute(config, [SAMPLE_DATE], []) == 0
+    scores = next(
+        s for s in publisher_for(str(tmp_path / "out"), "iceberg").lease_scopes(SAMPLE_DATE) if "scores" in s.fences
+    )
+    [newest] = sorted(glob.glob(f"{scores.directory}/lease-*.json"))[-1:]
+    with open(newest, "w", encoding="utf-8") as f:
+        f.write('{"run_id": "20261207T0')
+    return config, newest
+
+
+def test_take_over_lease_takes_a_day_whose_newest_lease_is_unreadable(tmp_path, sample_dir, bundle_dir, capsys):
+    config, _ = _corrupt_a_days_lease(tmp_path, sample_dir, bundle_dir)
+    assert execute(config, [SAMPLE_DATE], [], take_over_lease=True) == 0  # it used to exit 1 (LeaseError)
+    assert_published_by(tmp_path / "out", _catalog(tmp_path / "out"))
+
+
+def test_a_day_whose_newest_lease_is_unreadable_is_refused_without_take_over(tmp_path, sample_dir, bundle_dir, capsys):
+    """The twin: whether its holder lives cannot be told, so the run stops at start-up naming the file and the flag."""
+    config, newest = _corrupt_a_days_lease(tmp_path, sample_dir, bundle_dir)
+    capsys.readouterr()
+    assert execute(config, [SAMPLE_DATE], []) == 1
+    err = capsys.readouterr().err
+    assert f"{newest}: unreadable lease" in err and "pass --take-over-lease" in err
