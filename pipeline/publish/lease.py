@@ -21,16 +21,19 @@ nothing more.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline import storage
 
+_LOG = logging.getLogger(__name__)
 LEASES_DIR = "_leases"
 _PREFIX, _SUFFIX = "lease-", ".json"
 
@@ -341,3 +344,35 @@ def released_by(held, run_id: str) -> bool:
     except LeaseError:
         return False
     return all(n is not None and n.run_id == run_id and n.released for n in newest)
+
+
+# When each worker process last renewed a run's partition (KeepLeases), by (run_id, partition).
+_RENEWED_AT: dict[tuple[str, str], float] = {}
+
+
+class KeepLeases:
+    """Renews a run's leases from inside the pipeline while it scores, so a job nobody waits on (--no-wait on a
+    remote runner) keeps its days however long it runs, as the launcher's renewal does for a run it waits on.
+
+    Called on every (partition, batch) element of a step the scoring runs through (pipeline/run/graph.py); passes
+    the element on unchanged. It renews the element's partition when a quarter of the expiry has passed since this
+    worker process last did (its first element only starts the count: the launcher took or renewed the lease just
+    before the job started). A lost lease is logged once and left to the commit step's fence.
+    clock: monotonic seconds; tests inject one.
+    """
+
+    def __init__(self, leases: dict, run_id: str, expiry_seconds: float, clock: Callable[[], float] = time.monotonic):
+        self._leases, self._run_id, self._every, self._clock = leases, run_id, expiry_seconds / 4, clock
+
+    def __call__(self, element):
+        partition = element[0]
+        key, now = (self._run_id, partition), self._clock()
+        last = _RENEWED_AT.setdefault(key, now)
+        if now - last >= self._every:
+            _RENEWED_AT[key] = now
+            try:
+                renew_all(self._leases.get(partition, {}), self._run_id, self._every * 4)
+            except (LeaseHeld, LeaseError) as e:
+                _RENEWED_AT[key] = float("inf")  # not again: the commit step refuses the partition
+                _LOG.warning("could not renew a lease: %s", e)
+        return element

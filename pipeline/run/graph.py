@@ -13,6 +13,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 from model.bundle import LITERT_BATCH_SIZE
 from model.runtime import LITERT, TENSORFLOW, choose_runtime
 from pipeline.publish.commit import CommitPartitions
+from pipeline.publish.lease import KeepLeases
 from pipeline.run.config import LOCAL_RUNNERS, ScoreConfig
 from pipeline.run.plan import RunPlan
 from transforms.featurize import Featurize
@@ -161,7 +162,9 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig, plan: RunPlan) 
         inferred[FAILURES],
     ) | "CollectFailures" >> beam.Flatten()
     shards, day = plan.publisher.shard_schemas(schema), plan.publisher.partition_column
-    score_shards = inferred.scores | "WriteScores" >> beam.ParDo(
+    # The job renews its own leases while it scores: a --no-wait job has no launcher renewing them.
+    scores = inferred.scores | "KeepLeases" >> beam.Map(KeepLeases(plan.leases, plan.run_id, plan.lease_expiry_seconds))
+    score_shards = scores | "WriteScores" >> beam.ParDo(
         WriteParquetShards(
             "scores", plan.staging_root, shards["scores"], plan.run_id, partition_column=day, output_root=plan.output
         )

@@ -321,3 +321,47 @@ def test_a_renewal_of_a_lease_still_held_extends_it(tmp_path):
     assert not lease.current(directory).released and renewed.expires_at >= held.modified_at + 3600
     with pytest.raises(lease.LeaseHeld, match="run run-a"):
         lease.acquire(directory, "run-b", time.time(), 3600, now=held.expires_at + 1)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A job nobody waits on (--no-wait) renews its own leases while it scores (lease.KeepLeases, a step of the graph)
+
+
+def _keeper(tmp_path, monkeypatch, expiry: float = 60):
+    directory = lease.lease_dir(str(tmp_path / "out.staging"), DATE)
+    held = lease.acquire(directory, "run-a", time.time(), expiry)
+    clock, renewals, real = [1000.0], [], lease.renew_all
+    monkeypatch.setattr(lease, "_RENEWED_AT", {})
+    monkeypatch.setattr(lease, "renew_all", lambda *args: renewals.append(args) or real(*args))
+    keep = lease.KeepLeases({DATE: {directory: held.generation}}, "run-a", expiry, clock=lambda: clock[0])
+    return directory, keep, clock, renewals
+
+
+def test_a_job_renews_its_leases_every_quarter_of_their_expiry_while_it_scores(tmp_path, monkeypatch):
+    directory, keep, clock, renewals = _keeper(tmp_path, monkeypatch)
+    element = (DATE, "a batch of scores")
+    assert keep(element) is element  # the first batch starts the count: the launcher renewed just before the job
+    clock[0] += 14.9
+    keep(element)
+    assert renewals == []
+    clock[0] += 0.2
+    assert keep(element) is element
+    assert len(renewals) == 1 and not lease.current(directory).released
+    clock[0] += 15.5
+    keep(element)
+    assert len(renewals) == 2
+
+
+def test_a_job_whose_lease_was_taken_passes_its_batches_on_and_leaves_the_refusal_to_the_commit(
+    tmp_path, monkeypatch, caplog
+):
+    """The twin: a lost lease is logged once, never raised here (the commit step's fence refuses the partition)."""
+    directory, keep, clock, renewals = _keeper(tmp_path, monkeypatch)
+    element = (DATE, "a batch of scores")
+    keep(element)
+    lease.acquire(directory, "run-b", time.time(), 3600, take_over=True)
+    for _ in range(3):
+        clock[0] += 20
+        assert keep(element) is element
+    assert len(renewals) == 1 and caplog.text.count("could not renew a lease: run run-a lost the lease") == 1
+    assert lease.current(directory).run_id == "run-b"
