@@ -37,6 +37,16 @@ def _native(path: str) -> str:
     return path.removeprefix(LOCAL_SCHEME)
 
 
+def real_path(path: str) -> str:
+    """What a path names, the same however it was reached: on local disk (also `file://`) the absolute path with
+    every symlink resolved; on an object store the path without a trailing slash (it has no links)."""
+    if path.startswith("file://"):
+        path = path.removeprefix("file://")
+    elif is_remote(path):
+        return path.rstrip("/")
+    return os.path.realpath(path)
+
+
 def join(*parts: str) -> str:
     if parts[0].startswith(LOCAL_SCHEME):
         return LOCAL_SCHEME + FileSystems.join(_native(parts[0]), *parts[1:])

@@ -164,7 +164,7 @@ def race_for_lease(flags, control: str, partition: str, run_id: str, barrier, re
         FileSystems.set_options(PipelineOptions(flags))
     barrier.wait()
     try:
-        lease.acquire(control, partition, run_id, time.time(), 3600)
+        lease.acquire(lease.lease_dir(control, partition), run_id, time.time(), 3600)
         results.put((partition, run_id, "won"))
     except lease.LeaseHeld:
         results.put((partition, run_id, "held"))

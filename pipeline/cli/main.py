@@ -298,8 +298,8 @@ def main(argv: list[str] | None = None) -> int:
             signal_startup_failure(_overrides(args), args.command, f"config error: {e}", EXIT_USAGE)
         print(f"sentiment-score: config error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except Terminated as e:  # outside the pipeline: the launcher has given the leases back already
-        print(f"sentiment-score: error: {e}; nothing was published", file=sys.stderr)
+    except Terminated as e:  # the launcher has given the leases back already, and asked what was published
+        print(f"sentiment-score: error: {e}; {getattr(e, 'published', 'nothing was published')}", file=sys.stderr)
         return EXIT_FAILED
 
 

@@ -111,11 +111,11 @@ class CommitPartition(beam.DoFn):
             self._publish(partition, shards, rows, reasons, reports)
         except Refused as e:
             _discard([s["path"] for s in shards])
-            lease.release(control_root(self._staging_root), partition, self._run_info["run_id"])
+            lease.release_all(self._held(partition), self._run_info["run_id"])
             _LOG.error("not published: %s: %s", self._publisher.name(partition), e)
             yield self._result(partition, "failed", str(e), e.rows)
             return
-        lease.release(control_root(self._staging_root), partition, self._run_info["run_id"])
+        lease.release_all(self._held(partition), self._run_info["run_id"])
         _LOG.info(
             "published %s: %d scored, %d rejected", self._publisher.name(partition), rows["scored"], rows["rejected"]
         )
@@ -127,14 +127,19 @@ class CommitPartition(beam.DoFn):
 
     def _renew(self, partition: str) -> None:
         """The pipeline renews its own lease before committing, also when nobody waits on it (--no-wait)."""
-        control, info = control_root(self._staging_root), self._run_info
+        info, name = self._run_info, self._publisher.name(partition)
         try:
-            lease.renew(control, partition, info["run_id"], info["lease_expiry_seconds"], self._generation(partition))
+            lease.renew_all(self._held(partition), info["run_id"], info["lease_expiry_seconds"], name)
         except (lease.LeaseHeld, lease.LeaseError) as e:
             raise Refused(str(e)) from None
 
-    def _generation(self, partition: str) -> int | None:
-        return self._run_info.get("leases", {}).get(partition)
+    def _held(self, partition: str) -> dict:
+        """The partition's leases as {lease folder: generation}: the fencing tokens the launcher was given (a lease
+        taken without one, generation None, counts as held while its newest generation is this run's)."""
+        held = self._run_info.get("leases", {}).get(partition)
+        if held is None:
+            held = {scope.directory: None for scope in self._publisher.lease_scopes(partition)}
+        return held
 
     def _check(self, partition: str, shards: list[dict], failures: list[dict]) -> tuple[dict, dict]:
         """The rows read, scored and rejected, and the rejects by reason, once every check passed."""
@@ -223,19 +228,22 @@ class CommitPartition(beam.DoFn):
             "rows": rows,
             "rejected_by_reason": reasons,
         }
-        control, generation = control_root(self._staging_root), self._generation(partition)
+        held, name = self._held(partition), self._publisher.name(partition)
         try:
             self._publisher.publish(
-                partition, shards, facts, reports, lambda: lease.fence(control, partition, info["run_id"], generation)
+                partition, shards, facts, reports, lambda: lease.fence_all(held, info["run_id"], name)
             )
         except lease.LeaseHeld as e:  # the fence: another run took the partition over while this one ran
+            raise Refused(str(e), rows) from None
+        except lease.LeaseError as e:  # the lease store cannot be read: not published, since nothing is fenced
             raise Refused(str(e), rows) from None
         except OSError as e:  # a full disk, an unwritable file: the previous partition stays as it was
             raise Refused(f"publishing failed: {e}", rows) from None
 
 
 def control_root(staging_root: str) -> str:
-    """OUTPUT.staging: the folder beside the output that holds run staging, leases and run summaries."""
+    """OUTPUT.staging: the folder beside the output that holds run staging and run summaries (leases live where
+    the publisher's LeaseScope says)."""
     return staging_root.rstrip("/").rsplit("/", 1)[0]
 
 

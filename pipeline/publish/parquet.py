@@ -28,7 +28,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline import storage
 from pipeline.errors import ConfigError
-from pipeline.publish.publisher import PARQUET, OutputDataset, PartitionCheck, Publisher
+from pipeline.publish import lease
+from pipeline.publish.publisher import PARQUET, LeaseScope, OutputDataset, PartitionCheck, Publisher
 
 SUCCESS_FILE = "_SUCCESS"
 SUMMARY_FILE = Publisher.summary_report
@@ -227,7 +228,7 @@ def publish_partition(
     storage.write_atomically(storage.join(final_dir, SUCCESS_FILE), json.dumps(manifest, indent=2).encode("utf-8"))
     on_step("manifest")
 
-    remove_unlisted(final_dir, manifest)
+    remove_unlisted(final_dir, manifest, may_delete=None if fence is None else lambda: _still_held(fence))
     on_step("cleaned")
     return manifest
 
@@ -242,16 +243,29 @@ def _withdraw(final_dir: str, names: list[str], run_id: str) -> None:
         pass
 
 
-def remove_unlisted(partition_dir: str, manifest: dict) -> list[str]:
+def _still_held(fence: Callable[[], None]) -> bool:
+    try:
+        fence()
+    except Exception:  # lost (LeaseHeld) or unreadable: another run may be publishing the partition
+        return False
+    return True
+
+
+def remove_unlisted(partition_dir: str, manifest: dict, may_delete: Callable[[], bool] | None = None) -> list[str]:
     """Deletes what this job wrote into a partition that its manifest does not list: earlier runs' shards and
     report folders, an unfinished publish's, temporary files, and the reports of the earlier layout.
 
     Only names this job writes are touched (`scores-*`, `rejects-*`, `*.tmp-*` at the top and in `_rejects/`, run
-    folders in `_report/`): never anything else a user keeps there.
+    folders in `_report/`): never anything else a user keeps there. may_delete: asked after the listing (whether
+    this run still holds the partition's lease); when it says no, nothing is deleted: another run that moved files
+    in took the lease first, and its files are not this run's to remove.
     """
     listed = {e["name"] for e in manifest["files"]}
     top = storage.sizes(storage.join(partition_dir, "*"))
     rejects = storage.sizes(storage.join(partition_dir, REJECTS_DIR, "*"))
+    reports = storage.list_paths(storage.join(partition_dir, REPORT_DIR, "**"))
+    if may_delete is not None and not may_delete():
+        return []
     stale = [
         storage.join(partition_dir, name)
         for name in [*top, *(f"{REJECTS_DIR}/{n}" for n in rejects)]
@@ -260,7 +274,6 @@ def remove_unlisted(partition_dir: str, manifest: dict) -> list[str]:
         or name in _OLD_REPORTS
     ]
     storage.delete(stale)
-    reports = storage.list_paths(storage.join(partition_dir, REPORT_DIR, "**"))
     runs = {p.split(f"/{REPORT_DIR}/", 1)[1].split("/", 1)[0] for p in reports if f"/{REPORT_DIR}/" in p}
     for run in sorted(runs - {manifest["run_id"]}):
         storage.delete_tree(storage.join(partition_dir, REPORT_DIR, run))
@@ -286,8 +299,12 @@ class ParquetFolders(Publisher):
     def __init__(self, output: str):
         self.output = output
 
+    @staticmethod
+    def _folder(root: str, partition: str) -> str:
+        return storage.join(root, f"{PARTITION_KEY}={partition}") if partition else root
+
     def name(self, partition: str) -> str:
-        return storage.join(self.output, f"{PARTITION_KEY}={partition}") if partition else self.output
+        return self._folder(self.output, partition)
 
     def holds_output(self) -> bool:
         return holds_parquet_output(self.output)
@@ -296,6 +313,16 @@ class ParquetFolders(Publisher):
         """One dataset, the root: Hive-convention readers read its scores; the rejects are published in the same
         partitions under `_rejects/` (which those readers skip), so they have no root of their own to name."""
         return [OutputDataset(("scores", "rejects"), self.output, partition_key=PARTITION_KEY)]
+
+    def lease_scopes(self, partition: str) -> tuple[LeaseScope, ...]:
+        """One lease per partition folder, by its real path (symlinks resolved), beside the real output root:
+        REAL_OUTPUT.staging/_leases/dt=D, so outputs that reach one folder by different paths share it."""
+        real = storage.real_path(self.output)
+        return (LeaseScope(self._folder(real, partition), lease.lease_dir(f"{real}.staging", partition)),)
+
+    def published_by(self, partition: str, run_id: str) -> list[str]:
+        check = self.check(partition, count_rows=False)
+        return [self.name(partition)] if check.manifest and check.manifest.get("run_id") == run_id else []
 
     def check_partitioning(self, dated: bool) -> None:
         """One root holds either dt= partitions or one unpartitioned output, never both: a run without --date into

@@ -7,6 +7,8 @@ publish write."""
 from __future__ import annotations
 
 import abc
+import os
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,6 +21,16 @@ FORMATS = (PARQUET, ICEBERG)
 # The staging folder of an unpartitioned output's shards: a named folder like a day's, so every partition's staging
 # is one folder that a cleanup can name without touching another partition's.
 UNPARTITIONED_STAGING = "_output"
+
+# A test hook, off unless the environment names its point (the variable pipeline/run/graph.py's hook reads too): with
+# SENTIMENT_SCORE_TEST_STOP_AT=publish-<step>, the process that publishes stops itself (SIGSTOP) right after that step
+# of a publish (iceberg.STEPS), so a test can signal, kill or race a run at a known point of its commit.
+TEST_STOP_ENV = "SENTIMENT_SCORE_TEST_STOP_AT"
+
+
+def stop_here_if_asked(step: str) -> None:
+    if os.environ.get(TEST_STOP_ENV) == f"publish-{step}":
+        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 @dataclass(frozen=True)
@@ -60,6 +72,15 @@ class OutputState:
     exists: bool
     other_format: str | None
     message: str
+
+
+@dataclass(frozen=True)
+class LeaseScope:
+    """One lease a partition's publish needs: `fences` names what it fences (for messages), `directory` is the lease
+    folder (pipeline/publish/lease.py) every run that publishes the same thing derives, whatever its --output."""
+
+    fences: str
+    directory: str
 
 
 class Publisher(abc.ABC):
@@ -134,6 +155,21 @@ class Publisher(abc.ABC):
             if holds(self.output):
                 return OutputState(False, other, f"{self.output} holds output_format {other}, not {self.format}")
         return OutputState(False, None, f"{self.output}: no such output")
+
+    @abc.abstractmethod
+    def lease_scopes(self, partition: str) -> tuple[LeaseScope, ...]:
+        """The leases a run holds while it publishes the partition: keyed by what is published (a table's day, a
+        folder's real path), so two runs that reach it by different outputs share them. Called at start-up, after
+        prepare()."""
+
+    @abc.abstractmethod
+    def published_by(self, partition: str, run_id: str) -> list[str]:
+        """What of the partition holds run_id's rows now (the names of the tables or the folder), for a run stopped
+        while it published."""
+
+    def partition_parts(self, partition: str) -> list[str]:
+        """The names of what a partition's publish replaces, in published_by's terms (one folder; or each table)."""
+        return [self.name(partition)]
 
     def check_layout(self, dated: bool) -> None:
         """Raises ConfigError, before anything is written, when the root holds another format's output (a root

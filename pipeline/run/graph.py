@@ -13,6 +13,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 from model.bundle import LITERT_BATCH_SIZE
 from model.runtime import LITERT, TENSORFLOW, choose_runtime
 from pipeline.publish.commit import CommitPartitions
+from pipeline.publish.lease import KeepLeases
 from pipeline.run.config import LOCAL_RUNNERS, ScoreConfig
 from pipeline.run.plan import RunPlan
 from transforms.featurize import Featurize
@@ -173,7 +174,9 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig, plan: RunPlan) 
     shards, day = plan.publisher.shard_schemas(schema), plan.publisher.partition_column
     staging = {p: plan.publisher.staging_dir(plan.staging_root, p) for p in plan.partitions}
     sinks = {kind: d.location for d in plan.publisher.output_datasets() for kind in d.kinds}
-    score_shards = inferred.scores | "WriteScores" >> beam.ParDo(
+    # The job renews its own leases while it scores: a --no-wait job has no launcher renewing them.
+    scores = inferred.scores | "KeepLeases" >> beam.Map(KeepLeases(plan.leases, plan.run_id, plan.lease_expiry_seconds))
+    score_shards = scores | "WriteScores" >> beam.ParDo(
         WriteParquetShards(
             "scores", staging, shards["scores"], plan.run_id, partition_column=day, dataset=sinks.get("scores")
         )

@@ -96,10 +96,11 @@ def _clean_dead_staging(plan: RunPlan, partitions: list[str]) -> None:
                     pass
 
 
-def _release(plan: RunPlan, partitions: list[str]) -> None:
+def _release(plan: RunPlan, partitions: list[str], held: dict[str, dict[str, int]] | None = None) -> None:
+    held = plan.leases if held is None else held
     for partition in partitions:
         try:
-            lease.release(control_root(plan.staging_root), partition, plan.run_id)
+            lease.release_all(held.get(partition, {}), plan.run_id)
         except Exception as e:  # the lease then lapses at its expiry
             _LOG.warning("could not release the lease of %s: %s", plan.publisher.name(partition), e)
 
@@ -146,19 +147,25 @@ def _cancel(result, stopped: BaseException) -> None:
 
 
 def _renew(plan: RunPlan, partitions: list[str]) -> None:
-    control = control_root(plan.staging_root)
     for partition in partitions:
-        lease.renew(control, partition, plan.run_id, plan.lease_expiry_seconds, plan.leases.get(partition))
+        name = plan.publisher.name(partition)
+        lease.renew_all(plan.leases.get(partition, {}), plan.run_id, plan.lease_expiry_seconds, name)
 
 
 def _keep_leases(plan: RunPlan, stop: threading.Event) -> None:
-    """Renews the running chunk's leases every quarter of their expiry while the launcher waits, so a healthy run
-    never lapses however long it takes (the pipeline renews each partition itself before its commit too)."""
-    while not stop.wait(plan.lease_expiry_seconds / 4):
-        try:
-            _renew(plan, plan.partitions)
-        except (lease.LeaseHeld, lease.LeaseError) as e:  # the commit's fence refuses what was lost
-            _LOG.warning("could not renew a lease: %s", e)
+    """Renews the running chunk's leases every quarter of their expiry from before the pipeline starts until it
+    ends (a local runner's run() blocks until the job is done), so a healthy run never lapses however long it
+    takes; the pipeline renews each partition itself before its commit too. A partition this run published or
+    refused has given its leases back and is renewed no more."""
+    renewing = list(plan.partitions)
+    while renewing and not stop.wait(plan.lease_expiry_seconds / 4):
+        for partition in list(renewing):
+            try:
+                _renew(plan, [partition])
+            except (lease.LeaseHeld, lease.LeaseError) as e:  # the commit's fence refuses what was lost
+                renewing.remove(partition)
+                if not lease.released_by(plan.leases.get(partition, {}), plan.run_id):
+                    _LOG.warning("could not renew a lease: %s", e)
 
 
 def _read_run_summary(plan: RunPlan) -> dict | None:
@@ -175,23 +182,24 @@ def _run_pipeline(
     """Runs one pipeline over plan's partitions; returns (per-partition results, job id when not waiting)."""
     total = sum(plan.rows_by_partition[p] for p in plan.partitions)
     started = time.time()
+    stop = threading.Event()
     try:
         pipeline = test_pipeline or beam.Pipeline(runner=make_runner(options), options=options)
         build_pipeline(pipeline, config, plan)
-        result = pipeline.run()
-        if not wait:  # Dataflow's result has job_id(); the portable runner's keeps the Job API's id
-            job_id = runner_job_id(result)
-            return [], job_id or "(the runner gave no job id)"
-        stop = threading.Event()
-        progress = threading.Thread(target=_report_progress, args=(result, stop, total, started), daemon=True)
-        renewal = threading.Thread(target=_keep_leases, args=(plan, stop), daemon=True)
-        progress.start()
-        renewal.start()
+        # Renewal starts before run(): a local runner's run() returns only once the job is done.
+        threading.Thread(target=_keep_leases, args=(plan, stop), daemon=True, name="RenewLeases").start()
         try:
-            state = result.wait_until_finish()
-        except BaseException as stopped:  # SIGTERM or Ctrl-C while a runner runs the job
-            _cancel(result, stopped)
-            raise
+            result = pipeline.run()
+            if not wait:  # Dataflow's result has job_id(); the portable runner's keeps the Job API's id
+                job_id = runner_job_id(result)
+                return [], job_id or "(the runner gave no job id)"
+            progress = threading.Thread(target=_report_progress, args=(result, stop, total, started), daemon=True)
+            progress.start()
+            try:
+                state = result.wait_until_finish()
+            except BaseException as stopped:  # SIGTERM or Ctrl-C while a runner runs the job
+                _cancel(result, stopped)
+                raise
         finally:
             stop.set()
         if state not in (None, PipelineState.DONE):
@@ -295,41 +303,69 @@ def _execute(
         print(f"nothing to score: every day was skipped ({len(plan.skipped)})")
         return EXIT_OK
 
-    control = control_root(plan.staging_root)
-    taken: list[str] = []
-    generations: dict[str, int] = {}
+    # Each partition's leases are those of what its publisher publishes (a table's day, a folder's real path),
+    # so runs that reach it through different outputs exclude each other.
+    taken: dict[str, dict[str, int]] = {}
     try:
         for partition in plan.partitions:
-            held = lease.acquire(
-                control, partition, plan.run_id, plan.started_at, plan.lease_expiry_seconds, take_over_lease
+            taken[partition] = lease.acquire_all(
+                plan.publisher.lease_scopes(partition),
+                plan.run_id,
+                plan.started_at,
+                plan.lease_expiry_seconds,
+                take_over_lease,
             )
-            generations[partition] = held.generation
-            taken.append(partition)
     except lease.LeaseHeld as e:
-        _release(plan, taken)
+        _release(plan, list(taken), taken)
         remove_staging(plan.staging_root)
         signals.fail(str(e))
         print(f"sentiment-score: error: {e}", file=sys.stderr)
         return EXIT_LEASE_HELD
     except lease.LeaseError as e:
-        _release(plan, taken)
+        _release(plan, list(taken), taken)
         remove_staging(plan.staging_root)
         signals.fail(str(e))
         return _fatal(str(e))
     except BaseException:  # SIGTERM or Ctrl-C while taking them
-        _release(plan, taken)
+        _release(plan, list(taken), taken)
         raise
-    plan = dataclasses.replace(plan, leases=generations)
+    plan = dataclasses.replace(plan, leases=taken)
     try:
         return _launch(config, plan, options, test_pipeline, backfill, wait, signals)
     except BaseException as stopped:  # SIGTERM (a scheduler's timeout) or Ctrl-C: give the partitions back
         left = getattr(stopped, "job_left_running", None)
         if left:  # the job may still publish: its leases and staging are its own
             print(f"sentiment-score: error: {left}; its leases and staging are left to it", file=sys.stderr)
+            stopped.published = "the job may still publish: check with `sentiment-score verify`"
             raise
         _release(plan, plan.partitions)
         remove_staging(plan.staging_root)
+        stopped.published = _published_when_stopped(plan)
         raise
+
+
+def _published_when_stopped(plan: RunPlan) -> str:
+    """What a run stopped mid-way (SIGTERM, Ctrl-C) had published, asked of the outputs, and what verify will say
+    of each partition it touched: a stop between an Iceberg day's two table commits leaves one table replaced."""
+    said = []
+    try:
+        for partition in plan.partitions:
+            published = plan.publisher.published_by(partition, plan.run_id)
+            if not published:
+                continue
+            check = plan.publisher.check(partition)
+            if check.complete:
+                said.append(f"run {plan.run_id} published {plan.publisher.name(partition)}; verify reports: OK")
+                continue
+            others = plan.publisher.partition_parts(partition)
+            missing = [name for name in others if name not in published]
+            said.append(
+                f"run {plan.run_id} published {', '.join(published)}, not {', '.join(missing) or 'the rest'}; "
+                f"verify reports: INCOMPLETE {check.message}"
+            )
+    except Exception as e:  # the outputs cannot be read now: say so rather than guess
+        return f"what was published cannot be told ({type(e).__name__}: {e}); run `sentiment-score verify`"
+    return "; ".join(said) or "nothing was published"
 
 
 def _launch(

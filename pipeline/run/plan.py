@@ -56,8 +56,9 @@ class RunPlan:
     # The inputs as datasets (lineage, Beam Lineage): a folder dataset by its root, never one per day folder.
     customers_root: str = ""
     reviews_root: str = ""
-    # The lease generation this run holds per partition (its fencing token), filled in once the leases are taken.
-    leases: dict[str, int] = field(default_factory=dict)
+    # The leases this run holds per partition, {lease folder: generation} (its fencing tokens; the publisher's
+    # LeaseScopes say which), filled in once the leases are taken.
+    leases: dict[str, dict[str, int]] = field(default_factory=dict)
     lease_expiry_seconds: float = 6 * 3600.0
 
 

@@ -142,8 +142,9 @@ def test_s3_scores_equal_a_local_run(first_run, local_scores):
 
 def test_s3_run_leaves_nothing_in_staging_and_releases_its_lease(first_run):
     assert first_run["staging"] == []
-    (lease_key,) = first_run["leases"]
-    assert lease_key.startswith(f"{STAGING}_leases/dt={SAMPLE_DATE}/lease-")
+    lease_key, mark_key = sorted(first_run["leases"])  # the lease and the mark of its release
+    assert lease_key.startswith(f"{STAGING}_leases/dt={SAMPLE_DATE}/lease-") and lease_key.endswith(".json")
+    assert mark_key == lease_key.removesuffix(".json") + ".released"
 
 
 def test_s3_rerun_replaces_the_partition_completely(first_run, rerun):
@@ -301,7 +302,7 @@ def test_s3_two_processes_racing_for_a_lease_never_both_win(s3, s3_flags):
     for i in range(rounds):
         won = [o for o in outcomes if o[0] == f"day-{i}" and o[2] == "won"]
         assert len(won) == 1, outcomes
-        assert lease.current(control, f"day-{i}").run_id == won[0][1]
+        assert lease.current(lease.lease_dir(control, f"day-{i}")).run_id == won[0][1]
 
 
 @pytest.mark.slow
@@ -312,7 +313,7 @@ def test_s3_run_without_date_leaves_a_live_dated_runs_staging_alone(s3, s3_flags
 
     FileSystems.set_options(PipelineOptions(s3_flags))
     control = f"s3://{BUCKET}/shared.staging"
-    lease.acquire(control, SAMPLE_DATE, "live-run", time.time(), 3600)  # a dated run in flight
+    lease.acquire(lease.lease_dir(control, SAMPLE_DATE), "live-run", time.time(), 3600)  # a dated run in flight
     live = f"shared.staging/live-run/dt={SAMPLE_DATE}/scores-live-run-0.parquet"
     dead = "shared.staging/dead-run/_output/scores-dead-run-0.parquet"  # a killed unpartitioned run's leftover
     for key in (live, dead):
