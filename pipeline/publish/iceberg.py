@@ -285,6 +285,11 @@ class OutputTables:
                         f"output"
                     )
                 os.makedirs(os.path.dirname(self.catalog_file), exist_ok=True)
+            elif self.catalog_properties.get("uri", "").startswith("sqlite:///"):
+                # A configured SQLite file is created where it is named, its folder too (to write only: the reader
+                # creates nothing).
+                folder = os.path.dirname(self.catalog_properties["uri"].removeprefix("sqlite:///").split("?")[0])
+                os.makedirs(folder or ".", exist_ok=True)
             self._catalog = self._open(self.catalog_properties)
         return self._catalog
 
