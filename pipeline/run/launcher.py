@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import os
@@ -14,7 +13,7 @@ import time
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineState
 
 from model.bundle import BundleError
@@ -23,44 +22,18 @@ from pipeline.publish import lease
 from pipeline.publish.commit import control_root, remove_staging, run_summary_path, write_run_summary
 from pipeline.publish.factory import publisher_for
 from pipeline.publish.publisher import PARQUET
-from pipeline.run.config import LOCAL_RUNNERS, ScoreConfig, load_config
+from pipeline.run.config import ScoreConfig, load_config
 from pipeline.run.graph import build_pipeline
+from pipeline.run.options import make_runner, pipeline_options
 from pipeline.run.plan import RunPlan, days_between, plan_run
 from pipeline.run.telemetry import RunSignals
 from pipeline.storage import basename, delete_tree, is_remote, join, list_paths, read_json
-from transforms.beam_compat import add_pipeline_option_flags, runner_job_id
+from transforms.beam_compat import runner_job_id
 from transforms.io import staging_dir
 from transforms.schema import InputError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LEASE_HELD = 0, 1, 2, 3
 _LOG = logging.getLogger("sentiment-score")
-
-
-def _known_beam_flags() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
-    add_pipeline_option_flags(parser)
-    return parser
-
-
-def pipeline_options(config: ScoreConfig, beam_flags: list[str]) -> PipelineOptions:
-    """Beam options from the config's beam section then the command line; an unknown flag is a usage error."""
-    flags = config.beam_flags() + list(beam_flags)
-    _, unknown = _known_beam_flags().parse_known_args(flags)
-    unknown = [u for u in unknown if u.startswith("-")]
-    if unknown:
-        raise ConfigError(f"unknown option {unknown[0]} (not a sentiment-score or Beam pipeline option)")
-    return PipelineOptions(flags)
-
-
-def make_runner(options: PipelineOptions):
-    """The runner to use: DirectRunner means Beam's FnApiRunner, which DirectRunner itself falls back to for a
-    batch pipeline after trying Prism (a binary it would download); naming it directly keeps runs offline."""
-    name = options.view_as(StandardOptions).runner or "DirectRunner"
-    if name in LOCAL_RUNNERS:
-        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-
-        return FnApiRunner()
-    return name
 
 
 def _fatal(message: str) -> int:
