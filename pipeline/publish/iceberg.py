@@ -50,7 +50,7 @@ import pyarrow.parquet as pq
 
 from pipeline import storage
 from pipeline.errors import ConfigError, OutputError
-from pipeline.publish.publisher import PartitionCheck, Publisher
+from pipeline.publish.publisher import ICEBERG, PartitionCheck, Publisher
 
 _LOG = logging.getLogger(__name__)
 
@@ -569,8 +569,40 @@ class IcebergTables(Publisher):
             self._tables = IcebergOutput(self.output, self._catalog, self._names["scores"], self._names["rejects"])
         return self._tables
 
+    output_format = ICEBERG
+
     def name(self, partition: str) -> str:
         return f"{self._names['scores']} dt={partition}" if partition else self._names["scores"]
+
+    def describe(self) -> str:
+        where = self._catalog or IcebergOutput.default_catalog(self.output)
+        catalog = where.get("uri") or where.get("type", "?")
+        return (
+            f"iceberg tables {self._names['scores']} and {self._names['rejects']} (one snapshot per table per day) "
+            f"in catalog {catalog}, reports under {storage.join(self.output, REPORTS_DIR)}"
+        )
+
+    def partitions_found(self) -> list[str] | None:
+        """The days the scores table holds; None when there is no such table (the embedded catalog's file is
+        looked for first, so nothing is created where there is no output)."""
+        from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
+
+        if self._catalog is None:
+            try:
+                uri = IcebergOutput.default_catalog(self.output)["uri"]
+            except ValueError:
+                return None
+            if not os.path.exists(uri.removeprefix("sqlite:///")):
+                return None
+        try:
+            table = self.tables.catalog.load_table(self._names["scores"])
+        except (NoSuchTableError, NoSuchNamespaceError):
+            return None
+        partitions = table.inspect.partitions()
+        if "partition" not in partitions.column_names:
+            return []
+        days = {row.get(PARTITION_COLUMN) for row in partitions.column("partition").to_pylist()}
+        return sorted(d.isoformat() if hasattr(d, "isoformat") else str(d) for d in days if d is not None)
 
     def check_layout(self, dated: bool) -> None:
         if not dated:

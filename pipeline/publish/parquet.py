@@ -28,7 +28,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline import storage
 from pipeline.errors import ConfigError
-from pipeline.publish.publisher import PartitionCheck, Publisher
+from pipeline.publish.publisher import PARQUET, PartitionCheck, Publisher
 from transforms.io import partition_path
 
 SUCCESS_FILE = "_SUCCESS"
@@ -271,11 +271,27 @@ class ParquetFolders(Publisher):
     """Parquet partitions in Hive-style folders (OUTPUT/dt=D/, or OUTPUT/ itself without a date), each published by
     the protocol above and checked against its `_SUCCESS` manifest."""
 
+    output_format = PARQUET
+
     def __init__(self, output: str):
         self.output = output
 
     def name(self, partition: str) -> str:
         return partition_path(self.output, partition)
+
+    def describe(self) -> str:
+        return f"parquet folders under {self.output} (dt=D/ with scores, _rejects/, _report/, and _SUCCESS last)"
+
+    def partitions_found(self) -> list[str] | None:
+        days = sorted(
+            {p.split("/dt=")[-1].split("/")[0] for p in storage.list_paths(storage.join(self.output, "dt=*", "*"))}
+        )
+        if days:
+            return days
+        unpartitioned = storage.exists(storage.join(self.output, SUCCESS_FILE)) or storage.list_paths(
+            storage.join(self.output, "*.parquet")
+        )
+        return [] if unpartitioned else None
 
     def check_layout(self, dated: bool) -> None:
         """One root holds either dt= partitions or one unpartitioned output, never both: a run without --date into

@@ -32,6 +32,7 @@ class Publisher(abc.ABC):
     """
 
     output: str
+    output_format: str
     # A column the shards must carry holding the partition's day (a table format that places files by their values).
     partition_column: str | None = None
 
@@ -50,6 +51,19 @@ class Publisher(abc.ABC):
     @abc.abstractmethod
     def name(self, partition: str) -> str:
         """How messages name a partition of this output."""
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """Where and how this output publishes, in one line (what a dry run shows)."""
+
+    @abc.abstractmethod
+    def partitions_found(self) -> list[str] | None:
+        """The dated partitions the output holds something of, in order ([] for an unpartitioned output), or None
+        when the output holds nothing of this format (no such output). Reads only."""
+
+    def format_found(self) -> str | None:
+        """This output's format when it holds something of it (partitions_found is not None), else None."""
+        return self.output_format if self.partitions_found() is not None else None
 
     @abc.abstractmethod
     def check_layout(self, dated: bool) -> None:
