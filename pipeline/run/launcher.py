@@ -26,6 +26,8 @@ from pipeline.run.config import ScoreConfig, load_config
 from pipeline.run.graph import build_pipeline
 from pipeline.run.options import make_runner, pipeline_options
 from pipeline.run.plan import RunPlan, days_between, plan_run
+from pipeline.run.progress import BackfillProgress, chunks
+from pipeline.run.skipped import log_skipped, skipped_summary
 from pipeline.run.telemetry import RunSignals
 from pipeline.storage import basename, delete_tree, is_remote, join, list_paths, read_json
 from transforms.beam_compat import runner_job_id
@@ -136,10 +138,6 @@ def _keep_leases(plan: RunPlan, stop: threading.Event) -> None:
 
 def _read_run_summary(plan: RunPlan) -> dict | None:
     return read_json(run_summary_path(control_root(plan.staging_root), plan.run_id))
-
-
-def _chunks(partitions: list[str], size: int) -> list[list[str]]:
-    return [partitions[i : i + size] for i in range(0, len(partitions), size)] or [[]]
 
 
 def _run_pipeline(
@@ -257,15 +255,14 @@ def _execute(
         signals.fail(str(e))
         return _fatal(str(e))
     signals.start(plan)  # run signals: START
-    for day, why in plan.skipped.items():
-        _LOG.warning("skipping dt=%s: %s", day, why)
+    log_skipped(plan, dates or [])
     for day, why in plan.failed.items():
         _LOG.error("not scoring dt=%s: %s", day, why)
     if not plan.partitions:
         remove_staging(plan.staging_root)  # the start-up probe made it
         if plan.failed:
             return _report(plan, [], time.time(), signals)
-        print(f"nothing to score: every day was skipped ({len(plan.skipped)})")
+        print(f"nothing to score: {skipped_summary(plan, dates or [])}")
         return EXIT_OK
 
     control = control_root(plan.staging_root)
@@ -345,14 +342,17 @@ def _run_chunks(
     """Runs the plan's partitions chunk by chunk (one chunk unless backfilling), then reports and returns the code."""
     size = config.backfill_chunk_days if backfill else max(len(plan.partitions), 1)
     results: list[dict] = []
-    for i, chunk in enumerate(_chunks(plan.partitions, size)):
+    all_chunks = chunks(plan.partitions, size)
+    progress = BackfillProgress(all_chunks, plan.rows_by_partition) if backfill else None
+    for i, chunk in enumerate(all_chunks):
         if i:
             try:
                 _renew(plan, chunk)
             except (lease.LeaseHeld, lease.LeaseError) as e:
                 results += [{"partition": p, "status": "failed", "message": str(e), "rows": {}} for p in chunk]
                 continue
-            _LOG.info("backfill chunk %d: %s .. %s", i + 1, chunk[0], chunk[-1])
+        if progress:
+            progress.starting(i)
         chunk_plan = dataclasses.replace(
             plan,
             partitions=chunk,
@@ -364,6 +364,8 @@ def _run_chunks(
         for result in chunk_results:
             _print_result(plan, result)
         results += chunk_results
+        if progress:
+            progress.finished(i)
     remove_staging(plan.staging_root)
     return _report(plan, results, started, signals)
 
@@ -420,7 +422,11 @@ def _short(message: str, limit: int = 400) -> str:
 
 
 def run_score(
-    config_path: str | None, overrides: dict, beam_flags: list[str], take_over_lease: bool = False, wait: bool = True
+    config_path: str | None,
+    overrides: dict,
+    beam_flags: list[str],
+    take_over_lease: bool = False,
+    wait: bool = True,
 ) -> int:
     config = load_config(config_path, overrides)
     dates = [config.date] if config.date else None
