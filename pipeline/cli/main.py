@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     verify = sub.add_parser(
-        "verify", help="check published partitions against the manifests in their _SUCCESS", allow_abbrev=False
+        "verify", help="check published partitions (every one found when no date is given)", allow_abbrev=False
     )
     verify.add_argument("--output", help="output root (default: the config's output)")
     verify.add_argument("--config", help="YAML config whose output, output_format and catalog to check")
@@ -270,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"validation AUC {metrics['val_auc']:.4f}, accuracy {metrics['val_accuracy']:.4f}"
             )
             return EXIT_OK
-        from pipeline.run.launcher import run_backfill, run_score, run_verify
+        from pipeline.run.launcher import run_backfill, run_score
+        from pipeline.run.verify import run_verify
 
         # A scheduler's timeout sends SIGTERM: exit through the launcher's cleanup, which gives the partitions'
         # leases back, so the scheduler's retry can start at once instead of waiting for the lease to lapse.
@@ -281,9 +282,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.output is None and args.config is None:
                 parser.error("verify needs --output or a --config that names the output")
             config = load_config(args.config, {k: getattr(args, k) for k in ("output", "output_format")})
-            return run_verify(
-                config.output, dates, beam_flags, config.output_format, config.catalog, config.iceberg_tables
-            )
+            return run_verify(config, dates, beam_flags)
         lease_and_wait = {"take_over_lease": args.take_over_lease, "wait": not args.no_wait}
         if args.command == "score":
             if args.date is not None:

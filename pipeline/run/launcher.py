@@ -20,8 +20,6 @@ from model.bundle import BundleError
 from pipeline.errors import ConfigError, OutputError
 from pipeline.publish import lease
 from pipeline.publish.commit import control_root, remove_staging, run_summary_path, write_run_summary
-from pipeline.publish.factory import publisher_for
-from pipeline.publish.publisher import PARQUET
 from pipeline.run.config import ScoreConfig, load_config
 from pipeline.run.graph import build_pipeline
 from pipeline.run.options import make_runner, pipeline_options
@@ -448,28 +446,3 @@ def run_backfill(
     except InputError as e:
         raise ConfigError(str(e)) from None
     return execute(config, dates, beam_flags, backfill=True, take_over_lease=take_over_lease, wait=wait)
-
-
-def run_verify(
-    output: str,
-    dates: list[str] | None,
-    beam_flags: list[str],
-    output_format: str = PARQUET,
-    catalog: dict | None = None,
-    tables: dict | None = None,
-) -> int:
-    """Checks published partitions: one line each; 0 when all are complete, else 1."""
-    FileSystems.set_options(pipeline_options(ScoreConfig(beam={}), beam_flags))  # credentials, endpoints
-    publisher = publisher_for(output, output_format, catalog, tables)
-    partitions = dates if dates is not None else [""]
-    incomplete = []
-    for partition in partitions:
-        check = publisher.check(partition)
-        print(("OK " if check.complete else "INCOMPLETE ") + check.message)
-        if not check.complete:
-            incomplete.append(publisher.name(partition))
-    if incomplete:
-        print(f"verify: {len(incomplete)} of {len(partitions)} partition(s) incomplete: {', '.join(incomplete)}")
-        return EXIT_FAILED
-    print(f"verify: all {len(partitions)} partition(s) complete")
-    return EXIT_OK
