@@ -21,6 +21,7 @@ from pipeline.errors import ConfigError, OutputError
 from pipeline.publish import lease
 from pipeline.publish.commit import control_root, remove_staging, run_summary_path, write_run_summary
 from pipeline.run.config import ScoreConfig, load_config
+from pipeline.run.dry_run import run_dry
 from pipeline.run.graph import build_pipeline
 from pipeline.run.options import make_runner, pipeline_options
 from pipeline.run.plan import RunPlan, days_between, plan_run
@@ -425,9 +426,12 @@ def run_score(
     beam_flags: list[str],
     take_over_lease: bool = False,
     wait: bool = True,
+    dry_run: bool = False,
 ) -> int:
     config = load_config(config_path, overrides)
     dates = [config.date] if config.date else None
+    if dry_run:
+        return run_dry(config, dates, beam_flags)
     return execute(config, dates, beam_flags, take_over_lease=take_over_lease, wait=wait)
 
 
@@ -439,10 +443,18 @@ def run_backfill(
     end: str,
     take_over_lease: bool = False,
     wait: bool = True,
+    dry_run: bool = False,
 ) -> int:
     config = load_config(config_path, overrides)
+    if config.date is not None:
+        raise ConfigError(
+            f"setting 'date' ({config.date}, from {config_path or 'the default config'}) is for score: a backfill "
+            f"scores --start {start} .. --end {end} only; remove date: from the config, or run score --date"
+        )
     try:
         dates = days_between(start, end)
     except InputError as e:
         raise ConfigError(str(e)) from None
+    if dry_run:
+        return run_dry(config, dates, beam_flags, backfill=True)
     return execute(config, dates, beam_flags, backfill=True, take_over_lease=take_over_lease, wait=wait)
