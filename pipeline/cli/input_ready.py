@@ -36,14 +36,23 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.run.config import load_config, validate_date
 
     parser = argparse.ArgumentParser(prog="python -m pipeline.cli.input_ready", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="the run's YAML config (its reviews root is checked)")
+    parser.add_argument(
+        "--config", help="the run's YAML config: its reviews root is checked, read with its beam: filesystem options"
+    )
     parser.add_argument("--reviews", help="the reviews root, instead of the config's")
-    parser.add_argument("--date", required=True)
+    parser.add_argument("--date", required=True, help="the day YYYY-MM-DD whose dt= folder is checked")
     args = parser.parse_args(argv)
     configure_output(verbose=False)
+    from apache_beam.io.filesystems import FileSystems  # after configure_output: Beam logs at import
+
+    from pipeline.run.options import pipeline_options
+
     try:
         date = validate_date(args.date, "--date")
-        root = args.reviews or load_config(args.config).reviews
+        config = load_config(args.config)
+        root = args.reviews or config.reviews
+        # The same credentials and endpoints (s3_endpoint_url, project, ...) the job reads its input with.
+        FileSystems.set_options(pipeline_options(config, []))
     except ConfigError as e:
         print(f"input_ready: config error: {e}", file=sys.stderr)
         return EXIT_USAGE

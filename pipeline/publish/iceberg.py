@@ -1058,6 +1058,30 @@ class IcebergPublisher(Publisher):
                 found.append(f"{name} {PARTITION_COLUMN}={partition}")
         return found
 
+    def describe(self) -> str:
+        where = self._catalog or OutputTables.default_catalog(self.output)
+        catalog = where.get("uri") or where.get("type", "?")
+        return (
+            f"iceberg tables {self._names['scores']} and {self._names['rejects']} (one snapshot per table per day) "
+            f"in catalog {catalog}, reports under {storage.join(self.output, REPORTS_DIR)}"
+        )
+
+    def partitions_found(self) -> list[str] | None:
+        """The days the scores table holds; None when there is no such table. Reads only (the reader catalog)."""
+        from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
+
+        if self._nothing_to_read():
+            return None
+        try:
+            table = self.tables.reader.load_table(self._names["scores"])
+        except (NoSuchTableError, NoSuchNamespaceError, NoSuchOutput):
+            return None
+        partitions = table.inspect.partitions()
+        if "partition" not in partitions.column_names:
+            return []
+        days = {row.get(PARTITION_COLUMN) for row in partitions.column("partition").to_pylist()}
+        return sorted(d.isoformat() if hasattr(d, "isoformat") else str(d) for d in days if d is not None)
+
     def check_partitioning(self, dated: bool) -> None:
         if not dated:
             raise ConfigError(

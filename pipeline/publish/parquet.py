@@ -324,6 +324,23 @@ class ParquetFolders(Publisher):
         check = self.check(partition, count_rows=False)
         return [self.name(partition)] if check.manifest and check.manifest.get("run_id") == run_id else []
 
+    def describe(self) -> str:
+        return f"parquet folders under {self.output} (dt=D/ with scores, _rejects/, _report/, and _SUCCESS last)"
+
+    def partitions_found(self) -> list[str] | None:
+        days = sorted(
+            {
+                p.split(f"/{PARTITION_KEY}=")[-1].split("/")[0]
+                for p in storage.list_paths(storage.join(self.output, f"{PARTITION_KEY}=*", "*"))
+            }
+        )
+        if days:
+            return days
+        unpartitioned = storage.exists(storage.join(self.output, SUCCESS_FILE)) or storage.list_paths(
+            storage.join(self.output, "*.parquet")
+        )
+        return [] if unpartitioned else None
+
     def check_partitioning(self, dated: bool) -> None:
         """One root holds either dt= partitions or one unpartitioned output, never both: a run without --date into
         a dated root would publish every day's rows beside the partitions (a Hive reader sees them twice)."""

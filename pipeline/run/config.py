@@ -179,6 +179,10 @@ def build_config(data: dict, source: str = "config") -> ScoreConfig:
             raise ConfigError(f"{source}: unknown setting {key!r} (known: {', '.join(sorted(fields))})")
         if key == "columns":
             values[key] = _build_columns(source, value)
+        elif key == "date" and type(value) is dt.date:  # YAML reads an unquoted 2026-11-26 as a date
+            values[key] = value.isoformat()
+        elif key == "beam":  # over the default options, so a config states only what differs (the runner, say)
+            values[key] = {**fields["beam"].default_factory(), **_check_type(source, key, value, "dict")}
         else:
             values[key] = _check_type(source, key, value, str(fields[key].type))
     config = ScoreConfig(**values)
@@ -256,6 +260,8 @@ def read_config_file(path: str) -> dict:
         raise ConfigError(f"{path}: config file not found") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+    except ValueError as e:  # YAML's date constructor: an unquoted 2026-11-31 is no day
+        raise ConfigError(f"{path}: not valid YAML: a date that is no day ({e})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import os
@@ -14,52 +13,27 @@ import time
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineState
 
 from model.bundle import BundleError
 from pipeline.errors import ConfigError, OutputError
 from pipeline.publish import lease
 from pipeline.publish.commit import control_root, remove_staging, run_summary_path, write_run_summary
-from pipeline.publish.factory import publisher_for
-from pipeline.publish.publisher import PARQUET
-from pipeline.run.config import LOCAL_RUNNERS, ScoreConfig, load_config
+from pipeline.run.config import ScoreConfig, load_config
+from pipeline.run.dry_run import run_dry
 from pipeline.run.graph import build_pipeline
+from pipeline.run.options import make_runner, pipeline_options
 from pipeline.run.plan import RunPlan, days_between, plan_run
+from pipeline.run.progress import BackfillProgress, chunks
+from pipeline.run.skipped import log_skipped, skipped_summary
 from pipeline.run.telemetry import RunSignals
 from pipeline.storage import basename, delete_tree, is_remote, join, list_paths, read_json
-from transforms.beam_compat import add_pipeline_option_flags, runner_job_id
+from transforms.beam_compat import runner_job_id
 from transforms.schema import InputError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LEASE_HELD = 0, 1, 2, 3
 _LOG = logging.getLogger("sentiment-score")
-
-
-def _known_beam_flags() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
-    add_pipeline_option_flags(parser)
-    return parser
-
-
-def pipeline_options(config: ScoreConfig, beam_flags: list[str]) -> PipelineOptions:
-    """Beam options from the config's beam section then the command line; an unknown flag is a usage error."""
-    flags = config.beam_flags() + list(beam_flags)
-    _, unknown = _known_beam_flags().parse_known_args(flags)
-    unknown = [u for u in unknown if u.startswith("-")]
-    if unknown:
-        raise ConfigError(f"unknown option {unknown[0]} (not a sentiment-score or Beam pipeline option)")
-    return PipelineOptions(flags)
-
-
-def make_runner(options: PipelineOptions):
-    """The runner to use: DirectRunner means Beam's FnApiRunner, which DirectRunner itself falls back to for a
-    batch pipeline after trying Prism (a binary it would download); naming it directly keeps runs offline."""
-    name = options.view_as(StandardOptions).runner or "DirectRunner"
-    if name in LOCAL_RUNNERS:
-        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-
-        return FnApiRunner()
-    return name
 
 
 def _fatal(message: str) -> int:
@@ -170,10 +144,6 @@ def _keep_leases(plan: RunPlan, stop: threading.Event) -> None:
 
 def _read_run_summary(plan: RunPlan) -> dict | None:
     return read_json(run_summary_path(control_root(plan.staging_root), plan.run_id))
-
-
-def _chunks(partitions: list[str], size: int) -> list[list[str]]:
-    return [partitions[i : i + size] for i in range(0, len(partitions), size)] or [[]]
 
 
 def _run_pipeline(
@@ -292,15 +262,14 @@ def _execute(
         signals.fail(str(e))
         return _fatal(str(e))
     signals.start(plan)  # run signals: START
-    for day, why in plan.skipped.items():
-        _LOG.warning("skipping dt=%s: %s", day, why)
+    log_skipped(plan, dates or [])
     for day, why in plan.failed.items():
         _LOG.error("not scoring dt=%s: %s", day, why)
     if not plan.partitions:
         remove_staging(plan.staging_root)  # the start-up probe made it
         if plan.failed:
             return _report(plan, [], time.time(), signals)
-        print(f"nothing to score: every day was skipped ({len(plan.skipped)})")
+        print(f"nothing to score: {skipped_summary(plan, dates or [])}")
         return EXIT_OK
 
     # Each partition's leases are those of what its publisher publishes (a table's day, a folder's real path),
@@ -408,14 +377,17 @@ def _run_chunks(
     """Runs the plan's partitions chunk by chunk (one chunk unless backfilling), then reports and returns the code."""
     size = config.backfill_chunk_days if backfill else max(len(plan.partitions), 1)
     results: list[dict] = []
-    for i, chunk in enumerate(_chunks(plan.partitions, size)):
+    all_chunks = chunks(plan.partitions, size)
+    progress = BackfillProgress(all_chunks, plan.rows_by_partition) if backfill else None
+    for i, chunk in enumerate(all_chunks):
         if i:
             try:
                 _renew(plan, chunk)
             except (lease.LeaseHeld, lease.LeaseError) as e:
                 results += [{"partition": p, "status": "failed", "message": str(e), "rows": {}} for p in chunk]
                 continue
-            _LOG.info("backfill chunk %d: %s .. %s", i + 1, chunk[0], chunk[-1])
+        if progress:
+            progress.starting(i)
         chunk_plan = dataclasses.replace(
             plan,
             partitions=chunk,
@@ -427,6 +399,8 @@ def _run_chunks(
         for result in chunk_results:
             _print_result(plan, result)
         results += chunk_results
+        if progress:
+            progress.finished(i)
     remove_staging(plan.staging_root)
     return _report(plan, results, started, signals)
 
@@ -483,10 +457,17 @@ def _short(message: str, limit: int = 400) -> str:
 
 
 def run_score(
-    config_path: str | None, overrides: dict, beam_flags: list[str], take_over_lease: bool = False, wait: bool = True
+    config_path: str | None,
+    overrides: dict,
+    beam_flags: list[str],
+    take_over_lease: bool = False,
+    wait: bool = True,
+    dry_run: bool = False,
 ) -> int:
     config = load_config(config_path, overrides)
     dates = [config.date] if config.date else None
+    if dry_run:
+        return run_dry(config, dates, beam_flags)
     return execute(config, dates, beam_flags, take_over_lease=take_over_lease, wait=wait)
 
 
@@ -498,35 +479,18 @@ def run_backfill(
     end: str,
     take_over_lease: bool = False,
     wait: bool = True,
+    dry_run: bool = False,
 ) -> int:
     config = load_config(config_path, overrides)
+    if config.date is not None:
+        raise ConfigError(
+            f"setting 'date' ({config.date}, from {config_path or 'the default config'}) is for score: a backfill "
+            f"scores --start {start} .. --end {end} only; remove date: from the config, or run score --date"
+        )
     try:
         dates = days_between(start, end)
     except InputError as e:
         raise ConfigError(str(e)) from None
+    if dry_run:
+        return run_dry(config, dates, beam_flags, backfill=True)
     return execute(config, dates, beam_flags, backfill=True, take_over_lease=take_over_lease, wait=wait)
-
-
-def run_verify(
-    output: str,
-    dates: list[str] | None,
-    beam_flags: list[str],
-    output_format: str = PARQUET,
-    catalog: dict | None = None,
-    tables: dict | None = None,
-) -> int:
-    """Checks published partitions: one line each; 0 when all are complete, else 1."""
-    FileSystems.set_options(pipeline_options(ScoreConfig(beam={}), beam_flags))  # credentials, endpoints
-    publisher = publisher_for(output, output_format, catalog, tables)
-    partitions = dates if dates is not None else [""]
-    incomplete = []
-    for partition in partitions:
-        check = publisher.check(partition)
-        print(("OK " if check.complete else "INCOMPLETE ") + check.message)
-        if not check.complete:
-            incomplete.append(publisher.name(partition))
-    if incomplete:
-        print(f"verify: {len(incomplete)} of {len(partitions)} partition(s) incomplete: {', '.join(incomplete)}")
-        return EXIT_FAILED
-    print(f"verify: all {len(partitions)} partition(s) complete")
-    return EXIT_OK

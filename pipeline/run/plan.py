@@ -24,6 +24,9 @@ from transforms.schema import InputError, RunSchema, id_kind, is_number, text_ki
 
 _LOG = logging.getLogger(__name__)
 
+# Why a day of a dated run is skipped: published already by this model version (--skip-existing), or no input.
+ALREADY_PUBLISHED, NO_INPUT = "already published", "no input"
+
 
 def new_run_id(started: float) -> str:
     """A run's id: when it started (UTC, to the second) and 8 random hex digits, e.g. 20261128T020000Z-4f1c2a9e."""
@@ -44,6 +47,8 @@ class RunPlan:
     rows_by_partition: dict[str, int]
     files_by_partition: dict[str, list[str]]
     skipped: dict[str, str] = field(default_factory=dict)
+    # Why each skipped day was skipped, as a kind: ALREADY_PUBLISHED (--skip-existing) or NO_INPUT.
+    skip_kinds: dict[str, str] = field(default_factory=dict)
     # Partitions refused at start-up (an unreadable file, a missing or wrong-typed column in that day's input), with
     # why: reported at the end like a partition that fails mid-run, while every other partition runs.
     failed: dict[str, str] = field(default_factory=dict)
@@ -60,6 +65,13 @@ class RunPlan:
     # LeaseScopes say which), filled in once the leases are taken.
     leases: dict[str, dict[str, int]] = field(default_factory=dict)
     lease_expiry_seconds: float = 6 * 3600.0
+    # Whether the id and text kinds came from rows (or the config's column_kinds), not a guess made with no file:
+    # only then may the output create tables from them.
+    kinds_known: bool = True
+
+    def skipped_as(self, kind: str) -> list[str]:
+        """The days skipped for one reason (ALREADY_PUBLISHED or NO_INPUT), in order."""
+        return [day for day in self.skipped if self.skip_kinds.get(day) == kind]
 
 
 def days_between(start: str, end: str) -> list[str]:
@@ -222,9 +234,21 @@ def plan_run(
     """Checks the model, inputs and output, and decides what to read; raises on any fatal problem.
 
     Problems of the run (config, model, customers, output) raise. In a backfill, a problem that belongs to one day's
-    input fails that day only (RunPlan.failed); a single-partition run raises naming the file. run_id: the id the
-    run's signals already carry (a new one when None).
+    input fails that day only (RunPlan.failed); a single-partition run raises naming the file. Then the output is
+    made ready (an Iceberg table created, from kinds that rows or the config gave) and probed with a small write.
+    run_id: the id the run's signals already carry (a new one when None).
     """
+    plan = inspect_run(config, dates, backfill, run_id)
+    plan.publisher.prepare(plan.publisher.shard_schemas(plan.schema), create=plan.kinds_known)
+    _check_writable(config.output, plan.staging_root)
+    return plan
+
+
+def inspect_run(
+    config: ScoreConfig, dates: list[str] | None, backfill: bool = False, run_id: str | None = None
+) -> RunPlan:
+    """The plan_run checks that only read: the model, the inputs' footers and what the output holds. What a dry run
+    shows; it writes nothing and takes no lease."""
     started = time.time()
     run_id = run_id or new_run_id(started)
     _check_output_apart(config)
@@ -242,6 +266,7 @@ def plan_run(
     customer_files, customer_kind = _inspect_customers(config)
 
     skipped: dict[str, str] = {}
+    skip_kinds: dict[str, str] = {}
     paths_by_partition: dict[str, list[str]] = {}
     if dates is None:
         paths = resolve_files(config.reviews)
@@ -252,13 +277,13 @@ def plan_run(
         for day in dates:
             done = config.skip_existing and _published_by(publisher, day, bundle.model_version)
             if done:
-                skipped[day] = done
+                skipped[day], skip_kinds[day] = done, ALREADY_PUBLISHED
                 continue
             day_root = partition_path(config.reviews.rstrip("/"), day)
             paths = resolve_files(day_root)
             if not paths and not config.allow_empty:
                 if backfill:
-                    skipped[day] = f"no review files in {day_root}"
+                    skipped[day], skip_kinds[day] = f"no review files in {day_root}", NO_INPUT
                     continue
                 raise InputError(f"{day_root}: no review files match (pass --allow-empty to write an empty partition)")
             paths_by_partition[day] = paths
@@ -266,7 +291,7 @@ def plan_run(
             backfill
             and not paths_by_partition
             and len(skipped) == len(dates)
-            and not any("--skip-existing" in why for why in skipped.values())
+            and ALREADY_PUBLISHED not in skip_kinds.values()
         ):
             raise InputError(
                 f"{config.reviews}: no review files for any day from {dates[0]} to {dates[-1]} (looked in "
@@ -285,13 +310,11 @@ def plan_run(
         customer_id_kind=kinds["customer_id"],
         text_kind=kinds.get("review_text", "string"),
     )
-    publisher.prepare(publisher.shard_schemas(schema), create=typed <= kinds.keys())
     partitions = [p for p in paths_by_partition if p not in failed]
     rows = {p: 0 for p in partitions}
     for f in review_files:
         rows[f.partition] += f.num_rows
     staging_root = staging_root_for(config.output, run_id)
-    _check_writable(config.output, staging_root)
     return RunPlan(
         run_id=run_id,
         started_at=started,
@@ -303,6 +326,7 @@ def plan_run(
         rows_by_partition=rows,
         files_by_partition={p: paths_by_partition[p] for p in partitions},
         skipped=skipped,
+        skip_kinds=skip_kinds,
         failed=failed,
         output=config.output,
         staging_root=staging_root,
@@ -311,4 +335,5 @@ def plan_run(
         customers_root=_input_root(config.customers).rstrip("/"),
         reviews_root=(config.reviews if dates is not None else _input_root(config.reviews)).rstrip("/"),
         lease_expiry_seconds=config.lease_expiry_hours * 3600,
+        kinds_known=typed <= kinds.keys(),
     )

@@ -224,7 +224,7 @@ def test_a_few_empty_days_in_a_range_are_reported_not_fatal(three_days, bundle_d
     paths = _copy(three_days, tmp_path)
     days = ["2026-02-25", "2026-02-26", *DAYS]  # two days before the data starts
     assert execute(run_config(paths, bundle_dir, backfill_chunk_days=7), days, [], backfill=True) == 0
-    assert "skipping dt=2026-02-25: no review files" in caplog.text
+    assert "2 of 5 day(s) have no review files (no input), skipped: 2026-02-25, 2026-02-26" in caplog.text
     assert all(check_partition(f"{paths['output']}/dt={day}").complete for day in DAYS)
 
 

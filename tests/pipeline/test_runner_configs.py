@@ -15,7 +15,7 @@ from apache_beam.runners.portability.spark_runner import SparkJarJobServer, Spar
 from google.protobuf import json_format
 
 from pipeline.run.config import load_config
-from pipeline.run.launcher import make_runner, pipeline_options
+from pipeline.run.options import make_runner, pipeline_options
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"

@@ -12,7 +12,7 @@ from pipeline.cli.main import MALLOC_ARENAS, _overrides, build_parser, limit_mal
 from pipeline.errors import ConfigError
 from pipeline.run.config import build_config, load_config
 from pipeline.run.graph import model_handler, several_processes_per_machine, threads_per_process
-from pipeline.run.launcher import make_runner, pipeline_options
+from pipeline.run.options import make_runner, pipeline_options
 from transforms.pinned import PinnedBundle
 from transforms.schema import RunSchema
 
