@@ -178,7 +178,7 @@ def published_output(tmp_path):
 
 def _snippet() -> str:
     block = README.split("```python\nimport pyarrow as pa\n")[1].split("```")[0]
-    return "import pyarrow as pa\n" + block.split("\n\nfrom pyiceberg")[0]
+    return "import pyarrow as pa\n" + block.split("\n\nimport json\n")[0]
 
 
 def test_the_readme_pyarrow_snippet_reads_the_scores_with_dt_as_a_date(published_output):
