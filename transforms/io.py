@@ -21,6 +21,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms.beam_compat import boto3_s3_client, filesystem_options
 from transforms.schema import FAILURES, FILE_INDEX, ROW_INDEX, InputError, conform, partition_failure
+from transforms.table_coder import PARTITION_TABLE
 
 _LOG = logging.getLogger(__name__)
 _GLOB_CHARS = set("*?[")
@@ -251,6 +252,7 @@ class RowGroupRanges(beam.transforms.core.RestrictionProvider):
         return True
 
 
+@beam.typehints.with_output_types(PARTITION_TABLE)
 class ReadParquetBatches(beam.DoFn):
     """Reads a ReadTask's row groups as (partition, table) pairs conformed to a schema, batch_size rows at a time.
 
