@@ -312,7 +312,11 @@ class ReadParquetBatches(beam.DoFn):
 
     def _batches(self, parquet: pq.ParquetFile, path: str, group: int):
         try:
-            batches = parquet.iter_batches(batch_size=self._batch_size, row_groups=[group], columns=self._columns)
+            # Decoded on this thread (use_threads=False), not on Arrow's CPU pool: the job already has a thread per
+            # core busy (featurize, model calls), and more threads than cores only take turns.
+            batches = parquet.iter_batches(
+                batch_size=self._batch_size, row_groups=[group], columns=self._columns, use_threads=False
+            )
         except Exception as e:
             raise InputError(f"{path}: cannot open for reading: {' '.join(str(e).split())[:200]}") from None
         while True:
