@@ -1,4 +1,4 @@
-"""The (partition, Arrow table) coder: IPC round trips, a slice encodes only its rows, the size estimate encodes none."""
+"""The (partition, Arrow table) coder: IPC round trips, a slice encodes only its rows, estimating encodes none."""
 
 import apache_beam as beam
 import numpy as np
