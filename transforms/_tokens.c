@@ -199,9 +199,210 @@ release:
     return result;
 }
 
+
+/* One UTF-8 character at data[p] (p < end, data[p] >= 0x80): its length, 0 when it is not valid UTF-8 (overlong,
+ * surrogate, beyond U+10FFFF, truncated), which the caller hands to the Arrow kernels. */
+static int decode(const uint8_t *data, int64_t p, int64_t end, uint32_t *cp) {
+    uint8_t c = data[p];
+    int n;
+    uint8_t lo = 0x80, hi = 0xBF;
+    if (c < 0xC2) return 0;
+    if (c < 0xE0) n = 2, *cp = c & 0x1F;
+    else if (c < 0xF0) {
+        n = 3, *cp = c & 0x0F;
+        if (c == 0xE0) lo = 0xA0;
+        if (c == 0xED) hi = 0x9F;
+    } else if (c < 0xF5) {
+        n = 4, *cp = c & 0x07;
+        if (c == 0xF0) lo = 0x90;
+        if (c == 0xF4) hi = 0x8F;
+    } else
+        return 0;
+    if (p + n > end) return 0;
+    for (int k = 1; k < n; k++) {
+        uint8_t b = data[p + k];
+        if (b < lo || b > hi) return 0;
+        lo = 0x80, hi = 0xBF;
+        *cp = (*cp << 6) | (b & 0x3F);
+    }
+    return n;
+}
+
+static int encode(uint32_t cp, uint8_t *out) {
+    if (cp < 0x80) return out[0] = (uint8_t)cp, 1;
+    if (cp < 0x800) return out[0] = (uint8_t)(0xC0 | (cp >> 6)), out[1] = (uint8_t)(0x80 | (cp & 0x3F)), 2;
+    if (cp < 0x10000) {
+        out[0] = (uint8_t)(0xE0 | (cp >> 12)), out[1] = (uint8_t)(0x80 | ((cp >> 6) & 0x3F));
+        out[2] = (uint8_t)(0x80 | (cp & 0x3F));
+        return 3;
+    }
+    out[0] = (uint8_t)(0xF0 | (cp >> 18)), out[1] = (uint8_t)(0x80 | ((cp >> 12) & 0x3F));
+    out[2] = (uint8_t)(0x80 | ((cp >> 6) & 0x3F)), out[3] = (uint8_t)(0x80 | (cp & 0x3F));
+    return 4;
+}
+
+enum { CLASS_UNKNOWN = 3 };
+
+PyDoc_STRVAR(scan_ids_doc,
+             "scan_ids(byte_class, code_point_lower, code_point_class, data, offsets, slots, words, word_offsets,\n"
+             "         ids, oov_id, reserved, fallback) -> (words kept, kept words out of vocabulary, fallback rows)\n\n"
+             "The whole tokenizer for text i = data[offsets[i] : offsets[i + 1]]: each character classified (ASCII\n"
+             "by byte_class, others by code_point_class of the code point, which code_point_lower lowercases:\n"
+             "delete, space, word or unknown), tokens cut at spaces, each token's lowercased word looked up, and\n"
+             "row i of ids (int32, n x length, filled with the pad id by the caller) given the first `length`\n"
+             "words' ids (vocabulary index + reserved, or oov_id). A text holding invalid UTF-8 or a character of\n"
+             "class unknown is listed in fallback (int64, room for n), its row of ids not final: the caller\n"
+             "tokenizes those with the Arrow kernels. Stats count the kept words of the other rows.");
+
+static PyObject *scan_ids(PyObject *self, PyObject *args) {
+    PyObject *objs[9], *fallback_obj;
+    long long oov_id, reserved;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOLLO", &objs[0], &objs[1], &objs[2], &objs[3], &objs[4], &objs[5],
+                          &objs[6], &objs[7], &objs[8], &oov_id, &reserved, &fallback_obj))
+        return NULL;
+    static const char *names[10] = {"byte_class", "code_point_lower", "code_point_class", "data", "offsets",
+                                    "slots", "words", "word_offsets", "ids", "fallback"};
+    static const Py_ssize_t itemsize[10] = {1, 4, 1, 1, 8, 4, 1, 8, 4, 8};
+    static const int writable[10] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1};
+    PyObject *all[10] = {objs[0], objs[1], objs[2], objs[3], objs[4], objs[5], objs[6], objs[7], objs[8],
+                         fallback_obj};
+    Py_buffer b[10];
+    int held = 0;
+    PyObject *result = NULL;
+    for (; held < 10; held++)
+        if (get_buffer(all[held], &b[held], writable[held], itemsize[held], names[held]) < 0) goto release;
+
+    const uint8_t *cls = b[0].buf, *cp_class = b[2].buf, *data = b[3].buf;
+    const int32_t *cp_lower = b[1].buf;
+    const int64_t *offsets = b[4].buf;
+    Py_ssize_t texts = b[4].len / 8 - 1, size = b[3].len, slots = b[5].len / 4, code_points = b[2].len;
+    int32_t *ids = b[8].buf;
+    int64_t *fallback = b[9].buf;
+    if (b[0].len != 256 || b[1].len / 4 != code_points || texts < 0 || slots == 0 || (slots & (slots - 1)) != 0) {
+        PyErr_SetString(PyExc_ValueError, "scan_ids: byte_class, code point tables, offsets or slots: wrong size");
+        goto release;
+    }
+    if (texts > 0 && (b[8].len / 4) % texts != 0) {
+        PyErr_SetString(PyExc_ValueError, "scan_ids: ids must be texts x length");
+        goto release;
+    }
+    Py_ssize_t length = texts > 0 ? b[8].len / 4 / texts : 0;
+    if (b[9].len / 8 < texts) {
+        PyErr_SetString(PyExc_ValueError, "scan_ids: fallback needs room for every text");
+        goto release;
+    }
+    for (Py_ssize_t i = 0; i < texts; i++) {
+        if (offsets[i] < 0 || offsets[i + 1] < offsets[i] || offsets[i + 1] > size) {
+            PyErr_SetString(PyExc_ValueError, "scan_ids: offsets out of range");
+            goto release;
+        }
+    }
+    for (Py_ssize_t c = 0; c < code_points; c++) {
+        if (cp_lower[c] < 0 || cp_lower[c] > 0x10FFFF || cp_class[c] > CLASS_UNKNOWN) {
+            PyErr_SetString(PyExc_ValueError, "scan_ids: code point tables out of range");
+            goto release;
+        }
+    }
+    Vocabulary v = {b[5].buf, (uint64_t)slots - 1, b[6].buf, b[7].buf};
+    int64_t longest = 0;
+    Py_ssize_t vocabulary_size = b[7].len / 8 - 1;
+    for (Py_ssize_t i = 0; i < vocabulary_size; i++) {
+        int64_t n = v.offsets[i + 1] - v.offsets[i];
+        if (n > longest) longest = n;
+    }
+    uint8_t lower[256];
+    for (int c = 0; c < 256; c++) lower[c] = (uint8_t)(c >= 'A' && c <= 'Z' ? c + ('a' - 'A') : c);
+    /* The word is stored up to `longest` bytes (plus room for one character past it); longer cannot match. */
+    uint8_t stack_word[256];
+    uint8_t *word = stack_word;
+    if (longest + 8 > (int64_t)sizeof(stack_word)) {
+        word = PyMem_Malloc((size_t)longest + 8);
+        if (word == NULL) {
+            PyErr_NoMemory();
+            goto release;
+        }
+    }
+    int64_t kept = 0, oov = 0, fallbacks = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < texts; i++) {
+        int32_t *row = ids + i * length;
+        int64_t p = offsets[i], end = offsets[i + 1], position = 0, row_oov = 0;
+        int fell_back = 0;
+        while (p < end && position < length) {
+            /* A token: a run of characters that are not spaces; deleted characters add nothing to its word. */
+            int64_t n = 0;
+            int in_token = 0;
+            while (p < end) {
+                uint8_t c = data[p], k;
+                uint32_t cp = c;
+                int step = 1;
+                if (c < 0x80) {
+                    k = cls[c];
+                    cp = lower[c];
+                } else {
+                    step = decode(data, p, end, &cp);
+                    if (step == 0 || cp >= (uint32_t)code_points || cp_class[cp] == CLASS_UNKNOWN) {
+                        fell_back = 1;
+                        break;
+                    }
+                    k = cp_class[cp];
+                    cp = (uint32_t)cp_lower[cp];
+                }
+                p += step;
+                if (k == CLASS_SPACE) {
+                    if (in_token) break;
+                    continue;
+                }
+                in_token = 1;
+                if (k == CLASS_WORD) {
+                    if (n <= longest) {
+                        if (cp < 0x80) word[n++] = (uint8_t)cp;
+                        else n += encode(cp, word + n);
+                    } else {
+                        n += 1; /* past the longest word: only that it is longer counts */
+                    }
+                }
+            }
+            if (fell_back) break;
+            if (n == 0) continue; /* no token, or punctuation only: no word */
+            int32_t index = -1;
+            if (n <= longest) {
+                uint64_t h = fnv1a_start();
+                for (int64_t k = 0; k < n; k++) h = fnv1a_step(h, word[k]);
+                index = lookup(&v, h, word, n);
+            }
+            if (index < 0) row_oov++;
+            row[position++] = index < 0 ? (int32_t)oov_id : (int32_t)(index + reserved);
+        }
+        /* Past the kept words the text is only checked for invalid UTF-8, which the Arrow kernels refuse. */
+        while (!fell_back && p < end) {
+            uint32_t cp;
+            if (data[p] < 0x80) p++;
+            else {
+                int step = decode(data, p, end, &cp);
+                if (step == 0) fell_back = 1;
+                p += step;
+            }
+        }
+        if (fell_back) {
+            fallback[fallbacks++] = i;
+            continue;
+        }
+        kept += position;
+        oov += row_oov;
+    }
+    Py_END_ALLOW_THREADS
+    if (word != stack_word) PyMem_Free(word);
+    result = Py_BuildValue("(LLL)", (long long)kept, (long long)oov, (long long)fallbacks);
+release:
+    for (int i = 0; i < held; i++) PyBuffer_Release(&b[i]);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"build_table", build_table, METH_VARARGS, build_table_doc},
     {"scan", scan, METH_VARARGS, scan_doc},
+    {"scan_ids", scan_ids, METH_VARARGS, scan_ids_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -14,6 +14,7 @@ from transforms.id_hashing import buckets_of, id_keys
 from transforms.join_plan import JoinPlan
 from transforms.row_keys import column_numpy
 from transforms.schema import Columns
+from transforms.table_coder import PARTITION_TABLE
 
 
 def _lookup(
@@ -62,6 +63,7 @@ def _shard_facts(element):
     return table.facts
 
 
+@beam.typehints.with_output_types(PARTITION_TABLE)
 class _JoinBatch(beam.DoFn):
     """Joins (partition, reviews) pairs to the broadcast shards."""
 

@@ -14,6 +14,7 @@ from transforms.isolation import isolate_failures
 from transforms.numeric import Scaler
 from transforms.pinned import PinnedBundle
 from transforms.schema import DETAIL, FAILURES, REASON, RunSchema, conform, partition_failure
+from transforms.table_coder import PARTITION_TABLE
 from transforms.text import Tokenizer, TokenizerSpec
 from transforms.validate import FEATURIZE_ERROR
 
@@ -96,6 +97,7 @@ def reject_rows(table: pa.Table, mask: np.ndarray, reasons, details, schema: Run
     return conform(bad, schema.rejects_schema())
 
 
+@beam.typehints.with_output_types(PARTITION_TABLE)
 class FeaturizeTables(beam.DoFn):
     """Adds the model's inputs (scaled numeric features and token ids) to each (partition, table) pair, on
     `threads` background threads, keeping the input order.

@@ -19,6 +19,7 @@ from transforms.featurize import NUMERIC, TOKENS, matrix, reject_rows
 from transforms.isolation import MAX_FAILED_CALLS, score_with_isolation
 from transforms.pinned import PinnedBundle
 from transforms.schema import FAILURES, MODEL_VERSION, SCORE, RunSchema, partition_failure
+from transforms.table_coder import PARTITION_TABLE
 from transforms.validate import INFERENCE_ERROR, INVALID_SCORE
 
 _LOG = logging.getLogger(__name__)
@@ -133,6 +134,7 @@ class TensorflowModelHandler(ReviewModelHandler):
         return bundle.tensorflow(self._batch_size, self._jit_compile, self._threads)
 
 
+@beam.typehints.with_output_types(PARTITION_TABLE)
 class RouteScores(beam.DoFn):
     """Scored rows to the main output, rejects and partition failures to their tagged outputs; counts and logs."""
 

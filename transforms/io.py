@@ -21,6 +21,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms.beam_compat import boto3_s3_client, filesystem_options
 from transforms.schema import FAILURES, FILE_INDEX, ROW_INDEX, InputError, conform, partition_failure
+from transforms.table_coder import PARTITION_TABLE
 
 _LOG = logging.getLogger(__name__)
 _GLOB_CHARS = set("*?[")
@@ -251,6 +252,7 @@ class RowGroupRanges(beam.transforms.core.RestrictionProvider):
         return True
 
 
+@beam.typehints.with_output_types(PARTITION_TABLE)
 class ReadParquetBatches(beam.DoFn):
     """Reads a ReadTask's row groups as (partition, table) pairs conformed to a schema, batch_size rows at a time.
 
@@ -315,7 +317,11 @@ class ReadParquetBatches(beam.DoFn):
 
     def _batches(self, parquet: pq.ParquetFile, path: str, group: int):
         try:
-            batches = parquet.iter_batches(batch_size=self._batch_size, row_groups=[group], columns=self._columns)
+            # Decoded on this thread (use_threads=False), not on Arrow's CPU pool: the job already has a thread per
+            # core busy (featurize, model calls), and more threads than cores only take turns.
+            batches = parquet.iter_batches(
+                batch_size=self._batch_size, row_groups=[group], columns=self._columns, use_threads=False
+            )
         except Exception as e:
             raise InputError(f"{path}: cannot open for reading: {' '.join(str(e).split())[:200]}") from None
         while True:

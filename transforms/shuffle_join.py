@@ -14,6 +14,7 @@ from transforms.id_hashing import buckets_of, id_keys
 from transforms.join_plan import JoinPlan
 from transforms.row_keys import BLOCK_BITS, column_numpy, row_blocks, split_by, table_row_keys
 from transforms.schema import Columns
+from transforms.table_coder import PARTITION_TABLE
 
 # Customers and the reviews' (key, row) pairs meet in hash buckets; each bucket de-duplicates its customers exactly
 # like the broadcast table and answers its reviews; the answers come back to the review batches by row key, through
@@ -130,5 +131,7 @@ def shuffle_join(reviews, parts, review_keys, columns: Columns, plan: JoinPlan):
         answered.answers | "GroupAnswersByBlock" >> beam.GroupByKey() | "SortAnswers" >> beam.MapTuple(_sorted_block)
     )
     side = beam.pvalue.AsMultiMap(answers)
-    joined = reviews | "AttachAnswers" >> beam.Map(_attach_pair, answers=side, columns=columns)
+    joined = reviews | "AttachAnswers" >> beam.Map(_attach_pair, answers=side, columns=columns).with_output_types(
+        PARTITION_TABLE
+    )
     return joined, answered[_JoinBucket.FACTS]

@@ -11,6 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from transforms.code_points import code_point_table
+
 # The byte scan in C is an accelerator: without it (no compiler where the project was installed, a source checkout
 # that was never built) every text goes through the Arrow kernels, which give the same ids about 3x slower. Said once
 # per process, when this module is imported, not once per batch.
@@ -88,14 +90,17 @@ def standardize_and_split(texts) -> pa.ListArray:
     return pa.ListArray.from_arrays(new_offsets, values.filter(keep))
 
 
-# tokenize_and_pad standardizes and splits on the UTF-8 bytes in one C pass (transforms/_tokens.c), exactly as
-# standardize_and_split does, for the tokens (runs of bytes that are not ASCII whitespace) of ASCII bytes only: most
-# words of most reviews. A-Z become a-z; the ASCII characters in Unicode categories P* and S* (all 32 printable
-# non-alphanumerics) are removed; the other bytes (letters, digits, control characters, DEL) stay. The ASCII whitespace
-# of utf8_split_whitespace is \t \n \v \f \r, the space and also \x1c-\x1f (bidi classes B and S), which
-# ascii_split_whitespace does not count as whitespace. A token with a non-ASCII byte goes through standardize_and_split
-# on its own: its words depend on it alone, since the Arrow kernels work code point by code point (utf8_lower has no
-# context rule: "ΑΣ" becomes "ασ", and "İ" becomes "i").
+# tokenize_and_pad standardizes, splits, looks up and pads in one C pass over the UTF-8 bytes (transforms/_tokens.c:
+# scan_ids), exactly as standardize_and_split does: ASCII by the byte classes below, every other character by the
+# code point table (transforms/code_points.py), which is read off the same Arrow kernels. A text with a character
+# that table leaves to Arrow (beyond U+1FFFF) or with invalid UTF-8 goes the earlier way (_tokenize_and_pad_spans):
+# the same C scan for the tokens (runs of bytes that are not ASCII whitespace) of ASCII bytes only. ASCII: A-Z become
+# a-z; the ASCII characters in Unicode categories P* and S* (all 32 printable non-alphanumerics) are removed; the
+# other bytes (letters, digits, control characters, DEL) stay. The ASCII whitespace of utf8_split_whitespace is \t \n
+# \v \f \r, the space and also \x1c-\x1f (bidi classes B and S), which ascii_split_whitespace does not count as
+# whitespace. Character by character is exact because the Arrow kernels work code point by code point (utf8_lower
+# has no context rule: "ΑΣ" becomes "ασ", and "İ" becomes "i"); on the earlier way a token with a non-ASCII byte
+# goes through standardize_and_split on its own, its words depending on it alone.
 _ARROW_ASCII_WHITESPACE = b"\t\n\v\f\r\x1c\x1d\x1e\x1f "
 _DELETE, _SPACE, _WORD = 0, 1, 2
 _BYTE_CLASS = np.full(256, _WORD, dtype=np.uint8)  # bytes >= 0x80, parts of non-ASCII characters, are _WORD
@@ -226,6 +231,35 @@ class Tokenizer:
             raise ValueError(f"{texts.null_count} null text value(s): reject them before tokenizing")
         n, length = len(texts), self.spec.sequence_length
         ids = np.full((n, length), self.spec.pad_id, dtype=np.int32)
+        offsets, _, data = _text_buffers(texts)
+        fallback = np.empty(n, dtype=np.int64)
+        # One pass over the bytes writes every row's ids (transforms/_tokens.c: scan_ids); the rare texts with a
+        # character the code point table leaves to Arrow (or invalid UTF-8) are listed and tokenized below.
+        total, oov, fallbacks = _tokens.scan_ids(
+            _BYTE_CLASS,
+            *code_point_table(_PUNCTUATION),
+            data,
+            offsets,
+            *self._table,
+            ids,
+            self.spec.oov_id,
+            RESERVED_IDS,
+            fallback,
+        )
+        if fallbacks:
+            rows = fallback[:fallbacks]
+            ids[rows], words, unknown = self._tokenize_and_pad_spans(texts.take(pa.array(rows)))
+            total, oov = total + words, oov + unknown
+        if return_stats:
+            return ids, total, oov
+        return ids
+
+    def _tokenize_and_pad_spans(self, texts: pa.Array):
+        """(ids, words kept, words out of vocabulary) of non-null texts, the ASCII tokens through the C scan and the
+        tokens with a non-ASCII byte through the Arrow kernels: tokenize_and_pad's way for texts whose characters
+        the code point table does not cover (and the way it tokenized every text before scan_ids)."""
+        n, length = len(texts), self.spec.sequence_length
+        ids = np.full((n, length), self.spec.pad_id, dtype=np.int32)
         offsets, buffer, data = _text_buffers(texts)
         cuts = np.searchsorted(offsets, np.arange(offsets[0] + _CHUNK_BYTES, offsets[-1], _CHUNK_BYTES))
         bounds = np.unique(np.concatenate([[0], cuts, [n]]))
@@ -255,9 +289,7 @@ class Tokenizer:
             ids[chunk.rows][np.arange(length) < kept[:, None]] = token_ids
             total += len(token_ids)
             oov += int(np.count_nonzero(index < 0))
-        if return_stats:
-            return ids, total, oov
-        return ids
+        return ids, total, oov
 
     def _tokenize_and_pad_arrow(self, texts, return_stats: bool = False):
         """tokenize_and_pad all through the Arrow kernels: the path without the C extension, and the tests' oracle."""

@@ -13,6 +13,7 @@ from transforms.customer_table import HAS_CUSTOMER
 from transforms.id_hashing import buckets_of, id_keys
 from transforms.row_keys import BLOCK_BITS, row_blocks, row_keys, split_by
 from transforms.schema import DETAIL, FILE_INDEX, REASON, ROW_INDEX, Columns, RunSchema, conform
+from transforms.table_coder import PARTITION_TABLE
 
 # Checked in this order; a row failing several checks gets the first reason only, so it is rejected once.
 NULL_REVIEW_ID = "null_review_id"
@@ -238,6 +239,7 @@ def check_rows(joined: pa.Table, schema: RunSchema, duplicate_keys: np.ndarray |
     return valid, conform(bad, schema.rejects_schema())
 
 
+@beam.typehints.with_output_types(PARTITION_TABLE)
 class ValidateRows(beam.DoFn):
     """Emits valid (partition, table) pairs on the main output and rejects on the 'rejects' output."""
 

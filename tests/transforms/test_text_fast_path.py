@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import transforms.text as text_module
+from transforms.code_points import DELETE, SPACE, UNKNOWN, WORD, code_point_table
 from transforms.text import Tokenizer, TokenizerSpec, standardize_and_split
 
 # The optional C extension: where it was not built (no compiler, which the README supports) the tokenizer takes the
@@ -293,3 +294,66 @@ def test_invalid_utf8_is_refused_as_before(raw):
     for tokenize in (tokenizer._tokenize_and_pad_arrow, tokenizer.tokenize_and_pad):
         with pytest.raises(pa.ArrowInvalid, match="Invalid UTF8"):
             tokenize(column)
+
+
+def _scan_ids_arguments(text: bytes, words: list[str], length: int = 4):
+    slots, vocabulary, word_offsets = text_module._vocabulary_table(words)
+    lower, classes = code_point_table(text_module._PUNCTUATION)
+    return [
+        text_module._BYTE_CLASS,
+        lower,
+        classes,
+        np.frombuffer(text, np.uint8),
+        np.array([0, len(text)], np.int64),
+        slots,
+        vocabulary,
+        word_offsets,
+        np.zeros((1, length), np.int32),
+        1,
+        2,
+        np.empty(1, np.int64),
+    ]
+
+
+def test_one_pass_scan_writes_ids_and_lists_what_it_leaves_to_arrow():
+    args = _scan_ids_arguments("Good, CAFÉ!! … zz Bad«».".encode(), ["good", "café", "bad"])
+    assert _tokens.scan_ids(*args) == (4, 1, 0)  # "…" has no word; "zz" is out of vocabulary
+    assert args[8].tolist() == [[2, 3, 1, 4]]
+    # A character beyond the table (U+20000, a CJK extension ideograph) or invalid UTF-8, even past the kept words:
+    # the row is listed (its ids are the caller's to write) and its words are not counted.
+    for text in ["good \U00020000".encode(), b"good good good good good \xc3"]:
+        args = _scan_ids_arguments(text, ["good"])
+        assert _tokens.scan_ids(*args) == (0, 0, 1)
+        assert args[11].tolist() == [0]
+
+
+@pytest.mark.parametrize(
+    "position, replacement, message",
+    [
+        (0, np.zeros(255, np.uint8), "wrong size"),  # byte classes: 256 of them
+        (1, np.zeros(3, np.int32), "wrong size"),  # one lowercase per code point
+        (2, np.full(0x20000, 7, np.uint8), "out of range"),  # classes 0-3 only
+        (4, np.array([0, 99], np.int64), "out of range"),  # offsets past the data
+        (5, np.zeros(24, np.int32), "wrong size"),  # hash slots: a power of two
+        (8, np.zeros(3, np.int16), "whole number"),  # ids are int32
+        (11, np.empty(0, np.int64), "room for every text"),
+    ],
+)
+def test_one_pass_scan_refuses_bad_buffers(position, replacement, message):
+    args = _scan_ids_arguments(b"good bad", ["good"])
+    assert _tokens.scan_ids(*args) == (2, 1, 0)
+    args[position] = replacement
+    with pytest.raises(ValueError, match=message):
+        _tokens.scan_ids(*args)
+
+
+def test_texts_beyond_the_code_point_table_match_the_reference():
+    texts = ["good \U00020000 café", "CAFÉ \U0010fffd good", "good café", "\U0002a6d6good"]
+    assert_same(Tokenizer(["good", "café", "\U00020000"]), texts)
+
+
+def test_the_code_point_table_is_arrows():
+    lower, classes = code_point_table(text_module._PUNCTUATION)
+    assert chr(lower[ord("É")]) == "é" and chr(lower[0x130]) == "i" and chr(lower[0x212A]) == "k"  # İ, Kelvin
+    assert classes[ord("é")] == WORD and classes[0x1F600] == DELETE and classes[ord("«")] == DELETE
+    assert classes[0x3000] == SPACE and classes[0xA0] == SPACE and classes[0xD800] == UNKNOWN
