@@ -1032,6 +1032,13 @@ class IcebergPublisher(Publisher):
         scopes = []
         for kind in ("rejects", "scores"):
             name = self.tables.table_names[kind]
+            if not self.day_commit()._exists_table(kind):
+                # prepare() creates the tables at start-up from kinds that rows or the config gave: none did.
+                raise lease.LeaseError(
+                    f"table {name} does not exist yet and {partition} has no rows to take its column types from: "
+                    f"not published (the first day with rows creates the tables, or state the kinds: setting "
+                    f"column_kinds; score this day again after that)"
+                )
             try:
                 location = self.day_commit()._table(kind).location()
             except Exception as e:  # an unreachable catalog, a table dropped since start-up
@@ -1076,6 +1083,8 @@ class IcebergPublisher(Publisher):
             table = self.tables.reader.load_table(self._names["scores"])
         except (NoSuchTableError, NoSuchNamespaceError, NoSuchOutput):
             return None
+        if table.current_snapshot() is None:  # created, nothing committed yet (a run stopped before its scores)
+            return []
         partitions = table.inspect.partitions()
         if "partition" not in partitions.column_names:
             return []

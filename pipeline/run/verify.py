@@ -6,6 +6,7 @@ import sys
 
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.errors import OutputError
 from pipeline.publish.factory import publisher_for
 from pipeline.publish.publisher import FORMATS
 from pipeline.run.config import ScoreConfig
@@ -26,7 +27,11 @@ def run_verify(config: ScoreConfig, dates: list[str] | None, beam_flags: list[st
     FileSystems.set_options(pipeline_options(config, beam_flags))
     output, fmt = config.output, config.output_format
     publisher = publisher_for(output, fmt, config.catalog, config.iceberg_tables)
-    found = publisher.partitions_found()
+    try:
+        found = publisher.partitions_found()
+    except OutputError as e:  # a catalog that cannot be read: named, one line
+        print(f"sentiment-score: error: {e}", file=sys.stderr)
+        return EXIT_INCOMPLETE
     if found is None:
         for other in (f for f in FORMATS if f != fmt):
             if publisher_for(output, other).format_found() == other:

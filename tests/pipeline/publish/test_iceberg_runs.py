@@ -118,8 +118,9 @@ def test_skip_existing_still_skips_the_days_after_their_snapshots_are_expired(
         ).commit()
         assert len(catalog.load_table(name).snapshots()) == 1
     config = sample_config(sample_dir, bundle_dir, published, output_format="iceberg", skip_existing=True)
+    caplog.set_level(logging.INFO, logger="sentiment-score")
     assert execute(config, DAYS, [], backfill=True) == 0
-    assert caplog.text.count("already published, complete and scored by model") == 2
+    assert caplog.text.count(f"{len(DAYS)} of {len(DAYS)} day(s) already published by model") == 1
     assert (
         main(["verify", "--output", str(published), "--output-format", "iceberg", "--start", DAYS[0], "--end", DAYS[1]])
         == 0
@@ -164,7 +165,8 @@ def test_an_empty_first_night_leaves_the_column_types_to_the_first_night_with_ro
         return execute(config, [date], [])
 
     assert run(empty_day) == 1
-    assert "table sentiment.review_rejects does not exist yet and 2026-11-26 has no rows" in caplog.text
+    said = caplog.text + capsys.readouterr().err
+    assert "table sentiment.review_rejects does not exist yet and 2026-11-26 has no rows" in said, said
     with pytest.raises(NoSuchTableError):
         _catalog(output).load_table("sentiment.review_scores")
     assert run(SAMPLE_DATE) == 0

@@ -251,7 +251,8 @@ def test_verify_as_iceberg_of_a_parquet_root_or_a_mistyped_path_writes_nothing(t
         result = _cli("verify", "--output", str(output), "--output-format", ICEBERG, "--date", DAY)
         assert result.returncode != 0
         assert "Traceback" not in result.stderr
-        assert f"{output}: no such output" in result.stdout or f"{output} holds output_format parquet" in result.stdout
+        said = result.stdout + result.stderr
+        assert f"{output}: no such output" in said or f"{output} holds parquet output, not iceberg" in said, said
     assert _tree(tmp_path) == before
 
 
