@@ -6,17 +6,16 @@ import sys
 
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.errors import ExitCode
 from pipeline.publish.factory import publisher_for
 from pipeline.publish.publisher import FORMATS
 from pipeline.run.config import ScoreConfig
 from pipeline.run.options import pipeline_options
 
-EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE = 0, 1, 2
-
 
 def _refuse(message: str) -> int:
     print(f"sentiment-score: error: {message}", file=sys.stderr)
-    return EXIT_USAGE
+    return ExitCode.USAGE
 
 
 def run_verify(config: ScoreConfig, dates: list[str] | None, beam_flags: list[str]) -> int:
@@ -51,6 +50,6 @@ def run_verify(config: ScoreConfig, dates: list[str] | None, beam_flags: list[st
             incomplete.append(publisher.name(partition))
     if incomplete:
         print(f"verify: {len(incomplete)} of {len(partitions)} partition(s) incomplete: {', '.join(incomplete)}")
-        return EXIT_INCOMPLETE
+        return ExitCode.FAILED
     print(f"verify: all {len(partitions)} partition(s) complete")
-    return EXIT_OK
+    return ExitCode.OK
