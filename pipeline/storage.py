@@ -9,16 +9,18 @@ import uuid
 
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.errors import JobError
+
 LOCAL_SCHEME = "file://"
 # Marks a temporary file written beside its target (write_atomically); a publish removes any it finds.
 TEMP_MARK = ".tmp-"
 
 
-class StorageError(OSError):
+class StorageError(JobError, OSError):
     """A write, move or delete failed (a full disk, an unwritable folder); the message names the path."""
 
 
-class Unsupported(ValueError):
+class Unsupported(JobError, ValueError):
     """The store of a path lacks a primitive the job needs; the message names the path."""
 
 

@@ -70,9 +70,11 @@ def test_rooms_import_only_the_rooms_below_them(room):
 
 
 def test_the_shared_modules_import_no_room():
+    """errors.py imports nothing of the job; storage.py only the errors (its StorageError is one of them)."""
+    allowed = {"errors": set(), "storage": {"pipeline.errors", "pipeline.errors.JobError"}}
     for name in sorted(SHARED):
         used = {m for m in imported_modules((ROOT / "pipeline" / f"{name}.py").read_text()) if m.startswith("pipeline")}
-        assert used == set(), name
+        assert used <= allowed[name], name
 
 
 # Private pyiceberg names are used in one module only, as transforms/beam_compat.py holds Beam's.

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-EXIT_READY, EXIT_WAITING, EXIT_USAGE = 0, 1, 2
+# The sensor's own answers: ready, or not yet (Airflow pokes again); a usage error is the job's exit 2.
+EXIT_READY, EXIT_WAITING = 0, 1
 MARKER = "_SUCCESS"
 
 
@@ -32,7 +33,7 @@ def input_present(reviews_root: str, date: str) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     from pipeline.cli.quiet import configure_output
-    from pipeline.errors import ConfigError
+    from pipeline.errors import ConfigError, ExitCode
     from pipeline.run.config import load_config, validate_date
 
     parser = argparse.ArgumentParser(prog="python -m pipeline.cli.input_ready", description=__doc__.splitlines()[0])
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         FileSystems.set_options(pipeline_options(config, []))
     except ConfigError as e:
         print(f"input_ready: config error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     found = input_present(root, date)
     if found is None:
         print(f"waiting: no {MARKER} or *.parquet in {root.rstrip('/')}/dt={date} yet")

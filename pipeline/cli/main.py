@@ -14,11 +14,10 @@ from model.native_output import quiet_native_stderr
 from model.runtime import AUTO, RUNTIMES
 from pipeline.cli.quiet import configure_output
 from pipeline.cli.version import VersionAction
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, ExitCode
 from pipeline.publish.publisher import FORMATS
 from pipeline.run.config import load_config, validate_date
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LEASE_HELD = 0, 1, 2, 3
 _LOG = logging.getLogger("sentiment-score")
 
 
@@ -42,7 +41,7 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):
         self.print_usage(sys.stderr)
         print(f"sentiment-score: error: {message}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
+        sys.exit(ExitCode.USAGE)
 
 
 def _verbose(parser: argparse.ArgumentParser, default=None) -> None:
@@ -365,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"wrote {result['reviews']} reviews over {len(result['days'])} days and "
                 f"{result['customers']} customers to {args.output}"
             )
-            return EXIT_OK
+            return ExitCode.OK
         if args.command == "train":
             # TensorFlow's C++ prints oneDNN and tf.data notices while it imports and fits: held back, noise dropped.
             with quiet_native_stderr():
@@ -383,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"model bundle {args.model_dir} version {bundle.model_version}: "
                 f"validation AUC {metrics['val_auc']:.4f}, accuracy {metrics['val_accuracy']:.4f}"
             )
-            return EXIT_OK
+            return ExitCode.OK
         from pipeline.run.launcher import run_backfill, run_score
         from pipeline.run.verify import run_verify
 
@@ -409,12 +408,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("score", "backfill") and not dry_run and not getattr(e, "signalled", False):
             from pipeline.run.telemetry import signal_startup_failure
 
-            signal_startup_failure(_overrides(args), args.command, f"config error: {e}", EXIT_USAGE)
+            signal_startup_failure(_overrides(args), args.command, f"config error: {e}", ExitCode.USAGE)
         print(f"sentiment-score: config error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     except Terminated as e:  # the launcher has given the leases back already, and asked what was published
         print(f"sentiment-score: error: {e}; {getattr(e, 'published', 'nothing was published')}", file=sys.stderr)
-        return EXIT_FAILED
+        return ExitCode.FAILED
 
 
 def run() -> None:

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline import storage
+from pipeline.errors import JobError
 from pipeline.publish import lease
 from pipeline.publish.parquet import footer_rows
 from pipeline.publish.publisher import Publisher
@@ -63,7 +64,7 @@ def top_reasons(reasons: dict[str, int], n: int = 3) -> str:
     return ", ".join(f"{reason} {count}" for reason, count in ranked) or "none"
 
 
-class Refused(Exception):
+class Refused(JobError):
     """A partition that is not published: the message says why; rows are what was counted before it was refused."""
 
     def __init__(self, message: str, rows: dict | None = None):

@@ -65,7 +65,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipeline import storage
-from pipeline.errors import ConfigError, OutputError
+from pipeline.errors import ConfigError, JobError, OutputError
 from pipeline.publish import lease
 from pipeline.publish.iceberg_compat import append_checked, iceberg_schema
 from pipeline.publish.publisher import ICEBERG, LeaseScope, OutputDataset, PartitionCheck, Publisher, stop_here_if_asked
@@ -91,11 +91,11 @@ _EPOCH = dt_module.date(1970, 1, 1)
 COMMIT_ATTEMPTS = 10
 
 
-class IcebergSchemaError(ValueError):
+class IcebergSchemaError(JobError, ValueError):
     """A run's columns do not match an existing table's; the message names the table and the column."""
 
 
-class IcebergPublishError(RuntimeError):
+class IcebergPublishError(JobError, RuntimeError):
     """A day that cannot be published as given (bad shard, wrong day, counts that do not add up); names what."""
 
 

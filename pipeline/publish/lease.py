@@ -32,22 +32,27 @@ from dataclasses import dataclass
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline import storage
+from pipeline.errors import ExitCode, JobError
 
 _LOG = logging.getLogger(__name__)
 LEASES_DIR = "_leases"
 _PREFIX, _SUFFIX = "lease-", ".json"
 
 
-class LeaseHeld(RuntimeError):
+class LeaseHeld(JobError, RuntimeError):
     """Another live run holds the lease of a partition; the message names the run and when it started."""
+
+    exit_code = ExitCode.LEASE_HELD
 
 
 class LeaseLost(LeaseHeld):
     """The run no longer holds the newest generation of a partition's lease (it lapsed and another run took it, or
     it was taken over): the partition is not published by this run."""
 
+    exit_code = ExitCode.FAILED
 
-class LeaseError(RuntimeError):
+
+class LeaseError(JobError, RuntimeError):
     """The lease store cannot be used (unsupported scheme, unreadable lease); the message names the path."""
 
 

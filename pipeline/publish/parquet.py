@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline import storage
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, JobError
 from pipeline.publish import lease
 from pipeline.publish.publisher import PARQUET, LeaseScope, OutputDataset, PartitionCheck, Publisher
 
@@ -48,7 +48,7 @@ _OLD_REPORTS = ("summary.json", "report.md", "score_histogram.png")
 STEPS = ("moved", "reports", "manifest", "cleaned")
 
 
-class ManifestError(ValueError):
+class ManifestError(JobError, ValueError):
     """A `_SUCCESS` that is not a readable manifest; the message names the file."""
 
 

@@ -14,14 +14,13 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import StandardOptions
 
 from model.bundle import BundleError
-from pipeline.errors import ConfigError, OutputError
+from pipeline.errors import ConfigError, ExitCode, OutputError
 from pipeline.run.config import ScoreConfig
 from pipeline.run.options import pipeline_options
 from pipeline.run.plan import RunPlan, inspect_run
 from pipeline.run.progress import chunk_label, chunks
 from transforms.schema import InputError
 
-EXIT_ALLOWED, EXIT_REFUSED = 0, 2
 SCORE, SKIP, REFUSE = "score", "skip", "refuse"
 # Input files listed per day; more are counted.
 FILES_SHOWN = 5
@@ -122,7 +121,7 @@ def run_dry(config: ScoreConfig, dates: list[str] | None, beam_flags: list[str],
     except (ConfigError, BundleError, InputError, OutputError) as e:
         print(f"dry run: refused at start-up: {e}", file=sys.stderr)
         print("dry run: the run would be refused (exit 2); nothing was written and no lease was taken")
-        return EXIT_REFUSED
+        return ExitCode.USAGE
     for line in render(dry, config, backfill):
         print(line)
-    return EXIT_ALLOWED
+    return ExitCode.OK

@@ -17,7 +17,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineState
 
 from model.bundle import BundleError
-from pipeline.errors import ConfigError, OutputError
+from pipeline.errors import ConfigError, ExitCode, OutputError, exit_code_for, job_error_names
 from pipeline.publish import lease
 from pipeline.publish.commit import control_root, remove_staging, run_summary_path, write_run_summary
 from pipeline.run.config import ScoreConfig, load_config
@@ -32,13 +32,12 @@ from pipeline.storage import basename, delete_tree, is_remote, join, list_paths,
 from transforms.beam_compat import runner_job_id
 from transforms.schema import InputError
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LEASE_HELD = 0, 1, 2, 3
 _LOG = logging.getLogger("sentiment-score")
 
 
 def _fatal(message: str) -> int:
     print(f"sentiment-score: error: {message}", file=sys.stderr)
-    return EXIT_FAILED
+    return ExitCode.FAILED
 
 
 def _clean_dead_staging(plan: RunPlan, partitions: list[str]) -> None:
@@ -82,9 +81,8 @@ def _release(plan: RunPlan, partitions: list[str], held: dict[str, dict[str, int
 def _cause(error: Exception) -> str:
     """The most useful line of a pipeline failure: our own error's message if a worker raised one."""
     message = " ".join(str(error).split())
-    ours = re.findall(
-        r"(?:InputError|BundleError|OutputError|LeaseHeld|LeaseError): (.+?)(?= \[while running|$)", message
-    )
+    names = "|".join(job_error_names())
+    ours = re.findall(rf"(?:{names}): (.+?)(?= \[while running|$)", message)
     if ours:
         return ours[-1][:600]
     return f"{type(error).__name__}: {message[-600:]}"
@@ -226,12 +224,12 @@ def execute(
     """
     # --- run signals (pipeline/run/telemetry.py): metrics file and lineage events at the end of every run ---
     signals = RunSignals(config, "backfill" if backfill else "score", dates)
-    code = EXIT_FAILED
+    code = ExitCode.FAILED
     try:
         code = _execute(config, dates, beam_flags, backfill, test_pipeline, take_over_lease, wait, signals)
         return code
     except ConfigError as e:
-        code = EXIT_USAGE
+        code = exit_code_for(e)
         signals.fail(f"config error: {e}")
         e.signalled = True  # the CLI reports it; the signals are written already
         raise
@@ -270,7 +268,7 @@ def _execute(
         if plan.failed:
             return _report(plan, [], time.time(), signals)
         print(f"nothing to score: {skipped_summary(plan, dates or [])}")
-        return EXIT_OK
+        return ExitCode.OK
 
     # Each partition's leases are those of what its publisher publishes (a table's day, a folder's real path),
     # so runs that reach it through different outputs exclude each other.
@@ -289,7 +287,7 @@ def _execute(
         remove_staging(plan.staging_root)
         signals.fail(str(e))
         print(f"sentiment-score: error: {e}", file=sys.stderr)
-        return EXIT_LEASE_HELD
+        return ExitCode.LEASE_HELD
     except lease.LeaseError as e:
         _release(plan, list(taken), taken)
         remove_staging(plan.staging_root)
@@ -360,7 +358,7 @@ def _launch(
             + ", ".join(plan.publisher.name(p) for p in plan.partitions)
             + "; check with `sentiment-score verify`"
         )
-        return EXIT_OK
+        return ExitCode.OK
 
     return _run_chunks(config, plan, options, test_pipeline, backfill, started, signals)
 
@@ -423,7 +421,7 @@ def _report(plan: RunPlan, results: list[dict], started: float, signals: RunSign
             write_run_summary(control, plan.run_id, results, plan.skipped)
         except OSError as e:  # the partitions' outcomes stand (and were printed); the record of them is missing
             print(f"sentiment-score: error: cannot write the run summary: {e}", file=sys.stderr)
-            return EXIT_FAILED
+            return ExitCode.FAILED
     scored = sum(r["rows"]["scored"] for r in published)
     rejected = sum(r["rows"]["rejected"] for r in published)
     read = sum(r["rows"]["read"] for r in published)
@@ -431,7 +429,7 @@ def _report(plan: RunPlan, results: list[dict], started: float, signals: RunSign
     if failed and len(results) == 1:
         name = plan.publisher.name(failed[0]["partition"])
         print(f"sentiment-score: error: {name}: not published: {failed[0]['message']}", file=sys.stderr)
-        return EXIT_FAILED
+        return ExitCode.FAILED
     if failed:
         for r in refused:
             print(
@@ -444,12 +442,12 @@ def _report(plan: RunPlan, results: list[dict], started: float, signals: RunSign
             f"{len(published)} published; run summary {run_summary_path(control, plan.run_id)}",
             file=sys.stderr,
         )
-        return EXIT_FAILED
+        return ExitCode.FAILED
     print(
         f"done: {scored} scored + {rejected} rejected = {read} read in {wall:.1f}s ({rate:.0f} rows/s), "
         f"model {plan.model_version}, output {plan.output}"
     )
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _short(message: str, limit: int = 400) -> str:

@@ -6,18 +6,16 @@ import sys
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.errors import OutputError
+from pipeline.errors import ExitCode, OutputError
 from pipeline.publish.factory import publisher_for
 from pipeline.publish.publisher import FORMATS
 from pipeline.run.config import ScoreConfig
 from pipeline.run.options import pipeline_options
 
-EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE = 0, 1, 2
-
 
 def _refuse(message: str) -> int:
     print(f"sentiment-score: error: {message}", file=sys.stderr)
-    return EXIT_USAGE
+    return ExitCode.USAGE
 
 
 def run_verify(config: ScoreConfig, dates: list[str] | None, beam_flags: list[str]) -> int:
@@ -31,7 +29,7 @@ def run_verify(config: ScoreConfig, dates: list[str] | None, beam_flags: list[st
         found = publisher.partitions_found()
     except OutputError as e:  # a catalog that cannot be read: named, one line
         print(f"sentiment-score: error: {e}", file=sys.stderr)
-        return EXIT_INCOMPLETE
+        return ExitCode.FAILED
     if found is None:
         for other in (f for f in FORMATS if f != fmt):
             if publisher_for(output, other).format_found() == other:
@@ -56,6 +54,6 @@ def run_verify(config: ScoreConfig, dates: list[str] | None, beam_flags: list[st
             incomplete.append(publisher.name(partition))
     if incomplete:
         print(f"verify: {len(incomplete)} of {len(partitions)} partition(s) incomplete: {', '.join(incomplete)}")
-        return EXIT_INCOMPLETE
+        return ExitCode.FAILED
     print(f"verify: all {len(partitions)} partition(s) complete")
-    return EXIT_OK
+    return ExitCode.OK
