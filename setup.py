@@ -30,7 +30,7 @@ setup(
         "pyyaml>=6.0",
         # The per-partition report's score histogram (Agg backend, no display).
         "matplotlib>=3.8",
-        # The Iceberg output (pipeline/publish/iceberg.py): catalogs, overwrite snapshots of existing data files and
+        # The Iceberg output (pipeline/publish/iceberg_*.py): catalogs, overwrite snapshots of existing data files and
         # snapshot summaries; 0.12 is the release the tests run on (a transaction's overwrite() with
         # delete_by_predicate, delete_data_file and append_data_file, snapshot_properties on it).
         "pyiceberg[pyarrow]>=0.12,<0.13",

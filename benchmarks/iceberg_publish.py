@@ -25,7 +25,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from benchmarks.common import WORK
-from pipeline.publish.iceberg import PARTITION_COLUMN, OutputTables
+from pipeline.publish.iceberg_commit import DayCommit
+from pipeline.publish.iceberg_tables import PARTITION_COLUMN, OutputTables
 from transforms.io import with_partition_day
 from transforms.schema import RunSchema
 
@@ -84,7 +85,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     shutil.rmtree(args.work, ignore_errors=True)
-    output = OutputTables(os.path.join(args.work, "out")).day_commit()
+    output = DayCommit(OutputTables(os.path.join(args.work, "out")))
     output.prepare({"scores": SCORES, "rejects": REJECTS})
     scores, rejects = _night(args.rows, max(args.rows // 100, 1), seed=0)
     days = [(datetime.date(2026, 11, 1) + datetime.timedelta(days=n)).isoformat() for n in range(args.nights)]

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
+
+from apache_beam.metrics.metric import MetricsFilter
 
 _LOG = logging.getLogger("sentiment-score")
 
@@ -64,3 +67,21 @@ def _duration(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def report_progress(result, stop: threading.Event, total: int, started: float, every: float = 30.0) -> None:
+    """Logs rows scored so far from Beam's metrics while a non-blocking runner (Dataflow, portable) runs."""
+    while not stop.wait(every):
+        try:
+            counters = result.metrics().query(MetricsFilter().with_name("rows_scored"))["counters"]
+            scored = sum((c.committed or c.attempted or 0) for c in counters)
+        except Exception:  # Not every runner reports metrics while running; progress is best effort.
+            continue
+        elapsed = time.time() - started
+        _LOG.info(
+            "progress: %d of %d rows scored (%.0f%%), %.0f rows/s",
+            scored,
+            total,
+            100.0 * scored / max(total, 1),
+            scored / max(elapsed, 1e-9),
+        )

@@ -13,15 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 from pyiceberg.expressions import EqualTo
 
-from pipeline.publish.iceberg import (
-    PARTITION_COLUMN,
-    STEPS,
-    DayCommit,
-    IcebergPublisher,
-    IcebergPublishError,
-    IcebergSchemaError,
-    OutputTables,
-)
+from pipeline.publish.iceberg import IcebergPublisher
+from pipeline.publish.iceberg_commit import STEPS, DayCommit, IcebergPublishError
+from pipeline.publish.iceberg_tables import PARTITION_COLUMN, IcebergSchemaError, OutputTables
 from tests.conftest import S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY, s3_client
 from transforms.io import with_partition_day
 from transforms.schema import RunSchema
@@ -93,7 +87,7 @@ def data_files(output: DayCommit, kind: str, day: str) -> set[str]:
 
 @pytest.fixture
 def output(tmp_path):
-    out = OutputTables(str(tmp_path / "out")).day_commit()
+    out = DayCommit(OutputTables(str(tmp_path / "out")))
     out.prepare({"scores": SCORES, "rejects": REJECTS})
     return out
 
@@ -260,7 +254,7 @@ def test_an_append_of_a_day_another_run_published_meanwhile_is_refused_not_doubl
     """The twin: an append is checked like an overwrite. Another run publishes the same (new) day between this
     run's planning and its commit (what the lease prevents): pyiceberg's commit retry must not rebase the append over
     it, so this run is refused and the day holds the other run's rows alone."""
-    other = OutputTables(output.output).day_commit()
+    other = DayCommit(OutputTables(output.output))
     late = stage(tmp_path, DAYS[0], "run-late", 20, 1, write=write_local)
     meanwhile = stage(tmp_path, DAYS[0], "run-meanwhile", 25, 2, write=write_local)
 
@@ -415,7 +409,7 @@ def _snapshot_ids(output: DayCommit, kind: str) -> list[int]:
 def _retained(tmp_path, retention_days):
     """An output with snapshot retention and an injected clock, three publishes in: two days, one rescored."""
     clock = Clock()
-    out = OutputTables(str(tmp_path / "out")).day_commit(retention_days, clock)
+    out = DayCommit(OutputTables(str(tmp_path / "out")), retention_days, clock)
     out.prepare({"scores": SCORES, "rejects": REJECTS})
     out.publish(*stage(tmp_path, DAYS[0], "run-0", 40, 2, write=write_local))
     first_files = data_files(out, "scores", DAYS[0])
@@ -482,7 +476,7 @@ def test_a_publish_whose_starting_snapshot_another_process_expired_meanwhile_lan
     """Retention in another process may expire the snapshot this publish planned on (another day was committed on
     top of it first). That is no conflict with this day: the publish re-plans on the refreshed table and lands."""
     output.publish(*stage(tmp_path, DAYS[0], "run-0", 20, 1, write=write_local))
-    other = OutputTables(output.output).day_commit()
+    other = DayCommit(OutputTables(output.output))
     late = stage(tmp_path, DAYS[1], "run-late", 30, 2, write=write_local)
     meanwhile = stage(tmp_path, DAYS[2], "run-meanwhile", 25, 0, write=write_local)
 
@@ -604,7 +598,7 @@ def test_verify_names_a_truncated_data_file(tmp_path, output):
 
 def test_string_ids_make_string_tables_and_large_string_matches_them(tmp_path):
     string_ids = pa.schema([pa.field(f.name, pa.string()) if f.name.endswith("_id") else f for f in SCORES])
-    out = OutputTables(str(tmp_path / "out")).day_commit()
+    out = DayCommit(OutputTables(str(tmp_path / "out")))
     out.prepare({"scores": string_ids})
     table = out.catalog.load_table("sentiment.review_scores")
     assert str(table.schema().find_field("review_id").field_type) == "string"
@@ -620,7 +614,7 @@ def test_schemas_given_with_no_file_behind_them_create_no_table_and_an_empty_day
     why; the first day with rows creates the tables from its shards."""
     from pyiceberg.exceptions import NoSuchTableError
 
-    out = OutputTables(str(tmp_path / "out")).day_commit()
+    out = DayCommit(OutputTables(str(tmp_path / "out")))
     out.prepare({"scores": SCORES, "rejects": REJECTS}, create=False)
     with pytest.raises(NoSuchTableError):
         out.catalog.load_table("sentiment.review_scores")
@@ -678,7 +672,7 @@ def test_a_staged_shard_with_other_columns_is_refused_naming_the_table_before_an
 def _publish_in_process(root, args, barrier, planned, committed, results, key):
     """One process publishing one day. With planned/committed (the forced conflict): it plans its scores commit,
     says so, and waits until the other process has committed before committing itself."""
-    out = OutputTables(root).day_commit()
+    out = DayCommit(OutputTables(root))
 
     def step(name):
         if name == "scores-planned" and planned is not None and not planned.is_set():
@@ -699,7 +693,7 @@ def _publish_after_the_other_planned(root, args, barrier, planned, committed, re
     barrier.wait(timeout=60)
     planned.wait(timeout=60)
     try:
-        results.put(("second", ("ok", OutputTables(root).day_commit().publish(*args)["scores"])))
+        results.put(("second", ("ok", DayCommit(OutputTables(root)).publish(*args)["scores"])))
     finally:
         committed.set()
 
@@ -748,7 +742,7 @@ def test_two_processes_committing_different_days_both_land(tmp_path, output, con
 @pytest.mark.slow
 def test_two_processes_creating_the_catalog_and_tables_at_once_both_land(tmp_path, output):
     """First use from two processes at once: one creates the SQLite catalog and each table, the other uses them."""
-    fresh = OutputTables(str(tmp_path / "fresh")).day_commit()
+    fresh = DayCommit(OutputTables(str(tmp_path / "fresh")))
     results = _run_two(tmp_path, output, conflict=False, root=fresh.output)
     assert results["first"][0] == "ok" and results["second"][0] == "ok", results
     assert output.catalog.load_table("sentiment.review_scores").current_snapshot() is None  # the other output
@@ -762,8 +756,8 @@ def test_a_namespace_another_process_inserts_after_the_check_is_used(tmp_path, m
     when another process inserts in between, the insert fails on the UNIQUE constraint (IntegrityError, not
     NamespaceAlreadyExistsError). The namespace exists all the same, so the tables are created in it."""
     first, other = (
-        OutputTables(str(tmp_path / "fresh")).day_commit(),
-        OutputTables(str(tmp_path / "fresh")).day_commit(),
+        DayCommit(OutputTables(str(tmp_path / "fresh"))),
+        DayCommit(OutputTables(str(tmp_path / "fresh"))),
     )
     namespace = tuple(first.table_names["scores"].split(".")[:-1])
     real_check, calls = first.catalog.namespace_exists, []
@@ -787,8 +781,8 @@ def test_a_namespace_insert_that_fails_while_the_namespace_is_absent_still_fails
     from sqlalchemy.exc import IntegrityError
 
     first, other = (
-        OutputTables(str(tmp_path / "fresh")).day_commit(),
-        OutputTables(str(tmp_path / "fresh")).day_commit(),
+        DayCommit(OutputTables(str(tmp_path / "fresh"))),
+        DayCommit(OutputTables(str(tmp_path / "fresh"))),
     )
     namespace = tuple(first.table_names["scores"].split(".")[:-1])
     other.catalog.create_namespace(namespace)  # the insert will fail on the constraint...
@@ -829,7 +823,7 @@ def s3_output(s3_endpoint, tmp_path):
         "s3.secret-access-key": S3_SECRET_KEY,
         "s3.region": S3_REGION,
     }
-    out = OutputTables(f"s3://{bucket}/out", catalog=catalog).day_commit()
+    out = DayCommit(OutputTables(f"s3://{bucket}/out", catalog=catalog))
     out.prepare({"scores": SCORES, "rejects": REJECTS})
     return out, bucket, s3_client(s3_endpoint)
 

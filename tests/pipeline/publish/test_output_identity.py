@@ -13,7 +13,8 @@ import pytest
 
 from pipeline.errors import ConfigError, OutputError
 from pipeline.publish.factory import publisher_for
-from pipeline.publish.iceberg import DayCommit, OutputTables
+from pipeline.publish.iceberg_commit import DayCommit
+from pipeline.publish.iceberg_tables import OutputTables
 from pipeline.publish.publisher import ICEBERG, PARQUET
 from tests.conftest import SAMPLE_DATE, score_args
 from tests.pipeline.publish.test_iceberg import REJECTS, SCORES, day_rows, stage, write_local
@@ -55,7 +56,7 @@ def stage_scores(n: int) -> pa.Table:
 
 def publish_iceberg(tmp_path, root, day: str = DAY, run: str = "run-i") -> DayCommit:
     """One real day published into the embedded catalog of root."""
-    output = OutputTables(str(root)).day_commit()
+    output = DayCommit(OutputTables(str(root)))
     output.prepare({"scores": SCORES, "rejects": REJECTS})
     output.publish(*stage(tmp_path, day, run, 5, 1, write=write_local))
     return output
@@ -122,7 +123,7 @@ def test_a_configured_sqlite_catalog_is_inspected_read_only_and_a_missing_one_is
         "warehouse": f"file://{tmp_path}/wh",
     }
     (tmp_path / "shared").mkdir()
-    output = OutputTables(str(tmp_path / "out"), catalog=catalog).day_commit()
+    output = DayCommit(OutputTables(str(tmp_path / "out"), catalog=catalog))
     output.prepare({"scores": SCORES, "rejects": REJECTS})
     output.publish(*stage(tmp_path, DAY, "run-c", 5, 1, write=write_local))
     before = _tree(tmp_path)
@@ -196,7 +197,7 @@ def test_a_lost_catalog_beside_a_warehouse_is_refused_not_started_over(tmp_path,
         (root / "catalog.db").unlink()
     before = _tree(root)
     with pytest.raises(OutputError, match=rf"{root / 'catalog.db'} .*{root / 'warehouse'} holds Iceberg tables"):
-        OutputTables(str(root)).day_commit().prepare({"scores": SCORES, "rejects": REJECTS})
+        DayCommit(OutputTables(str(root))).prepare({"scores": SCORES, "rejects": REJECTS})
     assert _tree(root) == before
 
 

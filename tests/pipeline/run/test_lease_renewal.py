@@ -12,7 +12,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from pipeline.publish import lease
 from pipeline.publish.parquet import ParquetFolders, check_partition
-from pipeline.run import launcher
+from pipeline.run import launcher, leases
 from tests.conftest import SAMPLE_DATE, sample_config
 
 pytestmark = pytest.mark.slow
@@ -36,7 +36,7 @@ class RunWhileRenewed(beam.Pipeline):
 @pytest.fixture
 def renewed(monkeypatch) -> threading.Event:
     """Set once the launcher's renewal has tried to renew (whatever came of it)."""
-    event, real = threading.Event(), launcher._renew
+    event, real = threading.Event(), leases.renew
 
     def renew_and_tell(plan, partitions):
         try:
@@ -44,7 +44,7 @@ def renewed(monkeypatch) -> threading.Event:
         finally:
             event.set()
 
-    monkeypatch.setattr(launcher, "_renew", renew_and_tell)
+    monkeypatch.setattr(leases, "renew", renew_and_tell)
     return event
 
 

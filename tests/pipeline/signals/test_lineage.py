@@ -206,6 +206,6 @@ def test_an_iceberg_score_emits_valid_events_naming_tables_that_exist(sample_dir
 
 def complete_run_id(root) -> str:
     """The run id of the day's snapshot (what the OpenLineage run id is derived from)."""
-    from pipeline.publish.iceberg import OutputTables
+    from pipeline.publish.iceberg_tables import OutputTables
 
     return OutputTables(str(root)).verify(SAMPLE_DATE)[1].split(" run ")[1].split(",")[0]
