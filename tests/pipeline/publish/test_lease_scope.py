@@ -18,6 +18,7 @@ from pipeline.publish.iceberg import IcebergPublisher
 from pipeline.publish.parquet import ParquetFolders
 from pipeline.publish.publisher import Publisher
 from tests.pipeline.publish.test_iceberg import stage, write_local
+from tests.readers import assert_iceberg_readers_see
 from transforms.schema import RunSchema
 
 DAY = "2026-03-01"
@@ -132,6 +133,7 @@ def _assert_published_by(publisher: IcebergPublisher, run: str, scored: int) -> 
         for task in table.scan(row_filter=EqualTo("dt", DAY)).plan_files():
             assert os.path.isfile(task.file.file_path.removeprefix("file://")), task.file.file_path
             assert f"-{run}-" in os.path.basename(task.file.file_path)
+    assert_iceberg_readers_see(publisher.tables.catalog_properties, DAY, scored, 1)
 
 
 @pytest.fixture

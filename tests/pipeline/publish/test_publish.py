@@ -29,6 +29,7 @@ from pipeline.publish.parquet import (
 from pipeline.run.launcher import execute
 from pipeline.training.sample_data import write_sample_data
 from tests.conftest import clean_processes, corrupt_first_page_header, race_for_lease, run_bundle, run_config
+from tests.readers import assert_parquet_readers_see
 
 DATE = "2026-03-01"
 IDS = pa.schema([("review_id", pa.int64())])
@@ -104,6 +105,7 @@ def test_a_crash_at_any_publish_step_leaves_the_old_or_the_new_partition_never_n
     # The next run publishes and removes whatever no manifest lists.
     _publish(tmp_path, partition, "run-next", [[1, 2, 3, 4, 5, 6, 7]])
     assert _manifest_ids(partition) == [1, 2, 3, 4, 5, 6, 7]
+    assert_parquet_readers_see(tmp_path / "out", DATE, 7)  # folder readers too, once the day is published again
     files = glob.glob(f"{partition}/**/*", recursive=True)
     left = sorted(os.path.relpath(p, partition) for p in files if os.path.isfile(p) and not p.endswith(SUCCESS_FILE))
     assert left == sorted(e["name"] for e in read_manifest(str(partition))["files"])  # shards and reports
@@ -201,6 +203,18 @@ def test_a_held_lease_names_its_run_and_start_and_lapses_at_expiry(tmp_path):
         lease.acquire(lease.lease_dir(control, "2026-03-02"), "early", time.time(), 3600, now=short.expires_at - 1)
     late = lease.acquire(lease.lease_dir(control, "2026-03-02"), "late", time.time(), 3600, now=short.expires_at + 1)
     assert late.run_id == "late"
+
+
+def test_the_folder_readers_check_fails_on_a_shard_no_manifest_lists(tmp_path):
+    """The twin of the readers' checks the fault tests end with (tests/readers.py): a file left in the day's folder
+    (what a crash mid-publish leaves until the next publish of the day) doubles what folder readers read."""
+    partition = tmp_path / "out" / f"dt={DATE}"
+    _publish(tmp_path, partition, "run-a", [[1, 2, 3], [4, 5]])
+    assert_parquet_readers_see(tmp_path / "out", DATE, 5)
+    shard = sorted(n for n in os.listdir(partition) if n.startswith("scores-"))[0]
+    shutil.copy(partition / shard, partition / f"x-{shard}")
+    with pytest.raises(AssertionError):
+        assert_parquet_readers_see(tmp_path / "out", DATE, 5)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
