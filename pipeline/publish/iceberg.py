@@ -156,13 +156,6 @@ class IcebergPublisher(Publisher):
         scopes = []
         for kind in ("rejects", "scores"):
             name = self.tables.table_names[kind]
-            if not self.day_commit()._exists_table(kind):
-                # prepare() creates the tables at start-up from kinds that rows or the config gave: none did.
-                raise lease.LeaseError(
-                    f"table {name} does not exist yet and {partition} has no rows to take its column types from: "
-                    f"not published (the first day with rows creates the tables, or state the kinds: setting "
-                    f"column_kinds; score this day again after that)"
-                )
             try:
                 location = self.day_commit()._table(kind).location()
             except Exception as e:  # an unreachable catalog, a table dropped since start-up
@@ -171,6 +164,18 @@ class IcebergPublisher(Publisher):
             folder = storage.join(f"{storage.real_path(location)}.leases", f"{PARTITION_COLUMN}={partition}")
             scopes.append(LeaseScope(f"table {name} (catalog {catalog}) {PARTITION_COLUMN}={partition}", folder))
         return tuple(scopes)
+
+    def refuses_guessed_kinds(self, partition: str) -> str | None:
+        """A table that does not exist yet takes its column types from the first rows it is given (or column_kinds):
+        never from a guess made with no file, which would fix them for every night after (review ids as long)."""
+        for kind in ("rejects", "scores"):
+            if not self.day_commit()._exists_table(kind):
+                return (
+                    f"table {self._names[kind]} does not exist yet and {partition} has no rows to take its column "
+                    f"types from: not published (the first day with rows creates the tables, or state the kinds: "
+                    f"setting column_kinds; score this day again after that)"
+                )
+        return None
 
     def partition_parts(self, partition: str) -> list[str]:
         return [f"{self.tables.table_names[kind]} {PARTITION_COLUMN}={partition}" for kind in ("rejects", "scores")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import os
@@ -241,6 +242,14 @@ def plan_run(
     plan = inspect_run(config, dates, backfill, run_id)
     plan.publisher.prepare(plan.publisher.shard_schemas(plan.schema), create=plan.kinds_known)
     _check_writable(config.output, plan.staging_root)
+    if not plan.kinds_known:  # no row, no column_kinds: days an output cannot take a guess for fail here, not later
+        refused = {p: why for p in plan.partitions if (why := plan.publisher.refuses_guessed_kinds(p))}
+        if refused:
+            plan = dataclasses.replace(
+                plan,
+                partitions=[p for p in plan.partitions if p not in refused],
+                failed={**plan.failed, **refused},
+            )
     return plan
 
 

@@ -167,6 +167,8 @@ def test_an_empty_first_night_leaves_the_column_types_to_the_first_night_with_ro
     assert run(empty_day) == 1
     said = caplog.text + capsys.readouterr().err
     assert "table sentiment.review_rejects does not exist yet and 2026-11-26 has no rows" in said, said
+    assert "refused at start-up: table sentiment.review_rejects does not exist yet" in said, said  # by the plan
+    assert not glob.glob(f"{output}/**/*.leases", recursive=True)  # before any lease was taken
     with pytest.raises(NoSuchTableError):
         _catalog(output).load_table("sentiment.review_scores")
     assert run(SAMPLE_DATE) == 0
