@@ -755,6 +755,7 @@ def test_two_processes_committing_different_days_both_land(tmp_path, output, con
         assert day_rows(output, "scores", day).num_rows == scored
         assert day_rows(output, "rejects", day).num_rows == rejected
         assert output.tables.verify(day)[0], output.tables.verify(day)
+        assert_iceberg_readers_see(output.tables.catalog_properties, day, scored, rejected)
     assert len(table.metadata.snapshots) == 2
 
 
@@ -823,6 +824,7 @@ def test_a_concurrent_publish_of_the_same_day_is_refused_not_doubled(tmp_path, o
         True,
         f"{DAYS[0]}: complete: 70 scored + 3 rejected = 73 read in 3 file(s), run run-second, model v1",
     )
+    assert_iceberg_readers_see(output.tables.catalog_properties, DAYS[0], 70, 3)
 
 
 # ------------------------------------------------------------------------------------------- S3
