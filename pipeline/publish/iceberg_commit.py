@@ -85,6 +85,11 @@ _EPOCH = dt_module.date(1970, 1, 1)
 # Plans against concurrent writers before giving up: each is committed with pyiceberg's own retries (it rebases the
 # snapshot on the refreshed table, commit.retry.num-retries times), then re-planned here from a fresh load.
 COMMIT_ATTEMPTS = 10
+# With a retention, the previous metadata files a table keeps (Iceberg's write.metadata.previous-versions-max, whose
+# default this is): every commit writes a whole new metadata file (about 3 a night: rejects, scores, expiry), so a
+# year of nights leaves ~2,000 files behind that only a hand rollback of the catalog pointer could use. Snapshots,
+# and so time travel, live in the current file and are unaffected.
+METADATA_FILES_KEPT = 100
 
 
 class IcebergPublishError(JobError, RuntimeError):
@@ -96,12 +101,19 @@ class DayCommit:
     docstring), expires snapshots after it when a retention is set."""
 
     def __init__(
-        self, tables: OutputTables, retention_days: float | None = None, clock: Callable[[], float] = time.time
+        self,
+        tables: OutputTables,
+        retention_days: float | None = None,
+        clock: Callable[[], float] = time.time,
+        metadata_files_kept: int = METADATA_FILES_KEPT,
     ):
         self.tables = tables
         # After each publish, snapshots older than this are expired (None: never); clock() is now, in seconds.
         self.retention_days = retention_days
         self._clock = clock
+        # With a retention, each commit also deletes the table's metadata files older than the newest
+        # metadata_files_kept (see _retention_properties).
+        self.metadata_files_kept = metadata_files_kept
 
     # What the commit reads through its tables, as a pyiceberg Transaction reads through its Table.
     @property
@@ -368,6 +380,9 @@ class DayCommit:
                 tx.set_properties(
                     **{TableProperties.DEFAULT_NAME_MAPPING: tx.table_metadata.schema().name_mapping.model_dump_json()}
                 )
+            retention = self._retention_properties(tx.table_metadata.properties)
+            if retention:
+                tx.set_properties(**retention)
             layout = (tx.table_metadata.current_schema_id, tx.table_metadata.default_spec_id)
             if planned_on not in (None, layout):  # someone evolved the table meanwhile: statistics by the new ids
                 rows = sum(f.record_count for f in added)
@@ -414,6 +429,20 @@ class DayCommit:
                 ) from e
             return committed.current_snapshot().snapshot_id
         raise AssertionError("unreachable")
+
+    def _retention_properties(self, properties: dict[str, str]) -> dict[str, str]:
+        """The table properties a retention sets, where the table lacks them: pyiceberg (as Iceberg's Java writer)
+        then deletes, after each commit, the metadata files older than the newest metadata_files_kept. {} without a
+        retention: an output that expires nothing deletes no metadata either."""
+        from pyiceberg.table import TableProperties
+
+        if self.retention_days is None:
+            return {}
+        wanted = {
+            TableProperties.METADATA_DELETE_AFTER_COMMIT_ENABLED: "true",
+            TableProperties.METADATA_PREVIOUS_VERSIONS_MAX: str(self.metadata_files_kept),
+        }
+        return {key: value for key, value in wanted.items() if properties.get(key) != value}
 
     def _remove_unreferenced(self, table, partition: str, may_clean: Callable[[], bool] | None = None) -> list[str]:
         """Deletes the files in the day's data folder that no snapshot references (a crashed run's), unless

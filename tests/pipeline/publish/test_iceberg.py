@@ -1,6 +1,7 @@
 """The Iceberg output on a real pyiceberg SQL catalog (SQLite): publish, rerun, time travel, crashes, races, S3."""
 
 import datetime as dt_module
+import glob
 import json
 import multiprocessing
 import os
@@ -437,6 +438,30 @@ def test_retention_expires_snapshots_older_than_the_setting_after_a_publish_and_
     assert [day_rows(out, "scores", day).num_rows for day in DAYS] == [35, 30, 20]
     # The first night of DAYS[0] was only in expired snapshots: its files are gone, the rescore's are there.
     assert data_files(out, "scores", DAYS[0]) == rescore_files
+
+
+def _metadata_files(out: DayCommit, kind: str) -> list[str]:
+    location = out.catalog.load_table(out.table_names[kind]).location().removeprefix("file://")
+    return sorted(glob.glob(f"{location}/metadata/*.metadata.json"))
+
+
+@pytest.mark.parametrize("retention_days", [None, 1], ids=["no-retention", "retention"])
+def test_a_retention_also_bounds_the_metadata_files_and_the_tables_still_read(tmp_path, retention_days):
+    """Every commit writes a new metadata file; with a retention the tables keep the newest N previous ones (N=2
+    here), and readers that open the current one (pyiceberg, polars) read every day. The twin, without a retention:
+    nothing is deleted, one file a commit stays."""
+    out = DayCommit(OutputTables(str(tmp_path / "out")), retention_days, Clock(), metadata_files_kept=2)
+    out.prepare({"scores": SCORES, "rejects": REJECTS})
+    for i, day in enumerate(DAYS):
+        out.publish(*stage(tmp_path, day, f"run-{i}", 10 + i, 1, write=write_local))
+    counts = {kind: len(_metadata_files(out, kind)) for kind in ("scores", "rejects")}
+    if retention_days is None:
+        assert counts == {"scores": 1 + len(DAYS), "rejects": 1 + len(DAYS)}  # the create, then one a publish
+    else:
+        assert counts == {"scores": 3, "rejects": 3}  # the current file and 2 previous ones
+    for i, day in enumerate(DAYS):
+        assert out.tables.verify(day)[0], out.tables.verify(day)
+        assert_iceberg_readers_see(out.tables.catalog_properties, day, 10 + i, 1)
 
 
 def test_expiry_keeps_the_snapshot_current_at_the_cutoff_so_time_travel_reaches_back_that_far(tmp_path):
