@@ -180,10 +180,6 @@ class Publisher(abc.ABC):
         """The dated partitions the output holds something of, in order ([] for an unpartitioned output), or None
         when the output holds nothing of this format (no such output). Reads only."""
 
-    def format_found(self) -> str | None:
-        """This output's format when it holds something of it (partitions_found is not None), else None."""
-        return self.format if self.partitions_found() is not None else None
-
     def check_layout(self, dated: bool) -> None:
         """Raises ConfigError, before anything is written, when the root holds another format's output (a root
         holds one format: readers of either break on the other's files) or cannot take partitions of this kind.

@@ -8,7 +8,6 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline.errors import ExitCode, OutputError
 from pipeline.publish.factory import publisher_for
-from pipeline.publish.publisher import FORMATS
 from pipeline.run.config import ScoreConfig
 from pipeline.run.options import pipeline_options
 
@@ -31,12 +30,12 @@ def run_verify(config: ScoreConfig, dates: list[str] | None, beam_flags: list[st
         print(f"sentiment-score: error: {e}", file=sys.stderr)
         return ExitCode.FAILED
     if found is None:
-        for other in (f for f in FORMATS if f != fmt):
-            if publisher_for(output, other).format_found() == other:
-                return _refuse(
-                    f"output {output} holds {other} output, not {fmt}: verify it with --output-format {other} "
-                    "(or the config's output_format)"
-                )
+        other = publisher.state().other_format  # read only, as partitions_found
+        if other is not None:
+            return _refuse(
+                f"output {output} holds {other} output, not {fmt}: verify it with --output-format {other} "
+                "(or the config's output_format)"
+            )
         if dates is None:
             return _refuse(f"no such output: {output} holds no published {fmt} partition")
         print(f"verify: no such output yet: {output}")
