@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from pipeline import storage
 from pipeline.errors import JobError, OutputError
 from pipeline.publish.iceberg_compat import iceberg_schema
+from pipeline.publish.publisher import DEFAULT_ICEBERG_TABLES
 
 _LOG = logging.getLogger(__name__)
 
@@ -33,7 +34,6 @@ SUMMARY_PREFIX = "sentiment."
 # A table property per published day, `sentiment.day.YYYY-MM-DD`: that day's facts (JSON), set by its commit.
 DAY_PROPERTY_PREFIX = "sentiment.day."
 REQUIRED_PROPERTIES = ("run-id", "model-version", "rows-read", "rows-scored", "rows-rejected")
-DEFAULT_TABLES = {"scores": "sentiment.review_scores", "rejects": "sentiment.review_rejects"}
 # Which property counts each table's rows.
 ROWS_PROPERTY = {"scores": "rows-scored", "rejects": "rows-rejected"}
 
@@ -149,8 +149,8 @@ class OutputTables:
         self,
         output: str,
         catalog: dict | None = None,
-        scores_table: str = DEFAULT_TABLES["scores"],
-        rejects_table: str = DEFAULT_TABLES["rejects"],
+        scores_table: str = DEFAULT_ICEBERG_TABLES["scores"],
+        rejects_table: str = DEFAULT_ICEBERG_TABLES["rejects"],
     ):
         self.output = output
         self.table_names = {"scores": scores_table, "rejects": rejects_table}
