@@ -40,7 +40,7 @@ def stop_here_if_asked(step: str) -> None:
 class PartitionCheck:
     """What `verify` found for one partition: complete or not, why, and the facts it was published with."""
 
-    partition_dir: str
+    name: str  # the partition as messages name it (Publisher.name): its folder, or TABLE dt=D
     complete: bool
     message: str
     manifest: dict | None = None
