@@ -96,6 +96,23 @@ def sqlite_url(path: str, read_only: bool = False) -> str:
     return f"sqlite:///file:{quoted}?{'mode=ro&' if read_only else ''}uri=true"
 
 
+def sqlite_file(uri: str) -> str | None:
+    """The file a SQLAlchemy SQLite URL names, as SQLite opens it: the database part decoded by SQLAlchemy, and with
+    `uri=true` read as an SQLite URI filename (`file:PATH`, decoded once more; sqlite_url writes them so). None for
+    another database, an in-memory one, or a uri SQLAlchemy cannot read (load_catalog then names it)."""
+    from sqlalchemy import make_url
+
+    try:
+        url = make_url(uri)
+    except Exception:
+        return None
+    if not url.drivername.startswith("sqlite") or not url.database or url.database == ":memory:":
+        return None
+    if url.query.get("uri") == "true" and url.database.startswith("file:"):
+        return urllib.parse.unquote(urllib.parse.urlsplit(url.database).path)
+    return url.database
+
+
 def warehouse_location(path: str) -> str:
     """file://PATH, or the bare absolute path when PATH holds a character a URI reads otherwise (`#`, `?`, `%`):
     pyiceberg splits a location with urlparse and never decodes it, so neither the URI nor its quoted form names the
@@ -228,11 +245,10 @@ class OutputTables:
                         f"output"
                     )
                 os.makedirs(os.path.dirname(self.catalog_file), exist_ok=True)
-            elif self.catalog_properties.get("uri", "").startswith("sqlite:///"):
+            elif database := sqlite_file(self.catalog_properties.get("uri", "")):
                 # A configured SQLite file is created where it is named, its folder too (to write only: the reader
                 # creates nothing).
-                folder = os.path.dirname(self.catalog_properties["uri"].removeprefix("sqlite:///").split("?")[0])
-                os.makedirs(folder or ".", exist_ok=True)
+                os.makedirs(os.path.dirname(database) or ".", exist_ok=True)
             self._catalog = self._open(self.catalog_properties)
         return self._catalog
 
