@@ -83,6 +83,10 @@ _LOG = logging.getLogger(__name__)
 STEPS = ("moved", "rejects-planned", "rejects-committed", "scores-planned", "scores-committed", "cleaned")
 # Plans against concurrent writers before giving up: each is committed with pyiceberg's own retries (it rebases the
 # snapshot on the refreshed table, commit.retry.num-retries times), then re-planned here from a fresh load.
+# A loop, not tenacity (which retry_racing_creation uses): an attempt is a whole re-plan whose outcome decides the
+# next (return early when this run's commit already landed, re-plan at once on an expired snapshot, back off only
+# after a conflict, turn the last ValidationException into the day's own error), and the step hook runs inside it;
+# as tenacity callbacks each of those would sit apart from the attempt it belongs to.
 COMMIT_ATTEMPTS = 10
 
 

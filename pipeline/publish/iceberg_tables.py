@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import sqlite3
-import time
 import urllib.parse
 from collections.abc import Callable
 
@@ -421,13 +420,13 @@ def retry_racing_creation(make: Callable, attempts: int = 5):
     A creation that lost the race fails on a constraint (IntegrityError) or a lock (OperationalError); the retry
     finds what the other process created (load_catalog uses it; create_namespace raises NamespaceAlreadyExistsError).
     """
+    import tenacity
     from sqlalchemy.exc import IntegrityError, OperationalError
 
-    for attempt in range(1, attempts + 1):
-        try:
-            return make()
-        except (OperationalError, IntegrityError):
-            if attempt == attempts:
-                raise
-            time.sleep(0.05 * attempt)
-    raise AssertionError("unreachable")
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type((OperationalError, IntegrityError)),
+        stop=tenacity.stop_after_attempt(attempts),
+        wait=tenacity.wait_incrementing(start=0.05, increment=0.05),  # 0.05 s after the first failure, 0.1 s, ...
+        reraise=True,  # the last attempt's own error, not tenacity's RetryError
+    )
+    return retrying(make)
