@@ -49,11 +49,9 @@ def _native(path: str) -> str:
 def real_path(path: str) -> str:
     """What a path names, the same however it was reached: on local disk (also `file://`) the absolute path with
     every symlink resolved; on an object store the path without a trailing slash (it has no links)."""
-    if path.startswith("file://"):
-        path = path.removeprefix("file://")
-    elif is_remote(path):
+    if is_remote(path):
         return path.rstrip("/")
-    return os.path.realpath(path)
+    return os.path.realpath(_native(path))
 
 
 def join(*parts: str) -> str:

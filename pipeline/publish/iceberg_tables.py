@@ -181,7 +181,7 @@ class OutputTables:
     @staticmethod
     def default_catalog(output: str) -> dict[str, str]:
         """The embedded catalog's properties: SQLite at OUTPUT/catalog.db, warehouse OUTPUT/warehouse."""
-        if storage.is_remote(output) and not output.startswith("file://"):
+        if storage.is_remote(output):
             raise ValueError(
                 f"output {output}: the embedded Iceberg catalog (SQLite) needs a local output; for an object store "
                 f"set catalog: (pyiceberg catalog properties, e.g. type: sql with uri: postgresql+psycopg2://... or "
