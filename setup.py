@@ -36,6 +36,8 @@ setup(
         "pyiceberg[pyarrow]>=0.12,<0.13",
         # pyiceberg's SQL catalog (the embedded SQLite default, or Postgres); its sql-* extras only add this.
         "sqlalchemy>=2.0.18,<3",
+        # Retries of the Iceberg catalog's racing creations (publish/iceberg_tables.py); pyiceberg needs it too.
+        "tenacity>=9,<10",
         # The run's metrics in Prometheus' text format (textfile collector, Pushgateway); 0.26 is the release tested.
         "prometheus-client>=0.26,<0.27",
         # OpenLineage run events (file and HTTP transports); 1.54 is the release the event format was tested with.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 import uuid
 
 from apache_beam.io.filesystems import FileSystems
@@ -22,6 +23,12 @@ class StorageError(JobError, OSError):
 
 class Unsupported(JobError, ValueError):
     """The store of a path lacks a primitive the job needs; the message names the path."""
+
+
+def utc_stamp(seconds: float | None = None) -> str:
+    """A moment as the records the job stores spell it (manifests, leases, run summaries): ISO 8601 UTC to the
+    second, 2026-12-07T14:07:03Z; now when no seconds since the epoch are given."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
 def _named(path: str, error: OSError) -> StorageError:
@@ -42,11 +49,9 @@ def _native(path: str) -> str:
 def real_path(path: str) -> str:
     """What a path names, the same however it was reached: on local disk (also `file://`) the absolute path with
     every symlink resolved; on an object store the path without a trailing slash (it has no links)."""
-    if path.startswith("file://"):
-        path = path.removeprefix("file://")
-    elif is_remote(path):
+    if is_remote(path):
         return path.rstrip("/")
-    return os.path.realpath(path)
+    return os.path.realpath(_native(path))
 
 
 def join(*parts: str) -> str:

@@ -392,15 +392,10 @@ def partition_path(root: str, partition: str) -> str:
     return FileSystems.join(root, f"{INPUT_PARTITION_KEY}={partition}") if partition else root
 
 
-_EPOCH = dt.date(1970, 1, 1)
-
-
 def with_partition_day(table: pa.Table, column: str, partition: str) -> pa.Table:
     """The table with a date32 column holding the partition's day in every row."""
-    day = (dt.date.fromisoformat(partition) - _EPOCH).days
-    return table.append_column(
-        pa.field(column, pa.date32()), pa.array(np.full(table.num_rows, day, np.int32)).cast(pa.date32())
-    )
+    day = pa.scalar(dt.date.fromisoformat(partition), pa.date32())
+    return table.append_column(pa.field(column, pa.date32()), pa.repeat(day, table.num_rows))
 
 
 class WriteParquetShards(beam.DoFn):

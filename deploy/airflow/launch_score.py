@@ -99,9 +99,10 @@ def main(argv: Sequence[str] | None = None, default_config: str | None = None) -
     except ValueError as exc:
         print(f"launch_score: {exc}", file=sys.stderr)
         return 2
-    # Airflow's Dataflow hook reads the job id from Beam's INFO line "Created job with id: [...]" (it needs it to
-    # wait for and to cancel the job). The CLI turns the "apache_beam" loggers down to WARNING unless -v; a level
-    # set on this one logger keeps that single line. The CLI's own logging.basicConfig prints it to stderr.
+    # Beam's INFO line "Created job with id: [...]" names the Dataflow job in the launcher's log (the DAG task's, the
+    # Flex Template launcher's), where an operator looks for the job to follow or cancel it. The CLI turns the
+    # "apache_beam" loggers down to WARNING unless -v; a level set on this one logger keeps that single line. The
+    # CLI's own logging.basicConfig prints it to stderr.
     logging.getLogger(DATAFLOW_JOB_ID_LOGGER).setLevel(logging.INFO)
     os.chdir(REPO_ROOT)
     print("launch_score: sentiment-score " + " ".join(cli_argv), file=sys.stderr, flush=True)

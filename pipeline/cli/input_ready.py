@@ -16,16 +16,12 @@ MARKER = "_SUCCESS"
 
 def input_present(reviews_root: str, date: str) -> str | None:
     """The first of ROOT/dt=D/_SUCCESS or ROOT/dt=D/*.parquet that exists, or None."""
-    from apache_beam.io.filesystems import FileSystems
-
+    from pipeline import storage
     from transforms.io import partition_path
 
     folder = partition_path(reviews_root, date)
-    for pattern in (FileSystems.join(folder, MARKER), FileSystems.join(folder, "*.parquet")):
-        try:
-            found = [m.path for r in FileSystems.match([pattern]) for m in r.metadata_list]
-        except Exception:  # a folder that does not exist yet matches nothing
-            found = []
+    for pattern in (storage.join(folder, MARKER), storage.join(folder, "*.parquet")):
+        found = storage.list_paths(pattern)  # a folder that does not exist yet matches nothing
         if found:
             return sorted(found)[0]
     return None
@@ -47,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from apache_beam.io.filesystems import FileSystems  # after configure_output: Beam logs at import
 
     from pipeline.run.options import pipeline_options
+    from transforms.io import partition_path
 
     try:
         date = validate_date(args.date, "--date")
@@ -59,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         return ExitCode.USAGE
     found = input_present(root, date)
     if found is None:
-        print(f"waiting: no {MARKER} or *.parquet in {root.rstrip('/')}/dt={date} yet")
+        print(f"waiting: no {MARKER} or *.parquet in {partition_path(root.rstrip('/'), date)} yet")
         return EXIT_WAITING
     print(f"ready: {found}")
     return EXIT_READY

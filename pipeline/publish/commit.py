@@ -291,7 +291,7 @@ def write_run_summary(control: str, run_id: str, results: list[dict], skipped: d
     failed = [p["partition"] or "(unpartitioned)" for p in partitions if p["status"] != "published"]
     record = {
         "run_id": run_id,
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "finished_at": storage.utc_stamp(),
         "status": "failed" if failed else "ok",
         "failed_partitions": failed,
         "skipped_partitions": skipped or {},

@@ -15,7 +15,6 @@ from pipeline.publish.iceberg_commit import DayCommit, IcebergPublishError
 from pipeline.publish.iceberg_tables import (
     CATALOG_FILE,
     CATALOG_NAME,
-    DEFAULT_TABLES,
     PARTITION_COLUMN,
     SUMMARY_PREFIX,
     WAREHOUSE_DIR,
@@ -25,7 +24,15 @@ from pipeline.publish.iceberg_tables import (
     day_facts,
     day_run,
 )
-from pipeline.publish.publisher import ICEBERG, LeaseScope, OutputDataset, PartitionCheck, Publisher, stop_here_if_asked
+from pipeline.publish.publisher import (
+    DEFAULT_ICEBERG_TABLES,
+    ICEBERG,
+    LeaseScope,
+    OutputDataset,
+    PartitionCheck,
+    Publisher,
+    stop_here_if_asked,
+)
 from transforms.schema import DETAIL, MODEL_VERSION, REASON, SCORE
 
 
@@ -70,7 +77,7 @@ class IcebergPublisher(Publisher):
     ):
         self.output = output
         self._catalog = dict(catalog) if catalog else None
-        self._names = dict(table_names or DEFAULT_TABLES)
+        self._names = dict(table_names or DEFAULT_ICEBERG_TABLES)
         self._retention_days = retention_days
         self._tables: OutputTables | None = None
 

@@ -81,9 +81,12 @@ _LOG = logging.getLogger(__name__)
 # The steps of publish, in order; tests fail the publish after each of them. A "-planned" step comes once per commit
 # attempt (again after a conflict with another process).
 STEPS = ("moved", "rejects-planned", "rejects-committed", "scores-planned", "scores-committed", "cleaned")
-_EPOCH = dt_module.date(1970, 1, 1)
 # Plans against concurrent writers before giving up: each is committed with pyiceberg's own retries (it rebases the
 # snapshot on the refreshed table, commit.retry.num-retries times), then re-planned here from a fresh load.
+# A loop, not tenacity (which retry_racing_creation uses): an attempt is a whole re-plan whose outcome decides the
+# next (return early when this run's commit already landed, re-plan at once on an expired snapshot, back off only
+# after a conflict, turn the last ValidationException into the day's own error), and the step hook runs inside it;
+# as tenacity callbacks each of those would sit apart from the attempt it belongs to.
 COMMIT_ATTEMPTS = 10
 # With a retention, the previous metadata files a table keeps (Iceberg's write.metadata.previous-versions-max, whose
 # default this is): every commit writes a whole new metadata file (about 3 a night: rejects, scores, expiry), so a
@@ -339,13 +342,14 @@ class DayCommit:
         """The DataFile entries (footer statistics, the day from `dt`) of a run's moved shards, checked: each holds
         the partition day only, and together they hold the rows the run counted."""
         from pyiceberg.io.pyarrow import parquet_files_to_data_files
+        from pyiceberg.utils.datetime import date_to_days, days_to_date
 
         name = self.table_names[kind]
-        day_number = (partition_date(partition) - _EPOCH).days  # how Iceberg stores a date partition value
+        day_number = date_to_days(partition_date(partition))  # how Iceberg stores a date partition value
         added = list(parquet_files_to_data_files(table.io, metadata, iter(paths)))
         for data_file in added:
             if data_file.partition[0] != day_number:
-                held = _EPOCH + dt_module.timedelta(days=data_file.partition[0])
+                held = days_to_date(data_file.partition[0])
                 raise IcebergPublishError(
                     f"{data_file.file_path}: its {PARTITION_COLUMN} column holds {held}, not {partition} (table {name})"
                 )
@@ -483,6 +487,7 @@ def _files_only_in(table, expired: list, kept: list) -> set[str]:
     not the table's whole history (every day's append adds a manifest that later snapshots keep listing)."""
     from pyiceberg.expressions import EqualTo, Or
     from pyiceberg.expressions.visitors import inclusive_projection, manifest_evaluator
+    from pyiceberg.utils.datetime import days_to_date
 
     io = table.io
     kept_manifests = {m.manifest_path: m for snapshot in kept for m in snapshot.manifests(io)}
@@ -496,7 +501,7 @@ def _files_only_in(table, expired: list, kept: list) -> set[str]:
                 candidates[entry.data_file.file_path] = entry.data_file.partition[0]
     if not candidates:
         return set()
-    days = sorted({_EPOCH + dt_module.timedelta(days=day) for day in candidates.values()})
+    days = sorted({days_to_date(day) for day in candidates.values()})
     row_filter = EqualTo(PARTITION_COLUMN, days[0].isoformat())
     for day in days[1:]:
         row_filter = Or(row_filter, EqualTo(PARTITION_COLUMN, day.isoformat()))

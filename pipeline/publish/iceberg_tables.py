@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import sqlite3
-import time
 import urllib.parse
 from collections.abc import Callable
 
@@ -24,6 +23,7 @@ import pyarrow.parquet as pq
 from pipeline import storage
 from pipeline.errors import JobError, OutputError
 from pipeline.publish.iceberg_compat import iceberg_schema
+from pipeline.publish.publisher import DEFAULT_ICEBERG_TABLES
 
 _LOG = logging.getLogger(__name__)
 
@@ -33,7 +33,6 @@ SUMMARY_PREFIX = "sentiment."
 # A table property per published day, `sentiment.day.YYYY-MM-DD`: that day's facts (JSON), set by its commit.
 DAY_PROPERTY_PREFIX = "sentiment.day."
 REQUIRED_PROPERTIES = ("run-id", "model-version", "rows-read", "rows-scored", "rows-rejected")
-DEFAULT_TABLES = {"scores": "sentiment.review_scores", "rejects": "sentiment.review_rejects"}
 # Which property counts each table's rows.
 ROWS_PROPERTY = {"scores": "rows-scored", "rejects": "rows-rejected"}
 
@@ -96,6 +95,23 @@ def sqlite_url(path: str, read_only: bool = False) -> str:
     return f"sqlite:///file:{quoted}?{'mode=ro&' if read_only else ''}uri=true"
 
 
+def sqlite_file(uri: str) -> str | None:
+    """The file a SQLAlchemy SQLite URL names, as SQLite opens it: the database part decoded by SQLAlchemy, and with
+    `uri=true` read as an SQLite URI filename (`file:PATH`, decoded once more; sqlite_url writes them so). None for
+    another database, an in-memory one, or a uri SQLAlchemy cannot read (load_catalog then names it)."""
+    from sqlalchemy import make_url
+
+    try:
+        url = make_url(uri)
+    except Exception:
+        return None
+    if not url.drivername.startswith("sqlite") or not url.database or url.database == ":memory:":
+        return None
+    if url.query.get("uri") == "true" and url.database.startswith("file:"):
+        return urllib.parse.unquote(urllib.parse.urlsplit(url.database).path)
+    return url.database
+
+
 def warehouse_location(path: str) -> str:
     """file://PATH, or the bare absolute path when PATH holds a character a URI reads otherwise (`#`, `?`, `%`):
     pyiceberg splits a location with urlparse and never decodes it, so neither the URI nor its quoted form names the
@@ -149,8 +165,8 @@ class OutputTables:
         self,
         output: str,
         catalog: dict | None = None,
-        scores_table: str = DEFAULT_TABLES["scores"],
-        rejects_table: str = DEFAULT_TABLES["rejects"],
+        scores_table: str = DEFAULT_ICEBERG_TABLES["scores"],
+        rejects_table: str = DEFAULT_ICEBERG_TABLES["rejects"],
     ):
         self.output = output
         self.table_names = {"scores": scores_table, "rejects": rejects_table}
@@ -165,7 +181,7 @@ class OutputTables:
     @staticmethod
     def default_catalog(output: str) -> dict[str, str]:
         """The embedded catalog's properties: SQLite at OUTPUT/catalog.db, warehouse OUTPUT/warehouse."""
-        if storage.is_remote(output) and not output.startswith("file://"):
+        if storage.is_remote(output):
             raise ValueError(
                 f"output {output}: the embedded Iceberg catalog (SQLite) needs a local output; for an object store "
                 f"set catalog: (pyiceberg catalog properties, e.g. type: sql with uri: postgresql+psycopg2://... or "
@@ -228,11 +244,10 @@ class OutputTables:
                         f"output"
                     )
                 os.makedirs(os.path.dirname(self.catalog_file), exist_ok=True)
-            elif self.catalog_properties.get("uri", "").startswith("sqlite:///"):
+            elif database := sqlite_file(self.catalog_properties.get("uri", "")):
                 # A configured SQLite file is created where it is named, its folder too (to write only: the reader
                 # creates nothing).
-                folder = os.path.dirname(self.catalog_properties["uri"].removeprefix("sqlite:///").split("?")[0])
-                os.makedirs(folder or ".", exist_ok=True)
+                os.makedirs(os.path.dirname(database) or ".", exist_ok=True)
             self._catalog = self._open(self.catalog_properties)
         return self._catalog
 
@@ -405,13 +420,13 @@ def retry_racing_creation(make: Callable, attempts: int = 5):
     A creation that lost the race fails on a constraint (IntegrityError) or a lock (OperationalError); the retry
     finds what the other process created (load_catalog uses it; create_namespace raises NamespaceAlreadyExistsError).
     """
+    import tenacity
     from sqlalchemy.exc import IntegrityError, OperationalError
 
-    for attempt in range(1, attempts + 1):
-        try:
-            return make()
-        except (OperationalError, IntegrityError):
-            if attempt == attempts:
-                raise
-            time.sleep(0.05 * attempt)
-    raise AssertionError("unreachable")
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type((OperationalError, IntegrityError)),
+        stop=tenacity.stop_after_attempt(attempts),
+        wait=tenacity.wait_incrementing(start=0.05, increment=0.05),  # 0.05 s after the first failure, 0.1 s, ...
+        reraise=True,  # the last attempt's own error, not tenacity's RetryError
+    )
+    return retrying(make)

@@ -88,10 +88,6 @@ def _create(path: str, data: bytes) -> bool:
         raise LeaseError(f"{e}, so the partition lease cannot be taken") from None
 
 
-def _stamp(seconds: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
-
-
 @dataclass(frozen=True)
 class Lease:
     """One generation of a partition's lease as read from the store."""
@@ -115,9 +111,8 @@ class Lease:
         return not self.released and now < self.expires_at
 
     def describe(self) -> str:
-        return (
-            f"run {self.run_id} ({self.holder}), started {_stamp(self.started_at)}, expires {_stamp(self.expires_at)}"
-        )
+        started, expires = storage.utc_stamp(self.started_at), storage.utc_stamp(self.expires_at)
+        return f"run {self.run_id} ({self.holder}), started {started}, expires {expires}"
 
 
 def _release_mark(path: str) -> str:
@@ -195,7 +190,7 @@ def _payload(run_id: str, started_at: float, expiry_seconds: float, fences: str,
         "run_id": run_id,
         "fences": fences,
         "started_at": started_at,
-        "started": _stamp(started_at),
+        "started": storage.utc_stamp(started_at),
         "expiry_seconds": expiry_seconds,
         "released": released,
         "holder": holder,

@@ -20,7 +20,6 @@ never leaves a new report beside an old manifest.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 
 import pyarrow.parquet as pq
@@ -221,7 +220,7 @@ def publish_partition(
     manifest = {
         "format": MANIFEST_FORMAT,
         **manifest,
-        "published_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "published_at": storage.utc_stamp(),
         "summary": report_name(run_id, SUMMARY_FILE) if SUMMARY_FILE in reports else None,
         "files": files,
     }

@@ -18,6 +18,9 @@ from pipeline.errors import ConfigError
 
 PARQUET, ICEBERG = "parquet", "iceberg"
 FORMATS = (PARQUET, ICEBERG)
+# The Iceberg output's tables unless the config's iceberg_tables names others (here, not with the Iceberg modules, so
+# the config reads it without importing them and Beam's filesystems).
+DEFAULT_ICEBERG_TABLES = {"scores": "sentiment.review_scores", "rejects": "sentiment.review_rejects"}
 # The staging folder of an unpartitioned output's shards: a named folder like a day's, so every partition's staging
 # is one folder that a cleanup can name without touching another partition's.
 UNPARTITIONED_STAGING = "_output"
@@ -37,7 +40,7 @@ def stop_here_if_asked(step: str) -> None:
 class PartitionCheck:
     """What `verify` found for one partition: complete or not, why, and the facts it was published with."""
 
-    partition_dir: str
+    name: str  # the partition as messages name it (Publisher.name): its folder, or TABLE dt=D
     complete: bool
     message: str
     manifest: dict | None = None

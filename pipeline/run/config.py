@@ -13,7 +13,7 @@ import yaml
 
 from model.runtime import AUTO, RUNTIMES
 from pipeline.errors import ConfigError
-from pipeline.publish.publisher import FORMATS, ICEBERG
+from pipeline.publish.publisher import DEFAULT_ICEBERG_TABLES, FORMATS, ICEBERG
 from transforms.schema import Columns
 
 DEFAULT_CONFIG = "configs/local.yaml"
@@ -75,9 +75,7 @@ class ScoreConfig:
     # warehouse, s3.* ...); when absent, a SQLite SQL catalog at OUTPUT/catalog.db with its warehouse OUTPUT/warehouse.
     catalog: dict[str, Any] | None = None
     # The Iceberg tables' names, {scores: NAMESPACE.TABLE, rejects: NAMESPACE.TABLE}; created on first use.
-    iceberg_tables: dict[str, Any] = field(
-        default_factory=lambda: {"scores": "sentiment.review_scores", "rejects": "sentiment.review_rejects"}
-    )
+    iceberg_tables: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_ICEBERG_TABLES))
     # output_format iceberg: after each publish, expire the tables' snapshots older than this many days (keeping the
     # one current then, so time travel reaches back this far) and delete the data files only they referenced. The
     # days' facts (run, model version, rows) are table properties and stay. Unset: never expire.

@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import storage
+from transforms.io import partition_path
 
 CUSTOMER_SCHEMA = pa.schema(
     [
@@ -564,7 +565,7 @@ def write_sample_data(
     per_day = [reviews // days + (1 if d < reviews % days else 0) for d in range(days)]
     day_start = 0
     for d, (day, day_count) in enumerate(zip(dates, per_day, strict=True)):
-        writer = _PartWriter(os.path.join(reviews_dir, f"dt={day}"), REVIEW_SCHEMA, rows_per_file)
+        writer = _PartWriter(partition_path(reviews_dir, day), REVIEW_SCHEMA, rows_per_file)
         try:
             for chunk, offset in enumerate(range(0, day_count, CHUNK_ROWS)):
                 n = min(CHUNK_ROWS, day_count - offset)

@@ -351,7 +351,7 @@ def test_launcher_main_calls_the_cli_from_the_repo_root(launcher, monkeypatch, t
     assert launcher.main(AIRFLOW_ARGV) == 1
     assert seen["argv"] == launcher.build_argv(AIRFLOW_ARGV)
     assert seen["cwd"] == REPO
-    # Airflow reads the Dataflow job id from this logger's INFO line; the CLI turns "apache_beam" down to WARNING.
+    # This logger's INFO line names the Dataflow job in the log; the CLI turns "apache_beam" down to WARNING.
     assert seen["level"] == logging.INFO
 
 

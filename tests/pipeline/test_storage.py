@@ -33,3 +33,15 @@ def test_a_file_url_is_written_read_listed_and_deleted_as_the_local_path_it_name
     assert (tmp_path / "out" / "moved").is_file() and not storage.exists(manifest)
     storage.delete_tree(root)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_file_url_and_its_path_have_the_same_real_path(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    real = str((tmp_path / "real").resolve())
+    assert storage.real_path(f"file://{tmp_path}/link") == storage.real_path(str(tmp_path / "link")) == real
+
+
+def test_an_object_store_path_is_its_own_real_path():
+    """The twin: no links to resolve, and no local folder of that name is looked up."""
+    assert storage.real_path("s3://bucket/out/") == "s3://bucket/out"

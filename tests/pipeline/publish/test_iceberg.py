@@ -16,7 +16,7 @@ from pyiceberg.expressions import EqualTo
 
 from pipeline.publish.iceberg import IcebergPublisher
 from pipeline.publish.iceberg_commit import STEPS, DayCommit, IcebergPublishError
-from pipeline.publish.iceberg_tables import PARTITION_COLUMN, IcebergSchemaError, OutputTables
+from pipeline.publish.iceberg_tables import PARTITION_COLUMN, IcebergSchemaError, OutputTables, retry_racing_creation
 from tests.conftest import S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY, s3_client
 from tests.readers import assert_iceberg_readers_see
 from transforms.io import with_partition_day
@@ -834,6 +834,39 @@ def test_a_namespace_insert_that_fails_while_the_namespace_is_absent_still_fails
     monkeypatch.setattr(first.catalog, "namespace_exists", lambda ns: False)  # ...and the catalog says it is absent
     with pytest.raises(IntegrityError):
         first.prepare({"scores": SCORES, "rejects": REJECTS})
+
+
+def _losing(error: Exception, times: int):
+    """A creation that loses its race `times` times (raising error), then returns how many calls it took."""
+    calls = []
+
+    def make():
+        calls.append(1)
+        if len(calls) <= times:
+            raise error
+        return len(calls)
+
+    return make
+
+
+def test_a_creation_that_loses_the_race_is_retried_until_it_lands_or_its_attempts_end():
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    locked = OperationalError("INSERT", {}, Exception("database is locked"))
+    assert retry_racing_creation(_losing(locked, 2), attempts=3) == 3
+    taken = IntegrityError("INSERT", {}, Exception("UNIQUE constraint failed"))
+    make = _losing(taken, 3)
+    with pytest.raises(IntegrityError, match="UNIQUE constraint failed"):  # its own error, after the last attempt
+        retry_racing_creation(make, attempts=3)
+    assert make() == 4  # three calls were made, no more
+
+
+def test_an_error_that_is_not_a_lost_race_is_not_retried():
+    """The failure twin: anything but the race's two errors is raised at once."""
+    make = _losing(ValueError("bad catalog property"), 1)
+    with pytest.raises(ValueError, match="bad catalog property"):
+        retry_racing_creation(make, attempts=5)
+    assert make() == 2  # one call before this one
 
 
 @pytest.mark.slow

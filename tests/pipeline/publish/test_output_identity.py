@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from urllib.parse import quote
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -134,6 +135,42 @@ def test_a_configured_sqlite_catalog_is_inspected_read_only_and_a_missing_one_is
     check = publisher_for(str(tmp_path / "out"), ICEBERG, missing).check(DAY)
     assert not check.complete
     assert not (tmp_path / "nowhere").exists()
+
+
+def _uri_filename_catalogs(tmp_path) -> list[tuple[str, dict]]:
+    """Configured SQLite catalogs given as SQLite URI filenames (`file:PATH?...&uri=true`), each in a folder that
+    does not exist yet: a plain path, and a path with URI_SPECIAL quoted as sqlite_url quotes it (SQLAlchemy decodes
+    the URL once, SQLite the filename once)."""
+    plain, special = tmp_path / "plain" / "catalogs", tmp_path / URI_SPECIAL / "catalogs"
+    uris = {
+        plain: f"sqlite:///file:{plain}/catalog.db?mode=rwc&uri=true",
+        special: f"sqlite:///file:{quote(quote(str(special)))}/catalog.db?uri=true",
+    }
+    return [
+        (folder, {"type": "sql", "uri": uri, "warehouse": f"file://{tmp_path}/wh-{n}"})
+        for n, (folder, uri) in enumerate(uris.items())
+    ]
+
+
+def test_a_configured_sqlite_uri_filename_catalog_is_created_in_the_folder_it_names(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a uri misread as a plain path would create its folder here (file:/...)
+    for n, (folder, catalog) in enumerate(_uri_filename_catalogs(tmp_path)):
+        output = DayCommit(OutputTables(str(tmp_path / f"out-{n}"), catalog=catalog))
+        output.prepare({"scores": SCORES, "rejects": REJECTS})
+        output.publish(*stage(tmp_path, DAY, f"run-{n}", 5, 1, write=write_local))
+        assert sorted(os.listdir(folder)) == ["catalog.db"]
+        check = publisher_for(str(tmp_path / f"out-{n}"), ICEBERG, catalog).check(DAY)
+        assert check.complete, check.message
+    assert not (tmp_path / "file:").exists()
+
+
+def test_a_configured_sqlite_uri_filename_catalog_is_not_created_by_inspection(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for folder, catalog in _uri_filename_catalogs(tmp_path):
+        check = publisher_for(str(tmp_path / "out"), ICEBERG, catalog).check(DAY)
+        assert not check.complete
+        assert not folder.parent.exists()
+    assert sorted(os.listdir(tmp_path)) == []
 
 
 # ---------------------------------------------------------------------------------------- one format per root (4)
