@@ -159,12 +159,13 @@ def race_for_lease(flags, control: str, partition: str, run_id: str, barrier, re
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from pipeline.publish import lease
+    from pipeline.publish.parquet import ParquetFolders
 
     if flags:
         FileSystems.set_options(PipelineOptions(flags))
     barrier.wait()
     try:
-        lease.acquire(lease.lease_dir(control, partition), run_id, time.time(), 3600)
+        lease.acquire(ParquetFolders.lease_folder(control, partition), run_id, time.time(), 3600)
         results.put((partition, run_id, "won"))
     except lease.LeaseHeld:
         results.put((partition, run_id, "held"))

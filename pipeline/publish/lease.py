@@ -56,9 +56,10 @@ class LeaseError(JobError, RuntimeError):
     """The lease store cannot be used (unsupported scheme, unreadable lease); the message names the path."""
 
 
-def lease_dir(root: str, partition: str) -> str:
-    """The lease folder of a partition below a root that holds leases (ROOT/_leases/dt=D, or _output)."""
-    return FileSystems.join(root, LEASES_DIR, f"dt={partition}" if partition else "_output")
+def lease_dir(root: str, name: str) -> str:
+    """The lease folder `name` below a root that holds leases: ROOT/_leases/NAME (a publisher names its partitions'
+    leases; pipeline/publish/parquet.py)."""
+    return FileSystems.join(root, LEASES_DIR, name)
 
 
 def store_now(directory: str) -> float:

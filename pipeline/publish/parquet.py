@@ -28,7 +28,14 @@ from apache_beam.io.filesystems import FileSystems
 from pipeline import storage
 from pipeline.errors import ConfigError, JobError
 from pipeline.publish import lease
-from pipeline.publish.publisher import PARQUET, LeaseScope, OutputDataset, PartitionCheck, Publisher
+from pipeline.publish.publisher import (
+    PARQUET,
+    UNPARTITIONED_STAGING,
+    LeaseScope,
+    OutputDataset,
+    PartitionCheck,
+    Publisher,
+)
 
 SUCCESS_FILE = "_SUCCESS"
 SUMMARY_FILE = Publisher.summary_report
@@ -302,6 +309,12 @@ class ParquetFolders(Publisher):
     def _folder(root: str, partition: str) -> str:
         return storage.join(root, f"{PARTITION_KEY}={partition}") if partition else root
 
+    @staticmethod
+    def lease_folder(control: str, partition: str) -> str:
+        """A partition's lease folder below a control root (REAL_OUTPUT.staging): _leases/dt=D, or _leases/_output
+        for an unpartitioned output (named as its staging is)."""
+        return lease.lease_dir(control, f"{PARTITION_KEY}={partition}" if partition else UNPARTITIONED_STAGING)
+
     def name(self, partition: str) -> str:
         return self._folder(self.output, partition)
 
@@ -317,7 +330,7 @@ class ParquetFolders(Publisher):
         """One lease per partition folder, by its real path (symlinks resolved), beside the real output root:
         REAL_OUTPUT.staging/_leases/dt=D, so outputs that reach one folder by different paths share it."""
         real = storage.real_path(self.output)
-        return (LeaseScope(self._folder(real, partition), lease.lease_dir(f"{real}.staging", partition)),)
+        return (LeaseScope(self._folder(real, partition), self.lease_folder(f"{real}.staging", partition)),)
 
     def published_by(self, partition: str, run_id: str) -> list[str]:
         check = self.check(partition, count_rows=False)
@@ -351,7 +364,7 @@ class ParquetFolders(Publisher):
                 f"output {self.output} holds an unpartitioned output (no dt= folders): a run with --date or a "
                 "backfill cannot write dt= partitions beside it; choose another output"
             )
-        if not dated and storage.list_paths(storage.join(self.output, "dt=*", "*")):
+        if not dated and storage.list_paths(storage.join(self.output, f"{PARTITION_KEY}=*", "*")):
             raise ConfigError(
                 f"output {self.output} holds dt= partitions: a run without --date would publish beside them; pass "
                 "--date, or choose another output"
@@ -374,6 +387,7 @@ class ParquetFolders(Publisher):
     def previous_summary(self, partition: str) -> dict | None:
         if not partition:  # an unpartitioned output's previous run is the one it replaces
             return published_summary(self.output)
-        markers = storage.list_paths(storage.join(self.output, "dt=*", SUCCESS_FILE))
-        earlier = sorted(p.rsplit("/", 1)[0] for p in markers if p.split("dt=")[-1].split("/")[0] < partition)
+        markers = storage.list_paths(storage.join(self.output, f"{PARTITION_KEY}=*", SUCCESS_FILE))
+        key = f"{PARTITION_KEY}="
+        earlier = sorted(p.rsplit("/", 1)[0] for p in markers if p.split(key)[-1].split("/")[0] < partition)
         return published_summary(earlier[-1]) if earlier else None

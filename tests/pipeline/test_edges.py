@@ -14,7 +14,7 @@ import pytest
 
 from pipeline.cli.main import main
 from pipeline.errors import ConfigError
-from pipeline.publish.parquet import check_partition, read_manifest
+from pipeline.publish.parquet import ParquetFolders, check_partition, read_manifest
 from pipeline.run.config import build_config, validate_date
 from pipeline.run.launcher import execute
 from pipeline.training.sample_data import write_sample_data
@@ -435,7 +435,7 @@ def test_a_run_without_date_leaves_a_live_dated_runs_staging_alone(three_days, b
 
     paths = _copy(three_days, tmp_path)
     control = paths["output"] + ".staging"
-    lease.acquire(lease.lease_dir(control, BAD_DAY), "live-run", time.time(), 3600)
+    lease.acquire(ParquetFolders.lease_folder(control, BAD_DAY), "live-run", time.time(), 3600)
     live = f"{control}/live-run/dt={BAD_DAY}/scores-live-run-0.parquet"
     dead = f"{control}/dead-run/_output/scores-dead-run-0.parquet"
     for path in (live, dead):
@@ -466,5 +466,5 @@ def test_an_unwritable_run_summary_is_one_line_and_the_lease_is_given_back(three
     assert f"{control}/_runs/" in err[0]
     for day in DAYS[:2]:  # the days themselves were published, and their leases given back
         assert check_partition(f"{paths['output']}/dt={day}").complete
-        assert lease.current(lease.lease_dir(control, day)).released
+        assert lease.current(ParquetFolders.lease_folder(control, day)).released
     assert not [p for p in glob.glob(f"{tmp_path}/**", recursive=True) if ".tmp-" in p]

@@ -55,22 +55,22 @@ def test_a_publish_overtaken_by_another_run_removes_its_files_and_leaves_the_oth
     """The interleaving that once left a `_SUCCESS` listing no data files: run A is paused after its shards and
     reports are in place, run B takes the partition over and publishes, then A resumes."""
     control, partition = str(tmp_path / "out.staging"), str(tmp_path / "out" / f"dt={DATE}")
-    a = lease.acquire(lease.lease_dir(control, DATE), "run-a", time.time(), 3600)
+    a = lease.acquire(ParquetFolders.lease_folder(control, DATE), "run-a", time.time(), 3600)
 
     def b_takes_over(step):
         if step == "reports":
-            b = lease.acquire(lease.lease_dir(control, DATE), "run-b", time.time(), 3600, take_over=True)
+            b = lease.acquire(ParquetFolders.lease_folder(control, DATE), "run-b", time.time(), 3600, take_over=True)
             shards = _stage(str(tmp_path / "staging-b"), "run-b", [7, 8, 9])
             publish_partition(
                 shards, partition, _facts("run-b", 3), {"summary.json": b"{}"},
-                fence=lambda: lease.fence(lease.lease_dir(control, DATE), "run-b", b.generation),
+                fence=lambda: lease.fence(ParquetFolders.lease_folder(control, DATE), "run-b", b.generation),
             )  # fmt: skip
 
     shards = _stage(str(tmp_path / "staging-a"), "run-a", [1, 2])
     with pytest.raises(lease.LeaseLost, match="run run-a no longer holds the lease of .*dt=2026-03-01"):
         publish_partition(
             shards, partition, _facts("run-a", 2), {"summary.json": b"{}"}, on_step=b_takes_over,
-            fence=lambda: lease.fence(lease.lease_dir(control, DATE), "run-a", a.generation),
+            fence=lambda: lease.fence(ParquetFolders.lease_folder(control, DATE), "run-a", a.generation),
         )  # fmt: skip
     check = check_partition(partition)
     assert check.complete and check.manifest["run_id"] == "run-b", check.message
@@ -82,14 +82,14 @@ def test_a_publish_overtaken_by_another_run_removes_its_files_and_leaves_the_oth
 def test_a_publish_whose_lease_is_still_the_newest_goes_through(tmp_path):
     """The twin: the fence passes for the holder of the newest generation."""
     control, partition = str(tmp_path / "out.staging"), str(tmp_path / "out" / f"dt={DATE}")
-    held = lease.acquire(lease.lease_dir(control, DATE), "run-a", time.time(), 3600)
+    held = lease.acquire(ParquetFolders.lease_folder(control, DATE), "run-a", time.time(), 3600)
     shards = _stage(str(tmp_path / "staging-a"), "run-a", [1, 2])
     publish_partition(
         shards,
         partition,
         _facts("run-a", 2),
         {},
-        fence=lambda: lease.fence(lease.lease_dir(control, DATE), "run-a", held.generation),
+        fence=lambda: lease.fence(ParquetFolders.lease_folder(control, DATE), "run-a", held.generation),
     )
     assert read_manifest(partition)["run_id"] == "run-a"
 
@@ -102,7 +102,9 @@ def _commit(tmp_path, leases: dict) -> CommitPartition:
         "model_dir": "model",
         "review_files": {DATE: []},
         "customer_files": [],
-        "leases": {DATE: {lease.lease_dir(str(tmp_path / "out.staging"), DATE): g for g in leases.values()}},
+        "leases": {
+            DATE: {ParquetFolders.lease_folder(str(tmp_path / "out.staging"), DATE): g for g in leases.values()}
+        },
         "lease_expiry_seconds": 60.0,
     }
     schemas = {"scores": SCHEMA.scores_schema(), "rejects": SCHEMA.rejects_schema()}
@@ -120,26 +122,26 @@ def test_a_run_whose_lease_lapsed_and_was_taken_publishes_nothing(tmp_path):
     """Expiry on the store's clock, driven by an injected store time: run A's lease lapsed, run B took it, and A's
     commit step (the real DoFn) refuses the partition naming the lost lease."""
     control = str(tmp_path / "out.staging")
-    a = lease.acquire(lease.lease_dir(control, DATE), "run-a", time.time(), 60)
-    b = lease.acquire(lease.lease_dir(control, DATE), "run-b", time.time(), 3600, now=a.expires_at + 1)
+    a = lease.acquire(ParquetFolders.lease_folder(control, DATE), "run-a", time.time(), 60)
+    b = lease.acquire(ParquetFolders.lease_folder(control, DATE), "run-b", time.time(), 3600, now=a.expires_at + 1)
     assert b.generation == a.generation + 1
     [result] = _commit(tmp_path, {DATE: a.generation}).process(_records(tmp_path), customers_summary={})
     assert result["status"] == "failed" and "run run-a lost the lease" in result["message"]
     assert not os.path.exists(tmp_path / "out" / f"dt={DATE}" / "_SUCCESS")
     assert (
-        lease.current(lease.lease_dir(control, DATE)).run_id == "run-b"
-        and not lease.current(lease.lease_dir(control, DATE)).released
+        lease.current(ParquetFolders.lease_folder(control, DATE)).run_id == "run-b"
+        and not lease.current(ParquetFolders.lease_folder(control, DATE)).released
     )
 
 
 def test_a_run_whose_lease_lapsed_but_was_not_taken_renews_it_and_publishes(tmp_path):
     """The twin: a lapsed lease nobody took is still the newest generation: the commit renews it and publishes."""
     control = str(tmp_path / "out.staging")
-    a = lease.acquire(lease.lease_dir(control, DATE), "run-a", time.time(), 60)
+    a = lease.acquire(ParquetFolders.lease_folder(control, DATE), "run-a", time.time(), 60)
     [result] = _commit(tmp_path, {DATE: a.generation}).process(_records(tmp_path), customers_summary={})
     assert result["status"] == "published", result["message"]
     assert check_partition(str(tmp_path / "out" / f"dt={DATE}")).complete
-    assert lease.current(lease.lease_dir(control, DATE)).released  # given back once published
+    assert lease.current(ParquetFolders.lease_folder(control, DATE)).released  # given back once published
 
 
 def test_expiry_is_judged_by_the_stores_clock_not_the_holders(tmp_path, monkeypatch):
@@ -149,9 +151,9 @@ def test_expiry_is_judged_by_the_stores_clock_not_the_holders(tmp_path, monkeypa
     real_time = time.time
     with monkeypatch.context() as m:
         m.setattr(lease.time, "time", lambda: real_time() - 10 * 3600)
-        lease.acquire(lease.lease_dir(control, DATE), "skewed-holder", time.time(), 6 * 3600)
+        lease.acquire(ParquetFolders.lease_folder(control, DATE), "skewed-holder", time.time(), 6 * 3600)
     with pytest.raises(lease.LeaseHeld, match="run skewed-holder"):
-        lease.acquire(lease.lease_dir(control, DATE), "other", real_time(), 6 * 3600)
+        lease.acquire(ParquetFolders.lease_folder(control, DATE), "other", real_time(), 6 * 3600)
     assert lease.store_now(control) == pytest.approx(real_time(), abs=120)
 
 
@@ -168,7 +170,7 @@ def _commit_under_file_size_limit(tmp_path, records, limit: int, results) -> Non
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
     control = str(tmp_path / "out.staging")
-    held = lease.current(lease.lease_dir(control, DATE))
+    held = lease.current(ParquetFolders.lease_folder(control, DATE))
     outputs = list(_commit(tmp_path, {DATE: held.generation}).process(records, customers_summary={}))
     results.put([{k: v for k, v in o.items() if k != "summary"} for o in outputs])
 
@@ -176,12 +178,12 @@ def _commit_under_file_size_limit(tmp_path, records, limit: int, results) -> Non
 @pytest.mark.parametrize("limit", [1_000, 10**9], ids=["writes-fail", "twin-writes-fit"])
 def test_a_write_that_fails_while_publishing_refuses_the_partition_and_keeps_the_previous_one(tmp_path, limit):
     control, partition = str(tmp_path / "out.staging"), str(tmp_path / "out" / f"dt={DATE}")
-    old = lease.acquire(lease.lease_dir(control, DATE), "run-old", time.time(), 3600)
+    old = lease.acquire(ParquetFolders.lease_folder(control, DATE), "run-old", time.time(), 3600)
     old_shards = _stage(str(tmp_path / "staging-old"), "run-old", [1, 2, 3])
     publish_partition(old_shards, partition, _facts("run-old", 3), {"summary.json": b"{}"}, fence=None)
-    lease.release(lease.lease_dir(control, DATE), "run-old")
+    lease.release(ParquetFolders.lease_folder(control, DATE), "run-old")
     assert old.generation == 0
-    lease.acquire(lease.lease_dir(control, DATE), "run-a", time.time(), 3600)
+    lease.acquire(ParquetFolders.lease_folder(control, DATE), "run-a", time.time(), 3600)
     records = _records(tmp_path)  # run-a's shards are staged before the limit applies
     context = clean_processes()
     results = context.Queue()
@@ -192,7 +194,7 @@ def test_a_write_that_fails_while_publishing_refuses_the_partition_and_keeps_the
     [result] = results.get(timeout=10)
     leftovers = [p for p in (tmp_path / "out").rglob("*") if ".tmp-" in p.name]
     assert leftovers == []
-    assert lease.current(lease.lease_dir(control, DATE)).released  # given back either way
+    assert lease.current(ParquetFolders.lease_folder(control, DATE)).released  # given back either way
     if limit == 1_000:
         assert result["status"] == "failed"
         assert "publishing failed" in result["message"] and f"{partition}/_report/run-a/" in result["message"]
@@ -210,7 +212,7 @@ def test_a_write_that_fails_while_publishing_refuses_the_partition_and_keeps_the
 
 
 def _corrupt_newest_lease(control: str) -> lease.Lease:
-    held = lease.acquire(lease.lease_dir(control, DATE), "run-dead", time.time(), 3600)
+    held = lease.acquire(ParquetFolders.lease_folder(control, DATE), "run-dead", time.time(), 3600)
     with open(held.path, "w", encoding="utf-8") as f:
         f.write('{"run_id": "run-dead", "star')
     return held
@@ -221,10 +223,10 @@ def test_a_corrupt_newest_lease_is_taken_over_with_take_over(tmp_path):
     generation (from its name), so an unreadable one does not block the day (it used to: LeaseError, exit 1)."""
     control = str(tmp_path / "out.staging")
     dead = _corrupt_newest_lease(control)
-    taken = lease.acquire(lease.lease_dir(control, DATE), "run-b", time.time(), 3600, take_over=True)
+    taken = lease.acquire(ParquetFolders.lease_folder(control, DATE), "run-b", time.time(), 3600, take_over=True)
     assert taken.generation == dead.generation + 1
-    assert lease.current(lease.lease_dir(control, DATE)).run_id == "run-b"
-    assert lease.fence(lease.lease_dir(control, DATE), "run-b", taken.generation).run_id == "run-b"
+    assert lease.current(ParquetFolders.lease_folder(control, DATE)).run_id == "run-b"
+    assert lease.fence(ParquetFolders.lease_folder(control, DATE), "run-b", taken.generation).run_id == "run-b"
 
 
 def test_a_corrupt_newest_lease_without_take_over_is_refused_naming_it_and_the_way_out(tmp_path):
@@ -233,7 +235,7 @@ def test_a_corrupt_newest_lease_without_take_over_is_refused_naming_it_and_the_w
     control = str(tmp_path / "out.staging")
     dead = _corrupt_newest_lease(control)
     with pytest.raises(lease.LeaseError, match=rf"{dead.path}: unreadable lease .*--take-over-lease"):
-        lease.acquire(lease.lease_dir(control, DATE), "run-b", time.time(), 3600)
+        lease.acquire(ParquetFolders.lease_folder(control, DATE), "run-b", time.time(), 3600)
     assert [p.name for p in (tmp_path / "out.staging" / "_leases" / f"dt={DATE}").iterdir()] == [
         os.path.basename(dead.path)
     ]
@@ -252,7 +254,10 @@ def _move_in(shards: list[dict], partition: str) -> None:
 def test_a_cleanup_after_the_lease_was_taken_leaves_the_new_holders_shards(tmp_path):
     """Run A wrote its manifest; before its cleanup its lease lapsed, run B took the partition and moved its shards
     in. A's cleanup used to delete them (unlisted by A's manifest), and B's publish then failed on its own shards."""
-    directory, partition = lease.lease_dir(str(tmp_path / "out.staging"), DATE), str(tmp_path / "out" / f"dt={DATE}")
+    directory, partition = (
+        ParquetFolders.lease_folder(str(tmp_path / "out.staging"), DATE),
+        str(tmp_path / "out" / f"dt={DATE}"),
+    )
     a = lease.acquire(directory, "run-a", time.time(), 3600)
     b = {}
 
@@ -279,7 +284,10 @@ def test_a_cleanup_after_the_lease_was_taken_leaves_the_new_holders_shards(tmp_p
 
 def test_a_cleanup_by_the_holder_removes_the_previous_runs_shards(tmp_path):
     """The twin: a run that still holds the partition removes what its manifest does not list."""
-    directory, partition = lease.lease_dir(str(tmp_path / "out.staging"), DATE), str(tmp_path / "out" / f"dt={DATE}")
+    directory, partition = (
+        ParquetFolders.lease_folder(str(tmp_path / "out.staging"), DATE),
+        str(tmp_path / "out" / f"dt={DATE}"),
+    )
     publish_partition(_stage(str(tmp_path / "staging-old"), "run-old", [1]), partition, _facts("run-old", 1), {})
     a = lease.acquire(directory, "run-a", time.time(), 3600)
     publish_partition(
@@ -297,7 +305,7 @@ def test_a_cleanup_by_the_holder_removes_the_previous_runs_shards(tmp_path):
 def test_a_renewal_that_read_the_lease_before_its_release_does_not_undo_the_release(tmp_path, monkeypatch):
     """The renewal thread read the lease (held), then the commit step released it, then the renewal wrote it back:
     a rewrite of the whole record used to mark it held again, blocking the next run until it expired."""
-    directory = lease.lease_dir(str(tmp_path / "out.staging"), DATE)
+    directory = ParquetFolders.lease_folder(str(tmp_path / "out.staging"), DATE)
     held = lease.acquire(directory, "run-a", time.time(), 3600)
     real_holder = lease._holder
 
@@ -315,7 +323,7 @@ def test_a_renewal_that_read_the_lease_before_its_release_does_not_undo_the_rele
 
 def test_a_renewal_of_a_lease_still_held_extends_it(tmp_path):
     """The twin: with no release meanwhile, the renewal keeps the lease held, from the time it was written."""
-    directory = lease.lease_dir(str(tmp_path / "out.staging"), DATE)
+    directory = ParquetFolders.lease_folder(str(tmp_path / "out.staging"), DATE)
     held = lease.acquire(directory, "run-a", time.time(), 60)
     renewed = lease.renew(directory, "run-a", 3600, held.generation)
     assert not lease.current(directory).released and renewed.expires_at >= held.modified_at + 3600
@@ -328,7 +336,7 @@ def test_a_renewal_of_a_lease_still_held_extends_it(tmp_path):
 
 
 def _keeper(tmp_path, monkeypatch, expiry: float = 60):
-    directory = lease.lease_dir(str(tmp_path / "out.staging"), DATE)
+    directory = ParquetFolders.lease_folder(str(tmp_path / "out.staging"), DATE)
     held = lease.acquire(directory, "run-a", time.time(), expiry)
     clock, renewals, real = [1000.0], [], lease.renew_all
     monkeypatch.setattr(lease, "_RENEWED_AT", {})

@@ -11,7 +11,14 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.publish import lease
-from pipeline.publish.parquet import STEPS, check_partition, publish_partition, published_summary, read_manifest
+from pipeline.publish.parquet import (
+    STEPS,
+    ParquetFolders,
+    check_partition,
+    publish_partition,
+    published_summary,
+    read_manifest,
+)
 from pipeline.run.launcher import execute
 from tests.conftest import SAMPLE_DATE, clean_processes, race_for_lease, run_config, sample_config
 from tests.conftest import s3_client as _client
@@ -27,6 +34,8 @@ PARTITION = f"out/dt={SAMPLE_DATE}/"
 STAGING = "out.staging/"
 KILLED_RUN_LEFTOVER = f"{STAGING}20260101T000000Z-deadbeef/dt={SAMPLE_DATE}/scores-orphan.parquet"
 STALE_SHARD = f"{PARTITION}scores-stale-from-elsewhere.parquet"
+
+lease_folder = ParquetFolders.lease_folder  # where the Parquet publisher keeps a partition's lease
 
 
 @pytest.fixture(scope="module")
@@ -302,7 +311,7 @@ def test_s3_two_processes_racing_for_a_lease_never_both_win(s3, s3_flags):
     for i in range(rounds):
         won = [o for o in outcomes if o[0] == f"day-{i}" and o[2] == "won"]
         assert len(won) == 1, outcomes
-        assert lease.current(lease.lease_dir(control, f"day-{i}")).run_id == won[0][1]
+        assert lease.current(lease_folder(control, f"day-{i}")).run_id == won[0][1]
 
 
 @pytest.mark.slow
@@ -313,7 +322,7 @@ def test_s3_run_without_date_leaves_a_live_dated_runs_staging_alone(s3, s3_flags
 
     FileSystems.set_options(PipelineOptions(s3_flags))
     control = f"s3://{BUCKET}/shared.staging"
-    lease.acquire(lease.lease_dir(control, SAMPLE_DATE), "live-run", time.time(), 3600)  # a dated run in flight
+    lease.acquire(lease_folder(control, SAMPLE_DATE), "live-run", time.time(), 3600)  # a dated run in flight
     live = f"shared.staging/live-run/dt={SAMPLE_DATE}/scores-live-run-0.parquet"
     dead = "shared.staging/dead-run/_output/scores-dead-run-0.parquet"  # a killed unpartitioned run's leftover
     for key in (live, dead):

@@ -21,6 +21,7 @@ from pipeline.publish import lease
 from pipeline.publish.parquet import (
     STEPS,
     SUCCESS_FILE,
+    ParquetFolders,
     check_partition,
     publish_partition,
     published_summary,
@@ -33,6 +34,8 @@ from tests.readers import assert_parquet_readers_see
 
 DATE = "2026-03-01"
 IDS = pa.schema([("review_id", pa.int64())])
+
+lease_folder = ParquetFolders.lease_folder  # where the Parquet publisher keeps a partition's lease
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -160,8 +163,8 @@ def test_two_processes_racing_for_a_lease_never_both_win(tmp_path):
     for i in range(rounds):
         partition = f"2026-01-{i % 28 + 1:02d}-{i}"
         if i % 2:  # half the rounds race for a partition whose previous lease was released
-            lease.acquire(lease.lease_dir(control, partition), "earlier", time.time(), 3600)
-            lease.release(lease.lease_dir(control, partition), "earlier")
+            lease.acquire(lease_folder(control, partition), "earlier", time.time(), 3600)
+            lease.release(lease_folder(control, partition), "earlier")
         barrier = context.Barrier(2)
         workers = [
             context.Process(target=race_for_lease, args=(None, control, partition, f"run-{i}-{k}", barrier, results))
@@ -176,32 +179,32 @@ def test_two_processes_racing_for_a_lease_never_both_win(tmp_path):
     for i in range(rounds):
         won = [o for o in outcomes if o[0].endswith(f"-{i}") and o[2] == "won"]
         assert len(won) == 1, (i, outcomes)
-        holder = lease.current(lease.lease_dir(control, won[0][0]))
+        holder = lease.current(lease_folder(control, won[0][0]))
         assert holder.run_id == won[0][1] and not holder.released
 
 
 def test_a_held_lease_names_its_run_and_start_and_lapses_at_expiry(tmp_path):
     control = str(tmp_path / "out.staging")
     started = time.time()
-    lease.acquire(lease.lease_dir(control, DATE), "run-a", started, 3600)
+    lease.acquire(lease_folder(control, DATE), "run-a", started, 3600)
     with pytest.raises(
         lease.LeaseHeld, match=rf"run run-a .*started {time.strftime('%Y-%m-%dT%H', time.gmtime(started))}"
     ):
-        lease.acquire(lease.lease_dir(control, DATE), "run-b", time.time(), 3600)
-    taken = lease.acquire(lease.lease_dir(control, DATE), "run-c", time.time(), 3600, take_over=True)  # the flag
+        lease.acquire(lease_folder(control, DATE), "run-b", time.time(), 3600)
+    taken = lease.acquire(lease_folder(control, DATE), "run-c", time.time(), 3600, take_over=True)  # the flag
     assert taken.run_id == "run-c" and taken.generation == 1
     # Older generations stay: deleting one while a rival listed the folder let the rival create generation 0 again.
     assert len(glob.glob(f"{control}/_leases/dt={DATE}/lease-*.json")) == 2
     # A run that lost its lease cannot release the new holder's.
-    assert not lease.release(lease.lease_dir(control, DATE), "run-a")
+    assert not lease.release(lease_folder(control, DATE), "run-a")
     with pytest.raises(lease.LeaseHeld, match="lost the lease"):
-        lease.renew(lease.lease_dir(control, DATE), "run-a", 3600)
+        lease.renew(lease_folder(control, DATE), "run-a", 3600)
 
     # Expiry on the store's clock, driven by an injected store time instead of a sleep racing a short expiry.
-    short = lease.acquire(lease.lease_dir(control, "2026-03-02"), "short", time.time(), 60)
+    short = lease.acquire(lease_folder(control, "2026-03-02"), "short", time.time(), 60)
     with pytest.raises(lease.LeaseHeld, match="run short"):
-        lease.acquire(lease.lease_dir(control, "2026-03-02"), "early", time.time(), 3600, now=short.expires_at - 1)
-    late = lease.acquire(lease.lease_dir(control, "2026-03-02"), "late", time.time(), 3600, now=short.expires_at + 1)
+        lease.acquire(lease_folder(control, "2026-03-02"), "early", time.time(), 3600, now=short.expires_at - 1)
+    late = lease.acquire(lease_folder(control, "2026-03-02"), "late", time.time(), 3600, now=short.expires_at + 1)
     assert late.run_id == "late"
 
 
