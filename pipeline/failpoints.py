@@ -71,11 +71,11 @@ _lock = threading.Lock()  # taken only when a point is armed: counts hits across
 def hit(name: str) -> None:
     """The point `name` is reached: runs its action when armed, else nothing."""
     try:
-        armed = _armed[name]
+        point = _armed[name]
     except KeyError:
         raise _unknown(name) from None
-    if armed is not None:
-        _fire(name, armed)
+    if point is not None:
+        _fire(name, point)
 
 
 def through(element, name: str):
@@ -85,6 +85,7 @@ def through(element, name: str):
 
 
 def is_armed(name: str) -> bool:
+    """Whether a test armed the point in this process (directly or through the environment)."""
     _check(name)
     return _armed[name] is not None
 
@@ -113,7 +114,7 @@ def parse(value: str) -> dict[str, _Armed]:
     for term in filter(None, (t.strip() for t in value.split(","))):
         name, equals, action = (part.strip() for part in term.partition("="))
         count, star, action = (part.strip() for part in action.rpartition("*"))
-        if not equals or name in points or action not in ACTIONS or (star and not count.strip().isdigit()):
+        if not equals or name in points or action not in ACTIONS or (star and not count.isdigit()):
             raise FailpointError(
                 f"{ENV}={value!r}: cannot read {term!r} (expected NAME=ACTION or NAME=N*ACTION, "
                 f"ACTION one of {', '.join(ACTIONS)}, each name once)"
@@ -136,18 +137,18 @@ def _unknown(name: str) -> FailpointError:
     return FailpointError(f"no failpoint {name!r}: the points are declared in pipeline/failpoints.py")
 
 
-def _fire(name: str, armed: _Armed) -> None:
+def _fire(name: str, point: _Armed) -> None:
     with _lock:
-        if armed.times is not None:
-            if armed.times == 0:
+        if point.times is not None:
+            if point.times == 0:
                 return
-            armed.times -= 1
-    if armed.action == "raise":
+            point.times -= 1
+    if point.action == "raise":
         raise FailpointHit(name)
-    if armed.action == "sigstop":
+    if point.action == "sigstop":
         os.kill(os.getpid(), signal.SIGSTOP)
-    elif callable(armed.action):
-        armed.action(name)
+    elif callable(point.action):
+        point.action(name)
 
 
 _armed.update(parse(os.environ.get(ENV, "")))

@@ -8,9 +8,13 @@ import signal
 import subprocess
 import sys
 
+import apache_beam as beam
 import pytest
 
 from pipeline import failpoints
+from pipeline.run.graph import build_pipeline
+from pipeline.run.plan import plan_run
+from tests.conftest import SAMPLE_DATE, sample_config
 
 
 def test_an_armed_point_runs_its_action_with_its_name_only_inside_the_block():
@@ -143,3 +147,22 @@ def test_the_environment_raise_fails_the_child_and_a_typo_stops_it_at_import():
     typo = _child("parquet.moved=rasie")
     _, err = typo.communicate(timeout=60)
     assert typo.returncode == 1 and b"cannot read 'parquet.moved=rasie'" in err
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The graph's step at score.shard-written exists only when the point is armed: no per-element cost otherwise
+
+
+def _labels(config, plan) -> set[str]:
+    pipeline = beam.Pipeline(runner="FnApiRunner")
+    build_pipeline(pipeline, config, plan)
+    return {label.rsplit("/", 1)[-1] for label in pipeline.applied_labels}
+
+
+def test_the_graph_has_the_failpoint_step_when_the_point_is_armed(sample_dir, bundle_dir, tmp_path):
+    config = sample_config(sample_dir, bundle_dir, tmp_path / "out", date=SAMPLE_DATE, runtime="litert")
+    plan = plan_run(config, [SAMPLE_DATE])
+    with failpoints.armed("score.shard-written", lambda name: None):
+        assert "FailpointShardWritten" in _labels(config, plan)
+    plain = _labels(config, plan)
+    assert "WriteScores" in plain and "FailpointShardWritten" not in plain  # the twin: not armed, no step
