@@ -31,7 +31,6 @@ from pipeline.publish.publisher import (
     OutputDataset,
     PartitionCheck,
     Publisher,
-    stop_here_if_asked,
 )
 from transforms.schema import DETAIL, MODEL_VERSION, REASON, SCORE
 
@@ -264,11 +263,6 @@ class IcebergPublisher(Publisher):
         }
         files = {kind: [s["path"] for s in shards if s["kind"] == kind] for kind in ("scores", "rejects")}
 
-        def fence_each_commit(step: str) -> None:
-            if step.endswith("-planned"):  # each table's commit attempt: loaded and planned, about to commit
-                fence()
-            stop_here_if_asked(step)
-
         def holds_the_day() -> bool:
             try:
                 fence()
@@ -279,7 +273,12 @@ class IcebergPublisher(Publisher):
         fence()
         try:
             self.day_commit().publish(
-                partition, files["scores"], files["rejects"], properties, fence_each_commit, holds_the_day
+                partition,
+                files["scores"],
+                files["rejects"],
+                properties,
+                before_commit=lambda kind: fence(),  # each table's commit attempt: loaded and planned
+                may_clean=holds_the_day,
             )
         except (IcebergPublishError, IcebergSchemaError) as e:
             storage.delete_tree(self._reports_dir(partition, run_id))

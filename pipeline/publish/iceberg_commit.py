@@ -17,7 +17,7 @@ Interface (what IcebergPublisher calls), split as pyiceberg splits Table from Tr
   ``prepare({"scores": arrow_schema, "rejects": arrow_schema}, create=True)`` creates the tables on first use
   (identity partition on ``dt``; non-nullable Arrow fields become required columns) or checks them; a schema that
   does not match fails naming the table and the column; create=False (a guessed schema) creates nothing.
-  ``publish(partition, scores_files, rejects_files, properties, on_step=None)`` moves the staged shards into
+  ``publish(partition, scores_files, rejects_files, properties, before_commit=None)`` moves the staged shards into
   ``TABLE_LOCATION/data/dt=D/`` (same names), then per table one commit (metadata only: footers are read, the data is
   not), rejects table first, scores table last: an ``append`` snapshot when the table holds no file of the day, else
   an ``overwrite`` that also removes the day's current files. ``properties`` must hold ``run-id``,
@@ -59,6 +59,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from pipeline import failpoints
 from pipeline.errors import JobError
 from pipeline.publish.iceberg_compat import append_checked, iceberg_schema
 from pipeline.publish.iceberg_tables import (
@@ -78,15 +79,12 @@ from pipeline.publish.iceberg_tables import (
 
 _LOG = logging.getLogger(__name__)
 
-# The steps of publish, in order; tests fail the publish after each of them. A "-planned" step comes once per commit
-# attempt (again after a conflict with another process).
-STEPS = ("moved", "rejects-planned", "rejects-committed", "scores-planned", "scores-committed", "cleaned")
 # Plans against concurrent writers before giving up: each is committed with pyiceberg's own retries (it rebases the
 # snapshot on the refreshed table, commit.retry.num-retries times), then re-planned here from a fresh load.
 # A loop, not tenacity (which retry_racing_creation uses): an attempt is a whole re-plan whose outcome decides the
 # next (return early when this run's commit already landed, re-plan at once on an expired snapshot, back off only
-# after a conflict, turn the last ValidationException into the day's own error), and the step hook runs inside it;
-# as tenacity callbacks each of those would sit apart from the attempt it belongs to.
+# after a conflict, turn the last ValidationException into the day's own error), and the fence (before_commit) runs
+# inside it; as tenacity callbacks each of those would sit apart from the attempt it belongs to.
 COMMIT_ATTEMPTS = 10
 # With a retention, the previous metadata files a table keeps (Iceberg's write.metadata.previous-versions-max, whose
 # default this is): every commit writes a whole new metadata file (about 3 a night: rejects, scores, expiry), so a
@@ -205,17 +203,19 @@ class DayCommit:
         scores_files: list[str],
         rejects_files: list[str],
         properties: dict[str, str],
-        on_step: Callable[[str], None] | None = None,
+        before_commit: Callable[[str], None] | None = None,
         may_clean: Callable[[], bool] | None = None,
     ) -> dict:
         """Replaces one day in both tables with the staged shards; returns {"scores"|"rejects": snapshot_id}.
 
         Retrying after a crash is safe: a shard already moved is not moved again, and a table that already holds
-        exactly this run's files for the day is not committed twice. may_clean: asked after the day's folder is
-        listed and before any unreferenced file in it is deleted (whether this run still holds the day's lease):
-        when it says no, nothing is deleted, since another run may have moved files in that it has yet to commit.
+        exactly this run's files for the day is not committed twice. before_commit(kind): called at each commit
+        attempt of a table, planned on the loaded table and about to commit (the publisher's fence: when it raises,
+        that table is not committed). may_clean: asked after the day's folder is listed and before any unreferenced
+        file in it is deleted (whether this run still holds the day's lease): when it says no, nothing is deleted,
+        since another run may have moved files in that it has yet to commit. Each step passes a failpoint
+        (failpoints.ICEBERG_PUBLISH).
         """
-        on_step = on_step or (lambda step: None)
         partition_date(partition)
         missing = [key for key in REQUIRED_PROPERTIES if key not in properties]
         if missing:
@@ -236,7 +236,7 @@ class DayCommit:
                 )
             tables[kind] = self._table(kind, schema, where=first)
             placed[kind] = self._move_in(kind, tables[kind], partition, staged[kind])
-        on_step("moved")
+        failpoints.hit("iceberg.moved")
 
         # Both tables' shards are checked before either table changes.
         added = {
@@ -247,12 +247,12 @@ class DayCommit:
         }
         snapshots = {}
         for kind in ("rejects", "scores"):
-            snapshots[kind] = self._commit_day(kind, partition, placed[kind], added[kind], summary, on_step)
-            on_step(f"{kind}-committed")
+            snapshots[kind] = self._commit_day(kind, partition, placed[kind], added[kind], summary, before_commit)
+            failpoints.hit(f"iceberg.{kind}-committed")
 
         for kind in ("rejects", "scores"):
             self._remove_unreferenced(self.catalog.load_table(self.table_names[kind]), partition, may_clean)
-        on_step("cleaned")
+        failpoints.hit("iceberg.cleaned")
         if self.retention_days is not None:
             cutoff = dt_module.datetime.fromtimestamp(self._clock(), dt_module.UTC)
             self.expire_snapshots(cutoff - dt_module.timedelta(days=self.retention_days))
@@ -358,12 +358,14 @@ class DayCommit:
             raise IcebergPublishError(f"table {name}, {partition}: the shards hold {held} rows, the run says {rows}")
         return added
 
-    def _commit_day(self, kind: str, partition: str, paths: list[str], added: list, summary: dict, on_step) -> int:
+    def _commit_day(
+        self, kind: str, partition: str, paths: list[str], added: list, summary: dict, before_commit
+    ) -> int:
         """One snapshot that adds the run's data files for the day: an append when the table holds none of the day,
         else an overwrite that also removes the day's current ones; retried on conflicts with other processes,
         re-planned each time on the refreshed table. Returns the new snapshot's id.
 
-        on_step(f"{kind}-planned") runs once per attempt, between planning on the loaded table and committing.
+        before_commit(kind) runs once per attempt, between planning on the loaded table and committing.
         """
         from pyiceberg.exceptions import CommitFailedException, ValidationException
         from pyiceberg.expressions import EqualTo
@@ -410,7 +412,9 @@ class DayCommit:
             # The day's facts, in the same commit as its rows: they outlive the snapshot (expiry removes snapshots,
             # never properties). The snapshot id tells a rollback past this commit (verify then walks the history).
             tx.set_properties(**{DAY_PROPERTY_PREFIX + partition: _day_property(summary, tx.table_metadata)})
-            on_step(f"{kind}-planned")
+            if before_commit is not None:
+                before_commit(kind)
+            failpoints.hit(f"iceberg.{kind}-planned")
             try:
                 committed = tx.commit_transaction()
             except CommitFailedException as e:

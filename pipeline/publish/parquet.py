@@ -25,7 +25,7 @@ from collections.abc import Callable
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline import storage
+from pipeline import failpoints, storage
 from pipeline.errors import ConfigError, JobError
 from pipeline.publish import lease
 from pipeline.publish.publisher import (
@@ -49,9 +49,6 @@ REJECTS_DIR = "_rejects"
 REPORT_DIR = "_report"
 # What earlier layouts left directly in a partition folder; removed by the first publish of the current layout.
 _OLD_REPORTS = ("summary.json", "report.md", "score_histogram.png")
-
-# The steps of publish_partition, in order; tests fail the publish after each of them.
-STEPS = ("moved", "reports", "manifest", "cleaned")
 
 
 class ManifestError(JobError, ValueError):
@@ -168,7 +165,6 @@ def publish_partition(
     final_dir: str,
     manifest: dict,
     reports: dict[str, bytes],
-    on_step: Callable[[str], None] | None = None,
     fence: Callable[[], None] | None = None,
 ) -> dict:
     """Publishes staged shards into final_dir; returns the manifest written to `_SUCCESS`.
@@ -177,9 +173,9 @@ def publish_partition(
     (run_id, model_version, partition, rows). reports: summary.json and report files, written under the run's own
     report folder before `_SUCCESS`. fence: called immediately before `_SUCCESS` is written; when it raises (the run
     lost its lease), or a write fails, this run's files are taken out again and nothing is published. Retrying after
-    a crash at any step is safe: a shard already moved is not moved again.
+    a crash at any step is safe: a shard already moved is not moved again. Each step passes a failpoint
+    (failpoints.PARQUET_PUBLISH).
     """
-    on_step = on_step or (lambda step: None)
     run_id = manifest["run_id"]
     names = {}
     for shard in shards:
@@ -190,7 +186,7 @@ def publish_partition(
         elif not storage.exists(destination):
             raise FileNotFoundError(f"{shard['path']}: staged shard is gone and was not published")
         names[name] = shard
-    on_step("moved")
+    failpoints.hit("parquet.moved")
 
     try:
         for name, data in reports.items():
@@ -198,7 +194,7 @@ def publish_partition(
     except OSError:
         _withdraw(final_dir, list(names), run_id)
         raise
-    on_step("reports")
+    failpoints.hit("parquet.reports")
 
     try:
         on_disk = _on_disk(final_dir, {run_id})
@@ -232,10 +228,10 @@ def publish_partition(
         "files": files,
     }
     storage.write_atomically(storage.join(final_dir, SUCCESS_FILE), json.dumps(manifest, indent=2).encode("utf-8"))
-    on_step("manifest")
+    failpoints.hit("parquet.manifest")
 
     remove_unlisted(final_dir, manifest, may_delete=None if fence is None else lambda: _still_held(fence))
-    on_step("cleaned")
+    failpoints.hit("parquet.cleaned")
     return manifest
 
 

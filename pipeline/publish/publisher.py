@@ -7,8 +7,6 @@ publish write."""
 from __future__ import annotations
 
 import abc
-import os
-import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,16 +22,6 @@ DEFAULT_ICEBERG_TABLES = {"scores": "sentiment.review_scores", "rejects": "senti
 # The staging folder of an unpartitioned output's shards: a named folder like a day's, so every partition's staging
 # is one folder that a cleanup can name without touching another partition's.
 UNPARTITIONED_STAGING = "_output"
-
-# A test hook, off unless the environment names its point (the variable pipeline/run/graph.py's hook reads too): with
-# SENTIMENT_SCORE_TEST_STOP_AT=publish-<step>, the process that publishes stops itself (SIGSTOP) right after that step
-# of a publish (iceberg.STEPS), so a test can signal, kill or race a run at a known point of its commit.
-TEST_STOP_ENV = "SENTIMENT_SCORE_TEST_STOP_AT"
-
-
-def stop_here_if_asked(step: str) -> None:
-    if os.environ.get(TEST_STOP_ENV) == f"publish-{step}":
-        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 
 import apache_beam as beam
 import pyarrow as pa
@@ -12,6 +11,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 
 from model.bundle import LITERT_BATCH_SIZE
 from model.runtime import LITERT, TENSORFLOW, choose_runtime
+from pipeline import failpoints
 from pipeline.publish.commit import CommitPartitions
 from pipeline.publish.lease import KeepLeases
 from pipeline.run.config import LOCAL_RUNNERS, ScoreConfig
@@ -33,13 +33,6 @@ _LOG = logging.getLogger(__name__)
 # difference (9.63 vs 9.39 s). Per batch, so independent of the number of cores.
 CUSTOMER_BATCH_ROWS = 262_144
 ID_BATCH_ROWS = 65_536
-# A test hook, off unless the environment names its point: with SENTIMENT_SCORE_TEST_STOP_AT=score-shard-written, the
-# worker process that has written and closed the first score shard in staging stops itself (SIGSTOP) before the shard
-# goes on to the commit; on the in-process runner that is the launcher's process. A test waits for the stop
-# (waitpid with WUNTRACED) and kills or signals the run at that known point, however fast the machine
-# (tests/pipeline/test_faults.py), instead of racing it. Unset, the graph has no such step.
-TEST_STOP_ENV = "SENTIMENT_SCORE_TEST_STOP_AT"
-TEST_STOP_AFTER_SCORE_SHARD = "score-shard-written"
 
 
 def threads_per_process(options: PipelineOptions, configured: int) -> int:
@@ -181,8 +174,8 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig, plan: RunPlan) 
             "scores", staging, shards["scores"], plan.run_id, partition_column=day, dataset=sinks.get("scores")
         )
     )
-    if os.environ.get(TEST_STOP_ENV) == TEST_STOP_AFTER_SCORE_SHARD:
-        score_shards = score_shards | "TestStopAfterScoreShard" >> beam.Map(_stop_this_process_once)
+    if failpoints.is_armed("score.shard-written"):  # a step only when a test arms the point: no cost otherwise
+        score_shards = score_shards | "FailpointShardWritten" >> beam.Map(failpoints.through, "score.shard-written")
     reject_shards = rejects | "WriteRejects" >> beam.ParDo(
         WriteParquetShards(
             "rejects", staging, shards["rejects"], plan.run_id, partition_column=day, dataset=sinks.get("rejects")
@@ -195,18 +188,6 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig, plan: RunPlan) 
         "failures": failures,
     } | "CommitPartitions" >> CommitPartitions(plan, config, join["customers"])
     return {"scores": inferred.scores, "rejects": rejects, **committed}
-
-
-_stopped = False
-
-
-def _stop_this_process_once(shard):
-    """The TEST_STOP_ENV hook: SIGSTOP to this process at the first shard, then passes every shard on unchanged."""
-    global _stopped
-    if not _stopped:
-        _stopped = True
-        os.kill(os.getpid(), signal.SIGSTOP)
-    return shard
 
 
 def _id_schema(schema, join_plan: JoinPlan) -> pa.Schema:

@@ -14,9 +14,10 @@ from pipeline.storage import StorageError
 from transforms.schema import InputError
 
 ROOT = Path(__file__).resolve().parents[2]
-# Not errors of a run: SIGTERM raised where the process was (a BaseException, like KeyboardInterrupt), and
-# argparse's refusal turned into a return value inside the options module.
-NOT_RUN_ERRORS = {"Terminated", "_Refused"}
+# Not errors of a run: SIGTERM raised where the process was (a BaseException, like KeyboardInterrupt), argparse's
+# refusal turned into a return value inside the options module, and the failpoints' two (a crash a test injects, which
+# must not be handled as one of the job's errors, and a test's own mistake: an undeclared point or action).
+NOT_RUN_ERRORS = {"Terminated", "_Refused", "FailpointHit", "FailpointError"}
 
 
 def _exception_classes() -> list[tuple[str, str]]:

@@ -18,9 +18,9 @@ import pytest
 from model.bundle import save_bundle
 from model.runtime import RUNTIMES
 from model.runtime import TensorflowRuntime as ModelScorer
+from pipeline import failpoints
 from pipeline.publish.parquet import check_partition
 from pipeline.run.config import build_config
-from pipeline.run.graph import TEST_STOP_AFTER_SCORE_SHARD, TEST_STOP_ENV
 from pipeline.run.launcher import execute
 from pipeline.training.sample_data import write_sample_data
 from tests.conftest import corrupt_first_page_header, partition_summary, run_handler, shard_paths
@@ -132,7 +132,7 @@ REVIEWS_STOPPED_MID_RUN = 6000
 
 def start_stopped_mid_run(paths: dict, bundle_dir, log_path, **popen) -> subprocess.Popen:
     """Starts `score` as a subprocess that stops itself (SIGSTOP) once its first score shard is written and closed in
-    staging, before the commit (pipeline/run/graph.py's test hook), and returns it stopped there.
+    staging, before the commit (the failpoint score.shard-written), and returns it stopped there.
 
     waitpid(WUNTRACED) blocks until the child stops: the test then kills or signals a run paused at a known point
     mid-way, on any machine, instead of polling the filesystem and racing a run that may finish first. The runtime
@@ -141,7 +141,7 @@ def start_stopped_mid_run(paths: dict, bundle_dir, log_path, **popen) -> subproc
     command = [sys.executable, "-m", "pipeline", "score", "--customers", paths["customers"], "--reviews"]
     command += [paths["reviews"], "--model-dir", str(bundle_dir), "--output", paths["output"], "--date", DATE]
     command += ["--runtime", "litert", "--runner=FnApiRunner"]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", TEST_STOP_ENV: TEST_STOP_AFTER_SCORE_SHARD}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", failpoints.ENV: "score.shard-written=1*sigstop"}
     with open(log_path, "w") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env, **popen)
     try:

@@ -14,8 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 from pyiceberg.expressions import EqualTo
 
+from pipeline import failpoints
+from pipeline.failpoints import ICEBERG_PUBLISH, FailpointHit
 from pipeline.publish.iceberg import IcebergPublisher
-from pipeline.publish.iceberg_commit import STEPS, DayCommit, IcebergPublishError
+from pipeline.publish.iceberg_commit import DayCommit, IcebergPublishError
 from pipeline.publish.iceberg_tables import PARTITION_COLUMN, IcebergSchemaError, OutputTables, retry_racing_creation
 from tests.conftest import S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY, s3_client
 from tests.readers import assert_iceberg_readers_see
@@ -25,10 +27,6 @@ from transforms.schema import RunSchema
 # The job's own output schemas (integer ids, the default feature columns).
 SCORES, REJECTS = RunSchema().scores_schema(), RunSchema().rejects_schema()
 DAYS = ["2026-03-01", "2026-03-02", "2026-03-03"]
-
-
-class Crash(Exception):
-    """What the on_step hook raises to stop a publish where a process could die."""
 
 
 def _scores(n: int, model: str, start: int = 0) -> pa.Table:
@@ -260,12 +258,14 @@ def test_an_append_of_a_day_another_run_published_meanwhile_is_refused_not_doubl
     late = stage(tmp_path, DAYS[0], "run-late", 20, 1, write=write_local)
     meanwhile = stage(tmp_path, DAYS[0], "run-meanwhile", 25, 2, write=write_local)
 
-    def publish_meanwhile(step):
-        if step == "scores-planned":
-            other.publish(*meanwhile)
+    def publish_meanwhile(name):
+        other.publish(*meanwhile)
 
-    with pytest.raises(IcebergPublishError, match="review_scores, 2026-03-01: another publish changed this day"):
-        output.publish(*late, on_step=publish_meanwhile)
+    with (
+        failpoints.armed("iceberg.scores-planned", publish_meanwhile, times=1),
+        pytest.raises(IcebergPublishError, match="review_scores, 2026-03-01: another publish changed this day"),
+    ):
+        output.publish(*late)
     assert day_rows(output, "scores", DAYS[0]).num_rows == 25
     assert output.tables.verify(DAYS[0]) == (
         True,
@@ -506,15 +506,16 @@ def test_a_publish_whose_starting_snapshot_another_process_expired_meanwhile_lan
     late = stage(tmp_path, DAYS[1], "run-late", 30, 2, write=write_local)
     meanwhile = stage(tmp_path, DAYS[2], "run-meanwhile", 25, 0, write=write_local)
 
-    def publish_and_expire_meanwhile(step):
-        if step == "scores-planned" and other.tables.verify(DAYS[2])[0] is False:
+    def publish_and_expire_meanwhile(name):
+        if other.tables.verify(DAYS[2])[0] is False:
             planned_on = current_snapshot(output, "scores")
             other.publish(*meanwhile)
             other.catalog.load_table("sentiment.review_scores").maintenance.expire_snapshots().by_id(
                 planned_on
             ).commit()
 
-    output.publish(*late, on_step=publish_and_expire_meanwhile)
+    with failpoints.armed("iceberg.scores-planned", publish_and_expire_meanwhile, times=1):
+        output.publish(*late)
     for day, rows in zip(DAYS, (20, 30, 25)):
         assert day_rows(output, "scores", day).num_rows == rows
         assert output.tables.verify(day)[0], output.tables.verify(day)
@@ -523,32 +524,28 @@ def test_a_publish_whose_starting_snapshot_another_process_expired_meanwhile_lan
 # ------------------------------------------------------------------------------------------- crashes
 
 
-@pytest.mark.parametrize("step", STEPS)
+@pytest.mark.parametrize("step", ICEBERG_PUBLISH)
 def test_a_crash_at_each_step_keeps_the_previous_snapshot_and_the_next_publish_cleans_up(tmp_path, output, step):
     output.publish(*stage(tmp_path, DAYS[0], "run-old", 40, 2, write=write_local))
     before = {kind: current_snapshot(output, kind) for kind in ("scores", "rejects")}
     old_files = data_files(output, "scores", DAYS[0])
 
-    def crash_at(name):
-        if name == step:
-            raise Crash(name)
-
     day, scores, rejects, props = stage(tmp_path, DAYS[0], "run-crashed", 25, 5, model="v2", write=write_local)
-    with pytest.raises(Crash):
-        output.publish(day, scores, rejects, props, on_step=crash_at)
-    committed = STEPS[: STEPS.index(step) + 1]
+    with failpoints.armed(step, "raise"), pytest.raises(FailpointHit):
+        output.publish(day, scores, rejects, props)
+    committed = ICEBERG_PUBLISH[: ICEBERG_PUBLISH.index(step) + 1]
     for kind in ("scores", "rejects"):
-        landed = f"{kind}-committed" in committed
+        landed = f"iceberg.{kind}-committed" in committed
         assert (current_snapshot(output, kind) != before[kind]) is landed, kind
         assert day_rows(output, kind, DAYS[0]).num_rows == ({"scores": 25, "rejects": 5} if landed else {}).get(
             kind, {"scores": 40, "rejects": 2}[kind]
         )
-    landed = {kind: f"{kind}-committed" in committed for kind in ("scores", "rejects")}
+    landed = {kind: f"iceberg.{kind}-committed" in committed for kind in ("scores", "rejects")}
     assert_iceberg_readers_see(
         output.tables.catalog_properties, DAYS[0], 25 if landed["scores"] else 40, 5 if landed["rejects"] else 2
     )
     complete, message = output.tables.verify(DAYS[0])
-    if "rejects-committed" in committed and "scores-committed" not in committed:
+    if "iceberg.rejects-committed" in committed and "iceberg.scores-committed" not in committed:
         assert not complete
         assert "scores are from run run-old, rejects from run run-crashed" in message
         assert output.tables.published_model_version(DAYS[0]) is None
@@ -564,7 +561,7 @@ def test_a_crash_at_each_step_keeps_the_previous_snapshot_and_the_next_publish_c
     assert_iceberg_readers_see(output.tables.catalog_properties, DAYS[0], 30, 3)
     left = data_files(output, "scores", DAYS[0])
     assert old_files <= left  # an older snapshot still reads them
-    if "scores-committed" in committed:
+    if "iceberg.scores-committed" in committed:
         assert crashed_files <= left  # the crashed run's night is a snapshot too
     else:
         assert not crashed_files & left  # never referenced: removed
@@ -576,12 +573,8 @@ def test_a_crash_at_each_step_keeps_the_previous_snapshot_and_the_next_publish_c
 def test_a_publish_retried_by_the_same_run_after_a_crash_lands_once(tmp_path, output):
     args = stage(tmp_path, DAYS[0], "run-a", 20, 2, write=write_local)
 
-    def crash_after_scores(name):
-        if name == "scores-committed":
-            raise Crash(name)
-
-    with pytest.raises(Crash):
-        output.publish(*args, on_step=crash_after_scores)
+    with failpoints.armed("iceberg.scores-committed", "raise"), pytest.raises(FailpointHit):
+        output.publish(*args)
     snapshots = len(output.catalog.load_table("sentiment.review_scores").metadata.snapshots)
     output.publish(*args)  # staged files are gone now: taken from where the first attempt moved them
     assert len(output.catalog.load_table("sentiment.review_scores").metadata.snapshots) == snapshots
@@ -719,13 +712,14 @@ def _publish_in_process(root, args, barrier, planned, committed, results, key):
     out = DayCommit(OutputTables(root))
 
     def step(name):
-        if name == "scores-planned" and planned is not None and not planned.is_set():
+        if planned is not None and not planned.is_set():
             planned.set()
             committed.wait(timeout=60)
 
     barrier.wait(timeout=60)
     try:
-        results.put((key, ("ok", out.publish(*args, on_step=step)["scores"])))
+        with failpoints.armed("iceberg.scores-planned", step):
+            results.put((key, ("ok", out.publish(*args)["scores"])))
     except Exception as e:  # reported to the test, which names it
         results.put((key, (type(e).__name__, str(e))))
     finally:
@@ -920,12 +914,8 @@ def test_a_warehouse_on_s3_publishes_reruns_travels_and_verifies(s3_output):
         out.publish(*stage(root, day, f"run-{n}", 40 + n, n, write=write_s3))
     before = current_snapshot(out, "scores")
 
-    def crash(name):
-        if name == "rejects-planned":
-            raise Crash(name)
-
-    with pytest.raises(Crash):
-        out.publish(*stage(root, DAYS[0], "run-crashed", 10, 0, write=write_s3), on_step=crash)
+    with failpoints.armed("iceberg.rejects-planned", "raise"), pytest.raises(FailpointHit):
+        out.publish(*stage(root, DAYS[0], "run-crashed", 10, 0, write=write_s3))
     out.publish(*stage(root, DAYS[0], "run-again", 45, 1, model="v2", write=write_s3))
 
     assert day_rows(out, "scores", DAYS[0]).num_rows == 45 and day_rows(out, "scores", DAYS[1]).num_rows == 41

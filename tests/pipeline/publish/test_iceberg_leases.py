@@ -17,10 +17,9 @@ import yaml
 from pyiceberg.catalog import load_catalog
 from pyiceberg.expressions import EqualTo
 
+from pipeline import failpoints
 from pipeline.publish.factory import publisher_for
 from pipeline.publish.parquet import check_partition
-from pipeline.publish.publisher import TEST_STOP_ENV
-from pipeline.run.graph import TEST_STOP_AFTER_SCORE_SHARD
 from pipeline.run.launcher import execute
 from tests.conftest import SAMPLE_DATE, sample_config
 from tests.readers import assert_iceberg_readers_see
@@ -45,21 +44,20 @@ def _settings(sample_dir, bundle_dir, output, catalog: dict | None, output_forma
     return {**settings, "catalog": catalog} if output_format == "iceberg" else settings
 
 
-def start_paused(tmp_path, settings: dict, step: str, log_path) -> subprocess.Popen:
-    """`score` in a subprocess that stops itself (SIGSTOP) right after a publish step (publisher.TEST_STOP_ENV;
-    `publish-STEP`, or graph.py's `score-shard-written`); returned stopped there: waitpid(WUNTRACED) blocks until it
-    stops, so nothing is raced or polled."""
+def start_paused(tmp_path, settings: dict, point: str, log_path) -> subprocess.Popen:
+    """`score` in a subprocess that stops itself (SIGSTOP) the first time it reaches a failpoint (a publish step, or
+    `score.shard-written`); returned stopped there: waitpid(WUNTRACED) blocks until it stops, so nothing is raced or
+    polled."""
     config = tmp_path / f"{os.path.basename(settings['output'])}.yaml"
     config.write_text(yaml.safe_dump(settings))
     command = [sys.executable, "-m", "pipeline", "score", "--config", str(config), "--date", SAMPLE_DATE]
-    stop_at = step if step == TEST_STOP_AFTER_SCORE_SHARD else f"publish-{step}"
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", TEST_STOP_ENV: stop_at}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", failpoints.ENV: f"{point}=1*sigstop"}
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
     _, status = os.waitpid(process.pid, os.WUNTRACED)
     if not os.WIFSTOPPED(status):
         process.returncode = os.waitstatus_to_exitcode(status)
-        raise AssertionError(f"the run ended ({process.returncode}) before {step}:\n{log_path.read_text()[-3000:]}")
+        raise AssertionError(f"the run ended ({process.returncode}) before {point}:\n{log_path.read_text()[-3000:]}")
     return process
 
 
@@ -96,7 +94,9 @@ def test_a_second_output_on_the_same_catalog_waits_for_the_day_and_a_take_over_f
     tmp_path, sample_dir, bundle_dir, shared, capsys
 ):
     log = tmp_path / "a.log"
-    first = start_paused(tmp_path, _settings(sample_dir, bundle_dir, tmp_path / "a", shared), "rejects-committed", log)
+    first = start_paused(
+        tmp_path, _settings(sample_dir, bundle_dir, tmp_path / "a", shared), "iceberg.rejects-committed", log
+    )
     try:
         # The first run has replaced the rejects table's day and is about to commit the scores table's.
         second = sample_config(
@@ -127,7 +127,9 @@ def test_outputs_with_their_own_catalogs_publish_the_same_day_at_once(tmp_path, 
     """The twin: another catalog is another table, so its lease is another lease: both runs publish."""
     log = tmp_path / "a.log"
     own = _catalog(tmp_path / "a-catalog")
-    first = start_paused(tmp_path, _settings(sample_dir, bundle_dir, tmp_path / "a", own), "rejects-committed", log)
+    first = start_paused(
+        tmp_path, _settings(sample_dir, bundle_dir, tmp_path / "a", own), "iceberg.rejects-committed", log
+    )
     try:
         other = _catalog(tmp_path / "b-catalog")
         second = sample_config(
@@ -150,11 +152,11 @@ def test_outputs_with_their_own_catalogs_publish_the_same_day_at_once(tmp_path, 
 # SIGTERM (a scheduler's timeout) while a run publishes: the last line says what was published and what verify says
 
 
-def _stopped_by_sigterm(tmp_path, sample_dir, bundle_dir, step: str) -> str:
-    """A run into the embedded catalog, stopped by SIGTERM right after a publish step; its last line."""
+def _stopped_by_sigterm(tmp_path, sample_dir, bundle_dir, point: str) -> str:
+    """A run into the embedded catalog, stopped by SIGTERM at a failpoint of its publish; its last line."""
     log = tmp_path / "terminated.log"
     output = tmp_path / "out"
-    process = start_paused(tmp_path, _settings(sample_dir, bundle_dir, output, None), step, log)
+    process = start_paused(tmp_path, _settings(sample_dir, bundle_dir, output, None), point, log)
     try:
         process.send_signal(signal.SIGTERM)
         assert resume(process) == 1, log.read_text()[-3000:]
@@ -170,7 +172,7 @@ def _stopped_by_sigterm(tmp_path, sample_dir, bundle_dir, step: str) -> str:
 def test_a_run_stopped_between_its_two_table_commits_says_what_it_published_and_what_verify_reports(
     tmp_path, sample_dir, bundle_dir, capsys
 ):
-    last = _stopped_by_sigterm(tmp_path, sample_dir, bundle_dir, "rejects-committed")
+    last = _stopped_by_sigterm(tmp_path, sample_dir, bundle_dir, "iceberg.rejects-committed")
     catalog = _catalog(tmp_path / "out")
     rejects = load_catalog("sentiment", **catalog).load_table("sentiment.review_rejects")
     run = rejects.current_snapshot().summary.additional_properties["sentiment.run-id"]
@@ -190,7 +192,7 @@ def test_a_run_stopped_between_its_two_table_commits_says_what_it_published_and_
 
 def test_a_run_stopped_before_its_first_commit_says_nothing_was_published(tmp_path, sample_dir, bundle_dir):
     """The twin: stopped after its shards moved into the tables' folders, before either commit."""
-    last = _stopped_by_sigterm(tmp_path, sample_dir, bundle_dir, "moved")
+    last = _stopped_by_sigterm(tmp_path, sample_dir, bundle_dir, "iceberg.moved")
     assert last.endswith("nothing was published"), last
     catalog = _catalog(tmp_path / "out")
     assert day_rows(catalog, "sentiment.review_rejects") == day_rows(catalog, "sentiment.review_scores") == 0
@@ -207,7 +209,7 @@ def test_a_parquet_run_through_a_symlink_waits_for_the_run_writing_the_real_fold
     os.symlink(real, tmp_path / "link")
     log = tmp_path / "a.log"
     settings = _settings(sample_dir, bundle_dir, real, None, output_format="parquet")
-    first = start_paused(tmp_path, settings, TEST_STOP_AFTER_SCORE_SHARD, log)
+    first = start_paused(tmp_path, settings, "score.shard-written", log)
     try:
         through_link = sample_config(sample_dir, bundle_dir, tmp_path / "link", date=SAMPLE_DATE, runtime="litert")
         assert execute(through_link, [SAMPLE_DATE], []) == 3  # it used to be 0: two runs in one folder at once
@@ -224,7 +226,7 @@ def test_a_parquet_run_into_another_folder_goes_ahead(tmp_path, sample_dir, bund
     """The twin: a different real folder is a different lease."""
     log = tmp_path / "a.log"
     settings = _settings(sample_dir, bundle_dir, tmp_path / "a", None, output_format="parquet")
-    first = start_paused(tmp_path, settings, TEST_STOP_AFTER_SCORE_SHARD, log)
+    first = start_paused(tmp_path, settings, "score.shard-written", log)
     try:
         other = sample_config(sample_dir, bundle_dir, tmp_path / "b", date=SAMPLE_DATE, runtime="litert")
         assert execute(other, [SAMPLE_DATE], []) == 0

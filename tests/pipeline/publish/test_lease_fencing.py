@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import storage
+from pipeline import failpoints, storage
 from pipeline.publish import lease
 from pipeline.publish.commit import CommitPartition
 from pipeline.publish.parquet import ParquetFolders, check_partition, publish_partition, read_manifest, shard_name
@@ -57,19 +57,21 @@ def test_a_publish_overtaken_by_another_run_removes_its_files_and_leaves_the_oth
     control, partition = str(tmp_path / "out.staging"), str(tmp_path / "out" / f"dt={DATE}")
     a = lease.acquire(ParquetFolders.lease_folder(control, DATE), "run-a", time.time(), 3600)
 
-    def b_takes_over(step):
-        if step == "reports":
-            b = lease.acquire(ParquetFolders.lease_folder(control, DATE), "run-b", time.time(), 3600, take_over=True)
-            shards = _stage(str(tmp_path / "staging-b"), "run-b", [7, 8, 9])
-            publish_partition(
-                shards, partition, _facts("run-b", 3), {"summary.json": b"{}"},
-                fence=lambda: lease.fence(ParquetFolders.lease_folder(control, DATE), "run-b", b.generation),
-            )  # fmt: skip
+    def b_takes_over(name):
+        b = lease.acquire(ParquetFolders.lease_folder(control, DATE), "run-b", time.time(), 3600, take_over=True)
+        shards = _stage(str(tmp_path / "staging-b"), "run-b", [7, 8, 9])
+        publish_partition(
+            shards, partition, _facts("run-b", 3), {"summary.json": b"{}"},
+            fence=lambda: lease.fence(ParquetFolders.lease_folder(control, DATE), "run-b", b.generation),
+        )  # fmt: skip
 
     shards = _stage(str(tmp_path / "staging-a"), "run-a", [1, 2])
-    with pytest.raises(lease.LeaseLost, match="run run-a no longer holds the lease of .*dt=2026-03-01"):
+    with (
+        failpoints.armed("parquet.reports", b_takes_over, times=1),
+        pytest.raises(lease.LeaseLost, match="run run-a no longer holds the lease of .*dt=2026-03-01"),
+    ):
         publish_partition(
-            shards, partition, _facts("run-a", 2), {"summary.json": b"{}"}, on_step=b_takes_over,
+            shards, partition, _facts("run-a", 2), {"summary.json": b"{}"},
             fence=lambda: lease.fence(ParquetFolders.lease_folder(control, DATE), "run-a", a.generation),
         )  # fmt: skip
     check = check_partition(partition)
@@ -261,17 +263,17 @@ def test_a_cleanup_after_the_lease_was_taken_leaves_the_new_holders_shards(tmp_p
     a = lease.acquire(directory, "run-a", time.time(), 3600)
     b = {}
 
-    def b_moves_in(step):
-        if step == "manifest":
-            b["lease"] = lease.acquire(directory, "run-b", time.time(), 3600, take_over=True)
-            b["shards"] = _stage(str(tmp_path / "staging-b"), "run-b", [7, 8, 9])
-            _move_in(b["shards"], partition)
+    def b_moves_in(name):
+        b["lease"] = lease.acquire(directory, "run-b", time.time(), 3600, take_over=True)
+        b["shards"] = _stage(str(tmp_path / "staging-b"), "run-b", [7, 8, 9])
+        _move_in(b["shards"], partition)
 
     shards = _stage(str(tmp_path / "staging-a"), "run-a", [1, 2])
-    publish_partition(
-        shards, partition, _facts("run-a", 2), {"summary.json": b"{}"}, on_step=b_moves_in,
-        fence=lambda: lease.fence(directory, "run-a", a.generation),
-    )  # fmt: skip
+    with failpoints.armed("parquet.manifest", b_moves_in, times=1):
+        publish_partition(
+            shards, partition, _facts("run-a", 2), {"summary.json": b"{}"},
+            fence=lambda: lease.fence(directory, "run-a", a.generation),
+        )  # fmt: skip
     publish_partition(  # B resumes: its shards are where it moved them
         b["shards"], partition, _facts("run-b", 3), {"summary.json": b"{}"},
         fence=lambda: lease.fence(directory, "run-b", b["lease"].generation),

@@ -4,6 +4,7 @@ alone what another run moved in. Real SQLite catalogs, leases on disk, interleav
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -12,8 +13,8 @@ import pyarrow as pa
 import pytest
 from pyiceberg.expressions import EqualTo
 
-from pipeline import storage
-from pipeline.publish import iceberg, lease
+from pipeline import failpoints, storage
+from pipeline.publish import lease
 from pipeline.publish.iceberg import IcebergPublisher
 from pipeline.publish.parquet import ParquetFolders
 from pipeline.publish.publisher import Publisher
@@ -137,18 +138,15 @@ def _assert_published_by(publisher: IcebergPublisher, run: str, scored: int) -> 
 
 
 @pytest.fixture
-def paused_after(monkeypatch):
-    """Runs `then` once when the publish reaches `step` (iceberg.STEPS), where the test hook would stop a process."""
+def paused_after():
+    """Runs `then` once when the publish reaches `step` (failpoints.ICEBERG_PUBLISH, without the `iceberg.`), where
+    a test would stop a process at that failpoint."""
+    with contextlib.ExitStack() as armed:
 
-    def install(step: str, then) -> None:
-        def at(name: str) -> None:
-            if name == step:
-                monkeypatch.setattr(iceberg, "stop_here_if_asked", lambda name: None)
-                then()
+        def install(step: str, then) -> None:
+            armed.enter_context(failpoints.armed(f"iceberg.{step}", lambda name: then(), times=1))
 
-        monkeypatch.setattr(iceberg, "stop_here_if_asked", at)
-
-    return install
+        yield install
 
 
 def test_a_run_overtaken_between_its_two_table_commits_publishes_nothing_more(tmp_path, paused_after):

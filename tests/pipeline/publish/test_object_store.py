@@ -10,9 +10,10 @@ import pytest
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipeline import failpoints
+from pipeline.failpoints import PARQUET_PUBLISH
 from pipeline.publish import lease
 from pipeline.publish.parquet import (
-    STEPS,
     ParquetFolders,
     check_partition,
     publish_partition,
@@ -252,12 +253,12 @@ def _stage_on_s3(client, prefix: str, run: str, ids: list[list[int]]) -> list[di
     return shards
 
 
-def _publish_on_s3(client, partition: str, run: str, ids: list[list[int]], on_step=None) -> dict:
+def _publish_on_s3(client, partition: str, run: str, ids: list[list[int]]) -> dict:
     read = sum(len(c) for c in ids)
     facts = {"run_id": run, "model_version": "m", "partition": SAMPLE_DATE}
     facts["rows"] = {"read": read, "scored": read, "rejected": 0}
     shards = _stage_on_s3(client, f"faults.staging/{run}/", run, ids)
-    return publish_partition(shards, partition, facts, {"summary.json": json.dumps({"run_id": run}).encode()}, on_step)
+    return publish_partition(shards, partition, facts, {"summary.json": json.dumps({"run_id": run}).encode()})
 
 
 def _manifest_ids_on_s3(client, partition: str) -> list[int]:
@@ -267,7 +268,7 @@ def _manifest_ids_on_s3(client, partition: str) -> list[int]:
     return sorted(_table(client, keys)["review_id"].to_pylist())
 
 
-@pytest.mark.parametrize("crash_after", STEPS)
+@pytest.mark.parametrize("crash_after", PARQUET_PUBLISH)
 def test_s3_a_crash_at_any_publish_step_leaves_the_old_or_the_new_partition(s3, s3_flags, crash_after):
     FileSystems.set_options(PipelineOptions(s3_flags))
     partition = f"s3://{BUCKET}/faults-{crash_after}/dt={SAMPLE_DATE}"
@@ -283,9 +284,10 @@ def test_s3_a_crash_at_any_publish_step_leaves_the_old_or_the_new_partition(s3, 
         if step == crash_after:
             raise _Crash(step)
 
-    with pytest.raises(_Crash):
-        _publish_on_s3(s3, partition, "run-new", [[1, 2], [3, 4, 5, 6]], on_step=crash)
-    assert seen[-1] == ("run-new" if STEPS.index(crash_after) >= STEPS.index("manifest") else "run-old")
+    with failpoints.armed(PARQUET_PUBLISH, crash), pytest.raises(_Crash):
+        _publish_on_s3(s3, partition, "run-new", [[1, 2], [3, 4, 5, 6]])
+    after_manifest = PARQUET_PUBLISH.index(crash_after) >= PARQUET_PUBLISH.index("parquet.manifest")
+    assert seen[-1] == ("run-new" if after_manifest else "run-old")
     _publish_on_s3(s3, partition, "run-next", [[1, 2, 3, 4, 5, 6, 7]])
     assert check_partition(partition).complete and _manifest_ids_on_s3(s3, partition) == [1, 2, 3, 4, 5, 6, 7]
     keys = _keys(s3, f"faults-{crash_after}/dt={SAMPLE_DATE}/")

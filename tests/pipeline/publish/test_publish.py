@@ -17,9 +17,10 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline import failpoints
+from pipeline.failpoints import PARQUET_PUBLISH
 from pipeline.publish import lease
 from pipeline.publish.parquet import (
-    STEPS,
     SUCCESS_FILE,
     ParquetFolders,
     check_partition,
@@ -60,7 +61,7 @@ def _stage(directory, run: str, ids: list[list[int]]) -> list[dict]:
     return shards
 
 
-def _publish(tmp_path, partition, run: str, ids: list[list[int]], on_step=None) -> dict:
+def _publish(tmp_path, partition, run: str, ids: list[list[int]]) -> dict:
     read = sum(len(c) for c in ids)
     facts = {
         "run_id": run,
@@ -69,9 +70,7 @@ def _publish(tmp_path, partition, run: str, ids: list[list[int]], on_step=None) 
         "rows": {"read": read, "scored": read, "rejected": 0},
     }
     shards = _stage(tmp_path / "staging" / run, run, ids)
-    return publish_partition(
-        shards, str(partition), facts, {"summary.json": json.dumps({"run_id": run}).encode()}, on_step
-    )
+    return publish_partition(shards, str(partition), facts, {"summary.json": json.dumps({"run_id": run}).encode()})
 
 
 def _manifest_ids(partition) -> list[int]:
@@ -81,7 +80,7 @@ def _manifest_ids(partition) -> list[int]:
     return sorted(pa.concat_tables([pq.read_table(f) for f in files])["review_id"].to_pylist())
 
 
-@pytest.mark.parametrize("crash_after", STEPS)
+@pytest.mark.parametrize("crash_after", PARQUET_PUBLISH)
 def test_a_crash_at_any_publish_step_leaves_the_old_or_the_new_partition_never_neither(tmp_path, crash_after):
     partition = tmp_path / "out" / f"dt={DATE}"
     old_ids, new_ids = [[1, 2, 3], [4, 5]], [[1, 2], [3, 4, 5, 6]]
@@ -99,9 +98,11 @@ def test_a_crash_at_any_publish_step_leaves_the_old_or_the_new_partition_never_n
         if step == crash_after:
             raise _Crash(step)
 
-    with pytest.raises(_Crash):
-        _publish(tmp_path, partition, "run-new", new_ids, on_step=crash)
-    expected = "run-new" if STEPS.index(crash_after) >= STEPS.index("manifest") else "run-old"
+    with failpoints.armed(PARQUET_PUBLISH, crash), pytest.raises(_Crash):
+        _publish(tmp_path, partition, "run-new", new_ids)
+    expected = (
+        "run-new" if PARQUET_PUBLISH.index(crash_after) >= PARQUET_PUBLISH.index("parquet.manifest") else "run-old"
+    )
     assert seen[-1] == expected
     assert check_partition(str(partition)).complete
 
@@ -120,12 +121,8 @@ def test_a_retried_publish_after_a_crash_completes_without_moving_twice(tmp_path
     shards = _stage(tmp_path / "staging" / "r1", "r1", [[1, 2], [3]])
     facts = {"run_id": "r1", "model_version": "m", "partition": DATE, "rows": {"read": 3, "scored": 3, "rejected": 0}}
 
-    def crash(step):
-        if step == "moved":
-            raise _Crash(step)
-
-    with pytest.raises(_Crash):
-        publish_partition(shards, str(partition), facts, {}, crash)
+    with failpoints.armed("parquet.moved", "raise"), pytest.raises(failpoints.FailpointHit):
+        publish_partition(shards, str(partition), facts, {})
     assert not check_partition(str(partition)).complete  # nothing was published before: still nothing complete
     publish_partition(shards, str(partition), facts, {})  # the runner retries the commit: the shards moved already
     assert check_partition(str(partition)).complete and _manifest_ids(partition) == [1, 2, 3]
