@@ -25,7 +25,16 @@ from pipeline.publish.iceberg_tables import (
     day_facts,
     day_run,
 )
-from pipeline.publish.publisher import ICEBERG, LeaseScope, OutputDataset, PartitionCheck, Publisher, stop_here_if_asked
+from pipeline.publish.publisher import (
+    ICEBERG,
+    LeaseScope,
+    OutputDataset,
+    PartitionCheck,
+    PartitionFacts,
+    Publisher,
+    RowCounts,
+    stop_here_if_asked,
+)
 from transforms.schema import DETAIL, MODEL_VERSION, REASON, SCORE
 
 
@@ -239,18 +248,18 @@ class IcebergPublisher(Publisher):
         return storage.join(folder, run_id) if run_id else folder
 
     def publish(self, partition, shards, facts, reports, fence) -> None:
-        run_id = facts["run_id"]
+        run_id = facts.run_id
         for name, data in reports.items():
             storage.write_atomically(storage.join(self._reports_dir(partition, run_id), name), data)
-        rows = facts["rows"]
+        rows = facts.rows
         properties = {
             "run-id": run_id,
-            "model-version": facts["model_version"],
-            "rows-read": rows["read"],
-            "rows-scored": rows["scored"],
-            "rows-rejected": rows["rejected"],
+            "model-version": facts.model_version,
+            "rows-read": rows.read,
+            "rows-scored": rows.scored,
+            "rows-rejected": rows.rejected,
         }
-        files = {kind: [s["path"] for s in shards if s["kind"] == kind] for kind in ("scores", "rejects")}
+        files = {kind: [s.path for s in shards if s.kind == kind] for kind in ("scores", "rejects")}
 
         def fence_each_commit(step: str) -> None:
             if step.endswith("-planned"):  # each table's commit attempt: loaded and planned, about to commit
@@ -294,18 +303,18 @@ class IcebergPublisher(Publisher):
         if not complete:
             return PartitionCheck(name, False, message)
         summary = day_facts(self.tables.reader.load_table(self.tables.table_names["scores"]), partition)
-        facts = {
-            "run_id": summary[SUMMARY_PREFIX + "run-id"],
-            "model_version": summary[SUMMARY_PREFIX + "model-version"],
-            "rows": {k: int(summary[f"{SUMMARY_PREFIX}rows-{k}"]) for k in ("read", "scored", "rejected")},
-        }
+        facts = PartitionFacts(
+            run_id=summary[SUMMARY_PREFIX + "run-id"],
+            model_version=summary[SUMMARY_PREFIX + "model-version"],
+            rows=RowCounts(*(int(summary[f"{SUMMARY_PREFIX}rows-{k}"]) for k in ("read", "scored", "rejected"))),
+        )
         return PartitionCheck(name, True, message, facts)
 
     def published_summary(self, partition: str) -> dict | None:
         check = self.check(partition, count_rows=False)
         if not check.complete:
             return None
-        folder = self._reports_dir(partition, check.manifest["run_id"])
+        folder = self._reports_dir(partition, check.manifest.run_id)
         return storage.read_json(storage.join(folder, self.summary_report))
 
     def previous_summary(self, partition: str) -> dict | None:

@@ -16,7 +16,7 @@ from apache_beam.runners.runner import PipelineState
 from model.bundle import BundleError
 from pipeline.errors import ConfigError, ExitCode, OutputError, exit_code_for
 from pipeline.publish import lease
-from pipeline.publish.commit import remove_staging
+from pipeline.publish.commit import PartitionResult, remove_staging
 from pipeline.run import leases, outcome
 from pipeline.run.config import ScoreConfig, load_config
 from pipeline.run.dry_run import run_dry
@@ -60,7 +60,7 @@ class Launch:
     signals: RunSignals
 
 
-def _run_pipeline(launch: Launch) -> tuple[list[dict], str | None]:
+def _run_pipeline(launch: Launch) -> tuple[list[PartitionResult], str | None]:
     """Runs one pipeline over the launch plan's partitions; returns (per-partition results, job id when not
     waiting)."""
     config, plan, options, wait = launch.config, launch.plan, launch.options, launch.wait
@@ -92,11 +92,11 @@ def _run_pipeline(launch: Launch) -> tuple[list[dict], str | None]:
         remove_staging(plan.staging_root)
         leases.release(plan, plan.partitions)
         why = f"run {plan.run_id} failed: {outcome.cause(e)}"
-        return [{"partition": p, "status": "failed", "message": why, "rows": {}} for p in plan.partitions], None
+        return [PartitionResult.failed(p, why) for p in plan.partitions], None
     summary = outcome.read_run_summary(plan)
     if summary is None or summary.get("run_id") != plan.run_id:  # the pipeline could not write it: ask the outputs
         return [outcome.outcome_from_manifest(plan, p) for p in plan.partitions], None
-    return summary["partitions"], None
+    return [PartitionResult.from_dict(p) for p in summary["partitions"]], None
 
 
 def execute(
@@ -219,7 +219,7 @@ def _run_chunks(launch: Launch, started: float) -> int:
     """Runs the plan's partitions chunk by chunk (one chunk unless backfilling), then reports and returns the code."""
     plan, backfill = launch.plan, launch.backfill
     size = launch.config.backfill_chunk_days if backfill else max(len(plan.partitions), 1)
-    results: list[dict] = []
+    results: list[PartitionResult] = []
     all_chunks = chunks(plan.partitions, size)
     progress = BackfillProgress(all_chunks, plan.rows_by_partition) if backfill else None
     for i, chunk in enumerate(all_chunks):
@@ -227,7 +227,7 @@ def _run_chunks(launch: Launch, started: float) -> int:
             try:
                 leases.renew(plan, chunk)
             except (lease.LeaseHeld, lease.LeaseError) as e:
-                results += [{"partition": p, "status": "failed", "message": str(e), "rows": {}} for p in chunk]
+                results += [PartitionResult.failed(p, str(e)) for p in chunk]
                 continue
         if progress:
             progress.starting(i)
