@@ -16,6 +16,8 @@ import pyarrow.parquet as pq
 
 from pipeline import storage
 from pipeline.publish import parquet as publish
+from pipeline.publish.publisher import PartitionFacts, RowCounts
+from transforms.io import Shard
 
 
 def _stage(folder: str, run: str, rows: int, shards: int) -> list[dict]:
@@ -35,18 +37,17 @@ def _stage(folder: str, run: str, rows: int, shards: int) -> list[dict]:
         )
         path = os.path.join(folder, f"scores-{run}-{i:04d}.parquet")
         pq.write_table(table, path, compression="zstd")
-        staged.append({"kind": "scores", "path": path, "rows": per})
+        staged.append(Shard("scores", path, per))
     empty = os.path.join(folder, f"rejects-{run}-empty.parquet")
     pq.write_table(pa.table({"review_id": pa.array([], pa.int64())}), empty)
-    staged.append({"kind": "rejects", "path": empty, "rows": 0})
+    staged.append(Shard("rejects", empty, 0))
     return staged
 
 
 def _publish_once(root: str, run: str, rows: int, shards: int, sync: bool) -> float:
     staged = _stage(os.path.join(root, "staging", run), run, rows, shards)
     os.sync()  # the shards' own write-back is not what is measured
-    facts = {"run_id": run, "model_version": "m", "partition": "2026-11-28"}
-    facts["rows"] = {"read": rows, "scored": rows, "rejected": 0}
+    facts = PartitionFacts(run, "m", RowCounts(rows, rows, 0), partition="2026-11-28")
     real_sync = storage.sync_to_disk
     if not sync:
         storage.sync_to_disk = lambda paths, folders: None

@@ -14,7 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.publish.parquet import ParquetFolders
+from pipeline.publish.publisher import PartitionFacts, RowCounts
 from pipeline.run.config import ScoreConfig, load_config, read_config_file
+from transforms.io import Shard
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -168,10 +170,10 @@ def published_output(tmp_path):
             staged / "rejects-r-0.parquet",
         )
         shards = [
-            {"kind": "scores", "path": str(staged / "scores-r-0.parquet"), "rows": 3},
-            {"kind": "rejects", "path": str(staged / "rejects-r-0.parquet"), "rows": 1},
+            Shard("scores", str(staged / "scores-r-0.parquet"), 3),
+            Shard("rejects", str(staged / "rejects-r-0.parquet"), 1),
         ]
-        facts = {"run_id": "r", "model_version": "v", "partition": day, "rows": {"read": 4, "scored": 3, "rejected": 1}}
+        facts = PartitionFacts("r", "v", RowCounts(read=4, scored=3, rejected=1), partition=day)
         ParquetFolders(str(output)).publish(day, shards, facts, {"summary.json": b"{}"}, lambda: None)
     return output
 

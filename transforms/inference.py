@@ -18,7 +18,7 @@ from transforms.beam_compat import restore_inference_resource_module
 from transforms.featurize import NUMERIC, TOKENS, matrix, reject_rows
 from transforms.isolation import MAX_FAILED_CALLS, score_with_isolation
 from transforms.pinned import PinnedBundle
-from transforms.schema import FAILURES, MODEL_VERSION, SCORE, RunSchema, partition_failure
+from transforms.schema import FAILURES, MODEL_VERSION, SCORE, PartitionFailure, RunSchema, partition_failure
 from transforms.table_coder import PARTITION_TABLE
 from transforms.validate import INFERENCE_ERROR, INVALID_SCORE
 
@@ -32,7 +32,7 @@ class ScoredTable(NamedTuple):
     partition: str
     scores: pa.Table | None
     rejects: pa.Table | None
-    failure: dict | None
+    failure: PartitionFailure | None
 
 
 def score_table(model: ModelRuntime, partition: str, table: pa.Table, schema: RunSchema, max_failed_calls: int):

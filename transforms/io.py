@@ -36,6 +36,16 @@ SMALL_OBJECT_BYTES = 8 * 2**20
 
 
 @dataclass(frozen=True)
+class Shard:
+    """One Parquet file a writer staged and closed: the kind of rows it holds ("scores" or "rejects"), where it is,
+    and how many rows the writer wrote (what the commit step checks its footer against)."""
+
+    kind: str
+    path: str
+    rows: int
+
+
+@dataclass(frozen=True)
 class InputFile:
     """One Parquet input file as seen at start-up: its rows, row groups and partition."""
 
@@ -402,7 +412,7 @@ class WriteParquetShards(beam.DoFn):
     """Writes (partition, table) pairs into one Parquet shard per partition per bundle, in each partition's staging
     folder (given: where a partition stages is the output's business, not the writer's).
 
-    Each finished shard is emitted as (partition, {"kind", "path", "rows"}); only shards of committed bundles
+    Each finished shard is emitted as (partition, Shard); only shards of committed bundles
     reach the commit step, so a retried bundle's leftovers are never published.
     """
 
@@ -468,7 +478,7 @@ class WriteParquetShards(beam.DoFn):
             self._flush(partition, force=True)
             state["writer"].close()
             state["handle"].close()
-            shard = {"kind": self._kind, "path": state["path"], "rows": state["rows"]}
+            shard = Shard(self._kind, state["path"], state["rows"])
             if self._dataset is not None:
                 report_sink(self._dataset)
             yield WindowedValue((partition, shard), GlobalWindow().max_timestamp(), [GlobalWindow()])

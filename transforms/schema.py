@@ -25,9 +25,18 @@ class InputError(ValueError):
 FAILURES = "failures"
 
 
-def partition_failure(stage: str, message: str) -> dict:
-    """The record a stage emits as (partition, record) on FAILURES; the commit step refuses that partition."""
-    return {"kind": "failure", "stage": stage, "message": " ".join(str(message).split())[:600]}
+@dataclass(frozen=True)
+class PartitionFailure:
+    """What a stage emits as (partition, failure) on FAILURES: the stage and why; the commit step refuses that
+    partition."""
+
+    stage: str
+    message: str
+
+
+def partition_failure(stage: str, message: str) -> PartitionFailure:
+    """A stage's failure record, its message on one line of at most 600 characters."""
+    return PartitionFailure(stage, " ".join(str(message).split())[:600])
 
 
 @dataclass(frozen=True)

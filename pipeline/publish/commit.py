@@ -6,6 +6,8 @@ import io
 import json
 import logging
 import time
+from dataclasses import dataclass, field
+from enum import StrEnum
 
 import apache_beam as beam
 import numpy as np
@@ -18,9 +20,10 @@ from pipeline import storage
 from pipeline.errors import JobError
 from pipeline.publish import lease
 from pipeline.publish.parquet import footer_rows
-from pipeline.publish.publisher import Publisher
+from pipeline.publish.publisher import PartitionFacts, Publisher, RowCounts
 from pipeline.signals import report
-from transforms.schema import REASON, SCORE
+from transforms.io import Shard
+from transforms.schema import REASON, SCORE, PartitionFailure
 
 _LOG = logging.getLogger(__name__)
 QUANTILES = {"p01": 0.01, "p05": 0.05, "p25": 0.25, "p50": 0.5, "p75": 0.75, "p95": 0.95, "p99": 0.99}
@@ -64,12 +67,77 @@ def top_reasons(reasons: dict[str, int], n: int = 3) -> str:
     return ", ".join(f"{reason} {count}" for reason, count in ranked) or "none"
 
 
+class Status(StrEnum):
+    PUBLISHED = "published"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class PartitionResult:
+    """One partition's outcome in a run: published, or failed and why (message), with the rows counted (None when
+    nothing was). output names the partition as its publisher does (set by the commit step); summary is its
+    summary.json when at hand, for metrics (not part of the run summary's JSON).
+
+    A published result's rows add up (scored + rejected = read): the commit step publishes nothing else."""
+
+    partition: str
+    status: Status
+    message: str
+    rows: RowCounts | None = None
+    output: str | None = None
+    summary: dict | None = field(default=None, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "status", Status(self.status))
+        if self.status is Status.PUBLISHED and (self.rows is None or not self.rows.add_up):
+            raise ValueError(
+                f"{self.partition or '(unpartitioned)'}: published, but its rows {self.rows} do not add up"
+            )
+
+    @property
+    def published(self) -> bool:
+        return self.status is Status.PUBLISHED
+
+    def to_dict(self) -> dict:
+        """The result as the run summary's JSON holds it: {"partition", "status", "message", "rows"} (rows {} when
+        none were counted), and "output" when known."""
+        record = {"partition": self.partition}
+        if self.output is not None:
+            record["output"] = self.output
+        rows = self.rows.to_dict() if self.rows is not None else {}
+        record.update(status=str(self.status), message=self.message, rows=rows)
+        return record
+
+    @classmethod
+    def from_dict(cls, record: dict) -> PartitionResult:
+        rows = record.get("rows")
+        return cls(
+            partition=record["partition"],
+            status=Status(record["status"]),
+            message=record["message"],
+            rows=RowCounts.from_dict(rows) if rows else None,
+            output=record.get("output"),
+        )
+
+    @classmethod
+    def failed(cls, partition: str, message: str, rows: RowCounts | None = None, output: str | None = None):
+        return cls(partition, Status.FAILED, message, rows, output)
+
+
+@dataclass(frozen=True)
+class VocabularyCounts:
+    """A partition's words seen by the tokenizer and those out of its vocabulary (summed over the partition)."""
+
+    words: int
+    oov: int
+
+
 class Refused(JobError):
     """A partition that is not published: the message says why; rows are what was counted before it was refused."""
 
-    def __init__(self, message: str, rows: dict | None = None):
+    def __init__(self, message: str, rows: RowCounts | None = None):
         super().__init__(message)
-        self.rows = rows or {}
+        self.rows = rows
 
 
 class CommitPartition(beam.DoFn):
@@ -103,28 +171,24 @@ class CommitPartition(beam.DoFn):
     def process(self, element, customers_summary):
         partition, records = element
         records = list(records)
-        shards = [r for r in records if r["kind"] in ("scores", "rejects")]
+        shards = [r for r in records if isinstance(r, Shard)]
         try:
             self._renew(partition)
-            rows, reasons = self._check(partition, shards, [r for r in records if r["kind"] == "failure"])
+            rows, reasons = self._check(partition, shards, [r for r in records if isinstance(r, PartitionFailure)])
             shards = shards + self._empty_shards(partition, shards)
-            summary, reports = self._summarise(partition, shards, rows, reasons, records, customers_summary)
+            vocabulary = [r for r in records if isinstance(r, VocabularyCounts)]
+            summary, reports = self._summarise(partition, shards, rows, reasons, vocabulary, customers_summary)
             self._publish(partition, shards, rows, reasons, reports)
         except Refused as e:
-            _discard([s["path"] for s in shards])
+            _discard([s.path for s in shards])
             lease.release_all(self._held(partition), self._run_info["run_id"])
             _LOG.error("not published: %s: %s", self._publisher.name(partition), e)
-            yield self._result(partition, "failed", str(e), e.rows)
+            yield PartitionResult.failed(partition, str(e), e.rows, self._publisher.name(partition))
             return
         lease.release_all(self._held(partition), self._run_info["run_id"])
-        _LOG.info(
-            "published %s: %d scored, %d rejected", self._publisher.name(partition), rows["scored"], rows["rejected"]
-        )
-        yield {**self._result(partition, "published", "published", rows), "summary": summary}
-
-    def _result(self, partition: str, status: str, message: str, rows: dict) -> dict:
+        _LOG.info("published %s: %d scored, %d rejected", self._publisher.name(partition), rows.scored, rows.rejected)
         name = self._publisher.name(partition)
-        return {"partition": partition, "output": name, "status": status, "message": message, "rows": rows}
+        yield PartitionResult(partition, Status.PUBLISHED, "published", rows, name, summary)
 
     def _renew(self, partition: str) -> None:
         """The pipeline renews its own lease before committing, also when nobody waits on it (--no-wait)."""
@@ -142,27 +206,27 @@ class CommitPartition(beam.DoFn):
             held = {scope.directory: None for scope in self._publisher.lease_scopes(partition)}
         return held
 
-    def _check(self, partition: str, shards: list[dict], failures: list[dict]) -> tuple[dict, dict]:
+    def _check(self, partition: str, shards: list[Shard], failures: list[PartitionFailure]) -> tuple[RowCounts, dict]:
         """The rows read, scored and rejected, and the rejects by reason, once every check passed."""
         read = self._expected[partition]
         counts = {"scores": 0, "rejects": 0}
         for shard in shards:
-            counts[shard["kind"]] += shard["rows"]
-        rows = {"read": read, "scored": counts["scores"], "rejected": counts["rejects"]}
+            counts[shard.kind] += shard.rows
+        rows = RowCounts(read, counts["scores"], counts["rejects"])
         if failures:
             first = failures[0]
             more = f" (and {len(failures) - 1} more failure(s))" if len(failures) > 1 else ""
-            raise Refused(f"{first['stage']} failed: {first['message']}{more}", rows)
+            raise Refused(f"{first.stage} failed: {first.message}{more}", rows)
         for shard in shards:
-            on_disk = footer_rows(shard["path"])
-            if on_disk != shard["rows"]:
-                raise Refused(f"{shard['path']}: holds {on_disk} rows, its writer wrote {shard['rows']}", rows)
+            on_disk = footer_rows(shard.path)
+            if on_disk != shard.rows:
+                raise Refused(f"{shard.path}: holds {on_disk} rows, its writer wrote {shard.rows}", rows)
         if counts["scores"] + counts["rejects"] != read:
             raise Refused(
                 f"scored {counts['scores']} + rejected {counts['rejects']} != read {read}; rows were lost", rows
             )
         reasons: dict[str, int] = {}
-        for path in sorted(s["path"] for s in shards if s["kind"] == "rejects"):
+        for path in sorted(s.path for s in shards if s.kind == "rejects"):
             counted = pc.value_counts(_read_column(path, REASON))
             for value, count in zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist()):
                 reasons[value] = reasons.get(value, 0) + count
@@ -176,21 +240,21 @@ class CommitPartition(beam.DoFn):
             )
         return rows, dict(sorted(reasons.items()))
 
-    def _empty_shards(self, partition: str, shards: list[dict]) -> list[dict]:
+    def _empty_shards(self, partition: str, shards: list[Shard]) -> list[Shard]:
         """An empty shard of each kind no writer wrote, so every published partition has both files."""
         staged, run_id = self._publisher.staging_dir(self._staging_root, partition), self._run_info["run_id"]
         return [
-            {"kind": kind, "rows": 0, "path": _empty_shard(staged, kind, self._schemas[kind], run_id)}
+            Shard(kind, _empty_shard(staged, kind, self._schemas[kind], run_id), 0)
             for kind in ("scores", "rejects")
-            if not any(s["kind"] == kind for s in shards)
+            if not any(s.kind == kind for s in shards)
         ]
 
-    def _summarise(self, partition, shards, rows, reasons, records, customers_summary) -> tuple[dict, dict]:
+    def _summarise(self, partition, shards, rows, reasons, vocabulary, customers_summary) -> tuple[dict, dict]:
         """summary.json and the report files of the partition."""
         info = self._run_info
-        words = sum(r["words"] for r in records if r["kind"] == "vocabulary")
-        oov = sum(r["oov"] for r in records if r["kind"] == "vocabulary")
-        score_files = sorted(s["path"] for s in shards if s["kind"] == "scores")
+        words = sum(v.words for v in vocabulary)
+        oov = sum(v.oov for v in vocabulary)
+        score_files = sorted(s.path for s in shards if s.kind == "scores")
         scores = np.concatenate([_read_column(p, SCORE).to_numpy(zero_copy_only=False) for p in score_files])
         wall = time.time() - info["started_at"]
         summary = {
@@ -201,16 +265,16 @@ class CommitPartition(beam.DoFn):
             "run_id": info["run_id"],
             "output": self._publisher.name(partition),
             "input_files": {"reviews": info["review_files"].get(partition, []), "customers": info["customer_files"]},
-            "rows": rows,
+            "rows": rows.to_dict(),
             "rejected_by_reason": reasons,
-            "reject_fraction": round(rows["rejected"] / rows["read"] if rows["read"] else 0.0, 6),
+            "reject_fraction": round(rows.rejected / rows.read if rows.read else 0.0, 6),
             "customers": customers_summary,
             "score_quantiles": score_statistics(scores),
             "score_histogram": report.score_histogram(scores),
             "oov_rate": (oov / words) if words else None,
             "words": words,
             "wall_time_seconds": round(wall, 3),
-            "rows_per_second": round(rows["read"] / wall, 1) if wall > 0 else None,
+            "rows_per_second": round(rows.read / wall, 1) if wall > 0 else None,
         }
         previous = self._publisher.previous_summary(partition)
         reports: dict[str, bytes] = {}
@@ -221,14 +285,14 @@ class CommitPartition(beam.DoFn):
 
     def _publish(self, partition, shards, rows, reasons, reports) -> None:
         info = self._run_info
-        facts = {
-            "run_id": info["run_id"],
-            "model_version": info["model_version"],
-            "model_dir": info.get("model_dir"),
-            "partition": partition or None,
-            "rows": rows,
-            "rejected_by_reason": reasons,
-        }
+        facts = PartitionFacts(
+            run_id=info["run_id"],
+            model_version=info["model_version"],
+            rows=rows,
+            model_dir=info.get("model_dir"),
+            partition=partition or None,
+            rejected_by_reason=reasons,
+        )
         held, name = self._held(partition), self._publisher.name(partition)
         try:
             self._publisher.publish(
@@ -271,9 +335,9 @@ class WriteRunSummary(beam.DoFn):
         self._expected = expected_partitions
 
     def process(self, results):
-        by_partition = {r["partition"]: r for r in results}
-        missing = {"status": "failed", "message": "no commit result", "rows": {}}  # the graph adds a marker for each
-        results = [by_partition.get(p, {"partition": p, **missing}) for p in self._expected]
+        by_partition = {r.partition: r for r in results}
+        # the graph adds a marker for each planned partition, so none should be missing
+        results = [by_partition.get(p) or PartitionResult.failed(p, "no commit result") for p in self._expected]
         try:
             write_run_summary(control_root(self._staging_root), self._run_id, results)
         except OSError as e:  # a launcher that waits reads the outcomes from the outputs and says it
@@ -282,13 +346,13 @@ class WriteRunSummary(beam.DoFn):
         yield results
 
 
-def write_run_summary(control: str, run_id: str, results: list[dict], skipped: dict | None = None) -> dict:
+def write_run_summary(control: str, run_id: str, results: list[PartitionResult], skipped: dict | None = None) -> dict:
     """OUTPUT.staging/_runs/RUN_ID.json: the run's outcome per partition (published, or why not), and the days it
     skipped. Written by the pipeline (so --no-wait runs leave one) and again by a launcher that waited, with what
     only it knows (partitions refused at start-up, skipped days, every backfill chunk). Raises OSError naming the
     path when it cannot be written."""
-    partitions = [{k: v for k, v in r.items() if k != "summary"} for r in results]
-    failed = [p["partition"] or "(unpartitioned)" for p in partitions if p["status"] != "published"]
+    partitions = [r.to_dict() for r in results]
+    failed = [r.partition or "(unpartitioned)" for r in results if not r.published]
     record = {
         "run_id": run_id,
         "finished_at": storage.utc_stamp(),
@@ -303,7 +367,7 @@ def write_run_summary(control: str, run_id: str, results: list[dict], skipped: d
 
 def _vocabulary_record(element):
     partition, counts = element
-    return partition, {"kind": "vocabulary", "words": int(counts[0]), "oov": int(counts[1])}
+    return partition, VocabularyCounts(int(counts[0]), int(counts[1]))
 
 
 def _sum_pairs(pairs):
@@ -315,7 +379,8 @@ def _sum_pairs(pairs):
 
 
 class CommitPartitions(beam.PTransform):
-    """{"scores", "rejects": shard records; "stats": (partition, (words, oov)); "failures": (partition, failure)}
+    """{"scores", "rejects": (partition, Shard); "stats": (partition, (words, oov)); "failures": (partition,
+    PartitionFailure)}
     → {"results": one result per partition, published or refused (CommitPartition); "run_summary": the list of
     them once written to the run summary (WriteRunSummary)}. Every planned partition gets a result, even one without
     a single row."""
@@ -333,9 +398,7 @@ class CommitPartitions(beam.PTransform):
             | "SumVocabularyStats" >> beam.CombinePerKey(_sum_pairs)
             | "VocabularyRecords" >> beam.Map(_vocabulary_record)
         )
-        partitions = inputs["scores"].pipeline | "Partitions" >> beam.Create(
-            [(p, {"kind": "partition"}) for p in plan.partitions]
-        )
+        partitions = inputs["scores"].pipeline | "Partitions" >> beam.Create([(p, None) for p in plan.partitions])
         run_info = {
             "leases": plan.leases,
             "lease_expiry_seconds": plan.lease_expiry_seconds,

@@ -30,7 +30,9 @@ from pipeline.publish.publisher import (
     LeaseScope,
     OutputDataset,
     PartitionCheck,
+    PartitionFacts,
     Publisher,
+    RowCounts,
 )
 from transforms.schema import DETAIL, MODEL_VERSION, REASON, SCORE
 
@@ -250,18 +252,18 @@ class IcebergPublisher(Publisher):
         return storage.join(folder, run_id) if run_id else folder
 
     def publish(self, partition, shards, facts, reports, fence) -> None:
-        run_id = facts["run_id"]
+        run_id = facts.run_id
         for name, data in reports.items():
             storage.write_atomically(storage.join(self._reports_dir(partition, run_id), name), data)
-        rows = facts["rows"]
+        rows = facts.rows
         properties = {
             "run-id": run_id,
-            "model-version": facts["model_version"],
-            "rows-read": rows["read"],
-            "rows-scored": rows["scored"],
-            "rows-rejected": rows["rejected"],
+            "model-version": facts.model_version,
+            "rows-read": rows.read,
+            "rows-scored": rows.scored,
+            "rows-rejected": rows.rejected,
         }
-        files = {kind: [s["path"] for s in shards if s["kind"] == kind] for kind in ("scores", "rejects")}
+        files = {kind: [s.path for s in shards if s.kind == kind] for kind in ("scores", "rejects")}
 
         def holds_the_day() -> bool:
             try:
@@ -305,18 +307,18 @@ class IcebergPublisher(Publisher):
         if not complete:
             return PartitionCheck(name, False, message)
         summary = day_facts(self.tables.reader.load_table(self.tables.table_names["scores"]), partition)
-        facts = {
-            "run_id": summary[SUMMARY_PREFIX + "run-id"],
-            "model_version": summary[SUMMARY_PREFIX + "model-version"],
-            "rows": {k: int(summary[f"{SUMMARY_PREFIX}rows-{k}"]) for k in ("read", "scored", "rejected")},
-        }
+        facts = PartitionFacts(
+            run_id=summary[SUMMARY_PREFIX + "run-id"],
+            model_version=summary[SUMMARY_PREFIX + "model-version"],
+            rows=RowCounts(*(int(summary[f"{SUMMARY_PREFIX}rows-{k}"]) for k in ("read", "scored", "rejected"))),
+        )
         return PartitionCheck(name, True, message, facts)
 
     def published_summary(self, partition: str) -> dict | None:
         check = self.check(partition, count_rows=False)
         if not check.complete:
             return None
-        folder = self._reports_dir(partition, check.manifest["run_id"])
+        folder = self._reports_dir(partition, check.manifest.run_id)
         return storage.read_json(storage.join(folder, self.summary_report))
 
     def previous_summary(self, partition: str) -> dict | None:

@@ -34,8 +34,10 @@ from pipeline.publish.publisher import (
     LeaseScope,
     OutputDataset,
     PartitionCheck,
+    PartitionFacts,
     Publisher,
 )
+from transforms.io import Shard
 
 SUCCESS_FILE = "_SUCCESS"
 SUMMARY_FILE = Publisher.summary_report
@@ -157,34 +159,34 @@ def check_partition(partition_dir: str, count_rows: bool = True) -> PartitionChe
         f"{partition_dir}: complete: {rows['scored']} scored + {rows['rejected']} rejected = {rows['read']} read "
         f"in {len(listed)} file(s), run {manifest['run_id']}, model {manifest['model_version']}{note}"
     )
-    return PartitionCheck(partition_dir, True, message, manifest)
+    return PartitionCheck(partition_dir, True, message, PartitionFacts.from_dict(manifest))
 
 
 def publish_partition(
-    shards: list[dict],
+    shards: list[Shard],
     final_dir: str,
-    manifest: dict,
+    facts: PartitionFacts,
     reports: dict[str, bytes],
     fence: Callable[[], None] | None = None,
 ) -> dict:
     """Publishes staged shards into final_dir; returns the manifest written to `_SUCCESS`.
 
-    shards: {"kind", "path", "rows"} staged Parquet files under run-unique names. manifest: the run's facts
-    (run_id, model_version, partition, rows). reports: summary.json and report files, written under the run's own
+    shards: the staged Parquet files, under run-unique names. facts: the run's facts for the partition, the
+    manifest's own keys. reports: summary.json and report files, written under the run's own
     report folder before `_SUCCESS`. fence: called immediately before `_SUCCESS` is written; when it raises (the run
     lost its lease), or a write fails, this run's files are taken out again and nothing is published. Retrying after
     a crash at any step is safe: a shard already moved is not moved again. Each step passes a failpoint
     (failpoints.PARQUET_PUBLISH).
     """
-    run_id = manifest["run_id"]
+    run_id = facts.run_id
     names = {}
     for shard in shards:
-        name = shard_name(shard["kind"], shard["path"])
+        name = shard_name(shard.kind, shard.path)
         destination = storage.join(final_dir, name)
-        if storage.exists(shard["path"]):
-            storage.move(shard["path"], destination)
+        if storage.exists(shard.path):
+            storage.move(shard.path, destination)
         elif not storage.exists(destination):
-            raise FileNotFoundError(f"{shard['path']}: staged shard is gone and was not published")
+            raise FileNotFoundError(f"{shard.path}: staged shard is gone and was not published")
         names[name] = shard
     failpoints.hit("parquet.moved")
 
@@ -204,7 +206,7 @@ def publish_partition(
                 fence()
             raise FileNotFoundError(f"{storage.join(final_dir, missing[0])}: vanished before the manifest was written")
         files = [
-            {"name": name, "kind": shard["kind"], "rows": int(shard["rows"]), "bytes": int(on_disk[name])}
+            {"name": name, "kind": shard.kind, "rows": int(shard.rows), "bytes": int(on_disk[name])}
             for name, shard in sorted(names.items())
         ]
         files += [
@@ -222,7 +224,7 @@ def publish_partition(
         raise
     manifest = {
         "format": MANIFEST_FORMAT,
-        **manifest,
+        **facts.to_dict(),
         "published_at": storage.utc_stamp(),
         "summary": report_name(run_id, SUMMARY_FILE) if SUMMARY_FILE in reports else None,
         "files": files,
@@ -330,7 +332,7 @@ class ParquetFolders(Publisher):
 
     def published_by(self, partition: str, run_id: str) -> list[str]:
         check = self.check(partition, count_rows=False)
-        return [self.name(partition)] if check.manifest and check.manifest.get("run_id") == run_id else []
+        return [self.name(partition)] if check.manifest and check.manifest.run_id == run_id else []
 
     def describe(self) -> str:
         return f"parquet folders under {self.output} (dt=D/ with scores, _rejects/, _report/, and _SUCCESS last)"

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
 from pipeline.errors import ConfigError
+
+if TYPE_CHECKING:  # transforms.io imports Beam: not imported with the interface (the CLI imports it first)
+    from transforms.io import Shard
 
 PARQUET, ICEBERG = "parquet", "iceberg"
 FORMATS = (PARQUET, ICEBERG)
@@ -25,13 +29,71 @@ UNPARTITIONED_STAGING = "_output"
 
 
 @dataclass(frozen=True)
+class RowCounts:
+    """A partition's rows: read from its input, scored, and rejected. Written in JSON as {"read", "scored",
+    "rejected"} (the manifest, summary.json, the run summary)."""
+
+    read: int
+    scored: int
+    rejected: int
+
+    @property
+    def add_up(self) -> bool:
+        """The run's invariant: every row read was scored or rejected, none lost or doubled."""
+        return self.scored + self.rejected == self.read
+
+    def to_dict(self) -> dict:
+        return {"read": self.read, "scored": self.scored, "rejected": self.rejected}
+
+    @classmethod
+    def from_dict(cls, record: dict) -> RowCounts:
+        return cls(int(record["read"]), int(record["scored"]), int(record["rejected"]))
+
+
+@dataclass(frozen=True)
+class PartitionFacts:
+    """The facts a partition is published with (the Parquet manifest's, an Iceberg day's snapshot summary): the run
+    and model that scored it and its rows; model_dir, partition and rejected_by_reason where the format keeps them."""
+
+    run_id: str
+    model_version: str
+    rows: RowCounts
+    model_dir: str | None = None
+    partition: str | None = None
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """The facts in the manifest's JSON, keys in the order `_SUCCESS` has always held them."""
+        return {
+            "run_id": self.run_id,
+            "model_version": self.model_version,
+            "model_dir": self.model_dir,
+            "partition": self.partition,
+            "rows": self.rows.to_dict(),
+            "rejected_by_reason": dict(self.rejected_by_reason),
+        }
+
+    @classmethod
+    def from_dict(cls, record: dict) -> PartitionFacts:
+        """The facts of a manifest (other keys, such as its files, are left to the manifest's reader)."""
+        return cls(
+            run_id=record["run_id"],
+            model_version=record["model_version"],
+            rows=RowCounts.from_dict(record["rows"]),
+            model_dir=record.get("model_dir"),
+            partition=record.get("partition"),
+            rejected_by_reason=dict(record.get("rejected_by_reason") or {}),
+        )
+
+
+@dataclass(frozen=True)
 class PartitionCheck:
     """What `verify` found for one partition: complete or not, why, and the facts it was published with."""
 
     name: str  # the partition as messages name it (Publisher.name): its folder, or TABLE dt=D
     complete: bool
     message: str
-    manifest: dict | None = None
+    manifest: PartitionFacts | None = None
 
 
 @dataclass(frozen=True)
@@ -78,8 +140,8 @@ class Publisher(abc.ABC):
     """Where a run's partitions are published and how: one implementation per output format.
 
     Picklable (the commit step runs on the workers): it holds names and settings, and opens what it needs per call.
-    shards: {"kind": "scores" | "rejects", "path", "rows"} Parquet files the writers staged under run-unique names.
-    facts: the run's facts for the partition (run_id, model_version, model_dir, partition, rows, rejected_by_reason).
+    shards: transforms.io.Shard records, the Parquet files the writers staged under run-unique names.
+    facts: the run's PartitionFacts for the partition.
     reports: {file name: bytes}, summary.json among them.
     """
 
@@ -191,14 +253,19 @@ class Publisher(abc.ABC):
 
     @abc.abstractmethod
     def publish(
-        self, partition: str, shards: list[dict], facts: dict, reports: dict[str, bytes], fence: Callable[[], None]
+        self,
+        partition: str,
+        shards: list[Shard],
+        facts: PartitionFacts,
+        reports: dict[str, bytes],
+        fence: Callable[[], None],
     ) -> None:
         """Publishes the partition, replacing what was there, all at once; calls fence() immediately before the
         point of no return and publishes nothing when it raises. Raises OSError naming the path when a write fails."""
 
     @abc.abstractmethod
     def check(self, partition: str, count_rows: bool = True) -> PartitionCheck:
-        """Whether the partition is published and whole; `manifest` holds its facts (run_id, model_version, rows)."""
+        """Whether the partition is published and whole; `manifest` holds its PartitionFacts."""
 
     @abc.abstractmethod
     def published_summary(self, partition: str) -> dict | None:
@@ -211,4 +278,4 @@ class Publisher(abc.ABC):
     def published_version(self, partition: str) -> str | None:
         """The model version a complete partition was scored by (what --skip-existing asks), or None."""
         check = self.check(partition, count_rows=False)
-        return check.manifest.get("model_version") if check.complete else None
+        return check.manifest.model_version if check.complete else None

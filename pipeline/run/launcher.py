@@ -16,7 +16,7 @@ from apache_beam.runners.runner import PipelineState
 from model.bundle import BundleError
 from pipeline.errors import ConfigError, ExitCode, OutputError, exit_code_for
 from pipeline.publish import lease
-from pipeline.publish.commit import remove_staging
+from pipeline.publish.commit import PartitionResult, remove_staging
 from pipeline.run import leases, outcome
 from pipeline.run.config import ScoreConfig, load_config
 from pipeline.run.dry_run import run_dry
@@ -45,15 +45,30 @@ def _cancel(result, stopped: BaseException) -> None:
         stopped.job_left_running = f"could not cancel the job ({type(e).__name__}: {e})"
 
 
-def _run_pipeline(
-    config: ScoreConfig, plan: RunPlan, options: PipelineOptions, test_pipeline, wait: bool
-) -> tuple[list[dict], str | None]:
-    """Runs one pipeline over plan's partitions; returns (per-partition results, job id when not waiting)."""
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    """What one run's launch carries from start-up to its report, built once in _execute: the config, the plan (its
+    leases taken), Beam's options, a test's pipeline (None: a new one per chunk), whether it is a backfill, whether
+    the launcher waits for the job, and the run's signals. A chunk's launch is this one with its own plan."""
+
+    config: ScoreConfig
+    plan: RunPlan
+    options: PipelineOptions
+    test_pipeline: beam.Pipeline | None
+    backfill: bool
+    wait: bool
+    signals: RunSignals
+
+
+def _run_pipeline(launch: Launch) -> tuple[list[PartitionResult], str | None]:
+    """Runs one pipeline over the launch plan's partitions; returns (per-partition results, job id when not
+    waiting)."""
+    config, plan, options, wait = launch.config, launch.plan, launch.options, launch.wait
     total = sum(plan.rows_by_partition[p] for p in plan.partitions)
     started = time.time()
     stop = threading.Event()
     try:
-        pipeline = test_pipeline or beam.Pipeline(runner=make_runner(options), options=options)
+        pipeline = launch.test_pipeline or beam.Pipeline(runner=make_runner(options), options=options)
         build_pipeline(pipeline, config, plan)
         # Renewal starts before run(): a local runner's run() returns only once the job is done.
         threading.Thread(target=leases.keep_renewed, args=(plan, stop), daemon=True, name="RenewLeases").start()
@@ -77,11 +92,11 @@ def _run_pipeline(
         remove_staging(plan.staging_root)
         leases.release(plan, plan.partitions)
         why = f"run {plan.run_id} failed: {outcome.cause(e)}"
-        return [{"partition": p, "status": "failed", "message": why, "rows": {}} for p in plan.partitions], None
+        return [PartitionResult.failed(p, why) for p in plan.partitions], None
     summary = outcome.read_run_summary(plan)
     if summary is None or summary.get("run_id") != plan.run_id:  # the pipeline could not write it: ask the outputs
         return [outcome.outcome_from_manifest(plan, p) for p in plan.partitions], None
-    return summary["partitions"], None
+    return [PartitionResult.from_dict(p) for p in summary["partitions"]], None
 
 
 def execute(
@@ -160,7 +175,7 @@ def _execute(
         return outcome.fatal(str(e))
     plan = dataclasses.replace(plan, leases=taken)
     try:
-        return _launch(config, plan, options, test_pipeline, backfill, wait, signals)
+        return _launch(Launch(config, plan, options, test_pipeline, backfill, wait, signals))
     except BaseException as stopped:  # SIGTERM (a scheduler's timeout) or Ctrl-C: give the partitions back
         left = getattr(stopped, "job_left_running", None)
         if left:  # the job may still publish: its leases and staging are its own
@@ -173,10 +188,9 @@ def _execute(
         raise
 
 
-def _launch(
-    config: ScoreConfig, plan: RunPlan, options: PipelineOptions, test_pipeline, backfill: bool, wait: bool, signals
-):
+def _launch(launch: Launch) -> int:
     """With the partitions' leases held: clean dead staging, then submit, or run chunk by chunk and report."""
+    plan = launch.plan
     clean_dead_staging(plan, plan.partitions)
 
     total = sum(plan.rows_by_partition.values())
@@ -189,8 +203,8 @@ def _launch(
         plan.model_version,
     )
     started = time.time()
-    if not wait:
-        _, job = _run_pipeline(config, plan, options, test_pipeline, wait=False)
+    if not launch.wait:
+        _, job = _run_pipeline(launch)
         print(
             f"submitted: run {plan.run_id}, job {job}, model {plan.model_version}; it publishes "
             + ", ".join(plan.publisher.name(p) for p in plan.partitions)
@@ -198,21 +212,14 @@ def _launch(
         )
         return ExitCode.OK
 
-    return _run_chunks(config, plan, options, test_pipeline, backfill, started, signals)
+    return _run_chunks(launch, started)
 
 
-def _run_chunks(
-    config: ScoreConfig,
-    plan: RunPlan,
-    options: PipelineOptions,
-    test_pipeline,
-    backfill: bool,
-    started: float,
-    signals: RunSignals,
-) -> int:
+def _run_chunks(launch: Launch, started: float) -> int:
     """Runs the plan's partitions chunk by chunk (one chunk unless backfilling), then reports and returns the code."""
-    size = config.backfill_chunk_days if backfill else max(len(plan.partitions), 1)
-    results: list[dict] = []
+    plan, backfill = launch.plan, launch.backfill
+    size = launch.config.backfill_chunk_days if backfill else max(len(plan.partitions), 1)
+    results: list[PartitionResult] = []
     all_chunks = chunks(plan.partitions, size)
     progress = BackfillProgress(all_chunks, plan.rows_by_partition) if backfill else None
     for i, chunk in enumerate(all_chunks):
@@ -220,7 +227,7 @@ def _run_chunks(
             try:
                 leases.renew(plan, chunk)
             except (lease.LeaseHeld, lease.LeaseError) as e:
-                results += [{"partition": p, "status": "failed", "message": str(e), "rows": {}} for p in chunk]
+                results += [PartitionResult.failed(p, str(e)) for p in chunk]
                 continue
         if progress:
             progress.starting(i)
@@ -231,14 +238,17 @@ def _run_chunks(
             files_by_partition={p: plan.files_by_partition[p] for p in chunk},
             review_files=[f for f in plan.review_files if f.partition in chunk],
         )
-        chunk_results, _ = _run_pipeline(config, chunk_plan, options, test_pipeline if i == 0 else None, wait=True)
+        chunk_launch = dataclasses.replace(
+            launch, plan=chunk_plan, test_pipeline=launch.test_pipeline if i == 0 else None
+        )
+        chunk_results, _ = _run_pipeline(chunk_launch)
         for result in chunk_results:
             outcome.print_result(plan, result)
         results += chunk_results
         if progress:
             progress.finished(i)
     remove_staging(plan.staging_root)
-    return outcome.report(plan, results, started, signals)
+    return outcome.report(plan, results, started, launch.signals)
 
 
 def run_score(

@@ -9,6 +9,7 @@ import time
 
 from pipeline import storage
 from pipeline.errors import ConfigError
+from pipeline.publish.commit import PartitionResult
 from pipeline.run.config import ScoreConfig
 from pipeline.run.plan import new_run_id
 
@@ -23,7 +24,7 @@ class RunOutcome:
     run_id: str | None
     model_version: str | None
     partitions: list[str]
-    results: list[dict]
+    results: list[PartitionResult]
     exit_code: int
     started_at: float
     ended_at: float
@@ -81,7 +82,7 @@ class RunSignals:
         self.started_at = time.time()
         self.partitions = list(dates) if dates is not None else [""]
         self.plan = None
-        self.results: list[dict] = []
+        self.results: list[PartitionResult] = []
         self.error: str | None = None
         self.ended = False
         self.lineage = None
@@ -108,8 +109,8 @@ class RunSignals:
         if self.lineage is not None:
             self.lineage.emit("START", plan.run_id, self._inputs(), [], days=self.partitions)
 
-    def record(self, results: list[dict]) -> None:
-        """The per-partition results: {"partition", "status", "message", "rows": {read, scored, rejected}, ...}."""
+    def record(self, results: list[PartitionResult]) -> None:
+        """The per-partition results."""
         self.results = [self._with_summary(r) for r in results]
 
     def fail(self, message: str) -> None:
@@ -135,15 +136,15 @@ class RunSignals:
         self._write_metrics(outcome)
         self._emit_end(outcome)
 
-    def _with_summary(self, result: dict) -> dict:
+    def _with_summary(self, result: PartitionResult) -> PartitionResult:
         """A published result with its partition's summary (reject reasons, drift), read back if not carried."""
-        if result.get("status") != "published" or result.get("summary") or self.plan is None:
+        if not result.published or result.summary or self.plan is None:
             return result
         try:
-            summary = self.plan.publisher.published_summary(result["partition"])
+            summary = self.plan.publisher.published_summary(result.partition)
         except Exception:  # the metrics then lack the reasons and PSI; rows come from the result itself
             summary = None
-        return {**result, "summary": summary} if summary else result
+        return dataclasses.replace(result, summary=summary) if summary else result
 
     def _write_metrics(self, outcome: RunOutcome) -> None:
         from pipeline.signals import metrics
@@ -171,11 +172,11 @@ class RunSignals:
         days = [p for p in plan.partitions if p]
         return input_datasets(customers, (plan.reviews_root, plan.schema.reviews_schema()), days, INPUT_PARTITION_KEY)
 
-    def _outputs(self, results: list[dict]) -> list:
+    def _outputs(self, results: list[PartitionResult]) -> list:
         """What the run published into, named by the publisher (pipeline/publish/publisher.py, OutputDataset)."""
         from pipeline.signals.lineage import output_datasets
 
-        if self.plan is None or not any(r.get("status") == "published" for r in results):
+        if self.plan is None or not any(r.published for r in results):
             return []
         schemas = {"scores": self.plan.schema.scores_schema(), "rejects": self.plan.schema.rejects_schema()}
         return output_datasets(self.plan.publisher.output_datasets(), results, schemas)
@@ -197,8 +198,8 @@ class RunSignals:
         if outcome.exit_code == 0:
             self.lineage.emit("COMPLETE", self.run_id, inputs, outputs, days=days)
             return
-        failed = [r for r in outcome.results if r.get("status") != "published"]
-        message = self.error or "; ".join(f"{r['partition'] or 'output'}: {r.get('message', '')}" for r in failed)
+        failed = [r for r in outcome.results if not r.published]
+        message = self.error or "; ".join(f"{r.partition or 'output'}: {r.message}" for r in failed)
         error = message or f"exit status {outcome.exit_code}"
         self.lineage.emit("FAIL", self.run_id, inputs, outputs, error, days=days)
 

@@ -215,21 +215,22 @@ def input_datasets(customers: tuple[str, pa.Schema] | None, reviews: tuple[str, 
     return datasets
 
 
-def output_datasets(datasets: list, results: list[dict], schemas: dict[str, pa.Schema] | None = None) -> list:
+def output_datasets(datasets: list, results: list, schemas: dict[str, pa.Schema] | None = None) -> list:
     """The datasets published into (pipeline/publish's OutputDataset records: kinds, location, table, catalog,
-    partition_key), once at least one partition was published: each by its location, a catalog table's name in a
-    symlinks facet, the published days in a subset facet, its rows (of its first kind) in outputStatistics."""
+    partition_key), once at least one of results (PartitionResult records) was published: each by its location, a
+    catalog table's name in a symlinks facet, the published days in a subset facet, its rows (of its first kind) in
+    outputStatistics."""
     from openlineage.client.event_v2 import OutputDataset
     from openlineage.client.facet_v2 import base_subset_dataset, output_statistics_output_dataset, symlinks_dataset
 
-    published = [r for r in results if r["status"] == "published"]
+    published = [r for r in results if r.published]
     if not published:
         return []
-    days = sorted(r["partition"] for r in published if r["partition"])
+    days = sorted(r.partition for r in published if r.partition)
     outputs = []
     for dataset in datasets:
         kind = dataset.kinds[0]
-        rows = sum((r.get("rows") or {}).get("scored" if kind == "scores" else "rejected", 0) for r in published)
+        rows = sum(r.rows.scored if kind == "scores" else r.rows.rejected for r in published)
         facets = {"schema": schema_facet(schemas[kind])} if schemas else {}
         if dataset.table:
             identifier = symlinks_dataset.Identifier(

@@ -45,7 +45,8 @@ def build_registry(
 ) -> CollectorRegistry:
     """The run's metrics in their own registry (never the process-wide default, which holds Python's own).
 
-    outcome is a pipeline.run.telemetry.RunOutcome. carried holds earlier last-success timestamps to keep (see
+    outcome is a pipeline.run.telemetry.RunOutcome (its results PartitionResult records of pipeline/publish/commit.py,
+    read by their attributes: this room imports no other). carried holds earlier last-success timestamps to keep (see
     previous_successes); the ones of partitions this run published are replaced. successes=False leaves the two
     last-success metrics out altogether.
     """
@@ -97,23 +98,23 @@ def build_registry(
     carried = carried or {"job": {}, "partition": {}}
     # Every partition the run planned or reported on has series: one refused at start-up or failed mid-run says
     # partition_published 0 and keeps its last success from the file this one replaces.
-    this_run = {partition_label(p) for p in [*outcome.partitions, *(r["partition"] for r in outcome.results)]}
+    this_run = {partition_label(p) for p in [*outcome.partitions, *(r.partition for r in outcome.results)]}
     for label, when in carried["partition"].items():
         if label in this_run:
             partition_success.labels(partition=label).set(when)
     for label in sorted(this_run):
         published.labels(partition=label).set(0)
     for result in outcome.results:
-        label = partition_label(result["partition"])
-        state = "published" if result["status"] == "published" else "failed"
-        rows = result.get("rows") or {}
-        if rows:
-            read.labels(partition=label, outcome=state).set(rows.get("read", 0))
-            scored.labels(partition=label, outcome=state).set(rows.get("scored", 0))
-            rejected.labels(partition=label, outcome=state).set(rows.get("rejected", 0))
-            if rows.get("read"):
-                ratio.labels(partition=label).set(rows.get("rejected", 0) / rows["read"])
-        summary = result.get("summary") or {}
+        label = partition_label(result.partition)
+        state = "published" if result.published else "failed"
+        rows = result.rows
+        if rows is not None:
+            read.labels(partition=label, outcome=state).set(rows.read)
+            scored.labels(partition=label, outcome=state).set(rows.scored)
+            rejected.labels(partition=label, outcome=state).set(rows.rejected)
+            if rows.read:
+                ratio.labels(partition=label).set(rows.rejected / rows.read)
+        summary = result.summary or {}
         for reason, count in (summary.get("rejected_by_reason") or {}).items():
             by_reason.labels(partition=label, reason=reason).set(count)
         value = (summary.get("drift") or {}).get("psi")

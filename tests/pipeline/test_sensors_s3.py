@@ -10,8 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.publish.parquet import ParquetFolders
+from pipeline.publish.publisher import PartitionFacts, RowCounts
 from tests.conftest import S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY, s3_client
 from tests.pipeline.test_command_line import sentiment_score
+from transforms.io import Shard
 
 DAY = "2026-11-28"
 BUCKET = "sensors"
@@ -42,8 +44,8 @@ def bucket(s3_endpoint, tmp_path_factory):
     staged = local / "staged"
     staged.mkdir()
     pq.write_table(pa.table([[1, 2], [0.2, 0.8]], schema=SCORES), staged / "scores-r-0.parquet")
-    shards = [{"kind": "scores", "path": str(staged / "scores-r-0.parquet"), "rows": 2}]
-    facts = {"run_id": "r", "model_version": "v", "partition": DAY, "rows": {"read": 2, "scored": 2, "rejected": 0}}
+    shards = [Shard("scores", str(staged / "scores-r-0.parquet"), 2)]
+    facts = PartitionFacts("r", "v", RowCounts(2, 2, 0), partition=DAY)
     ParquetFolders(str(local / "out")).publish(DAY, shards, facts, {}, lambda: None)
     for folder, _, files in os.walk(local / "out"):
         for name in files:

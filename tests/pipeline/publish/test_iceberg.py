@@ -19,6 +19,7 @@ from pipeline.failpoints import ICEBERG_PUBLISH, FailpointHit
 from pipeline.publish.iceberg import IcebergPublisher
 from pipeline.publish.iceberg_commit import DayCommit, IcebergPublishError
 from pipeline.publish.iceberg_tables import PARTITION_COLUMN, IcebergSchemaError, OutputTables, retry_racing_creation
+from pipeline.publish.publisher import PartitionFacts, RowCounts
 from tests.conftest import S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY, s3_client
 from tests.readers import assert_iceberg_readers_see
 from transforms.io import with_partition_day
@@ -354,11 +355,7 @@ def test_a_days_facts_survive_snapshot_expiry(tmp_path, output):
     )
     assert output.tables.published_model_version(DAYS[1]) == "v2"
     check = IcebergPublisher(output.output).check(DAYS[1])
-    assert check.complete and check.manifest == {
-        "run_id": "run-1",
-        "model_version": "v2",
-        "rows": {"read": 31, "scored": 30, "rejected": 1},
-    }
+    assert check.complete and check.manifest == PartitionFacts("run-1", "v2", RowCounts(read=31, scored=30, rejected=1))
     assert day_rows(output, "scores", DAYS[1]).num_rows == 30 and day_rows(output, "scores", DAYS[0]).num_rows == 35
 
 

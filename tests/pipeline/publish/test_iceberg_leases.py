@@ -20,6 +20,7 @@ from pyiceberg.expressions import EqualTo
 from pipeline import failpoints
 from pipeline.publish.factory import publisher_for
 from pipeline.publish.parquet import check_partition
+from pipeline.publish.publisher import PartitionFacts
 from pipeline.run.launcher import execute
 from tests.conftest import SAMPLE_DATE, sample_config
 from tests.readers import assert_iceberg_readers_see
@@ -72,16 +73,16 @@ def day_rows(catalog: dict, table: str) -> int:
     return loaded.scan(row_filter=EqualTo("dt", SAMPLE_DATE)).to_arrow().num_rows
 
 
-def assert_published_by(publisher_output, catalog: dict, run_prefix: str | None = None) -> dict:
+def assert_published_by(publisher_output, catalog: dict, run_prefix: str | None = None) -> PartitionFacts:
     """verify's verdict on the day, and what pyiceberg reads: exactly the rows of the run verify names, every data
     file there. Returns the run's facts."""
     publisher = publisher_for(str(publisher_output), "iceberg", catalog)
     check = publisher.check(SAMPLE_DATE)
     assert check.complete, check.message
-    rows = check.manifest["rows"]
-    assert day_rows(catalog, "sentiment.review_scores") == rows["scored"] > 0
-    assert day_rows(catalog, "sentiment.review_rejects") == rows["rejected"]
-    assert_iceberg_readers_see(catalog, SAMPLE_DATE, rows["scored"], rows["rejected"])  # polars too
+    rows = check.manifest.rows
+    assert day_rows(catalog, "sentiment.review_scores") == rows.scored > 0
+    assert day_rows(catalog, "sentiment.review_rejects") == rows.rejected
+    assert_iceberg_readers_see(catalog, SAMPLE_DATE, rows.scored, rows.rejected)  # polars too
     return check.manifest
 
 
@@ -120,7 +121,7 @@ def test_a_second_output_on_the_same_catalog_waits_for_the_day_and_a_take_over_f
     assert code == 1, log.read_text()[-3000:]
     last = log.read_text().strip().splitlines()[-1]
     assert "not published" in last and "no longer holds the lease of table sentiment.review_" in last, last
-    assert assert_published_by(tmp_path / "a", shared)["run_id"] == taken_over["run_id"]  # the first left it whole
+    assert assert_published_by(tmp_path / "a", shared).run_id == taken_over.run_id  # the first left it whole
 
 
 def test_outputs_with_their_own_catalogs_publish_the_same_day_at_once(tmp_path, sample_dir, bundle_dir):
@@ -145,7 +146,7 @@ def test_outputs_with_their_own_catalogs_publish_the_same_day_at_once(tmp_path, 
     finally:
         code = resume(first)
     assert code == 0, log.read_text()[-3000:]
-    assert assert_published_by(tmp_path / "a", own)["run_id"] != assert_published_by(tmp_path / "b", other)["run_id"]
+    assert assert_published_by(tmp_path / "a", own).run_id != assert_published_by(tmp_path / "b", other).run_id
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -219,7 +220,7 @@ def test_a_parquet_run_through_a_symlink_waits_for_the_run_writing_the_real_fold
     check = check_partition(str(real / f"dt={SAMPLE_DATE}"))
     assert check.complete, check.message
     scores = pyarrow.dataset.dataset(str(real), format="parquet", partitioning="hive").to_table()
-    assert scores.num_rows == check.manifest["rows"]["scored"]  # a Hive reader sees exactly the published scores
+    assert scores.num_rows == check.manifest.rows.scored  # a Hive reader sees exactly the published scores
 
 
 def test_a_parquet_run_into_another_folder_goes_ahead(tmp_path, sample_dir, bundle_dir):

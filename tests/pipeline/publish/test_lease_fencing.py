@@ -3,6 +3,7 @@ by the store's clock, and a publish interleaved with another run's never leaves 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -14,7 +15,9 @@ from pipeline import failpoints, storage
 from pipeline.publish import lease
 from pipeline.publish.commit import CommitPartition
 from pipeline.publish.parquet import ParquetFolders, check_partition, publish_partition, read_manifest, shard_name
+from pipeline.publish.publisher import PartitionFacts, RowCounts
 from tests.conftest import clean_processes, shard_paths
+from transforms.io import Shard
 from transforms.schema import RunSchema
 
 DATE = "2026-03-01"
@@ -36,19 +39,11 @@ def _stage(staging: str, run: str, ids: list[int]) -> list[dict]:
     paths = {kind: os.path.join(staging, f"{kind}-{run}-0000.parquet") for kind in ("scores", "rejects")}
     pq.write_table(scores, paths["scores"])
     pq.write_table(SCHEMA.rejects_schema().empty_table(), paths["rejects"])
-    return [
-        {"kind": "scores", "path": paths["scores"], "rows": len(ids)},
-        {"kind": "rejects", "path": paths["rejects"], "rows": 0},
-    ]
+    return [Shard("scores", paths["scores"], len(ids)), Shard("rejects", paths["rejects"], 0)]
 
 
-def _facts(run: str, rows: int) -> dict:
-    return {
-        "run_id": run,
-        "model_version": "m",
-        "partition": DATE,
-        "rows": {"read": rows, "scored": rows, "rejected": 0},
-    }
+def _facts(run: str, rows: int) -> PartitionFacts:
+    return PartitionFacts(run, "m", RowCounts(rows, rows, 0), partition=DATE)
 
 
 def test_a_publish_overtaken_by_another_run_removes_its_files_and_leaves_the_other_complete(tmp_path):
@@ -75,7 +70,7 @@ def test_a_publish_overtaken_by_another_run_removes_its_files_and_leaves_the_oth
             fence=lambda: lease.fence(ParquetFolders.lease_folder(control, DATE), "run-a", a.generation),
         )  # fmt: skip
     check = check_partition(partition)
-    assert check.complete and check.manifest["run_id"] == "run-b", check.message
+    assert check.complete and check.manifest.run_id == "run-b", check.message
     assert not [n for n in os.listdir(partition) if "run-a" in n]
     assert sorted(os.listdir(os.path.join(partition, "_report"))) == ["run-b"]
     assert not [n for n in os.listdir(os.path.join(partition, "_rejects")) if "run-a" in n]
@@ -115,9 +110,9 @@ def _commit(tmp_path, leases: dict) -> CommitPartition:
     )
 
 
-def _records(tmp_path) -> tuple[str, list[dict]]:
+def _records(tmp_path) -> tuple[str, list]:
     staged = _stage(str(tmp_path / "out.staging" / "run-a" / f"dt={DATE}"), "run-a", [1, 2])
-    return DATE, [{"kind": "partition"}, *staged]
+    return DATE, [None, *staged]
 
 
 def test_a_run_whose_lease_lapsed_and_was_taken_publishes_nothing(tmp_path):
@@ -128,7 +123,7 @@ def test_a_run_whose_lease_lapsed_and_was_taken_publishes_nothing(tmp_path):
     b = lease.acquire(ParquetFolders.lease_folder(control, DATE), "run-b", time.time(), 3600, now=a.expires_at + 1)
     assert b.generation == a.generation + 1
     [result] = _commit(tmp_path, {DATE: a.generation}).process(_records(tmp_path), customers_summary={})
-    assert result["status"] == "failed" and "run run-a lost the lease" in result["message"]
+    assert result.status == "failed" and "run run-a lost the lease" in result.message
     assert not os.path.exists(tmp_path / "out" / f"dt={DATE}" / "_SUCCESS")
     assert (
         lease.current(ParquetFolders.lease_folder(control, DATE)).run_id == "run-b"
@@ -141,7 +136,7 @@ def test_a_run_whose_lease_lapsed_but_was_not_taken_renews_it_and_publishes(tmp_
     control = str(tmp_path / "out.staging")
     a = lease.acquire(ParquetFolders.lease_folder(control, DATE), "run-a", time.time(), 60)
     [result] = _commit(tmp_path, {DATE: a.generation}).process(_records(tmp_path), customers_summary={})
-    assert result["status"] == "published", result["message"]
+    assert result.status == "published", result.message
     assert check_partition(str(tmp_path / "out" / f"dt={DATE}")).complete
     assert lease.current(ParquetFolders.lease_folder(control, DATE)).released  # given back once published
 
@@ -174,7 +169,7 @@ def _commit_under_file_size_limit(tmp_path, records, limit: int, results) -> Non
     control = str(tmp_path / "out.staging")
     held = lease.current(ParquetFolders.lease_folder(control, DATE))
     outputs = list(_commit(tmp_path, {DATE: held.generation}).process(records, customers_summary={}))
-    results.put([{k: v for k, v in o.items() if k != "summary"} for o in outputs])
+    results.put([dataclasses.replace(o, summary=None) for o in outputs])
 
 
 @pytest.mark.parametrize("limit", [1_000, 10**9], ids=["writes-fail", "twin-writes-fit"])
@@ -198,14 +193,14 @@ def test_a_write_that_fails_while_publishing_refuses_the_partition_and_keeps_the
     assert leftovers == []
     assert lease.current(ParquetFolders.lease_folder(control, DATE)).released  # given back either way
     if limit == 1_000:
-        assert result["status"] == "failed"
-        assert "publishing failed" in result["message"] and f"{partition}/_report/run-a/" in result["message"]
-        assert "File too large" in result["message"]
+        assert result.status == "failed"
+        assert "publishing failed" in result.message and f"{partition}/_report/run-a/" in result.message
+        assert "File too large" in result.message
         check = check_partition(partition)
-        assert check.complete and check.manifest["run_id"] == "run-old"  # the previous partition, intact
+        assert check.complete and check.manifest.run_id == "run-old"  # the previous partition, intact
         assert not [n for n in os.listdir(partition) if "run-a" in n]
     else:
-        assert result["status"] == "published", result["message"]
+        assert result.status == "published", result.message
         assert read_manifest(partition)["run_id"] == "run-a"
 
 
@@ -250,7 +245,7 @@ def test_a_corrupt_newest_lease_without_take_over_is_refused_naming_it_and_the_w
 def _move_in(shards: list[dict], partition: str) -> None:
     """What publish_partition does first: the staged shards moved into the partition under their names."""
     for shard in shards:
-        storage.move(shard["path"], os.path.join(partition, shard_name(shard["kind"], shard["path"])))
+        storage.move(shard.path, os.path.join(partition, shard_name(shard.kind, shard.path)))
 
 
 def test_a_cleanup_after_the_lease_was_taken_leaves_the_new_holders_shards(tmp_path):
@@ -279,7 +274,7 @@ def test_a_cleanup_after_the_lease_was_taken_leaves_the_new_holders_shards(tmp_p
         fence=lambda: lease.fence(directory, "run-b", b["lease"].generation),
     )  # fmt: skip
     check = check_partition(partition)
-    assert check.complete and check.manifest["run_id"] == "run-b", check.message
+    assert check.complete and check.manifest.run_id == "run-b", check.message
     assert pq.read_table(shard_paths(partition, "scores"))["review_id"].to_pylist() == [7, 8, 9]
     assert not [n for n in os.listdir(partition) if "run-a" in n]  # B's cleanup removed A's
 
@@ -296,7 +291,7 @@ def test_a_cleanup_by_the_holder_removes_the_previous_runs_shards(tmp_path):
         _stage(str(tmp_path / "staging-a"), "run-a", [1, 2]), partition, _facts("run-a", 2), {},
         fence=lambda: lease.fence(directory, "run-a", a.generation),
     )  # fmt: skip
-    assert check_partition(partition).manifest["run_id"] == "run-a"
+    assert check_partition(partition).manifest.run_id == "run-a"
     assert not [n for n in os.listdir(partition) if "run-old" in n]
 
 

@@ -10,6 +10,7 @@ import shutil
 import time
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from pyiceberg.expressions import EqualTo
 
@@ -17,9 +18,10 @@ from pipeline import failpoints, storage
 from pipeline.publish import lease
 from pipeline.publish.iceberg import IcebergPublisher
 from pipeline.publish.parquet import ParquetFolders
-from pipeline.publish.publisher import Publisher
+from pipeline.publish.publisher import PartitionFacts, Publisher, RowCounts
 from tests.pipeline.publish.test_iceberg import stage, write_local
 from tests.readers import assert_iceberg_readers_see
+from transforms.io import Shard
 from transforms.schema import RunSchema
 
 DAY = "2026-03-01"
@@ -89,13 +91,17 @@ def test_two_parquet_outputs_that_are_different_folders_do_not_share_leases(tmp_
 # ------------------------------------------------------------------------------------------------ the fence
 
 
-def _facts(properties: dict) -> dict:
-    rows = {k: int(properties[f"rows-{k}"]) for k in ("read", "scored", "rejected")}
-    return {"run_id": properties["run-id"], "model_version": properties["model-version"], "rows": rows}
+def _facts(properties: dict) -> PartitionFacts:
+    rows = RowCounts(*(int(properties[f"rows-{k}"]) for k in ("read", "scored", "rejected")))
+    return PartitionFacts(properties["run-id"], properties["model-version"], rows)
 
 
-def _shards(scores: list[str], rejects: list[str]) -> list[dict]:
-    return [{"kind": "scores", "path": p} for p in scores] + [{"kind": "rejects", "path": p} for p in rejects]
+def _shards(scores: list[str], rejects: list[str]) -> list[Shard]:
+    return [
+        Shard(kind, path, pq.read_metadata(path).num_rows)
+        for kind, paths in (("scores", scores), ("rejects", rejects))
+        for path in paths
+    ]
 
 
 class _Publish:
@@ -108,11 +114,12 @@ class _Publish:
         day, self.scores, self.rejects, self.properties = stage(
             tmp_path / output, DAY, run, scored, 1, write=write_local
         )
+        self.shards = _shards(self.scores, self.rejects)  # counted while staged: a publish may move them
 
     def __call__(self) -> None:
         self.publisher.publish(
             DAY,
-            _shards(self.scores, self.rejects),
+            self.shards,
             _facts(self.properties),
             {"summary.json": b"{}"},
             lambda: lease.fence_all(self.held, self.run),
@@ -127,7 +134,7 @@ def _read(publisher: IcebergPublisher, kind: str) -> pa.Table:
 def _assert_published_by(publisher: IcebergPublisher, run: str, scored: int) -> None:
     """verify's verdict, and what a reader gets: exactly that run's rows, every data file there."""
     check = publisher.check(DAY)
-    assert check.complete and check.manifest["run_id"] == run, check.message
+    assert check.complete and check.manifest.run_id == run, check.message
     assert _read(publisher, "scores").num_rows == scored and _read(publisher, "rejects").num_rows == 1
     for kind in ("scores", "rejects"):
         table = publisher.tables.catalog.load_table(publisher.tables.table_names[kind])

@@ -20,9 +20,11 @@ from pipeline.publish.parquet import (
     published_summary,
     read_manifest,
 )
+from pipeline.publish.publisher import PartitionFacts, RowCounts
 from pipeline.run.launcher import execute
 from tests.conftest import SAMPLE_DATE, clean_processes, race_for_lease, run_config, sample_config
 from tests.conftest import s3_client as _client
+from transforms.io import Shard
 
 # Every test here is slow (make test-fast skips them): a loopback S3 server (moto) and pipeline runs against it.
 pytestmark = pytest.mark.slow
@@ -249,14 +251,13 @@ def _stage_on_s3(client, prefix: str, run: str, ids: list[list[int]]) -> list[di
         pq.write_table(pa.table({"review_id": pa.array(chunk, pa.int64())}), sink)
         key = f"{prefix}scores-{run}-{i:04d}.parquet"
         client.put_object(Bucket=BUCKET, Key=key, Body=sink.getvalue())
-        shards.append({"kind": "scores", "path": f"s3://{BUCKET}/{key}", "rows": len(chunk)})
+        shards.append(Shard("scores", f"s3://{BUCKET}/{key}", len(chunk)))
     return shards
 
 
 def _publish_on_s3(client, partition: str, run: str, ids: list[list[int]]) -> dict:
     read = sum(len(c) for c in ids)
-    facts = {"run_id": run, "model_version": "m", "partition": SAMPLE_DATE}
-    facts["rows"] = {"read": read, "scored": read, "rejected": 0}
+    facts = PartitionFacts(run, "m", RowCounts(read, read, 0), partition=SAMPLE_DATE)
     shards = _stage_on_s3(client, f"faults.staging/{run}/", run, ids)
     return publish_partition(shards, partition, facts, {"summary.json": json.dumps({"run_id": run}).encode()})
 

@@ -16,9 +16,10 @@ from pipeline.errors import ConfigError, OutputError
 from pipeline.publish.factory import publisher_for
 from pipeline.publish.iceberg_commit import DayCommit
 from pipeline.publish.iceberg_tables import OutputTables
-from pipeline.publish.publisher import ICEBERG, PARQUET
+from pipeline.publish.publisher import ICEBERG, PARQUET, PartitionFacts, RowCounts
 from tests.conftest import SAMPLE_DATE, score_args
 from tests.pipeline.publish.test_iceberg import REJECTS, SCORES, day_rows, stage, write_local
+from transforms.io import Shard
 
 DAY = "2026-03-01"
 # Characters a URI reads as something else: a fragment, a query, an escape.
@@ -44,8 +45,8 @@ def publish_parquet(root, day: str = DAY, run: str = "run-p") -> None:
         path = os.path.join(staging, f"{kind}-{run}-0.parquet")
         table = schema.empty_table() if kind == "rejects" else stage_scores(3)
         write_local(table, path)
-        shards.append({"kind": kind, "path": path, "rows": table.num_rows})
-    facts = {"run_id": run, "model_version": "v1", "partition": day, "rows": {"read": 3, "scored": 3, "rejected": 0}}
+        shards.append(Shard(kind, path, table.num_rows))
+    facts = PartitionFacts(run, "v1", RowCounts(3, 3, 0), partition=day)
     reports = {"summary.json": json.dumps({"run_id": run, "date": day}).encode()}
     publisher_for(str(root), PARQUET).publish(day, shards, facts, reports, fence=lambda: None)
 

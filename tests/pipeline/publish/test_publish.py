@@ -28,10 +28,12 @@ from pipeline.publish.parquet import (
     published_summary,
     read_manifest,
 )
+from pipeline.publish.publisher import PartitionFacts, RowCounts
 from pipeline.run.launcher import execute
 from pipeline.training.sample_data import write_sample_data
 from tests.conftest import clean_processes, corrupt_first_page_header, race_for_lease, run_bundle, run_config
 from tests.readers import assert_parquet_readers_see
+from transforms.io import Shard
 
 DATE = "2026-03-01"
 IDS = pa.schema([("review_id", pa.int64())])
@@ -47,28 +49,23 @@ class _Crash(RuntimeError):
     """Stands for the process dying at that point of the publish."""
 
 
-def _stage(directory, run: str, ids: list[list[int]]) -> list[dict]:
+def _stage(directory, run: str, ids: list[list[int]]) -> list[Shard]:
     """Real Parquet shards of review ids under run-unique names, as the writers leave them in staging."""
     os.makedirs(directory, exist_ok=True)
     shards = []
     for i, chunk in enumerate(ids):
         path = os.path.join(directory, f"scores-{run}-{i:04d}.parquet")
         pq.write_table(pa.table({"review_id": pa.array(chunk, pa.int64())}), path)
-        shards.append({"kind": "scores", "path": path, "rows": len(chunk)})
+        shards.append(Shard("scores", path, len(chunk)))
     empty = os.path.join(directory, f"rejects-{run}-empty.parquet")
     pq.write_table(IDS.empty_table(), empty)
-    shards.append({"kind": "rejects", "path": empty, "rows": 0})
+    shards.append(Shard("rejects", empty, 0))
     return shards
 
 
 def _publish(tmp_path, partition, run: str, ids: list[list[int]]) -> dict:
     read = sum(len(c) for c in ids)
-    facts = {
-        "run_id": run,
-        "model_version": "m",
-        "partition": DATE,
-        "rows": {"read": read, "scored": read, "rejected": 0},
-    }
+    facts = PartitionFacts(run, "m", RowCounts(read, read, 0), partition=DATE)
     shards = _stage(tmp_path / "staging" / run, run, ids)
     return publish_partition(shards, str(partition), facts, {"summary.json": json.dumps({"run_id": run}).encode()})
 
@@ -119,7 +116,7 @@ def test_a_crash_at_any_publish_step_leaves_the_old_or_the_new_partition_never_n
 def test_a_retried_publish_after_a_crash_completes_without_moving_twice(tmp_path):
     partition = tmp_path / "out" / f"dt={DATE}"
     shards = _stage(tmp_path / "staging" / "r1", "r1", [[1, 2], [3]])
-    facts = {"run_id": "r1", "model_version": "m", "partition": DATE, "rows": {"read": 3, "scored": 3, "rejected": 0}}
+    facts = PartitionFacts("r1", "m", RowCounts(3, 3, 0), partition=DATE)
 
     with failpoints.armed("parquet.moved", "raise"), pytest.raises(failpoints.FailpointHit):
         publish_partition(shards, str(partition), facts, {})
@@ -315,7 +312,7 @@ def test_two_runs_of_one_date_started_together_leave_one_complete_partition(tmp_
     check = check_partition(str(output / f"dt={DATE}"))
     assert check.complete, check.message
     data = _recursive_read(output / f"dt={DATE}")
-    assert data.num_rows == check.manifest["rows"]["read"]  # not doubled, whichever run published last
+    assert data.num_rows == check.manifest.rows.read  # not doubled, whichever run published last
 
 
 def _write_reviews(path, ids, customers, texts):
@@ -452,7 +449,7 @@ def test_a_model_that_fails_on_every_row_fails_its_partition_fast(tmp_path, bund
     failures = [o for o in outputs if getattr(o, "tag", None) == FAILURES]
     assert len(failures) == 1 and len(outputs) == 1
     partition, record = failures[0].value
-    assert partition == DATE and record["stage"] == "infer" and "failed on every call" in record["message"]
+    assert partition == DATE and record.stage == "infer" and "failed on every call" in record.message
     assert len(calls) == 1 + PROBES  # not the ~2n calls of a full bisection
 
 
@@ -510,4 +507,4 @@ def test_a_featurization_failure_on_every_row_fails_the_partition(bundle_dir):
     outputs = _featurize_outputs(bundle_dir, [f"POISON {i}" for i in range(100)], "POISON")
     assert [getattr(o, "tag", None) for o in outputs] == [FAILURES]
     partition, record = outputs[0].value
-    assert partition == DATE and record["stage"] == "featurize" and "every row" in record["message"]
+    assert partition == DATE and record.stage == "featurize" and "every row" in record.message

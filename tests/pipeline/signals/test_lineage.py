@@ -11,8 +11,9 @@ import jsonschema
 import pytest
 from referencing import Registry, Resource
 
+from pipeline.publish.commit import PartitionResult
 from pipeline.publish.factory import publisher_for
-from pipeline.publish.publisher import ICEBERG, PARQUET
+from pipeline.publish.publisher import ICEBERG, PARQUET, RowCounts
 from pipeline.run.config import build_config
 from pipeline.run.plan import RunPlan
 from pipeline.run.telemetry import RunSignals
@@ -95,8 +96,7 @@ def _signals(tmp_path, output_format: str, status: str) -> list[dict]:
         reviews_root=str(reviews),
     )
     signals.start(plan)
-    rows = {"read": 6, "scored": 5, "rejected": 1}
-    signals.record([{"partition": DAY, "status": status, "message": status, "rows": rows}])
+    signals.record([PartitionResult(DAY, status, status, RowCounts(read=6, scored=5, rejected=1))])
     signals.end(0 if status == "published" else 1)
     return events(lineage)
 

@@ -16,7 +16,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from model.native_output import VERBOSE_ENV, quiet_native_stderr
 from pipeline.cli.worker_site import sitecustomize
 from pipeline.errors import ConfigError
+from pipeline.publish.commit import PartitionResult, Status
 from pipeline.publish.factory import publisher_for
+from pipeline.publish.publisher import RowCounts
 from pipeline.run.config import build_config
 from pipeline.run.plan import RunPlan
 from pipeline.run.telemetry import RunOutcome, RunSignals, check_signals
@@ -58,9 +60,9 @@ def _value(samples: dict, name: str, **labels) -> float:
 
 
 def _outcome(status="published", exit_code=0, **extra) -> RunOutcome:
-    rows = {"read": 300, "scored": 290, "rejected": 10}
+    rows = RowCounts(read=300, scored=290, rejected=10)
     summary = {"rejected_by_reason": {"null_text": 4, "missing_customer": 6}, "drift": {"psi": 0.05}}
-    result = {"partition": SAMPLE_DATE, "status": status, "message": status, "rows": rows, "summary": summary}
+    result = PartitionResult(SAMPLE_DATE, status, status, rows, summary=summary)
     values = dict(
         command="score",
         run_id="20261128T000000Z-abcdef12",
@@ -134,13 +136,13 @@ def test_a_day_refused_at_start_up_has_partition_published_0_and_keeps_its_last_
     path = str(tmp_path / "job.prom")
     days = ["2026-11-27", SAMPLE_DATE]
     metrics.write_metrics_file(path, _outcome(partitions=days, results=[], ended_at=500.0))
-    earlier = [{"partition": d, "status": "published", "message": "", "rows": {}} for d in days]
+    earlier = [PartitionResult(d, Status.PUBLISHED, "", RowCounts(0, 0, 0)) for d in days]
     metrics.write_metrics_file(path, _outcome(partitions=days, results=earlier, ended_at=700.0))
     signals = RunSignals(build_config({"metrics_file": path}), "backfill", days)
     plan = _plan(tmp_path, [SAMPLE_DATE], {"2026-11-27": "f.parquet: not a readable Parquet file"})
     signals.start(plan)
-    refused = {"partition": "2026-11-27", "status": "failed", "message": "refused at start-up: f.parquet", "rows": {}}
-    published = {"partition": SAMPLE_DATE, "status": "published", "message": "", "rows": {"read": 2, "scored": 2}}
+    refused = PartitionResult.failed("2026-11-27", "refused at start-up: f.parquet")
+    published = PartitionResult(SAMPLE_DATE, Status.PUBLISHED, "", RowCounts(read=2, scored=2, rejected=0))
     signals.record([refused, published])
     signals.end(1)
     samples = _samples(Path(path).read_text())
@@ -153,11 +155,11 @@ def test_a_day_refused_at_start_up_has_partition_published_0_and_keeps_its_last_
 
 def test_a_day_that_failed_mid_run_has_partition_published_0_and_keeps_its_last_success(tmp_path):
     path = str(tmp_path / "job.prom")
-    earlier = [{"partition": SAMPLE_DATE, "status": "published", "message": "", "rows": {}}]
+    earlier = [PartitionResult(SAMPLE_DATE, Status.PUBLISHED, "", RowCounts(0, 0, 0))]
     metrics.write_metrics_file(path, _outcome(results=earlier, ended_at=700.0))
     signals = RunSignals(build_config({"metrics_file": path}), "score", [SAMPLE_DATE])
     signals.start(_plan(tmp_path, [SAMPLE_DATE], {}))
-    signals.record([{"partition": SAMPLE_DATE, "status": "failed", "message": "run failed", "rows": {}}])
+    signals.record([PartitionResult.failed(SAMPLE_DATE, "run failed")])
     signals.end(1)
     samples = _samples(Path(path).read_text())
     assert _value(samples, "sentiment_score_partition_published", partition=SAMPLE_DATE) == 0
