@@ -171,6 +171,11 @@ class Publisher(abc.ABC):
         made ahead."""
         return None
 
+    def refuses_guessed_kinds(self, partition: str) -> str | None:
+        """Why the partition cannot be published when the run's column kinds are a guess (no review row and no
+        column_kinds setting to take them from), or None: an output whose types such a guess would fix refuses."""
+        return None
+
     def stored_schemas(self) -> dict:
         """{"scores" | "rejects": the Arrow schema the output already holds}, for a run with no input file to take
         the id and text kinds from; empty when the output holds no typed store (folders: each partition stands

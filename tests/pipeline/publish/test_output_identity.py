@@ -342,3 +342,15 @@ def test_a_score_into_a_path_with_uri_characters_writes_only_inside_it(sample_di
     table = OutputTables(str(root)).catalog.load_table("sentiment.review_scores")
     assert table.scan().to_arrow().num_rows > 0
     assert all(str(root) in task.file.file_path for task in table.scan().plan_files())
+
+
+def test_a_fresh_iceberg_output_refuses_a_day_whose_column_kinds_are_a_guess(tmp_path):
+    """What the plan asks before any lease (issue 25, 6): tables that do not exist cannot take their types from a
+    guess. The twins: once the tables exist, and for Parquet folders (each partition stands alone), nothing is
+    refused."""
+    iceberg = publisher_for(str(tmp_path / "ice"), ICEBERG)
+    why = iceberg.refuses_guessed_kinds(SAMPLE_DATE)
+    assert why and why.startswith(f"table sentiment.review_rejects does not exist yet and {SAMPLE_DATE} has no rows")
+    DayCommit(OutputTables(str(tmp_path / "ice"))).prepare({"scores": SCORES, "rejects": REJECTS})
+    assert publisher_for(str(tmp_path / "ice"), ICEBERG).refuses_guessed_kinds(SAMPLE_DATE) is None
+    assert publisher_for(str(tmp_path / "pq"), PARQUET).refuses_guessed_kinds(SAMPLE_DATE) is None
