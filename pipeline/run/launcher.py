@@ -16,7 +16,7 @@ from apache_beam.runners.runner import PipelineState
 from model.bundle import BundleError
 from pipeline.errors import ConfigError, ExitCode, OutputError, exit_code_for
 from pipeline.publish import lease
-from pipeline.publish.commit import PartitionResult, remove_staging
+from pipeline.publish.results import PartitionResult, remove_staging
 from pipeline.run import leases, outcome
 from pipeline.run.config import ScoreConfig, load_config
 from pipeline.run.dry_run import run_dry

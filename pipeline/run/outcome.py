@@ -8,7 +8,7 @@ import sys
 import time
 
 from pipeline.errors import ExitCode, job_error_names
-from pipeline.publish.commit import PartitionResult, Status, control_root, run_summary_path, write_run_summary
+from pipeline.publish.results import PartitionResult, Status, control_root, run_summary_path, write_run_summary
 from pipeline.run.plan import RunPlan
 from pipeline.run.telemetry import RunSignals
 from pipeline.storage import read_json

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
-from pipeline.publish.commit import control_root
+from pipeline.publish.results import control_root
 from pipeline.run.plan import RunPlan
 from pipeline.storage import basename, delete_tree, is_remote, join, list_paths
 

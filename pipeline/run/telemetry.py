@@ -9,7 +9,7 @@ import time
 
 from pipeline import storage
 from pipeline.errors import ConfigError
-from pipeline.publish.commit import PartitionResult
+from pipeline.publish.results import PartitionResult
 from pipeline.run.config import ScoreConfig
 from pipeline.run.plan import new_run_id
 

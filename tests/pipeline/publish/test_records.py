@@ -7,8 +7,8 @@ import pickle
 
 import pytest
 
-from pipeline.publish.commit import PartitionResult, Status, write_run_summary
 from pipeline.publish.publisher import PartitionFacts, RowCounts
+from pipeline.publish.results import PartitionResult, Status, write_run_summary
 
 PUBLISHED = PartitionResult("2026-03-01", Status.PUBLISHED, "published", RowCounts(10, 8, 2), "OUT/dt=2026-03-01")
 # Refused by the commit step (rows counted, named by the publisher), and failed before it (neither).

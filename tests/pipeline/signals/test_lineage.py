@@ -11,9 +11,9 @@ import jsonschema
 import pytest
 from referencing import Registry, Resource
 
-from pipeline.publish.commit import PartitionResult
 from pipeline.publish.factory import publisher_for
 from pipeline.publish.publisher import ICEBERG, PARQUET, RowCounts
+from pipeline.publish.results import PartitionResult
 from pipeline.run.config import build_config
 from pipeline.run.plan import RunPlan
 from pipeline.run.telemetry import RunSignals

@@ -16,9 +16,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from model.native_output import VERBOSE_ENV, quiet_native_stderr
 from pipeline.cli.worker_site import sitecustomize
 from pipeline.errors import ConfigError
-from pipeline.publish.commit import PartitionResult, Status
 from pipeline.publish.factory import publisher_for
 from pipeline.publish.publisher import RowCounts
+from pipeline.publish.results import PartitionResult, Status
 from pipeline.run.config import build_config
 from pipeline.run.plan import RunPlan
 from pipeline.run.telemetry import RunOutcome, RunSignals, check_signals
