@@ -247,7 +247,8 @@ def main(argv: list[str]) -> int:
         sys.stdout, sys.stderr = tee_out._stream, tee_err._stream
     result = split(_rows_read("".join(tee_out.text + tee_err.text)), time.perf_counter() - started)
     result["not_in_this_tree"] = missing
-    print(format_split(result), file=sys.stderr, flush=True)
+    if code == 0:  # a failed run has no rows to divide by; its error is above
+        print(format_split(result), file=sys.stderr, flush=True)
     print("BENCH-RESULT " + json.dumps({"split": result}), flush=True)
     gc.disable()  # as the CLI's own entry point exits (pipeline/cli/main.py: run)
     gc.freeze()

@@ -20,6 +20,8 @@ import threading
 import time
 from importlib import metadata
 
+import yaml
+
 from benchmarks.common import DATA, DATE, MODEL_DIR, RESULT_PREFIX, ROOT, WORK, data_dir, write_readme
 
 CONTENDERS = (
@@ -180,9 +182,10 @@ def _config(runtime: str, work: str) -> str:
     """configs/local.yaml with the model runtime set (the CLI has no flag for it)."""
     path = os.path.join(work, f"local-{runtime}.yaml")
     with open(os.path.join(ROOT, "configs", "local.yaml"), encoding="utf-8") as f:
-        text = f.read()
+        config = yaml.safe_load(f) or {}  # a mapping (local.yaml is `{}` now), so parsed, not appended to
+    config["runtime"] = runtime
     with open(path, "w", encoding="utf-8") as f:
-        f.write(f"{text}\nruntime: {runtime}\n")
+        yaml.safe_dump(config, f)
     return path
 
 

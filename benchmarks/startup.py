@@ -19,6 +19,8 @@ import subprocess
 import sys
 import tempfile
 
+import yaml
+
 from benchmarks.run import run_sampled
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,11 +39,11 @@ def _config_with(runtime: str | None, directory: str) -> str:
     """configs/local.yaml with `runtime:` set (the CLI has no flag for it)."""
     path = os.path.join(directory, f"local-{runtime or 'default'}.yaml")
     with open(os.path.join(REPO, "configs", "local.yaml"), encoding="utf-8") as f:
-        text = f.read()
+        config = yaml.safe_load(f) or {}  # a mapping (local.yaml is `{}` now), so parsed, not appended to
     if runtime:
-        text += f"\nruntime: {runtime}\n"
+        config["runtime"] = runtime
     with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
+        yaml.safe_dump(config, f)
     return path
 
 

@@ -23,11 +23,11 @@ def choose_runtime(
     config's tensorflow_from_rows is set and the run is at least that large (and TensorFlow is installed, and no
     local worker processes share the cores).
 
-    Which runtime is faster depends on the CPU, so the switch is the operator's, from their host's curve
-    (benchmarks/README.md, "The runtime curve"). On the AMD EPYC host of the latest measurement litert was faster at
-    every size from 250k to 5M review rows (1M: 11.98 vs 15.88 s; 5M: 40.0 vs 45.9 s), so by default `auto` never
-    switches. On the Intel Xeon host of an earlier one XLA won from about 1M rows (a 10M-row backfill 94 s vs 124 s):
-    there `tensorflow_from_rows: 1000000`. With several local worker processes (DirectRunner multi_processing)
+    Which runtime is faster depends on the CPU, so the switch follows the host's curve (benchmarks/README.md, "The
+    runtime curve"): the operator's setting, or for a local run without one measured_tensorflow_from_rows (the
+    pipeline graph asks). On the AMD EPYC litert was faster at every size from 250k to 5M review rows (1M: 11.98 vs
+    15.88 s; 5M: 40.0 vs 45.9 s): never. On the Intel Xeon XLA wins from TENSORFLOW_FROM_ROWS_XEON rows (see
+    there). With several local worker processes (DirectRunner multi_processing)
     `auto` stays on litert everywhere measured: at 1M, 61.6k rows/s in 1.38 GB against 57-60k in 1.88-1.94 GB."""
     if setting != AUTO:
         return setting
@@ -39,6 +39,33 @@ def choose_runtime(
     ):
         return TENSORFLOW
     return LITERT
+
+
+# Where `runtime: auto` switches to tensorflow on a local run whose config leaves tensorflow_from_rows unset, by the
+# CPU's vendor: each host's curve measured in one run (benchmarks/README.md, "The runtime curve"). On the Intel Xeon
+# (AVX-512, AMX) XLA needs ~11.5 CPU-µs a row in the pipeline against litert's ~18.5, and its start-up (importing
+# TensorFlow, one XLA compilation: ~4.5 s) is paid back from about TENSORFLOW_FROM_ROWS_XEON rows; on the AMD EPYC
+# litert was faster at every size (250k-5M), so there it never switches.
+TENSORFLOW_FROM_ROWS_XEON = 500_000
+TENSORFLOW_FROM_ROWS_BY_CPU_VENDOR = {"GenuineIntel": TENSORFLOW_FROM_ROWS_XEON}
+
+
+def cpu_vendor(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """This machine's CPU vendor id (GenuineIntel, AuthenticAMD), or '' where the system does not say."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def measured_tensorflow_from_rows(vendor: str | None = None) -> int | None:
+    """tensorflow_from_rows for a config that leaves it unset, on a machine of this CPU vendor: where its measured
+    curve crosses, or None (never) for a vendor with no curve that crosses."""
+    return TENSORFLOW_FROM_ROWS_BY_CPU_VENDOR.get(cpu_vendor() if vendor is None else vendor)
 
 
 # The scores of a runtime may differ from the Keras model's by at most this (checked at save, at load and in tests).

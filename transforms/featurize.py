@@ -52,7 +52,7 @@ def matrix(table: pa.Table, name: str, dtype) -> np.ndarray:
     return column.values.to_numpy(zero_copy_only=False).astype(dtype, copy=False).reshape(-1, width)
 
 
-class _InOrder:
+class InOrder:
     """Runs a DoFn's heavy work on background threads and hands the results back in submission order.
 
     Arrow, numpy and TensorFlow release the GIL, so while `threads` elements are being worked on the fused stages
@@ -117,7 +117,7 @@ class FeaturizeTables(beam.DoFn):
 
     def setup(self):
         self._featurizer = Featurizer.from_bundle(self._bundle.acquire())
-        self._in_order = _InOrder(self._threads, "featurize")
+        self._in_order = InOrder(self._threads, "featurize")
 
     def teardown(self):
         if getattr(self, "_in_order", None) is not None:

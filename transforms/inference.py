@@ -1,4 +1,4 @@
-"""The Infer stage: a Beam ModelHandler for the bundle's model on its runtime, used through RunInference."""
+"""The Infer stage: the bundle's model on its runtime, called on background threads or through RunInference."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from apache_beam.ml.inference.base import ModelHandler, RunInference
 from model.bundle import ModelBundle
 from model.runtime import LITERT, TENSORFLOW, ModelRuntime
 from transforms.beam_compat import restore_inference_resource_module
-from transforms.featurize import NUMERIC, TOKENS, matrix, reject_rows
+from transforms.featurize import NUMERIC, TOKENS, InOrder, matrix, reject_rows
 from transforms.isolation import MAX_FAILED_CALLS, score_with_isolation
 from transforms.pinned import PinnedBundle
 from transforms.schema import FAILURES, MODEL_VERSION, SCORE, PartitionFailure, RunSchema, partition_failure
@@ -86,6 +86,10 @@ class ReviewModelHandler(ModelHandler):
         self._schema = schema
         self._threads = threads
         self._max_failed_calls = max_failed_calls
+
+    @property
+    def threads(self) -> int:
+        return self._threads
 
     def load_model(self) -> ModelRuntime:
         return self._open(self._bundle.acquire())
@@ -164,10 +168,44 @@ class RouteScores(beam.DoFn):
             self._last = now
 
 
+class ScoreTables(beam.DoFn):
+    """The handler's run_inference on `threads` background threads, results in input order: while the model scores
+    one table the thread that drives Beam reads, joins, validates and featurizes the next ones, instead of waiting
+    for the model (RunInference calls it on that thread). At most `threads` tables wait. The model is the handler's
+    load_model: one runtime per worker process, from the PinnedBundle (model.bundle caches it)."""
+
+    def __init__(self, handler: ReviewModelHandler, threads: int):
+        self._handler = handler
+        self._threads = threads
+
+    def setup(self):
+        self._model = self._handler.load_model()
+        self._in_order = InOrder(self._threads, "score")
+
+    def teardown(self):
+        if getattr(self, "_in_order", None) is not None:
+            self._in_order.close()
+
+    def start_bundle(self):
+        self._in_order.start_bundle()
+
+    def process(self, element, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
+        def work():
+            return self._handler.run_inference([element], self._model)
+
+        yield from self._in_order.submit(work, lambda results: results, timestamp, window)
+
+    def finish_bundle(self):
+        yield from self._in_order.finish_bundle()
+
+
 class ScoreReviews(beam.PTransform):
     """(partition, featurized table) → (partition, scores); tagged outputs REJECTS (`inference_error`,
-    `invalid_score` rows) and FAILURES (a table the model fails on as a whole). Beam's RunInference metrics
-    (batch sizes, latencies, model load time) come with it."""
+    `invalid_score` rows) and FAILURES (a table the model fails on as a whole).
+
+    In a worker process of its own the model scores on background threads (ScoreTables), overlapped with the
+    stages before it. A model shared across a machine's processes (share_model_across_processes) goes through
+    Beam's RunInference, which owns that sharing, and its metrics (batch sizes, latencies, model load time)."""
 
     REJECTS = RouteScores.REJECTS
 
@@ -176,8 +214,8 @@ class ScoreReviews(beam.PTransform):
         self._handler = handler
 
     def expand(self, tables):
-        return (
-            tables
-            | "RunInference" >> RunInference(self._handler)
-            | "RouteScores" >> beam.ParDo(RouteScores()).with_outputs(self.REJECTS, FAILURES, main="scores")
-        )
+        if self._handler.share_model_across_processes():
+            scored = tables | "RunInference" >> RunInference(self._handler)
+        else:
+            scored = tables | "ScoreTables" >> beam.ParDo(ScoreTables(self._handler, self._handler.threads))
+        return scored | "RouteScores" >> beam.ParDo(RouteScores()).with_outputs(self.REJECTS, FAILURES, main="scores")

@@ -42,8 +42,9 @@ class ScoreConfig:
     # (the Keras model as an XLA-compiled tf.function), or auto: litert, or tensorflow for a pipeline of at least
     # tensorflow_from_rows review rows. litert calls have the bundle's batch size (4096).
     runtime: str = AUTO
-    # Where `runtime: auto` switches to tensorflow, in review rows per pipeline; unset: never. Which runtime is
-    # faster depends on the CPU (model.runtime.choose_runtime): measure your host's curve (benchmarks/README.md).
+    # Where `runtime: auto` switches to tensorflow, in review rows per pipeline; unset: the curve measured for this
+    # CPU vendor on a local run (model.runtime.measured_tensorflow_from_rows), never on a remote one. Which runtime
+    # is faster depends on the CPU: measure your host's curve (benchmarks/README.md).
     tensorflow_from_rows: int | None = None
     # XLA-compile the model call (same scores within 1e-5, several times the throughput on CPU).
     jit_compile: bool = True

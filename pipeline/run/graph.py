@@ -10,7 +10,7 @@ import pyarrow as pa
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from model.bundle import LITERT_BATCH_SIZE
-from model.runtime import LITERT, TENSORFLOW, choose_runtime
+from model.runtime import LITERT, TENSORFLOW, choose_runtime, measured_tensorflow_from_rows
 from pipeline import failpoints
 from pipeline.publish.commit import CommitPartitions
 from pipeline.publish.lease import KeepLeases
@@ -86,11 +86,14 @@ def model_handler(
     multi_processing x2 at 1M reviews, 2.40 -> 1.94 GB in all at the same speed. litert is not shared: it saves
     0.08 GB and costs 0.69 x the speed (every call's arrays cross processes)."""
     rows = sum(plan.rows_by_partition.values())
+    switch = config.tensorflow_from_rows
+    if switch is None and is_local(options):  # remote workers' CPUs are not this machine's: no default for them
+        switch = measured_tensorflow_from_rows()
     runtime = choose_runtime(
         config.runtime,
         rows,
         local_processes=is_local(options) and several_processes_per_machine(options),
-        tensorflow_from_rows=config.tensorflow_from_rows,
+        tensorflow_from_rows=switch,
     )
     share = runtime == TENSORFLOW and several_processes_per_machine(options)
     _LOG.info("model runtime %s (setting %r, %d review rows)%s", runtime, config.runtime, rows, share * ", shared")

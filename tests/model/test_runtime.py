@@ -15,8 +15,11 @@ from model.runtime import (
     AUTO,
     PARITY_TOLERANCE,
     RUNTIMES,
+    TENSORFLOW_FROM_ROWS_XEON,
     choose_runtime,
+    cpu_vendor,
     max_difference,
+    measured_tensorflow_from_rows,
     parity_inputs,
 )
 
@@ -115,7 +118,7 @@ BIG = 10_000_000
 
 
 def test_auto_scores_on_litert_at_every_size_unless_a_switch_is_set():
-    # The default follows this host's curve (benchmarks/README.md): litert was faster at every size measured.
+    # Without a switch (the operator's, or the one measured for the CPU vendor that a local run passes) litert.
     assert choose_runtime(AUTO, 1000) == "litert"
     assert choose_runtime(AUTO, BIG) == "litert"
     # The twin: with the operator's switch, the same sizes split at it.
@@ -123,6 +126,16 @@ def test_auto_scores_on_litert_at_every_size_unless_a_switch_is_set():
     assert choose_runtime(AUTO, 1_000_000, tensorflow_from_rows=1_000_000) == "tensorflow"
     assert choose_runtime("litert", BIG, tensorflow_from_rows=1) == "litert"  # a set runtime is kept at any size
     assert choose_runtime("tensorflow", 1) == "tensorflow"
+
+
+def test_the_measured_switch_is_per_cpu_vendor_and_never_for_one_without_a_crossing_curve(tmp_path):
+    assert measured_tensorflow_from_rows("GenuineIntel") == TENSORFLOW_FROM_ROWS_XEON
+    assert measured_tensorflow_from_rows("AuthenticAMD") is None  # litert was faster at every size there
+    assert measured_tensorflow_from_rows("") is None
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\n")
+    assert cpu_vendor(str(cpuinfo)) == "GenuineIntel"
+    assert cpu_vendor(str(tmp_path / "absent")) == ""  # a system without /proc/cpuinfo: no vendor, no switch
 
 
 def test_auto_stays_on_litert_where_tensorflow_is_not_installed(monkeypatch):

@@ -152,3 +152,42 @@ def test_a_handler_for_a_bundle_replaced_after_planning_refuses_to_load(bundle_d
     handler = LiteRTModelHandler(PinnedBundle(str(bundle_dir), "sha256-0000000000000000"), RunSchema(), threads=1)
     with pytest.raises(BundleError, match=r"is not the sha256-0000000000000000 this run was planned with"):
         handler.load_model()
+
+
+def test_score_tables_scores_on_background_threads_and_emits_in_input_order(bundle_dir, bundle):
+    from apache_beam.transforms.window import GlobalWindow
+
+    from transforms.featurize import NUMERIC, TOKENS, matrix_column
+    from transforms.inference import LiteRTModelHandler, ScoreTables
+    from transforms.schema import RunSchema
+
+    def featurized(first: int, n: int) -> pa.Table:
+        table = pa.table(
+            {
+                "review_id": pa.array(range(first, first + n), pa.int64()),
+                "customer_id": pa.array([7] * n, pa.int64()),
+                "review_text": (TEXTS * n)[:n],
+                "age": [30.0] * n,
+                "purchase_history": [12.5] * n,
+            }
+        )
+        numeric, tokens, _, _ = Featurizer.from_bundle(bundle).featurize(table, "review_text")
+        return table.append_column(NUMERIC, matrix_column(numeric)).append_column(TOKENS, matrix_column(tokens))
+
+    tables = [featurized(1000 * i, n) for i, n in enumerate([5, 300, 1, 4100, 17])]
+    dofn = ScoreTables(LiteRTModelHandler(str(bundle_dir), RunSchema(), threads=1), threads=2)
+    dofn.setup()
+    try:
+        dofn.start_bundle()
+        out = []
+        for table in tables:
+            out += list(dofn.process(("2026-11-28", table), timestamp=0, window=GlobalWindow()))
+        assert len(out) == len(tables) - 2  # at most `threads` tables wait; the rest come out of finish_bundle
+        out += [windowed.value for windowed in dofn.finish_bundle()]
+    finally:
+        dofn.teardown()
+    assert [r.scores["review_id"].to_pylist() for r in out] == [t["review_id"].to_pylist() for t in tables]
+    # The same scores as the handler's own call on the Beam thread (RunInference's way).
+    handler = LiteRTModelHandler(str(bundle_dir), RunSchema(), threads=1)
+    direct = handler.run_inference([("2026-11-28", tables[3])], handler.load_model())[0]
+    assert out[3].scores.equals(direct.scores)

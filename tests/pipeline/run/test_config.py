@@ -253,7 +253,10 @@ BOTH = ["inference_batch_size 256", "jit_compile false"]
     ],
     ids=["auto-to-litert", "litert", "litert-batch", "litert-jit", "tensorflow", "auto-to-tensorflow", "litert-own"],
 )
-def test_a_setting_the_chosen_runtime_ignores_is_warned_about_at_start_up(settings, rows, runtime, warned, caplog):
+def test_a_setting_the_chosen_runtime_ignores_is_warned_about_at_start_up(
+    settings, rows, runtime, warned, caplog, monkeypatch
+):
+    monkeypatch.setattr("model.runtime.cpu_vendor", lambda: "AuthenticAMD")  # no measured switch: the same on any host
     config = build_config({"beam": {"runner": "FnApiRunner"}, **settings})
     plan = SimpleNamespace(rows_by_partition={"2026-11-28": rows}, schema=RunSchema())
     with caplog.at_level(logging.INFO, logger="pipeline.run.graph"):
@@ -264,3 +267,29 @@ def test_a_setting_the_chosen_runtime_ignores_is_warned_about_at_start_up(settin
     assert len(warnings) == len(warned), warnings
     for line, setting in zip(warnings, warned):
         assert line.startswith(f"setting {setting} ") and "ignored on model runtime litert (setting 'runtime' " in line
+
+
+def _chosen_runtime(config, rows, caplog) -> str:
+    plan = SimpleNamespace(rows_by_partition={"2026-11-28": rows}, schema=RunSchema())
+    with caplog.at_level(logging.INFO, logger="pipeline.run.graph"):
+        handler = model_handler(pipeline_options(config, []), config, plan, PinnedBundle("unused-bundle-dir"), 1)
+    return handler.runtime
+
+
+@pytest.mark.parametrize(
+    ("vendor", "beam", "settings", "runtime"),
+    [
+        ("GenuineIntel", {"runner": "FnApiRunner"}, {}, "tensorflow"),
+        # The twins: another vendor, a remote runner (its workers' CPUs are not this one's), the operator's setting.
+        ("AuthenticAMD", {"runner": "FnApiRunner"}, {}, "litert"),
+        ("GenuineIntel", {"runner": "DataflowRunner"}, {}, "litert"),
+        ("GenuineIntel", {"runner": "FnApiRunner"}, {"tensorflow_from_rows": 20_000_000}, "litert"),
+        ("GenuineIntel", {"runner": "FnApiRunner"}, {"runtime": "litert"}, "litert"),
+    ],
+    ids=["intel-local", "amd-local", "intel-remote", "intel-set-higher", "intel-litert-set"],
+)
+def test_auto_follows_the_curve_measured_for_this_cpu_vendor_on_local_runs(
+    vendor, beam, settings, runtime, caplog, monkeypatch
+):
+    monkeypatch.setattr("model.runtime.cpu_vendor", lambda: vendor)
+    assert _chosen_runtime(build_config({"beam": beam, **settings}), 10_000_000, caplog) == runtime
