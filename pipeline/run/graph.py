@@ -149,8 +149,12 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig, plan: RunPlan) 
         isolate_failures=True,
         dataset=plan.reviews_root or None,
     )
-    duplicates = ids["tables"] | "FindDuplicateReviews" >> FindDuplicateReviews(columns, plan.rows_by_partition)
-    join = reviews["tables"] | "JoinCustomers" >> JoinCustomers(customers, ids["tables"], columns, join_plan)
+    # The job renews its own leases from its first stage on, as it reads the ids and then as it scores: a --no-wait
+    # job has no launcher renewing them, and the id pass runs before any row is scored.
+    keep_leases = KeepLeases(plan.leases, plan.run_id, plan.lease_expiry_seconds)
+    id_tables = ids["tables"] | "KeepLeasesWhileReadingIds" >> beam.Map(keep_leases)
+    duplicates = id_tables | "FindDuplicateReviews" >> FindDuplicateReviews(columns, plan.rows_by_partition)
+    join = reviews["tables"] | "JoinCustomers" >> JoinCustomers(customers, id_tables, columns, join_plan)
     validated = join["joined"] | "Validate" >> Validate(schema, duplicates)
     featurized = validated["valid"] | "Featurize" >> Featurize(bundle, schema, threads)
     inferred = featurized.rows | "Infer" >> ScoreReviews(handler)
@@ -170,8 +174,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig, plan: RunPlan) 
     shards, day = plan.publisher.shard_schemas(schema), plan.publisher.partition_column
     staging = {p: plan.publisher.staging_dir(plan.staging_root, p) for p in plan.partitions}
     sinks = {kind: d.location for d in plan.publisher.output_datasets() for kind in d.kinds}
-    # The job renews its own leases while it scores: a --no-wait job has no launcher renewing them.
-    scores = inferred.scores | "KeepLeases" >> beam.Map(KeepLeases(plan.leases, plan.run_id, plan.lease_expiry_seconds))
+    scores = inferred.scores | "KeepLeases" >> beam.Map(keep_leases)
     score_shards = scores | "WriteScores" >> beam.ParDo(
         WriteParquetShards(
             "scores", staging, shards["scores"], plan.run_id, partition_column=day, dataset=sinks.get("scores")

@@ -14,6 +14,7 @@ from pipeline.publish import lease
 from pipeline.publish.parquet import ParquetFolders, check_partition
 from pipeline.run import launcher, leases
 from tests.conftest import SAMPLE_DATE, sample_config
+from transforms.schema import FILE_INDEX, SCORE
 
 pytestmark = pytest.mark.slow
 EXPIRY_HOURS = 0.0004  # 1.44 s: renewed every 0.36 s, so a run of a few seconds outlives it many times over
@@ -103,3 +104,26 @@ def test_a_run_that_stops_renewing_loses_the_day_and_publishes_nothing(sample_di
     assert not (output / f"dt={SAMPLE_DATE}" / "_SUCCESS").exists()
     holder = lease.current(_lease_folder(output))
     assert holder.run_id == "second" and not holder.released
+
+
+def test_a_job_keeps_its_leases_from_its_first_stage_the_id_pass_before_any_row_is_scored(
+    sample_dir, bundle_dir, tmp_path, monkeypatch
+):
+    """A --no-wait job has no launcher renewing its leases: the job renews them itself (lease.KeepLeases), from the
+    id pass on (it runs before any row is scored, and on a large backfill it is not short) and then as it scores.
+    What the job's lease keeper sees, in order: the id pass's tables first (they carry the file and row index), the
+    scores after them. The twin is in the same run: the scored batches still go through it."""
+    seen = []
+    real = lease.KeepLeases.__call__
+
+    def watch(self, element):
+        names = element[1].schema.names
+        seen.append("ids" if FILE_INDEX in names else "scores" if SCORE in names else "other")
+        return real(self, element)
+
+    monkeypatch.setattr(lease.KeepLeases, "__call__", watch)
+    config = sample_config(sample_dir, bundle_dir, tmp_path / "out", date=SAMPLE_DATE, runtime="litert")
+    assert launcher.execute(config, [SAMPLE_DATE], [], test_pipeline=beam.Pipeline(runner=FnApiRunner())) == 0
+    assert seen and seen[0] == "ids", seen
+    assert "scores" in seen and seen.index("scores") > seen.index("ids")
+    assert "other" not in seen
