@@ -6,8 +6,6 @@ Measures only; the product has no int8 runtime. `python -m benchmarks.int8_trial
 from __future__ import annotations
 
 import argparse
-import functools
-import tempfile
 import time
 
 import numpy as np
@@ -16,9 +14,8 @@ import pyarrow.parquet as pq
 
 from benchmarks.common import MODEL_DIR, customer_files, review_files
 from benchmarks.model_only import _with_row_keys
-from model.architecture import NUMERIC_INPUT, TEXT_INPUT
 from model.bundle import load_bundle
-from model.litert_conversion import LITERT_BATCH_SIZE
+from model.litert_conversion import convert_to_litert
 from model.runtime import LiteRTRuntime
 from transforms.broadcast_join import join_customers
 from transforms.customer_table import build_customer_table
@@ -39,28 +36,6 @@ def labelled_inputs(root: str, bundle, max_rows: int):
     valid = valid.slice(0, max_rows)
     numeric, tokens, _, _ = Featurizer.from_bundle(bundle).featurize(valid, c.review_text)
     return numeric, tokens, valid["label"].to_numpy()
-
-
-def convert_int8(model, features: int, sequence_length: int) -> bytes:
-    """model.litert_conversion.convert_to_litert with dynamic-range quantization (int8 weights, float activations)."""
-    import tensorflow as tf
-    from keras.export import ExportArchive
-
-    signature = [
-        [
-            tf.TensorSpec([LITERT_BATCH_SIZE, features], tf.float32, name=NUMERIC_INPUT),
-            tf.TensorSpec([LITERT_BATCH_SIZE, sequence_length], tf.int32, name=TEXT_INPUT),
-        ]
-    ]
-    with tempfile.TemporaryDirectory(prefix="litert-int8-") as saved_model:
-        archive = ExportArchive()
-        archive.track(model)
-        archive.add_endpoint("serve", functools.partial(model.__call__, training=False), input_signature=signature)
-        archive.write_out(saved_model, verbose=False)
-        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        return converter.convert()
 
 
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -88,7 +63,7 @@ def main(argv=None) -> None:
     features, length = numeric.shape[1], tokens.shape[1]
     with open(f"{args.model_dir}/model.tflite", "rb") as f:
         float_content = f.read()
-    int8_content = convert_int8(bundle.model, features, length)
+    int8_content = convert_to_litert(bundle.model, features, length, quantize=True)
     runtimes = {"float": LiteRTRuntime(float_content, threads=2), "int8": LiteRTRuntime(int8_content, threads=2)}
     print(
         f"rows {len(numeric)}; flatbuffer MB: float {len(float_content) / 1e6:.2f}, int8 {len(int8_content) / 1e6:.2f}"

@@ -11,9 +11,12 @@ from model.architecture import NUMERIC_INPUT, TEXT_INPUT
 LITERT_BATCH_SIZE = 4096
 
 
-def convert_to_litert(model, features: int, sequence_length: int, batch_size: int = LITERT_BATCH_SIZE) -> bytes:
+def convert_to_litert(
+    model, features: int, sequence_length: int, batch_size: int = LITERT_BATCH_SIZE, quantize: bool = False
+) -> bytes:
     """The Keras model as a LiteRT flatbuffer of builtin ops only (no TensorFlow needed to run it), through a
-    SavedModel with a fixed-shape signature, the path TensorFlow documents for Keras 3."""
+    SavedModel with a fixed-shape signature, the path TensorFlow documents for Keras 3. quantize: dynamic-range
+    quantization (int8 weights, float activations), measured and not adopted (benchmarks/int8_trial.py)."""
     import tensorflow as tf
     from keras.export import ExportArchive
 
@@ -30,4 +33,6 @@ def convert_to_litert(model, features: int, sequence_length: int, batch_size: in
         archive.write_out(saved_model, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if quantize:
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
         return converter.convert()

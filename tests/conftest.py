@@ -1,5 +1,6 @@
 """Shared fixtures: small real sample data and a real (briefly) trained model bundle, made once per session."""
 
+import hashlib
 import os
 import re
 import socket
@@ -319,3 +320,15 @@ def s3_flags(s3_endpoint):
         f"--s3_secret_access_key={S3_SECRET_KEY}",
         f"--s3_region_name={S3_REGION}",
     ]
+
+
+def file_hashes(root) -> dict[str, str]:
+    """Every file below root (relative path) with the sha256 of its bytes, in path order: what "nothing was
+    written" and "the input is unchanged" compare."""
+    found = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                found[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
+    return dict(sorted(found.items()))

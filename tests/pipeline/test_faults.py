@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import os
 import signal
@@ -23,7 +22,7 @@ from pipeline.publish.parquet import check_partition
 from pipeline.run.config import build_config
 from pipeline.run.launcher import execute
 from pipeline.training.sample_data import write_sample_data
-from tests.conftest import corrupt_first_page_header, partition_summary, run_handler, shard_paths
+from tests.conftest import corrupt_first_page_header, file_hashes, partition_summary, run_handler, shard_paths
 from tests.readers import assert_parquet_readers_see
 from transforms.featurize import NUMERIC, TOKENS, Featurizer, matrix_column
 from transforms.inference import ScoreReviews, TensorflowModelHandler
@@ -69,17 +68,6 @@ def rows_in(pattern: str) -> int:
 
 def read_summary(partition: str) -> dict:
     return partition_summary(partition)
-
-
-def snapshot(directory: str) -> dict[str, str]:
-    """Every file below a directory and the hash of its bytes."""
-    result = {}
-    for root, _, names in os.walk(directory):
-        for name in names:
-            path = os.path.join(root, name)
-            with open(path, "rb") as f:
-                result[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
-    return dict(sorted(result.items()))
 
 
 def input_review_ids(paths: dict) -> list[int]:
@@ -283,7 +271,7 @@ def test_failed_run_leaves_the_previous_partition_untouched(tmp_path, bundle_dir
     code, _ = score(**paths, model_dir=str(bundle_dir))
     assert code == 0
     assert_complete(partition, read=800)
-    before = snapshot(partition)
+    before = file_hashes(partition)
 
     broken = sorted(glob.glob(f"{paths['reviews']}/dt={DATE}/*.parquet"))[-1]
     break_input(broken)
@@ -291,7 +279,7 @@ def test_failed_run_leaves_the_previous_partition_untouched(tmp_path, bundle_dir
     errors = [line for line in err.splitlines() if line.startswith("sentiment-score: error: ")]
     assert code == 1
     assert len(errors) == 1 and expected_error in errors[0], err
-    assert snapshot(partition) == before
+    assert file_hashes(partition) == before
 
 
 # ---------------------------------------------------------------------------------------------------------------------

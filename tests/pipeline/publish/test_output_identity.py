@@ -1,7 +1,6 @@
 """What an output root is and holds: inspection that reads only, one format per root, catalogs that are missing,
 empty or corrupt, and output paths that URIs would misread (issue 25, defects 3, 4 and 8)."""
 
-import hashlib
 import json
 import os
 import subprocess
@@ -17,24 +16,13 @@ from pipeline.publish.factory import publisher_for
 from pipeline.publish.iceberg_commit import DayCommit
 from pipeline.publish.iceberg_tables import OutputTables
 from pipeline.publish.publisher import ICEBERG, PARQUET, PartitionFacts, RowCounts
-from tests.conftest import SAMPLE_DATE, score_args
+from tests.conftest import SAMPLE_DATE, file_hashes, score_args
 from tests.pipeline.publish.test_iceberg import REJECTS, SCORES, day_rows, stage, write_local
 from transforms.io import Shard
 
 DAY = "2026-03-01"
 # Characters a URI reads as something else: a fragment, a query, an escape.
 URI_SPECIAL = "o#1?x%41"
-
-
-def _tree(root) -> dict[str, str]:
-    """Every file below root with the sha256 of its bytes: what "nothing was written" compares."""
-    found = {}
-    for folder, _, files in os.walk(root):
-        for name in files:
-            path = os.path.join(folder, name)
-            with open(path, "rb") as f:
-                found[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
-    return found
 
 
 def publish_parquet(root, day: str = DAY, run: str = "run-p") -> None:
@@ -85,37 +73,37 @@ def test_inspecting_a_missing_output_creates_nothing_and_says_no_such_output(tmp
 def test_inspecting_a_parquet_root_as_iceberg_creates_nothing_and_names_what_it_holds(tmp_path):
     root = tmp_path / "out"
     publish_parquet(root)
-    before = _tree(tmp_path)
+    before = file_hashes(tmp_path)
     publisher = publisher_for(str(root), ICEBERG)
     check = publisher.check(DAY)
     assert not check.complete
     assert f"{root} holds output_format parquet, not iceberg" in check.message
     assert publisher.published_version(DAY) is None
     assert publisher.state().other_format == PARQUET
-    assert _tree(tmp_path) == before
+    assert file_hashes(tmp_path) == before
     assert ds.dataset(str(root), format="parquet", partitioning="hive").to_table().num_rows == 3  # readers still read
 
 
 def test_inspecting_an_iceberg_root_as_parquet_names_what_it_holds(tmp_path):
     root = tmp_path / "out"
     publish_iceberg(tmp_path, root)
-    before = _tree(root)
+    before = file_hashes(root)
     publisher = publisher_for(str(root), PARQUET)
     assert f"{root} holds output_format iceberg, not parquet" in publisher.check(DAY).message
     assert publisher.state().other_format == ICEBERG
-    assert _tree(root) == before
+    assert file_hashes(root) == before
 
 
 def test_inspecting_a_published_iceberg_day_finds_it_complete_and_changes_no_byte(tmp_path):
     root = tmp_path / "out"
     publish_iceberg(tmp_path, root)
-    before = _tree(root)
+    before = file_hashes(root)
     publisher = publisher_for(str(root), ICEBERG)
     check = publisher.check(DAY)
     assert check.complete, check.message
     assert publisher.published_version(DAY) == "v1"
     assert publisher.state().exists
-    assert _tree(root) == before
+    assert file_hashes(root) == before
 
 
 def test_a_configured_sqlite_catalog_is_inspected_read_only_and_a_missing_one_is_not_created(tmp_path):
@@ -128,10 +116,10 @@ def test_a_configured_sqlite_catalog_is_inspected_read_only_and_a_missing_one_is
     output = DayCommit(OutputTables(str(tmp_path / "out"), catalog=catalog))
     output.prepare({"scores": SCORES, "rejects": REJECTS})
     output.publish(*stage(tmp_path, DAY, "run-c", 5, 1, write=write_local))
-    before = _tree(tmp_path)
+    before = file_hashes(tmp_path)
     check = publisher_for(str(tmp_path / "out"), ICEBERG, catalog).check(DAY)
     assert check.complete, check.message
-    assert _tree(tmp_path) == before
+    assert file_hashes(tmp_path) == before
     missing = {**catalog, "uri": f"sqlite:///{tmp_path / 'nowhere' / 'catalog.db'}"}
     check = publisher_for(str(tmp_path / "out"), ICEBERG, missing).check(DAY)
     assert not check.complete
@@ -180,20 +168,20 @@ def test_a_configured_sqlite_uri_filename_catalog_is_not_created_by_inspection(t
 def test_an_iceberg_run_into_a_parquet_root_is_refused_naming_the_root_and_its_format(tmp_path):
     root = tmp_path / "out"
     publish_parquet(root)
-    before = _tree(tmp_path)
+    before = file_hashes(tmp_path)
     with pytest.raises(ConfigError, match=rf"output {root} holds output_format parquet.*--output-format parquet"):
         publisher_for(str(root), ICEBERG).check_layout(dated=True)
-    assert _tree(tmp_path) == before
+    assert file_hashes(tmp_path) == before
 
 
 def test_a_parquet_run_into_an_iceberg_root_is_refused_naming_the_root_and_its_format(tmp_path):
     root = tmp_path / "out"
     publish_iceberg(tmp_path, root)
-    before = _tree(root)
+    before = file_hashes(root)
     for dated in (True, False):
         with pytest.raises(ConfigError, match=rf"output {root} holds output_format iceberg.*--output-format iceberg"):
             publisher_for(str(root), PARQUET).check_layout(dated=dated)
-    assert _tree(root) == before
+    assert file_hashes(root) == before
 
 
 @pytest.mark.parametrize("output_format", [PARQUET, ICEBERG])
@@ -214,7 +202,7 @@ def test_a_corrupt_catalog_is_named_by_every_use_and_not_replaced(tmp_path):
     root = tmp_path / "out"
     root.mkdir()
     (root / "catalog.db").write_bytes(b"this is not SQLite" * 100)
-    before = _tree(root)
+    before = file_hashes(root)
     publisher = publisher_for(str(root), ICEBERG)
     with pytest.raises(OutputError, match=rf"{root / 'catalog.db'}: not a readable Iceberg catalog"):
         publisher.prepare({"scores": SCORES, "rejects": REJECTS})
@@ -222,7 +210,7 @@ def test_a_corrupt_catalog_is_named_by_every_use_and_not_replaced(tmp_path):
         publisher.published_version(DAY)
     check = publisher.check(DAY)
     assert not check.complete and f"{root / 'catalog.db'}: not a readable Iceberg catalog" in check.message
-    assert _tree(root) == before
+    assert file_hashes(root) == before
 
 
 @pytest.mark.parametrize("catalog", ["empty", "missing"])
@@ -233,10 +221,10 @@ def test_a_lost_catalog_beside_a_warehouse_is_refused_not_started_over(tmp_path,
         (root / "catalog.db").write_bytes(b"")
     else:
         (root / "catalog.db").unlink()
-    before = _tree(root)
+    before = file_hashes(root)
     with pytest.raises(OutputError, match=rf"{root / 'catalog.db'} .*{root / 'warehouse'} holds Iceberg tables"):
         DayCommit(OutputTables(str(root))).prepare({"scores": SCORES, "rejects": REJECTS})
-    assert _tree(root) == before
+    assert file_hashes(root) == before
 
 
 def test_a_new_root_gets_a_new_catalog(tmp_path):
@@ -271,13 +259,13 @@ def test_a_run_of_the_other_format_exits_2_before_writing(sample_dir, bundle_dir
         publish_parquet(root, SAMPLE_DATE)
     else:
         publish_iceberg(tmp_path, root, SAMPLE_DATE)
-    before = _tree(root)
+    before = file_hashes(root)
     other = ICEBERG if held == PARQUET else PARQUET
     result = _cli(*score_args(sample_dir, bundle_dir, root, "--runner=FnApiRunner", "--output-format", other))
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert f"output {root} holds output_format {held}" in result.stderr.strip().splitlines()[-1]
-    assert _tree(root) == before
+    assert file_hashes(root) == before
     assert not os.path.exists(f"{root}.staging") or held == PARQUET  # the Parquet publish above staged there
 
 
@@ -285,14 +273,14 @@ def test_a_run_of_the_other_format_exits_2_before_writing(sample_dir, bundle_dir
 def test_verify_as_iceberg_of_a_parquet_root_or_a_mistyped_path_writes_nothing(tmp_path):
     root = tmp_path / "out"
     publish_parquet(root)
-    before = _tree(tmp_path)
+    before = file_hashes(tmp_path)
     for output in (root, tmp_path / "mistyped"):
         result = _cli("verify", "--output", str(output), "--output-format", ICEBERG, "--date", DAY)
         assert result.returncode != 0
         assert "Traceback" not in result.stderr
         said = result.stdout + result.stderr
         assert f"{output}: no such output" in said or f"{output} holds parquet output, not iceberg" in said, said
-    assert _tree(tmp_path) == before
+    assert file_hashes(tmp_path) == before
 
 
 @pytest.mark.slow
