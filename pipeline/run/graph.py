@@ -22,7 +22,7 @@ from transforms.io import ReadTables, WriteParquetShards, plan_read_tasks
 from transforms.join import JoinCustomers
 from transforms.join_plan import JoinPlan
 from transforms.pinned import PinnedBundle
-from transforms.schema import FAILURES, FILE_INDEX, ROW_INDEX
+from transforms.schema import DETAIL, FAILURES, FILE_INDEX, MODEL_VERSION, REASON, ROW_INDEX
 from transforms.validate import FindDuplicateReviews, Validate
 
 _LOG = logging.getLogger(__name__)
@@ -174,17 +174,30 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig, plan: RunPlan) 
     shards, day = plan.publisher.shard_schemas(schema), plan.publisher.partition_column
     staging = {p: plan.publisher.staging_dir(plan.staging_root, p) for p in plan.partitions}
     sinks = {kind: d.location for d in plan.publisher.output_datasets() for kind in d.kinds}
+    repeating = (MODEL_VERSION, REASON, DETAIL) + ((day,) if day else ())  # dictionary-encoded in the shards
     scores = inferred.scores | "KeepLeases" >> beam.Map(keep_leases)
     score_shards = scores | "WriteScores" >> beam.ParDo(
         WriteParquetShards(
-            "scores", staging, shards["scores"], plan.run_id, partition_column=day, dataset=sinks.get("scores")
+            "scores",
+            staging,
+            shards["scores"],
+            plan.run_id,
+            partition_column=day,
+            dataset=sinks.get("scores"),
+            repeating_columns=repeating,
         )
     )
     if failpoints.is_armed("score.shard-written"):  # a step only when a test arms the point: no cost otherwise
         score_shards = score_shards | "FailpointShardWritten" >> beam.Map(failpoints.through, "score.shard-written")
     reject_shards = rejects | "WriteRejects" >> beam.ParDo(
         WriteParquetShards(
-            "rejects", staging, shards["rejects"], plan.run_id, partition_column=day, dataset=sinks.get("rejects")
+            "rejects",
+            staging,
+            shards["rejects"],
+            plan.run_id,
+            partition_column=day,
+            dataset=sinks.get("rejects"),
+            repeating_columns=repeating,
         )
     )
     committed = {

@@ -707,3 +707,25 @@ def test_fuzzed_batches_are_scored_or_rejected_exactly_once(
     assert set(score_rejects) <= {INVALID_SCORE}  # in-range token ids never make the model fail
     assert np.all(np.isfinite(scored)) and np.all((scored >= 0) & (scored <= 1))
     assert len(scored) + len(score_rejects) + rejects.num_rows == n
+
+
+def _dictionary_columns(pattern: str) -> set[str]:
+    """The columns any file matching the pattern dictionary-encodes in any row group."""
+    names = set()
+    for path in glob.glob(pattern):
+        metadata = pq.ParquetFile(path).metadata
+        for g in range(metadata.num_row_groups):
+            group = metadata.row_group(g)
+            for c in range(group.num_columns):
+                if any("DICTIONARY" in e for e in group.column(c).encodings):
+                    names.add(group.column(c).path_in_schema)
+    return names
+
+
+@pytest.mark.slow
+def test_published_shards_dictionary_encode_only_the_columns_that_repeat_by_design(dirty_run):
+    """Ids, scores, texts and features are written plain (a dictionary of unique values costs write CPU and bytes);
+    the model version and reject reasons are dictionary-encoded."""
+    partition = dirty_run["partition"]
+    assert _dictionary_columns(f"{partition}/scores-*.parquet") == {"model_version"}
+    assert _dictionary_columns(f"{partition}/_rejects/rejects-*.parquet") == {"reason", "detail"}

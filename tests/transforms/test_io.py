@@ -126,3 +126,29 @@ def test_a_reader_told_no_dataset_reports_each_file_and_a_writer_told_none_repor
     sources, sinks = _lineage_of_a_read_and_write(files, tmp_path, None, None)
     assert sources == {f"filesystem:localhost.{f.path}" for f in files}
     assert sinks == set()
+
+
+@pytest.mark.parametrize("repeating", [("model_version",), None])
+def test_shards_dictionary_encode_only_the_repeating_columns_they_are_told(tmp_path, repeating):
+    """The writer's twin of the pipeline's check: told nothing, it keeps Arrow's default (a dictionary tried on
+    every column, unique ids and scores included); told the repeating columns, only those."""
+    from transforms.io import WriteParquetShards
+
+    schema = pa.schema([("review_id", pa.int64()), ("sentiment_score", pa.float32()), ("model_version", pa.string())])
+    table = pa.table(
+        {"review_id": np.arange(5000), "sentiment_score": np.linspace(0, 1, 5000, dtype=np.float32)}
+    ).append_column("model_version", pa.array(["sha256-1"] * 5000))
+    staging = {"2026-11-28": str(tmp_path / "day")}
+    writer = WriteParquetShards("scores", staging, schema, "r1", 1000, repeating_columns=repeating)
+    writer.start_bundle()
+    writer.process(("2026-11-28", table))  # shards come out of finish_bundle
+    (shard,) = [windowed.value[1] for windowed in writer.finish_bundle()]
+    metadata = pq.ParquetFile(shard.path).metadata
+    encoded = {
+        metadata.row_group(g).column(c).path_in_schema
+        for g in range(metadata.num_row_groups)
+        for c in range(metadata.num_columns)
+        if any("DICTIONARY" in e for e in metadata.row_group(g).column(c).encodings)
+    }
+    assert encoded == ({"model_version"} if repeating else {"review_id", "sentiment_score", "model_version"})
+    assert pq.read_table(shard.path).equals(table)
