@@ -76,6 +76,10 @@ class InOrder:
             future, emit, _, _ = self._pending.popleft()
             yield from emit(future.result())
 
+    def add(self, work, emit, timestamp, window) -> None:
+        """Starts work() without handing any result back: for finish_bundle, whose outputs finish_bundle emits."""
+        self._pending.append((self._executor.submit(work), emit, timestamp, window))
+
     def finish_bundle(self):
         while self._pending:
             future, emit, timestamp, window = self._pending.popleft()

@@ -154,40 +154,75 @@ def test_a_handler_for_a_bundle_replaced_after_planning_refuses_to_load(bundle_d
         handler.load_model()
 
 
-def test_score_tables_scores_on_background_threads_and_emits_in_input_order(bundle_dir, bundle):
+def _featurized_table(bundle, first: int, n: int) -> pa.Table:
+    from transforms.featurize import NUMERIC, TOKENS, matrix_column
+
+    table = pa.table(
+        {
+            "review_id": pa.array(range(first, first + n), pa.int64()),
+            "customer_id": pa.array([7] * n, pa.int64()),
+            "review_text": (TEXTS * n)[:n],
+            "age": [30.0 + first % 7] * n,
+            "purchase_history": [12.5] * n,
+        }
+    )
+    numeric, tokens, _, _ = Featurizer.from_bundle(bundle).featurize(table, "review_text")
+    return table.append_column(NUMERIC, matrix_column(numeric)).append_column(TOKENS, matrix_column(tokens))
+
+
+def _score_tables(bundle_dir, elements):
+    """ScoreTables (litert, 2 threads) driven over (partition, table) elements as a runner does; the ScoredTables
+    it emits and how many came out of process() rather than finish_bundle."""
     from apache_beam.transforms.window import GlobalWindow
 
-    from transforms.featurize import NUMERIC, TOKENS, matrix_column
     from transforms.inference import LiteRTModelHandler, ScoreTables
     from transforms.schema import RunSchema
 
-    def featurized(first: int, n: int) -> pa.Table:
-        table = pa.table(
-            {
-                "review_id": pa.array(range(first, first + n), pa.int64()),
-                "customer_id": pa.array([7] * n, pa.int64()),
-                "review_text": (TEXTS * n)[:n],
-                "age": [30.0] * n,
-                "purchase_history": [12.5] * n,
-            }
-        )
-        numeric, tokens, _, _ = Featurizer.from_bundle(bundle).featurize(table, "review_text")
-        return table.append_column(NUMERIC, matrix_column(numeric)).append_column(TOKENS, matrix_column(tokens))
-
-    tables = [featurized(1000 * i, n) for i, n in enumerate([5, 300, 1, 4100, 17])]
     dofn = ScoreTables(LiteRTModelHandler(str(bundle_dir), RunSchema(), threads=1), threads=2)
     dofn.setup()
     try:
         dofn.start_bundle()
         out = []
-        for table in tables:
-            out += list(dofn.process(("2026-11-28", table), timestamp=0, window=GlobalWindow()))
-        assert len(out) == len(tables) - 2  # at most `threads` tables wait; the rest come out of finish_bundle
+        for element in elements:
+            out += list(dofn.process(element, timestamp=0, window=GlobalWindow()))
+        from_process = len(out)
         out += [windowed.value for windowed in dofn.finish_bundle()]
     finally:
         dofn.teardown()
-    assert [r.scores["review_id"].to_pylist() for r in out] == [t["review_id"].to_pylist() for t in tables]
-    # The same scores as the handler's own call on the Beam thread (RunInference's way).
+    return out, from_process
+
+
+def test_score_tables_scores_whole_model_calls_on_background_threads_in_input_order(bundle_dir, bundle):
+    from transforms.inference import LiteRTModelHandler
+    from transforms.schema import RunSchema
+
+    sizes = [5, 300, 1, 4100, 17, 8200, 4096]
+    tables = [_featurized_table(bundle, 10_000 * i, n) for i, n in enumerate(sizes)]
+    out, from_process = _score_tables(bundle_dir, [("2026-11-28", t) for t in tables])
+    ids = [i for r in out for i in r.scores["review_id"].to_pylist()]
+    assert ids == [i for t in tables for i in t["review_id"].to_pylist()]  # every row once, in input order
+    # Each call but the bundle's last scores whole 4096-row model calls: the rows short of one wait for the next
+    # table, not padded (5 + 300 + 1 + 4100 -> 4096 with 310 waiting, ...: 16,719 rows in 4 whole calls + 335).
+    assert [r.scores.num_rows for r in out] == [4096, 8192, 4096, 335]
+    assert from_process == 1  # at most `threads` tables wait; the rest come out of finish_bundle
+    # The same scores as the handler's own call on all the rows at once (the same call boundaries).
     handler = LiteRTModelHandler(str(bundle_dir), RunSchema(), threads=1)
-    direct = handler.run_inference([("2026-11-28", tables[3])], handler.load_model())[0]
-    assert out[3].scores.equals(direct.scores)
+    direct = handler.run_inference([("2026-11-28", pa.concat_tables(tables))], handler.load_model())[0]
+    assert pa.concat_tables([r.scores for r in out]).equals(direct.scores)
+
+
+def test_score_tables_never_carries_rows_into_another_partitions_call(bundle_dir, bundle):
+    """The twin: rows waiting for a whole call wait for their own partition's next table, never another's."""
+    elements = [(day, _featurized_table(bundle, 10_000 * i, 3000)) for i, day in enumerate(["a", "b", "a", "b", "a"])]
+    out, _ = _score_tables(bundle_dir, elements)
+    for r in out:
+        expected = {i for day, t in elements if day == r.partition for i in t["review_id"].to_pylist()}
+        assert set(r.scores["review_id"].to_pylist()) <= expected
+    # a: 3000 + 3000 -> 4096 with 1904 waiting, + 3000 -> 4096 with 808 left; b: 3000 + 3000 -> 4096, 1904 left.
+    assert sorted((r.partition, r.scores.num_rows) for r in out) == [
+        ("a", 808),
+        ("a", 4096),
+        ("a", 4096),
+        ("b", 1904),
+        ("b", 4096),
+    ]
