@@ -441,9 +441,8 @@ class WriteParquetShards(beam.DoFn):
         # default) tries and abandons a dictionary per page of unique values: measured on 262,144 score rows,
         # 0.260 CPU-µs a row and 12.6 bytes a row against 0.099 and 7.6 (benchmarks/README.md, issue 27). None:
         # Arrow's default.
-        self._dictionary = (
-            True if repeating_columns is None else [name for name in schema.names if name in set(repeating_columns)]
-        )
+        repeating = None if repeating_columns is None else set(repeating_columns)
+        self._dictionary = True if repeating is None else [name for name in schema.names if name in repeating]
 
     def start_bundle(self):
         self._open = {}

@@ -175,31 +175,23 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig, plan: RunPlan) 
     staging = {p: plan.publisher.staging_dir(plan.staging_root, p) for p in plan.partitions}
     sinks = {kind: d.location for d in plan.publisher.output_datasets() for kind in d.kinds}
     repeating = (MODEL_VERSION, REASON, DETAIL) + ((day,) if day else ())  # dictionary-encoded in the shards
-    scores = inferred.scores | "KeepLeases" >> beam.Map(keep_leases)
-    score_shards = scores | "WriteScores" >> beam.ParDo(
-        WriteParquetShards(
-            "scores",
+
+    def shard_writer(kind: str) -> WriteParquetShards:
+        return WriteParquetShards(
+            kind,
             staging,
-            shards["scores"],
+            shards[kind],
             plan.run_id,
             partition_column=day,
-            dataset=sinks.get("scores"),
+            dataset=sinks.get(kind),
             repeating_columns=repeating,
         )
-    )
+
+    scores = inferred.scores | "KeepLeases" >> beam.Map(keep_leases)
+    score_shards = scores | "WriteScores" >> beam.ParDo(shard_writer("scores"))
     if failpoints.is_armed("score.shard-written"):  # a step only when a test arms the point: no cost otherwise
         score_shards = score_shards | "FailpointShardWritten" >> beam.Map(failpoints.through, "score.shard-written")
-    reject_shards = rejects | "WriteRejects" >> beam.ParDo(
-        WriteParquetShards(
-            "rejects",
-            staging,
-            shards["rejects"],
-            plan.run_id,
-            partition_column=day,
-            dataset=sinks.get("rejects"),
-            repeating_columns=repeating,
-        )
-    )
+    reject_shards = rejects | "WriteRejects" >> beam.ParDo(shard_writer("rejects"))
     committed = {
         "scores": score_shards,
         "rejects": reject_shards,
